@@ -1,0 +1,1 @@
+"""vmxaddr: the VMX memory-operand address computation, by the SDM."""
