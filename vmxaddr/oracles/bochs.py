@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pty
+import random
 import re
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ASM_DIR = Path(__file__).with_name("bochs_asm")
 
@@ -492,3 +494,359 @@ def run_bochs(cases: Sequence[Case], timeout: float = 300.0,
 
 
 ProgressFn = Callable[[int, int], None]
+
+
+# ------------------------------------------------------------ random encodings
+
+# (mnemonic, opcode bytes after the mandatory prefix, mandatory prefix, ModRM.reg or None,
+#  operand forms) — SDM Vol. 2 opcode tables.  "m": memory only, "rm": register or
+#  memory, "r": register only.
+OPCODES: tuple[tuple[str, bytes, int | None, int | None, str], ...] = (
+    ("vmptrld", b"\x0f\xc7", None, 6, "m"),
+    ("vmptrst", b"\x0f\xc7", None, 7, "m"),
+    ("vmclear", b"\x0f\xc7", 0x66, 6, "m"),
+    ("vmxon", b"\x0f\xc7", 0xF3, 6, "m"),
+    ("vmread", b"\x0f\x78", None, None, "rm"),
+    ("vmwrite", b"\x0f\x79", None, None, "rm"),
+    ("invept", b"\x0f\x38\x80", 0x66, None, "m"),
+    ("invvpid", b"\x0f\x38\x81", 0x66, None, "m"),
+    ("invpcid", b"\x0f\x38\x82", 0x66, None, "m"),
+    ("sgdt", b"\x0f\x01", None, 0, "m"),
+    ("sidt", b"\x0f\x01", None, 1, "m"),
+    ("lgdt", b"\x0f\x01", None, 2, "m"),
+    ("lidt", b"\x0f\x01", None, 3, "m"),
+    ("sldt", b"\x0f\x00", None, 0, "rm"),
+    ("str", b"\x0f\x00", None, 1, "rm"),
+    ("lldt", b"\x0f\x00", None, 2, "rm"),
+    ("ltr", b"\x0f\x00", None, 3, "rm"),
+    ("xsaves", b"\x0f\xc7", None, 5, "m"),
+    ("xrstors", b"\x0f\xc7", None, 3, "m"),
+    ("rdrand", b"\x0f\xc7", None, 6, "r"),
+    ("rdseed", b"\x0f\xc7", None, 7, "r"),
+)
+
+#: Instructions Bochs 2.7 cannot make exit: XSAVES/XRSTORS exit only when
+#: EDX:EAX & IA32_XSS & XSS-exiting bitmap != 0 (SDM 26.1.3), and no Bochs 2.7 CPU
+#: model supports any IA32_XSS bit (CPUID.(EAX=0DH,ECX=1):ECX = 0), so they execute.
+NOT_EXITING_IN_BOCHS = frozenset({"xsaves", "xrstors"})
+
+_SEG_PREFIXES = (0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65)
+_DISP_CHOICES = (0, 1, 0x7F, 0x80, 0xFF, 0x7FFF, 0x8000, 0xFFFF, 0x7FFFFFFF, 0x80000000,
+                 0xFFFFFFFF, 0xFFFFFFD8, 0xD8, 0x1234, 0x12345678)
+
+
+def _disp_bytes(rng: random.Random, width: int) -> bytes:
+    v = rng.choice(_DISP_CHOICES) if rng.random() < 0.4 else rng.getrandbits(8 * width)
+    return (v & ((1 << (8 * width)) - 1)).to_bytes(width, "little")
+
+
+def random_encoding(rng: random.Random, code_size: int, mnemonic: str | None = None,
+                    form: str | None = None) -> bytes:
+    """One random encoding of a VMX-family instruction for ``code_size`` code:
+    random ModRM/SIB/displacement width, segment override, 67h, REX.  ``form`` is
+    "reg" or "mem" to force the operand kind."""
+    spec = next(o for o in OPCODES if o[0] == mnemonic) if mnemonic else rng.choice(OPCODES)
+    name, opcode, mandatory, reg_fixed, forms = spec
+    if form is None:
+        kind = "reg" if forms == "r" else "mem" if forms == "m" else rng.choice(("reg", "mem"))
+    else:
+        kind = form
+    legacy: list[int] = []
+    if rng.random() < 0.4:
+        legacy.append(rng.choice(_SEG_PREFIXES))
+    asz = code_size
+    if rng.random() < 0.35:
+        legacy.append(0x67)
+        asz = {16: 32, 32: 16, 64: 32}[code_size]
+    if name in ("sgdt", "sidt", "lgdt", "lidt", "sldt", "str", "lldt", "ltr", "rdrand",
+                "rdseed") and rng.random() < 0.4:
+        legacy.append(0x66)  # operand size (LGDT group bit 11; RDRAND bits 12:11)
+    rng.shuffle(legacy)
+    if mandatory is not None:
+        legacy.append(mandatory)
+    rex = 0
+    if code_size == 64 and rng.random() < 0.6:
+        rex = 0x40 | rng.getrandbits(4)
+    reg = reg_fixed if reg_fixed is not None else rng.getrandbits(3)
+    tail = b""
+    if kind == "reg":
+        modrm = 0xC0 | reg << 3 | rng.getrandbits(3)
+    elif asz == 16:
+        mod = rng.choice((0, 1, 2))
+        rm = rng.getrandbits(3)
+        modrm = mod << 6 | reg << 3 | rm
+        if mod == 1:
+            tail = _disp_bytes(rng, 1)
+        elif mod == 2 or rm == 6 and mod == 0:
+            tail = _disp_bytes(rng, 2)
+    else:
+        mod = rng.choice((0, 1, 2))
+        rm = rng.choice((0, 1, 2, 3, 4, 4, 4, 5, 6, 7))
+        modrm = mod << 6 | reg << 3 | rm
+        if rm == 4:
+            sib = rng.getrandbits(8)
+            tail += bytes([sib])
+            if mod == 0 and sib & 7 == 5:
+                tail += _disp_bytes(rng, 4)
+        if mod == 1:
+            tail += _disp_bytes(rng, 1)
+        elif mod == 2 or (mod == 0 and rm == 5):
+            tail += _disp_bytes(rng, 4)
+    out = bytes(legacy)
+    if rex:
+        out += bytes([rex])
+    return out + opcode + bytes([modrm]) + tail
+
+
+# ---------------------------------------------------------------- comparison
+
+@dataclass
+class Comparison:
+    index: int
+    mnemonic: str
+    code_size: int
+    code: bytes
+    ok: bool
+    differences: list[str]
+    explained: list[str]  # differences that are documented Bochs deviations
+    undefined_info: int  # what Bochs wrote into the SDM's undefined info bits
+    qual_upper: int | None  # exit-qualification bits above the address size (16/32-bit)
+
+
+def _known_deviation(instr: Any, field_name: str, got: int, want: int) -> str | None:
+    """A difference that docs/known-oracle-issues.md documents as Bochs's, or None."""
+    from vmxaddr.exitinfo import F_DT_OPSIZE, F_RDRAND_OPSIZE
+    from vmxaddr.isa import Layout
+
+    layout = instr.spec.layout
+    diff = got ^ want
+    if field_name == "instruction_info":
+        if layout is Layout.DT and diff == F_DT_OPSIZE and not got & F_DT_OPSIZE:
+            return "bochs-dt-opsize"  # LGDT group: bit 11 never set
+        if layout is Layout.RDRAND and diff & ~F_RDRAND_OPSIZE == 0 \
+                and (got & F_RDRAND_OPSIZE) >> 11 == {16: 0, 32: 1, 64: 2}[bochs_rdrand_opsize(instr)]:
+            return "bochs-rdrand-opsize"
+    return None
+
+
+def bochs_rdrand_opsize(instr: Any) -> int:
+    """The operand size Bochs 2.7 reports for RDRAND/RDSEED (observed): REX.W -> 64,
+    else 32 in 64-bit mode; outside 64-bit mode the *address* size (67h flips it),
+    66h ignored.  The SDM (RDRAND page): 66h/REX.W operand size."""
+    if instr.code_size == 64:
+        return 64 if instr.rex & 8 else 32
+    flipped = 0x67 in instr.prefixes
+    return 32 if (instr.code_size == 32) != flipped else 16
+
+
+def compare(cases: Sequence[Case], records: Sequence[Record | None]) -> list[Comparison]:
+    """Compare every Bochs record with the core's encoder (vmxaddr.exitinfo).
+
+    Checked: basic exit reason (EXIT_REASONS), instruction information on the bits
+    the SDM defines for the layout and operand (defined_mask), exit qualification
+    on the bits within the operand's address size (the rest are undefined, SDM
+    28.2.1; not compared for RDRAND/RDSEED, whose qualification the SDM does not
+    define), and instruction length."""
+    from vmxaddr.decode import decode
+    from vmxaddr.exitinfo import Policy, encode, encode_info
+    from vmxaddr.isa import EXIT_REASONS, Layout
+
+    policy = Policy(exit_qual="zero-extend", undefined_bits="zero", ignored_segment="default",
+                    si_di="base")
+    out: list[Comparison] = []
+    for i, (case, rec) in enumerate(zip(cases, records, strict=True)):
+        instr = decode(case.code, case.code_size)
+        diffs: list[str] = []
+        explained: list[str] = []
+        undefined_info = 0
+        qual_upper: int | None = None
+        if rec is None:
+            diffs.append("no VM exit recorded")
+        else:
+            want = encode(instr, rip=rec.guest_rip, policy=policy)
+            _, mask = encode_info(instr, policy)
+            if rec.basic_reason != EXIT_REASONS[instr.mnemonic]:
+                extra = ""
+                if rec.basic_reason == 0:
+                    extra = f" (exception, interruption info {rec.interruption_info:#x})"
+                diffs.append(f"exit reason {rec.basic_reason}{extra}, expected "
+                             f"{EXIT_REASONS[instr.mnemonic]}")
+            else:
+                got_i, want_i = rec.instruction_info & mask, want.instruction_info & mask
+                undefined_info = rec.instruction_info & ~mask & 0xFFFFFFFF
+                if got_i != want_i:
+                    msg = (f"instruction_info {rec.instruction_info:#010x}, expected "
+                           f"{want.instruction_info:#010x} on mask {mask:#010x}")
+                    known = _known_deviation(instr, "instruction_info", got_i, want_i)
+                    (explained if known else diffs).append(msg + (f" [{known}]" if known else ""))
+                if instr.spec.layout is not Layout.RDRAND:
+                    asz = instr.operand.address_size if instr.operand else 64
+                    qmask = (1 << asz) - 1
+                    if (rec.exit_qualification ^ want.exit_qualification) & qmask:
+                        msg = (f"exit_qualification {rec.exit_qualification:#x}, expected "
+                               f"{want.exit_qualification:#x} (low {asz} bits)")
+                        known = None
+                        if (instr.operand is None and case.code_size == 64
+                                and rec.exit_qualification == rec.guest_rip + rec.length):
+                            # register form: Bochs adds RIP when a stale decoder field says
+                            # "RIP-relative" (docs/known-oracle-issues.md)
+                            known = "bochs-regform-qual-next-rip"
+                        (explained if known else diffs).append(msg + (f" [{known}]" if known else ""))
+                    if asz < 64:
+                        qual_upper = rec.exit_qualification >> asz
+                if rec.length != instr.length:
+                    diffs.append(f"length {rec.length}, expected {instr.length}")
+        out.append(Comparison(i, instr.mnemonic, case.code_size, case.code, not diffs, diffs,
+                              explained, undefined_info, qual_upper))
+    return out
+
+
+def _decodes(code: bytes, code_size: int) -> Any:
+    from vmxaddr.decode import DecodeError, decode
+
+    try:
+        return decode(code, code_size)
+    except DecodeError:
+        return None
+
+
+def random_cases(n: int, seed: int, include_not_exiting: bool = False) -> list[Case]:
+    """``n`` random cases over every instruction x code size x addressing form, each one
+    an encoding the core decoder accepts.  The first ones walk every (instruction,
+    code size, operand kind) in turn so that small ``n`` still covers them."""
+    rng = random.Random(seed)
+    combos = [(o[0], cs, kind) for o in OPCODES for cs in (16, 32, 64)
+              for kind in (("reg",) if o[4] == "r" else ("mem",) if o[4] == "m" else ("reg", "mem"))
+              if include_not_exiting or o[0] not in NOT_EXITING_IN_BOCHS]
+    out: list[Case] = []
+    attempts = 0
+    while len(out) < n:
+        attempts += 1
+        if attempts > 100 * n + 1000:
+            raise RuntimeError("could not generate decodable encodings")
+        name, cs, kind = combos[len(out) % len(combos)] if len(out) < 4 * len(combos) \
+            else rng.choice(combos)
+        code = random_encoding(rng, cs, name, kind)
+        instr = _decodes(code, cs)
+        if instr is None or instr.mnemonic != name or instr.length != len(code):
+            continue
+        out.append(Case(code, cs))
+    return out
+
+
+def crosscheck_bochs(n: int = 1000, seed: int = 0, progress: ProgressFn | None = None,
+                     batch: int = 3000) -> dict[str, Any]:
+    """Run ``n`` random encodings through Bochs and compare with the core's encoder.
+    Returns a JSON-able summary (counts, time, unexplained disagreements, what Bochs
+    wrote into undefined bits)."""
+    cases = random_cases(n, seed)
+    comparisons: list[Comparison] = []
+    seconds = 0.0
+    boots = 0
+    for start in range(0, len(cases), batch):
+        chunk = cases[start:start + batch]
+        run = run_bochs(chunk)
+        boots += 1
+        seconds += run.seconds
+        comparisons += compare(chunk, run.records)
+        if progress:
+            progress(min(start + batch, len(cases)), len(cases))
+    bad = [c for c in comparisons if not c.ok]
+    explained: dict[str, int] = {}
+    for c in comparisons:
+        for e in c.explained:
+            key = e[e.rfind("[") + 1:-1]
+            explained[key] = explained.get(key, 0) + 1
+    undefined_info_bits = 0
+    for c in comparisons:
+        undefined_info_bits |= c.undefined_info
+    upper_nonzero = sum(1 for c in comparisons if c.qual_upper)
+    return {
+        "oracle": "bochs",
+        "seed": seed,
+        "cases": len(cases),
+        "agree": len(comparisons) - len(bad),
+        "unexplained": len(bad),
+        "explained": explained,
+        "boots": boots,
+        "seconds": round(seconds, 2),
+        "undefined_info_bits_seen": f"{undefined_info_bits:#010x}",
+        "qual_upper_bits_nonzero": upper_nonzero,
+        "disagreements": [
+            {"mode": c.code_size, "bytes": c.code.hex(), "instruction": c.mnemonic,
+             "differences": c.differences}
+            for c in bad[:50]
+        ],
+    }
+
+
+# ------------------------------------------------------------ systematic cases
+
+def _modrm_forms(asz: int) -> list[bytes]:
+    """ModRM (+SIB, +displacement) bytes with reg = 0 for every addressing form of
+    an address size: each mod x r/m, SIB with/without base and index, every scale,
+    no-base disp forms (RIP-relative in 64-bit code for mod=00 r/m=101)."""
+    forms: list[bytes] = []
+    disp = {0: b"", 1: b"\xd8", 2: b"\x34\x92" if asz == 16 else b"\x78\x56\x34\x92"}
+    if asz == 16:
+        for mod in (0, 1, 2):
+            for rm in range(8):
+                tail = disp[mod] if not (mod == 0 and rm == 6) else b"\x34\x12"
+                forms.append(bytes([mod << 6 | rm]) + tail)
+        return forms
+    for mod in (0, 1, 2):
+        for rm in range(8):
+            if rm == 4:
+                continue
+            tail = b"\x78\x56\x34\x12" if (mod == 0 and rm == 5) else disp[mod]
+            forms.append(bytes([mod << 6 | rm]) + tail)
+        # SIB: base eax/index ecx at every scale, no index (100), base esp, base ebp
+        for ss in range(4):
+            forms.append(bytes([mod << 6 | 4, ss << 6 | 1 << 3 | 0]) + disp[mod])
+        forms.append(bytes([mod << 6 | 4, 4 << 3 | 0]) + disp[mod])  # no index
+        forms.append(bytes([mod << 6 | 4, 2 << 3 | 4]) + disp[mod])  # base esp
+        sib_ebp = bytes([mod << 6 | 4, 1 << 6 | 6 << 3 | 5])
+        forms.append(sib_ebp + (b"\xf0\xde\xbc\x9a" if mod == 0 else disp[mod]))  # mod 0: no base
+    return forms
+
+
+def coverage_cases() -> list[Case]:
+    """Every exiting instruction x code size x addressing form at least once:
+    each ModRM/SIB/displacement form of the native and the 67h address size, each
+    segment override, REX.B/X/R/W in 64-bit code, and the register forms."""
+    out: list[Case] = []
+    for name, opcode, mandatory, reg_fixed, kinds in OPCODES:
+        if name in NOT_EXITING_IN_BOCHS:
+            continue
+        reg = reg_fixed if reg_fixed is not None else 1
+        pre = bytes([mandatory]) if mandatory is not None else b""
+        for cs in (16, 32, 64):
+            if kinds in ("r", "rm"):
+                for rm in (0, 3, 7):
+                    out.append(Case(pre + opcode + bytes([0xC0 | reg << 3 | rm]), cs))
+                if cs == 64:
+                    out.append(Case(pre + b"\x4d" + opcode + bytes([0xC0 | reg << 3 | 2]), cs))
+                    out.append(Case(pre + b"\x48" + opcode + bytes([0xC0 | reg << 3 | 2]), cs))
+                if name in ("rdrand", "rdseed", "sldt", "str", "lldt", "ltr"):
+                    out.append(Case(b"\x66" + pre + opcode + bytes([0xC0 | reg << 3 | 5]), cs))
+                    out.append(Case(b"\x67" + pre + opcode + bytes([0xC0 | reg << 3 | 5]), cs))
+            if kinds == "r":
+                continue
+            sizes = {16: (16, 32), 32: (32, 16), 64: (64, 32)}[cs]
+            for asz in sizes:
+                a67 = b"" if asz == cs else b"\x67"
+                for form in _modrm_forms(asz):
+                    modrm = bytes([form[0] | reg << 3]) + form[1:]
+                    out.append(Case(a67 + pre + opcode + modrm, cs))
+            base_form = bytes([0x45 | reg << 3, 0xD8])  # [rBP + disp8]: default SS
+            plain = bytes([0x00 | reg << 3])  # [rAX] (16-bit: [BX+SI]): default DS
+            for seg in _SEG_PREFIXES:
+                out.append(Case(bytes([seg]) + pre + opcode + base_form, cs))
+                out.append(Case(bytes([seg]) + pre + opcode + plain, cs))
+            if name in ("sgdt", "sidt", "lgdt", "lidt"):
+                out.append(Case(b"\x66" + pre + opcode + base_form, cs))
+            if cs == 64:
+                for rex in (0x41, 0x42, 0x44, 0x48, 0x4F):
+                    out.append(Case(pre + bytes([rex]) + opcode + bytes([0x04 | reg << 3, 0xE8]), cs))
+                    out.append(Case(pre + bytes([rex]) + opcode + base_form, cs))
+    return out
