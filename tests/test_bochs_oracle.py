@@ -256,3 +256,21 @@ def test_bochs_undefined_bits(oracle: dict) -> None:
             upper = rec.exit_qualification >> 32
             if not instr.operand.rip_relative:
                 assert upper == (0xFFFFFFFF if low >> 31 else 0)
+
+
+def test_bochs_undefined_info_bits_pattern(oracle: dict) -> None:
+    """Bochs writes only two undefined instruction-information bits: bit 31 = REX.R for the
+    descriptor-table layouts in 64-bit code, bit 10 for RDRAND/RDSEED."""
+    from vmxaddr.decode import decode
+
+    cases, records = oracle["coverage"]
+    for c in B.compare(cases, records):
+        instr = decode(c.code, c.code_size)
+        allowed = 0
+        if instr.spec.layout.value in ("dt", "ldt") and instr.rex & 4:
+            allowed = 1 << 31
+        if instr.spec.layout.value == "rdrand":
+            allowed = 1 << 10
+        assert c.undefined_info & ~allowed == 0, (c.code.hex(), hex(c.undefined_info))
+        if instr.spec.layout.value == "rdrand":
+            assert c.undefined_info == 1 << 10

@@ -735,7 +735,7 @@ def random_cases(n: int, seed: int, include_not_exiting: bool = False) -> list[C
 
 
 def crosscheck_bochs(n: int = 1000, seed: int = 0, progress: ProgressFn | None = None,
-                     batch: int = 3000) -> dict[str, Any]:
+                     batch: int = 10000) -> dict[str, Any]:
     """Run ``n`` random encodings through Bochs and compare with the core's encoder.
     Returns a JSON-able summary (counts, time, unexplained disagreements, what Bochs
     wrote into undefined bits)."""
@@ -850,3 +850,37 @@ def coverage_cases() -> list[Case]:
                     out.append(Case(pre + bytes([rex]) + opcode + bytes([0x04 | reg << 3, 0xE8]), cs))
                     out.append(Case(pre + bytes([rex]) + opcode + base_form, cs))
     return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m vmxaddr.oracles.bochs [-n N] [--seed S] [--json]``"""
+    import argparse
+    import json
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m vmxaddr.oracles.bochs",
+                                 description="Cross-check the exit-information encoder against Bochs.")
+    ap.add_argument("-n", type=int, default=1000, help="number of random encodings (default 1000)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    args = ap.parse_args(argv)
+    try:
+        summary = crosscheck_bochs(args.n, args.seed,
+                                   progress=None if args.json else
+                                   lambda d, t: print(f"  {d}/{t} cases", file=sys.stderr))
+    except BochsUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"bochs: {summary['cases']} cases, {summary['agree']} agree, "
+              f"{summary['unexplained']} unexplained, explained {summary['explained']}, "
+              f"{summary['boots']} boot(s), {summary['seconds']} s")
+        for d in summary["disagreements"]:
+            print(f"  {d['mode']}-bit {d['bytes']} {d['instruction']}: {'; '.join(d['differences'])}")
+    return 1 if summary["unexplained"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
