@@ -92,7 +92,7 @@ class BochsError(RuntimeError):
 
 # --------------------------------------------------------------------------- tools
 
-REQUIRED_TOOLS = ("bochs", "as", "ld", "objcopy", "nm")
+REQUIRED_TOOLS = ("bochs", "as", "ld", "objcopy", "nm", "size")
 BIOS_DIR = Path("/usr/share/bochs")
 PLUGIN_DIRS = (
     Path("/usr/lib/x86_64-linux-gnu/bochs/plugins"),
@@ -104,7 +104,7 @@ def missing_tools() -> list[str]:
     """Names of the programs/files the oracle needs that are not installed."""
     missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None]
     if not (BIOS_DIR / "VGABIOS-lgpl-latest").exists():
-        missing.append("bochsbios (VGABIOS-lgpl-latest)")
+        missing.append("bochs (VGABIOS-lgpl-latest)")
     if _display_library() is None:
         missing.append("a bochs display library (bochs-term)")
     return missing
@@ -333,7 +333,7 @@ def build_image(cases: Sequence[Case], workdir: Path) -> _Image:
     _run(["as", "--64", "-o", "cases.o", "cases.S"], workdir)
     # payload size decides the ROM size (power of two, >= 64 KiB, 4 KiB reset block)
     _run(["ld", "-r", "-o", "all.o", "vmm.o", "cases.o"], workdir)
-    size_out = _run(["size", "-A", "all.o"], workdir) if shutil.which("size") else ""
+    size_out = _run(["size", "-A", "all.o"], workdir)
     payload = 0
     for line in size_out.splitlines():
         parts = line.split()
