@@ -715,6 +715,7 @@ def random_cases(n: int, seed: int, include_not_exiting: bool = False) -> list[C
     an encoding the core decoder accepts.  The first ones walk every (instruction,
     code size, operand kind) in turn so that small ``n`` still covers them."""
     rng = random.Random(seed)
+    use_core_gen = _core_generator()
     combos = [(o[0], cs, kind) for o in OPCODES for cs in (16, 32, 64)
               for kind in (("reg",) if o[4] == "r" else ("mem",) if o[4] == "m" else ("reg", "mem"))
               if include_not_exiting or o[0] not in NOT_EXITING_IN_BOCHS]
@@ -724,14 +725,35 @@ def random_cases(n: int, seed: int, include_not_exiting: bool = False) -> list[C
         attempts += 1
         if attempts > 100 * n + 1000:
             raise RuntimeError("could not generate decodable encodings")
-        name, cs, kind = combos[len(out) % len(combos)] if len(out) < 4 * len(combos) \
-            else rng.choice(combos)
-        code = random_encoding(rng, cs, name, kind)
+        if len(out) < 4 * len(combos) or use_core_gen is None or rng.random() < 0.5:
+            name, cs, kind = combos[len(out) % len(combos)] if len(out) < 4 * len(combos) \
+                else rng.choice(combos)
+            code = random_encoding(rng, cs, name, kind)
+        else:
+            # the core's generator too (double segment prefixes, mandatory prefix placed
+            # among the others), so the oracle also sees the encodings the other checks use
+            code, cs = use_core_gen(rng)
+            name = None
         instr = _decodes(code, cs)
-        if instr is None or instr.mnemonic != name or instr.length != len(code):
+        if instr is None or (name is not None and instr.mnemonic != name) or instr.length != len(code):
+            continue
+        if not include_not_exiting and instr.mnemonic in NOT_EXITING_IN_BOCHS:
             continue
         out.append(Case(code, cs))
     return out
+
+
+def _core_generator() -> Callable[[random.Random], tuple[bytes, int]] | None:
+    try:
+        from vmxaddr.gen import MNEMONICS, RandomChooser, gen_encoding
+    except ImportError:
+        return None
+    names = tuple(m for m in MNEMONICS if m not in NOT_EXITING_IN_BOCHS)
+
+    def gen(rng: random.Random) -> tuple[bytes, int]:
+        return gen_encoding(RandomChooser(rng), mnemonics=names, register_forms=0.3)
+
+    return gen
 
 
 def crosscheck_bochs(n: int = 1000, seed: int = 0, progress: ProgressFn | None = None,
