@@ -185,7 +185,9 @@ class Elf:
                                 f"the file at {len(data):#x}")
             self.sections.append(Section(i, _cstr(names, name) if names else f"#{i}", typ, flags,
                                          addr, off, size, link, entsize))
-        self._symbols: list[Symbol] | None = None
+        self._entries: list[tuple[int, int, int, int, int]] | None = None
+        self._strtab = b""
+        self._starts: dict[int, set[int]] | None = None
 
     def _bytes_of(self, raw: tuple[int, ...], what: str) -> bytes:
         off, size = raw[4], raw[5]
@@ -204,37 +206,53 @@ class Elf:
         return [s for s in self.sections
                 if s.flags & SHF_EXECINSTR and s.type != SHT_NOBITS and s.size and s.index]
 
-    def symbols(self) -> list[Symbol]:
-        """The static symbol table, else the dynamic one (what objdump -d labels code with)."""
-        if self._symbols is None:
-            self._symbols = []
+    def _symbol_entries(self) -> list[tuple[int, int, int, int, int]]:
+        """(name offset, value, size, type, section index) of the named symbols defined in a
+        section, from the static symbol table, else the dynamic one (what objdump -d labels
+        code with); section and file symbols left out, as objdump does."""
+        if self._entries is None:
+            self._entries = []
             for want in (SHT_SYMTAB, SHT_DYNSYM):
                 tabs = [s for s in self.sections if s.type == want]
-                for tab in tabs:
-                    self._symbols.extend(self._read_symbols(tab))
                 if tabs:
+                    tab = tabs[0]
+                    self._entries = self._read_symbols(tab)
+                    self._strtab = self.section_bytes(self.sections[tab.link])
                     break
-        return self._symbols
+        return self._entries
 
-    def _read_symbols(self, tab: Section) -> list[Symbol]:
+    def _read_symbols(self, tab: Section) -> list[tuple[int, int, int, int, int]]:
         fmt = "<IIIBBH" if self.bits == 32 else "<IBBHQQ"
         size = struct.calcsize(fmt)
         if tab.entsize not in (0, size) or not 0 < tab.link < len(self.sections):
             raise ScanError(f"bad symbol table {tab.name}")
         body = self.section_bytes(tab)
         body = body[:len(body) - len(body) % size]
-        strtab = self.section_bytes(self.sections[tab.link])
-        out = []
-        for ent in struct.iter_unpack(fmt, body):
-            if self.bits == 32:
-                name, value, sz, info, _other, shndx = ent
-            else:
-                name, info, _other, shndx, value, sz = ent
-            typ = info & 0xF
-            if not name or typ in (STT_SECTION, STT_FILE) or shndx == 0 or shndx >= SHN_LORESERVE:
-                continue
-            out.append(Symbol(_cstr(strtab, name), value, sz, typ, shndx))
-        return out
+        if self.bits == 32:
+            ents = [(n, v, sz, i & 0xF, x) for n, v, sz, i, _o, x in struct.iter_unpack(fmt, body)]
+        else:
+            ents = [(n, v, sz, i & 0xF, x) for n, i, _o, x, v, sz in struct.iter_unpack(fmt, body)]
+        return [e for e in ents if e[0] and e[3] != STT_SECTION and e[3] != STT_FILE
+                and 0 < e[4] < SHN_LORESERVE]
+
+    def symbol_starts(self, sec: Section) -> list[int]:
+        """Section offsets where objdump -d restarts its sweep: 0 and every symbol."""
+        if self._starts is None:
+            self._starts = {}
+            rel = self.relocatable
+            addr = {s.index: (0 if rel else s.addr, s.size) for s in self.sections}
+            for _n, value, _sz, _t, shndx in self._symbol_entries():
+                base, size = addr.get(shndx, (0, 0))
+                if 0 <= value - base < size:
+                    self._starts.setdefault(shndx, set()).add(value - base)
+        return sorted(self._starts.get(sec.index, set()) | {0})
+
+    def symbols(self, sec: Section) -> list[Symbol]:
+        """The symbols defined in a section, with their values as section offsets."""
+        base = 0 if self.relocatable else sec.addr
+        return [Symbol(_cstr(self._strtab, n), v - base, sz, t, x)
+                for n, v, sz, t, x in self._symbol_entries()
+                if x == sec.index and 0 <= v - base < sec.size]
 
 
 def _cstr(table: bytes, offset: int) -> str:
@@ -390,23 +408,12 @@ def operand_form(raw: bytes, bits: int) -> str:
     return f"memory {'sib' if sib else 'modrm'} disp{disp}"
 
 
-def _symbol_starts(elf: Elf, sec: Section) -> list[int]:
-    base = 0 if elf.relocatable else sec.addr
-    starts = {0}
-    for s in elf.symbols():
-        if s.shndx == sec.index and 0 <= s.value - base < sec.size:
-            starts.add(s.value - base)
-    return sorted(starts)
-
-
 class _Enclosing:
     """The FUNC or NOTYPE symbol whose range holds an offset (objdump's <name+off> label)."""
 
     def __init__(self, elf: Elf, sec: Section) -> None:
-        base = 0 if elf.relocatable else sec.addr
-        syms = sorted(((s.value - base, s.type != STT_FUNC, s.name, s.size) for s in elf.symbols()
-                       if s.shndx == sec.index and s.type in (STT_FUNC, STT_NOTYPE)
-                       and 0 <= s.value - base < sec.size), key=lambda t: (t[0], t[1], t[2]))
+        syms = sorted((s.value, s.type != STT_FUNC, s.name, s.size) for s in elf.symbols(sec)
+                      if s.type in (STT_FUNC, STT_NOTYPE))
         self.syms = syms
         self.keys = [t[0] for t in syms]
 
@@ -448,8 +455,8 @@ def scan_image(path: str, data: bytes, mode: int | None = None,
         cands = [m.start() for m in CANDIDATE.finditer(body)]
         if not cands:
             continue
-        starts = _symbol_starts(elf, sec)
-        enclosing = _Enclosing(elf, sec)
+        starts = elf.symbol_starts(sec)
+        enclosing: _Enclosing | None = None
         base = 0 if elf.relocatable else sec.addr
         by_region: dict[int, list[int]] = {}
         for c in cands:
@@ -481,6 +488,8 @@ def scan_image(path: str, data: bytes, mode: int | None = None,
                     res.warnings.append(f"{sec.name}+{at:#x}: decode says {instr.length} bytes, "
                                         f"the sweep {nxt - at}")
                 ei = encode(instr, rip=base + at)
+                if enclosing is None:
+                    enclosing = _Enclosing(elf, sec)
                 sym, symoff = enclosing.find(at)
                 res.findings.append({
                     "file": path, "section": sec.name, "offset": at,
@@ -539,6 +548,35 @@ def summarize(findings: list[dict[str, Any]]) -> dict[str, Any]:
 
 # -- command line -------------------------------------------------------------------------------
 
+_COMPRESSED_ELF = re.compile(r"\.(ko|o|so|elf|debug)(\.[0-9.]+)?\.(xz|gz|zst)$|^xen[-.].*\.gz$")
+
+
+def expand_paths(paths: list[str]) -> list[str]:
+    """Files as given; directories walked for ELF files (by magic number) and compressed
+    kernel modules, objects and shared objects (by name)."""
+    out: list[str] = []
+    for path in paths:
+        if not os.path.isdir(path):
+            out.append(path)
+            continue
+        for root, dirs, names in os.walk(path):
+            dirs.sort()
+            for name in sorted(names):
+                full = os.path.join(root, name)
+                if not os.path.isfile(full) or os.path.islink(full):
+                    continue
+                if _COMPRESSED_ELF.search(name):
+                    out.append(full)
+                    continue
+                try:
+                    with open(full, "rb") as fh:
+                        if fh.read(4) == b"\x7fELF":
+                            out.append(full)
+                except OSError:
+                    out.append(full)  # reported as an error when scanned
+    return out
+
+
 def _mode_arg(text: str) -> tuple[str | None, int]:
     name, sep, m = text.rpartition("=")
     if m not in ("16", "32", "64"):
@@ -555,7 +593,8 @@ def _mode_for(path: str, modes: list[tuple[str | None, int]]) -> int | None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="+", metavar="FILE", help="ELF files (may be .xz, .gz or .zst)")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="ELF files (may be .xz, .gz or .zst); a directory is searched for them")
     p.add_argument("--mode", type=_mode_arg, action="append", default=[], metavar="[FILE=]M",
                    help="code size 16, 32 or 64 instead of the ELF class; FILE=M for one file "
                         "(path or base name); may be repeated")
@@ -586,7 +625,7 @@ def _fmt_finding(f: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    files: list[str] = args.files
+    files = expand_paths(args.files)
     jobs = [(path, _mode_for(path, args.mode)) for path in files]
     workers = args.jobs or (min(os.cpu_count() or 1, 8) if len(files) >= 8 else 1)
     progress = args.progress or sys.stderr.isatty()
