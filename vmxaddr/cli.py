@@ -1,0 +1,254 @@
+"""The `vmxaddr` command line. Each subcommand's module registers itself through `register`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from vmxaddr.case import Case, case_json
+from vmxaddr.decode import DecodeError, parse_hex
+from vmxaddr.exitinfo import EXIT_QUAL_POLICIES, IGNORED_SEGMENT_POLICIES, SI_DI_POLICIES, UNDEFINED_BITS_POLICIES, Policy
+from vmxaddr.models.base import InvalidExitInfo
+from vmxaddr.state import MODES, CpuState, StateError, parse_int
+
+EPILOG = """examples:
+  vmxaddr explain --mode 32 --reg ebp=0x1000 0f7845d8
+      VMREAD [EBP-0x28], EAX in 32-bit code: every step, with the SDM rule it applies
+  vmxaddr explain --mode 64 --seg fs.base=0x100000000 '64 67 0f c7 30'
+      VMPTRLD FS:[EAX] in 64-bit mode: a 32-bit address size, a 64-bit FS base
+  vmxaddr decode --mode 16 --json '66 0f c7 76 f0'
+      VMCLEAR [BP-0x10] in 16-bit code, as JSON
+"""
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported on one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def fail(message: str) -> NoReturn:
+    raise UsageError(message)
+
+
+# -- shared options --------------------------------------------------------------------------
+
+def add_case_options(p: argparse.ArgumentParser, hex_arg: bool = True) -> None:
+    p.add_argument("--mode", choices=("16", "32", "64"),
+                   help="code size of the guest code: 16 or 32 (protected mode) or 64 (64-bit mode)")
+    p.add_argument("--state", metavar="FILE.json", help="CPU state as JSON (see docs/state-format.md); "
+                   "the other options are applied on top of it")
+    p.add_argument("--cpu-mode", choices=MODES, help="processor mode, for the #UD rules "
+                   "(default: protected, or 64-bit with --mode 64)")
+    p.add_argument("--cpl", type=int, choices=(0, 1, 2, 3), help="current privilege level (default 0)")
+    p.add_argument("--la57", action="store_true", help="CR4.LA57 = 1: 57-bit canonical addresses")
+    p.add_argument("--rip", help="address of the instruction (for RIP-relative operands)")
+    p.add_argument("--reg", action="append", default=[], metavar="NAME=VALUE",
+                   help="set a register, e.g. --reg ebp=0x1000 (a 32/16-bit name sets the low bits)")
+    p.add_argument("--seg", action="append", default=[], metavar="SEG.FIELD=VALUE",
+                   help="set a segment field, e.g. --seg fs.base=0x100000000 --seg ss.limit=0xfff "
+                   "(fields: base limit type s dpl p db g l unusable selector)")
+    p.add_argument("--exit-qual", choices=EXIT_QUAL_POLICIES, default="zero-extend",
+                   help="exit-qualification bits above the address size, which the SDM leaves undefined: "
+                   "zero-extend (observed hardware, default), sign-extend, random-upper")
+    p.add_argument("--undefined-bits", choices=UNDEFINED_BITS_POLICIES, default="zero",
+                   help="undefined instruction-information bits: zero (default) or random")
+    p.add_argument("--ignored-segment", choices=IGNORED_SEGMENT_POLICIES, default="default",
+                   help="segment reported for a 64-bit-mode CS/DS/ES/SS override: default (as Bochs) or prefix")
+    p.add_argument("--si-di", choices=SI_DI_POLICIES, default="base",
+                   help="16-bit [SI]/[DI] reported as base (as Bochs, default) or index")
+    p.add_argument("--seed", type=int, default=0, help="seed for the random policies")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    if hex_arg:
+        p.add_argument("hex", nargs="+", metavar="HEX", help="instruction bytes in hex; spaces allowed (e.g. 0f7845d8 or '0f 78 45 d8')")
+
+
+def policy_from(args: argparse.Namespace) -> Policy:
+    return Policy(args.exit_qual, args.undefined_bits, args.ignored_segment, args.si_di, args.seed)
+
+
+def state_from(args: argparse.Namespace) -> CpuState:
+    try:
+        st = CpuState.for_code_size(int(args.mode)) if args.mode else None
+        if args.state:
+            try:
+                text = Path(args.state).read_text()
+            except OSError as e:
+                fail(f"cannot read state file {args.state}: {e.strerror}")
+            st = CpuState.loads(text, st)
+            if args.mode and st.code_size != int(args.mode):
+                fail(f"--mode {args.mode} contradicts the state file, whose code is {st.code_size}-bit")
+        if st is None:
+            fail("give --mode 16, 32 or 64 (or a --state file)")
+        if args.cpu_mode:
+            st = CpuState.from_json({"mode": args.cpu_mode}, st)
+        if args.cpl is not None:
+            st = CpuState.from_json({"cpl": args.cpl}, st)
+        if args.la57:
+            st = CpuState.from_json({"cr4": {"la57": 1}}, st)
+        if args.rip is not None:
+            st = CpuState.from_json({"rip": args.rip}, st)
+        for item in args.reg:
+            name, eq, value = item.partition("=")
+            if not eq:
+                fail(f"--reg {item!r}: expected NAME=VALUE, e.g. ebp=0x1000")
+            st = st.with_reg(name.strip(), parse_int(value.strip(), f"--reg {name}"))
+        for item in args.seg:
+            lhs, eq, value = item.partition("=")
+            seg, dot, fld = lhs.partition(".")
+            if not eq or not dot:
+                fail(f"--seg {item!r}: expected SEG.FIELD=VALUE, e.g. fs.base=0x100000000")
+            st = CpuState.from_json({"segments": {seg.strip().lower(): {fld.strip().lower(): value.strip()}}}, st)
+    except StateError as e:
+        fail(str(e))
+    return st
+
+
+def case_from(args: argparse.Namespace) -> Case:
+    st = state_from(args)
+    try:
+        raw = parse_hex(" ".join(args.hex))
+    except ValueError as e:
+        fail(str(e))
+    try:
+        return Case.from_bytes(raw, st, policy_from(args))
+    except DecodeError as e:
+        fail(f"cannot decode {raw.hex(' ')} as {st.code_size}-bit code: {e}")
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+# -- commands --------------------------------------------------------------------------------
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from vmxaddr.explain import describe_exit, describe_instruction
+    from vmxaddr.models import get
+
+    case = case_from(args)
+    exit = case.exit
+    result = case.run(get("sdm"), explain=True)
+    if args.json:
+        print_json(case_json(case, exit, result))
+    else:
+        print("\n".join(describe_instruction(case) + describe_exit(exit)))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from vmxaddr.explain import explain_text
+    from vmxaddr.models import UnknownModel, get
+
+    case = case_from(args)
+    try:
+        model = get(args.model)
+    except UnknownModel as e:
+        fail(str(e))
+    exit = case.exit
+    try:
+        result = case.run(model, explain=True)
+    except InvalidExitInfo as e:
+        fail(str(e))
+    if args.json:
+        obj = case_json(case, exit, result)
+        obj["model"] = args.model
+        print_json(obj)
+    else:
+        print(explain_text(case, exit, result, args.model))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from vmxaddr.models import REGISTRY
+
+    if args.json:
+        print_json([{"name": m.name, "kind": m.kind, "summary": m.summary} for m in REGISTRY.values()])
+        return 0
+    width = max(len(n) for n in REGISTRY)
+    for kind in ("encoder", "consumer"):
+        ms = [m for m in REGISTRY.values() if m.kind == kind]
+        if ms:
+            print(f"{kind}s:")
+            for m in ms:
+                print(f"  {m.name:<{width}}  {m.summary}")
+    return 0
+
+
+def register_core(sub: Any) -> None:
+    p = sub.add_parser("decode", help="decode one instruction and show its VM-exit information",
+                       description="Decode one VMX-family instruction and show the exit qualification and "
+                       "instruction-information field a processor reports for it.", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_case_options(p)
+    p.set_defaults(func=cmd_decode)
+    p = sub.add_parser("explain", help="every step from bytes to linear address or fault, with the SDM rules",
+                       description="Decode one instruction, encode its VM-exit information as a processor "
+                       "would, then compute the effective address, linear address and fault the way a "
+                       "model (default: the SDM reference) does, step by step.", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_case_options(p)
+    p.add_argument("--model", default="sdm", help="model to run (default sdm; `vmxaddr models` lists them, "
+                   "or module.path:function)")
+    p.set_defaults(func=cmd_explain)
+    p = sub.add_parser("models", help="list the models", description="List every registered model.")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+
+# Each entry adds its subcommands to the parser.
+COMMANDS: list[Callable[[Any], None]] = [register_core]
+
+
+def _optional_commands() -> list[Callable[[Any], None]]:
+    found = []
+    for modname in ("vmxaddr.diff", "vmxaddr.fuzz", "vmxaddr.crosscheck", "vmxaddr.scan", "vmxaddr.trace"):
+        try:
+            mod = __import__(modname, fromlist=["register"])
+        except ImportError as e:
+            if e.name != modname:
+                raise
+            continue
+        if hasattr(mod, "register"):
+            found.append(mod.register)
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="vmxaddr", description="How the memory operand of a VMX instruction is reported on a "
+                    "VM exit and turned into an effective address, a linear address or a fault — by the "
+                    "Intel SDM, and by hypervisors that got it wrong.", epilog=EPILOG,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for reg in COMMANDS + _optional_commands():
+        reg(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as e:
+        print(f"vmxaddr {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,430 @@
+"""Decode one VMX-family instruction: bytes + code size -> an immutable Instruction record.
+
+Two decoders read every instruction. Our own reads the prefixes, opcode, ModRM, SIB and
+displacement of this small instruction family (SDM Vol. 2 §2.1, tables 2-1 … 2-3); capstone 5
+reads the same bytes independently and must agree on the length and on the memory operand's base,
+index and scale, else the decode fails loudly (`DecodeError(kind="decoder-disagreement")`).
+Where capstone 5 is known to be wrong for this family, the guard is ours and is listed in
+docs/known-decoder-issues.md (the mnemonic of 0F C7 /6 in 16-bit code, INVEPT/INVVPID/INVPCID in
+16-bit code, no default segment, ignored 64-bit-mode segment prefixes, displacement width).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from vmxaddr.isa import REG16, REG32, REG64, RBP, RSP, SEGMENTS, SPECS, InstrSpec, reg_name
+
+LEGACY_PREFIXES = frozenset((0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67))
+SEGMENT_PREFIX = {0x26: "es", 0x2E: "cs", 0x36: "ss", 0x3E: "ds", 0x64: "fs", 0x65: "gs"}
+MAX_LENGTH = 15  # SDM Vol. 2 §2.3.11: longer instructions raise #GP
+
+# 16-bit addressing, ModRM.rm -> (base, index) (SDM Vol. 2 Table 2-1). rm 6 with mod 0 is disp16.
+_RM16 = ((3, 6), (3, 7), (5, 6), (5, 7), (6, None), (7, None), (5, None), (3, None))
+
+
+class DecodeError(ValueError):
+    """Bytes that are not a VMX-family instruction this library can decode.
+
+    `kind` is one of: "mode", "empty", "truncated", "too-long", "lock", "prefix", "not-vmx",
+    "register-form", "decoder-disagreement".
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryOperand:
+    segment: str  # the segment the access uses: the effective override, else the default rule
+    segment_prefix: str | None  # the last segment-override prefix present, effective or not
+    base: int | None  # register number (0 = rAX … 15 = R15); None: no base (or RIP-relative)
+    index: int | None
+    scale: int  # 1, 2, 4 or 8
+    displacement: int  # the displacement field, sign-extended from its own width
+    disp_size: int  # width of the displacement field in bytes (0, 1, 2 or 4)
+    disp_offset: int  # where the displacement field starts in the bytes
+    address_size: int  # 16, 32 or 64
+    rip_relative: bool
+    access_size: int  # bytes the instruction reads or writes
+    access: str  # "read" or "write"
+
+    @property
+    def base_name(self) -> str | None:
+        if self.rip_relative:
+            return "rip" if self.address_size == 64 else "eip"
+        return None if self.base is None else reg_name(self.base, self.address_size)
+
+    @property
+    def index_name(self) -> str | None:
+        return None if self.index is None else reg_name(self.index, self.address_size)
+
+    def text(self) -> str:
+        parts = [p for p in (self.base_name, self.index_name and (
+            self.index_name + (f"*{self.scale}" if self.scale > 1 else ""))) if p]
+        d = self.displacement
+        if parts and d:
+            parts.append(f"{'-' if d < 0 else '+'} {abs(d):#x}")
+            body = " + ".join(parts[:-1]) + " " + parts[-1]
+        elif parts:
+            body = " + ".join(parts)
+        else:
+            body = f"{d & ((1 << self.address_size) - 1):#x}"
+        return f"{self.segment}:[{body}]"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "segment": self.segment,
+            "segment_prefix": self.segment_prefix,
+            "base": self.base_name,
+            "index": self.index_name,
+            "scale": self.scale,
+            "displacement": self.displacement,
+            "disp_size": self.disp_size,
+            "address_size": self.address_size,
+            "rip_relative": self.rip_relative,
+            "access_size": self.access_size,
+            "access": self.access,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Instruction:
+    mnemonic: str
+    code_size: int
+    length: int
+    raw: bytes
+    prefixes: tuple[int, ...]  # legacy prefixes, in order
+    rex: int  # the effective REX byte, 0 when none
+    operand: MemoryOperand | None  # None for a register form
+    reg1: int | None  # the r/m register of a register form (VMREAD/VMWRITE, LLDT group, RDRAND)
+    reg2: int | None  # ModRM.reg: VMREAD/VMWRITE field encoding, INVEPT/INVVPID/INVPCID type
+    operand_size: int | None  # LGDT group (16/32; None in 64-bit mode) and RDRAND/RDSEED
+    spec: InstrSpec
+
+    @property
+    def reg_size(self) -> int:
+        """Width of the general-register operands (reg1/reg2) for naming them."""
+        if self.spec.layout.value == "rdrand":
+            return self.operand_size or 32
+        return 64 if self.code_size == 64 else 32
+
+    def text(self) -> str:
+        size = self.reg_size
+        ops: list[str] = []
+        r1 = reg_name(self.reg1, size) if self.reg1 is not None else None
+        r2 = reg_name(self.reg2, size) if self.reg2 is not None else None
+        mem = self.operand.text() if self.operand else r1
+        m = self.mnemonic
+        if m == "vmread":
+            ops = [mem or "?", r2 or "?"]
+        elif m == "vmwrite" or m in ("invept", "invvpid", "invpcid"):
+            ops = [r2 or "?", mem or "?"]
+        elif mem:
+            ops = [mem]
+        return f"{m} {', '.join(ops)}".strip()
+
+    def to_json(self) -> dict[str, Any]:
+        size = self.reg_size
+        return {
+            "mnemonic": self.mnemonic,
+            "text": self.text(),
+            "code_size": self.code_size,
+            "length": self.length,
+            "bytes": self.raw.hex(),
+            "prefixes": [f"{p:02x}" for p in self.prefixes] + ([f"{self.rex:02x}"] if self.rex else []),
+            "operand": self.operand.to_json() if self.operand else None,
+            "registers": {k: reg_name(v, size) for k, v in (("reg1", self.reg1), ("reg2", self.reg2))
+                          if v is not None},
+            "operand_size": self.operand_size,
+            "exit_reason": self.spec.exit_reason,
+            "layout": self.spec.layout.value,
+        }
+
+
+def parse_hex(text: str) -> bytes:
+    """'0f 78 45 d8' / '0f7845d8' / '0x0f,0x78' -> bytes; ValueError with a reason otherwise."""
+    t = text.strip().lower().replace("0x", "").replace(",", " ").replace("\\x", " ")
+    t = "".join(t.split())
+    if not t:
+        raise ValueError("no instruction bytes given")
+    if len(t) % 2:
+        raise ValueError(f"odd number of hex digits in {text!r}")
+    try:
+        return bytes.fromhex(t)
+    except ValueError:
+        raise ValueError(f"not hexadecimal: {text!r}") from None
+
+
+def _mandatory_prefix(prefixes: tuple[int, ...]) -> int | None:
+    # The last F2/F3 selects the instruction when present; else 66 does (SDM Vol. 2 §2.1.2,
+    # "mandatory prefix"); iced-x86 and hardware agree that F3 66 0F C7 /6 is VMXON.
+    rep = None
+    for p in prefixes:
+        if p in (0xF2, 0xF3):
+            rep = p
+    if rep is not None:
+        return rep
+    return 0x66 if 0x66 in prefixes else None
+
+
+_NAMES = {None: "no", 0x66: "66", 0xF2: "F2", 0xF3: "F3"}
+
+
+def decode(data: bytes | bytearray | memoryview, code_size: int) -> Instruction:
+    """Decode the instruction at the start of `data` (trailing bytes are ignored)."""
+    if code_size not in (16, 32, 64):
+        raise DecodeError("mode", f"code size must be 16, 32 or 64, not {code_size}")
+    data = bytes(data[:MAX_LENGTH + 1])
+    n = len(data)
+    if not n:
+        raise DecodeError("empty", "no instruction bytes")
+    i = 0
+    prefixes: list[int] = []
+    rex = 0
+    while i < n:
+        b = data[i]
+        if b in LEGACY_PREFIXES:
+            prefixes.append(b)
+            rex = 0  # a REX prefix followed by a legacy prefix is ignored (Vol. 2 §2.2.1)
+        elif code_size == 64 and 0x40 <= b <= 0x4F:
+            rex = b
+        else:
+            break
+        i += 1
+    pfx = tuple(prefixes)
+
+    def need(k: int) -> None:
+        if i + k > n:
+            if n > MAX_LENGTH:
+                raise DecodeError("too-long", "instruction longer than 15 bytes (#GP)")
+            raise DecodeError("truncated", f"bytes run out after {n} byte(s): the instruction is incomplete")
+
+    need(1)
+    if data[i] != 0x0F:
+        raise DecodeError("not-vmx", f"opcode {data[i]:02x} is not a VMX-family instruction (those start 0F)")
+    i += 1
+    need(1)
+    op = data[i]
+    i += 1
+    if op == 0x38:
+        need(1)
+        op3 = data[i]
+        i += 1
+        if op3 not in (0x80, 0x81, 0x82):
+            raise DecodeError("not-vmx", f"0F 38 {op3:02x} is not a VMX-family instruction")
+    elif op not in (0x78, 0x79, 0xC7, 0x01, 0x00):
+        raise DecodeError("not-vmx", f"0F {op:02x} is not a VMX-family instruction")
+    else:
+        op3 = -1
+    need(1)
+    modrm = data[i]
+    i += 1
+    mod, reg, rm = modrm >> 6, (modrm >> 3) & 7, modrm & 7
+    mp = _mandatory_prefix(pfx)
+    rex_w, rex_r, rex_x, rex_b = rex & 8, (rex & 4) << 1, (rex & 2) << 2, (rex & 1) << 3
+
+    mnemonic = _classify(op, op3, mod, reg, mp)
+    if 0xF0 in pfx:
+        raise DecodeError("lock", f"LOCK prefix on {mnemonic.upper()} raises #UD")
+    spec = SPECS[mnemonic]
+    if mod == 3 and spec.memory == "required":
+        raise DecodeError("register-form", f"{mnemonic.upper()} requires a memory operand; ModRM {modrm:02x} names a register (#UD)")
+
+    opsize = 0x66 in pfx and mp != 0x66
+    operand: MemoryOperand | None = None
+    reg1 = reg2 = None
+    if mod == 3:
+        reg1 = rm | rex_b
+    else:
+        asize = {16: 32, 32: 16, 64: 32}[code_size] if 0x67 in pfx else code_size
+        base: int | None
+        index: int | None = None
+        scale = 1
+        rip_rel = False
+        default_ss = False
+        if asize == 16:
+            if mod == 0 and rm == 6:
+                base, dsize = None, 2
+            else:
+                base, index = _RM16[rm]
+                dsize = (0, 1, 2)[mod]
+            default_ss = base == RBP
+        else:
+            if rm == 4:
+                need(1)
+                sib = data[i]
+                i += 1
+                ss_, idx, sbase = sib >> 6, (sib >> 3) & 7, sib & 7
+                idx |= rex_x
+                index = None if idx == RSP else idx
+                scale = 1 << ss_
+                if sbase == 5 and mod == 0:
+                    base, dsize = None, 4
+                else:
+                    base, dsize = sbase | rex_b, (0, 1, 4)[mod]
+                    default_ss = sbase in (RSP, RBP) and not rex_b
+            elif rm == 5 and mod == 0:
+                base, dsize = None, 4
+                rip_rel = code_size == 64
+            else:
+                base, dsize = rm | rex_b, (0, 1, 4)[mod]
+                default_ss = rm == RBP and not rex_b
+        need(dsize)
+        disp_offset = i
+        disp = int.from_bytes(data[i:i + dsize], "little", signed=True) if dsize else 0
+        i += dsize
+        seg_prefix = None
+        eff = None
+        for p in pfx:
+            s = SEGMENT_PREFIX.get(p)
+            if s is not None:
+                seg_prefix = s
+                # In 64-bit mode only FS and GS overrides take effect (Vol. 1 §3.3.7.1).
+                if code_size != 64 or s in ("fs", "gs"):
+                    eff = s
+        segment = eff or ("ss" if default_ss else "ds")
+        operand = MemoryOperand(segment, seg_prefix, base, index, scale, disp, dsize, disp_offset,
+                                asize, rip_rel, spec.access_size(code_size), spec.access or "read")
+    if i > MAX_LENGTH:
+        raise DecodeError("too-long", f"instruction would be {i} bytes; the limit is 15 (#GP)")
+    if spec.layout.value in ("vmread", "inv"):
+        reg2 = reg | rex_r
+    operand_size = None
+    if spec.layout.value == "dt":
+        # Operand size of LGDT & co.: 66 flips it outside 64-bit mode; undefined in 64-bit mode.
+        operand_size = None if code_size == 64 else (16 if (code_size == 16) != opsize else 32)
+    elif spec.layout.value == "rdrand":
+        operand_size = 64 if rex_w else (16 if (code_size == 16) != opsize else 32)
+    raw = data[:i]
+    instr = Instruction(mnemonic, code_size, i, raw, pfx, rex, operand, reg1, reg2, operand_size, spec)
+    _capstone_guard(raw if operand is None else _zero_disp(raw, operand), code_size, instr)
+    return instr
+
+
+def _classify(op: int, op3: int, mod: int, reg: int, mp: int | None) -> str:
+    """The instruction's identity from opcode, ModRM and mandatory prefix (our guard for
+    capstone 5, which calls 66 0F C7 /6 VMPTRLD in 16-bit code)."""
+    if op == 0xC7:
+        if mod != 3:
+            table = {(6, None): "vmptrld", (6, 0x66): "vmclear", (6, 0xF3): "vmxon",
+                     (7, None): "vmptrst", (5, None): "xsaves", (3, None): "xrstors"}
+            m = table.get((reg, mp))
+            if m:
+                return m
+            if reg in (3, 5, 6, 7):
+                raise DecodeError("prefix", f"{_NAMES[mp]} prefix with 0F C7 /{reg} (memory form) is not a valid instruction (#UD)")
+            raise DecodeError("not-vmx", f"0F C7 /{reg} is not a VMX-family instruction")
+        if reg in (6, 7) and mp in (None, 0x66):
+            return "rdrand" if reg == 6 else "rdseed"
+        if reg in (6, 7) and mp == 0xF3:
+            raise DecodeError("not-vmx", f"F3 0F C7 /{reg} with a register is {'SENDUIPI' if reg == 6 else 'RDPID'}, not a VMX-family instruction")
+        if reg in (3, 5, 6, 7):
+            raise DecodeError("register-form", f"0F C7 /{reg} with a register operand is not a VMX-family instruction (#UD)")
+        raise DecodeError("not-vmx", f"0F C7 /{reg} is not a VMX-family instruction")
+    if op in (0x78, 0x79):
+        name = "vmread" if op == 0x78 else "vmwrite"
+        if mp is not None:
+            other = {0x66: "EXTRQ/INSERTQ (AMD SSE4a)", 0xF2: "INSERTQ (AMD SSE4a)", 0xF3: "an invalid encoding"}[mp]
+            raise DecodeError("prefix", f"{_NAMES[mp]} 0F {op:02x} is {other}, not {name.upper()}, which takes no 66/F2/F3 prefix")
+        return name
+    if op == 0x38:
+        name = {0x80: "invept", 0x81: "invvpid", 0x82: "invpcid"}[op3]
+        if mp != 0x66:
+            raise DecodeError("prefix", f"{name.upper()} needs the 66 prefix (and no F2/F3); found {_NAMES[mp]} mandatory prefix")
+        return name
+    if op == 0x01:
+        if mod == 3 or reg > 3:
+            raise DecodeError("not-vmx", f"0F 01 /{reg} {'with a register operand' if mod == 3 else ''} is not SGDT/SIDT/LGDT/LIDT (the register forms are VMCALL, MONITOR, …)".replace("  ", " "))
+        return ("sgdt", "sidt", "lgdt", "lidt")[reg]
+    # op == 0x00
+    if reg > 3:
+        raise DecodeError("not-vmx", f"0F 00 /{reg} is VERR/VERW or invalid, not SLDT/STR/LLDT/LTR")
+    return ("sldt", "str", "lldt", "ltr")[reg]
+
+
+def _zero_disp(raw: bytes, op: MemoryOperand) -> bytes:
+    if not op.disp_size:
+        return raw
+    return raw[:op.disp_offset] + bytes(op.disp_size) + raw[op.disp_offset + op.disp_size:]
+
+
+# -- the capstone guard -----------------------------------------------------------------------
+
+@lru_cache(maxsize=None)
+def _cs(code_size: int) -> Any:
+    import capstone
+
+    mode = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}[code_size]
+    md = capstone.Cs(capstone.CS_ARCH_X86, mode)
+    md.detail = True
+    return md
+
+
+def capstone_view(raw: bytes, code_size: int) -> dict[str, Any] | None:
+    """What capstone 5 makes of the bytes: mnemonic, length and memory operand (or None when it
+    cannot decode them)."""
+    from capstone import x86
+
+    md = _cs(code_size)
+    ins = next(md.disasm(raw, 0), None)
+    if ins is None:
+        return None
+    view: dict[str, Any] = {"mnemonic": ins.mnemonic, "length": ins.size, "text": f"{ins.mnemonic} {ins.op_str}".strip(),
+                            "memory": None}
+    for o in ins.operands:
+        if o.type == x86.X86_OP_MEM:
+            m = o.mem
+            view["memory"] = {
+                "base": ins.reg_name(m.base) if m.base else None,
+                "index": ins.reg_name(m.index) if m.index else None,
+                "scale": m.scale,
+                "segment": ins.reg_name(m.segment) if m.segment else None,
+                "disp": m.disp,
+            }
+    return view
+
+
+@lru_cache(maxsize=1 << 16)
+def _capstone_shape(raw: bytes, code_size: int) -> tuple[int, str | None, str | None, int] | None:
+    v = capstone_view(raw, code_size)
+    if v is None:
+        return None
+    m = v["memory"]
+    if m is None:
+        return (v["length"], None, None, 0)
+    # capstone names "no index" with a non-1 SIB scale as the pseudo-registers riz/eiz.
+    index = None if m["index"] in ("riz", "eiz") else m["index"]
+    return (v["length"], m["base"], index, m["scale"])
+
+
+def _capstone_guard(shape_raw: bytes, code_size: int, instr: Instruction) -> None:
+    got = _capstone_shape(shape_raw, code_size)
+    if got is None:
+        # Known: capstone 5 cannot decode INVEPT/INVVPID/INVPCID in 16-bit code (66 0F 38 8x).
+        return
+    length, base, index, scale = got
+    op = instr.operand
+    problems = []
+    if length != instr.length:
+        problems.append(f"length {length} vs {instr.length}")
+    if op is not None:
+        want_base = op.base_name
+        want_index = op.index_name
+        if base != want_base:
+            problems.append(f"base {base} vs {want_base}")
+        if index != want_index:
+            problems.append(f"index {index} vs {want_index}")
+        if index is not None and scale != op.scale:
+            problems.append(f"scale {scale} vs {op.scale}")
+    if problems:
+        raise DecodeError("decoder-disagreement",
+                          f"capstone and vmxaddr read {shape_raw.hex()} ({code_size}-bit) differently: "
+                          + ", ".join(problems) + " — please report it")
+
+
+REGISTER_NAMES = REG64 + REG32 + REG16
+__all__ = ["DecodeError", "Instruction", "MemoryOperand", "decode", "parse_hex", "capstone_view", "SEGMENTS"]

@@ -1,0 +1,112 @@
+"""The instructions vmxaddr knows: what each one is, how it exits and what it accesses.
+
+One row per instruction that reports a VM-exit instruction-information field (SDM Vol. 3C
+§28.2.5 "Information for VM Exits Due to Instruction Execution", tables "Format of the VM-Exit
+Instruction-Information Field as Used for ..."; numbered 27-9 … 27-14 in older editions).
+Sizes and directions come from the instructions' pages in SDM Vol. 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Layout(str, Enum):
+    """The instruction-information layouts (one SDM table each)."""
+
+    VMPTR = "vmptr"  # VMCLEAR, VMPTRLD, VMPTRST, VMXON, XRSTORS, XSAVES
+    VMREAD = "vmread"  # VMREAD, VMWRITE
+    INV = "inv"  # INVEPT, INVPCID, INVVPID
+    DT = "dt"  # LGDT, LIDT, SGDT, SIDT
+    LDT = "ldt"  # LLDT, LTR, SLDT, STR
+    RDRAND = "rdrand"  # RDRAND, RDSEED (register operand only)
+
+
+@dataclass(frozen=True, slots=True)
+class InstrSpec:
+    mnemonic: str
+    exit_reason: int  # basic exit reason (SDM Vol. 3D Appendix C)
+    layout: Layout
+    access: str | None  # "read" / "write" of the memory operand; None when it has none
+    size: int  # bytes accessed outside 64-bit mode
+    size64: int  # bytes accessed in 64-bit mode
+    memory: str  # "required", "optional" (r/m), "none" (register only)
+    vmx: bool  # a VMX instruction: #UD outside protected/64-bit mode, CPL checked after the exit
+    identity: int | None = None  # bits 29:28 of the DT and LDT layouts
+    real_mode: bool = True  # may execute (and so exit) in real-address mode
+    v8086: bool = True  # may execute in virtual-8086 mode
+    privileged: bool = False  # CPL 0 only; checked before the VM exit (not a VMX instruction)
+
+    def access_size(self, code_size: int) -> int:
+        return self.size64 if code_size == 64 else self.size
+
+
+_VMX = dict(vmx=True, real_mode=False, v8086=False)
+
+# XSAVES/XRSTORS touch a variable-sized area; the legacy region and the XSAVE header (512 + 64
+# bytes, SDM Vol. 1 §13.4) are always accessed, so that is the size checked against the limit.
+SPECS: dict[str, InstrSpec] = {
+    s.mnemonic: s
+    for s in (
+        InstrSpec("vmclear", 19, Layout.VMPTR, "read", 8, 8, "required", **_VMX),
+        InstrSpec("vmptrld", 21, Layout.VMPTR, "read", 8, 8, "required", **_VMX),
+        InstrSpec("vmptrst", 22, Layout.VMPTR, "write", 8, 8, "required", **_VMX),
+        InstrSpec("vmxon", 27, Layout.VMPTR, "read", 8, 8, "required", **_VMX),
+        # VMREAD writes its r/m destination, VMWRITE reads its r/m source: 32 bits outside
+        # 64-bit mode, 64 bits in it, whatever the prefixes (SDM Vol. 3C §31.3 VMREAD/VMWRITE).
+        InstrSpec("vmread", 23, Layout.VMREAD, "write", 4, 8, "optional", **_VMX),
+        InstrSpec("vmwrite", 25, Layout.VMREAD, "read", 4, 8, "optional", **_VMX),
+        InstrSpec("invept", 50, Layout.INV, "read", 16, 16, "required", **_VMX),
+        InstrSpec("invvpid", 53, Layout.INV, "read", 16, 16, "required", **_VMX),
+        # INVPCID is not a VMX instruction: valid in real mode, #UD in virtual-8086 mode, and its
+        # CPL check comes before the VM exit (SDM Vol. 2 INVPCID).
+        InstrSpec("invpcid", 58, Layout.INV, "read", 16, 16, "required", False, v8086=False,
+                  privileged=True),
+        # Descriptor-table group: 6-byte operand (10 in 64-bit mode); exit only with
+        # "descriptor-table exiting".
+        InstrSpec("sgdt", 46, Layout.DT, "write", 6, 10, "required", False, identity=0),
+        InstrSpec("sidt", 46, Layout.DT, "write", 6, 10, "required", False, identity=1),
+        InstrSpec("lgdt", 46, Layout.DT, "read", 6, 10, "required", False, identity=2, privileged=True),
+        InstrSpec("lidt", 46, Layout.DT, "read", 6, 10, "required", False, identity=3, privileged=True),
+        # SLDT/STR/LLDT/LTR are #UD in real and virtual-8086 mode.
+        InstrSpec("sldt", 47, Layout.LDT, "write", 2, 2, "optional", False, 0, False, False),
+        InstrSpec("str", 47, Layout.LDT, "write", 2, 2, "optional", False, 1, False, False),
+        InstrSpec("lldt", 47, Layout.LDT, "read", 2, 2, "optional", False, 2, False, False, True),
+        InstrSpec("ltr", 47, Layout.LDT, "read", 2, 2, "optional", False, 3, False, False, True),
+        InstrSpec("xsaves", 63, Layout.VMPTR, "write", 576, 576, "required", False, v8086=False,
+                  privileged=True),
+        InstrSpec("xrstors", 64, Layout.VMPTR, "read", 576, 576, "required", False, v8086=False,
+                  privileged=True),
+        InstrSpec("rdrand", 57, Layout.RDRAND, None, 0, 0, "none", False),
+        InstrSpec("rdseed", 61, Layout.RDRAND, None, 0, 0, "none", False),
+    )
+}
+
+EXIT_REASONS: dict[str, int] = {m: s.exit_reason for m, s in SPECS.items()}
+
+# Register numbering of the instruction-information field (SDM tables: 0 = RAX … 15 = R15).
+REG64 = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+REG32 = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi",
+         "r8d", "r9d", "r10d", "r11d", "r12d", "r13d", "r14d", "r15d")
+REG16 = ("ax", "cx", "dx", "bx", "sp", "bp", "si", "di",
+         "r8w", "r9w", "r10w", "r11w", "r12w", "r13w", "r14w", "r15w")
+
+# Segment-register numbering of bits 17:15.
+SEGMENTS = ("es", "cs", "ss", "ds", "fs", "gs")
+
+RSP, RBP, RSI, RDI, RBX = 4, 5, 6, 7, 3
+
+
+def reg_name(number: int, size: int) -> str:
+    return {64: REG64, 32: REG32, 16: REG16}[size][number]
+
+
+def reg_number(name: str) -> tuple[int, int]:
+    """'ebp' -> (5, 32). Raises KeyError for an unknown name."""
+    name = name.lower()
+    for size, table in ((64, REG64), (32, REG32), (16, REG16)):
+        if name in table:
+            return table.index(name), size
+    raise KeyError(name)

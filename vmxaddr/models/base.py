@@ -1,0 +1,109 @@
+"""What every model is: a pure function of what a hypervisor sees on the VM exit.
+
+    model(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) -> Result
+
+`exit` is the exit information (instruction, instruction_info, exit_qualification, length),
+`state` the guest state, `access` the size and direction of the memory access the hypervisor is
+about to emulate. With `explain=True` a model also records its steps; without, it must not
+spend time on them (the differential engine runs millions of cases). A user's own model needs
+only the three positional parameters and may ignore `explain`.
+
+A Result carries, besides the outcome, the intermediate values the differential engine compares
+to say *where* two models part: displacement, effective address, segment base, linear address.
+A model that does not compute one of them leaves it None.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from vmxaddr.exitinfo import ExitInfo
+from vmxaddr.state import CpuState
+
+OK = "ok"
+FAULT = "fault"
+IMPL = "implementation-specific"
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    size: int  # bytes
+    write: bool
+
+    @property
+    def kind(self) -> str:
+        return "write" if self.write else "read"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    kind: str  # "ok", "fault" or "implementation-specific"
+    vector: str | None = None  # "UD", "GP", "SS"; for implementation-specific: the fault it may raise
+    error_code: int | None = None
+    rule: str | None = None  # id of the rule that decided (vmxaddr.rules)
+    reason: str = ""
+
+    def same_as(self, other: Outcome) -> bool:
+        return self.kind == other.kind and self.vector == other.vector and self.error_code == other.error_code
+
+    def accepts(self, other: Outcome) -> bool:
+        """Would `other` be a right answer where this (reference) outcome is the truth?"""
+        if self.kind == IMPL:
+            return other.kind == OK or (other.kind == FAULT and other.vector == self.vector
+                                        and other.error_code == self.error_code) or self.same_as(other)
+        return self.same_as(other)
+
+    def short(self) -> str:
+        if self.kind == OK:
+            return "ok"
+        code = "" if self.error_code is None else f"({self.error_code})"
+        if self.kind == FAULT:
+            return f"#{self.vector}{code}"
+        return f"implementation-specific (ok or #{self.vector}{code})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "vector": self.vector, "error_code": self.error_code,
+                "rule": self.rule, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    name: str  # what was computed: "displacement", "effective-address", "limit", …
+    rule: str  # rule id (vmxaddr.rules)
+    text: str  # the computation with its numbers, for a person
+    value: int | str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "rule": self.rule, "text": self.text, "value": self.value}
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    outcome: Outcome
+    effective_address: int | None = None
+    linear_address: int | None = None
+    segment: str | None = None
+    displacement: int | None = None  # as used, modulo 2^64
+    segment_base: int | None = None  # as added (0 where a model adds none)
+    steps: tuple[Step, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "effective_address": self.effective_address,
+            "linear_address": self.linear_address,
+            "segment": self.segment,
+            "displacement": self.displacement,
+            "segment_base": self.segment_base,
+            "outcome": self.outcome.to_json(),
+            "steps": [s.to_json() for s in self.steps],
+        }
+
+
+class Model(Protocol):
+    def __call__(self, exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) -> Result: ...
+
+
+class InvalidExitInfo(ValueError):
+    """Exit information no processor produces (an address-size or segment value the SDM marks
+    "not used"); a model cannot compute an address from it."""

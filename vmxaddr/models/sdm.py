@@ -1,0 +1,183 @@
+"""The reference model: the SDM's rules, applied to what the hypervisor sees.
+
+Order of the computation (each step names its rule in vmxaddr.rules):
+  mode (#UD) -> CPL (#GP) -> register operand? -> displacement from the exit qualification ->
+  effective address in the address size -> segment -> linear address (64-bit mode: FS/GS base
+  only, canonical check; otherwise base + EA mod 2^32, then usability, type and limit checks).
+"""
+
+from __future__ import annotations
+
+from vmxaddr.exitinfo import ExitInfo
+from vmxaddr.isa import REG16, REG32, REG64, SEGMENTS, SPECS, Layout
+from vmxaddr.models.base import FAULT, IMPL, OK, Access, InvalidExitInfo, Outcome, Result, Step
+from vmxaddr.state import CpuState
+
+MASK64 = (1 << 64) - 1
+MASK32 = 0xFFFFFFFF
+_NAMES = {16: REG16, 32: REG32, 64: REG64}
+
+
+def _h(v: int) -> str:
+    return f"-{-v:#x}" if v < 0 else f"{v:#x}"
+
+
+def fields_of(info: int, exit_qualification: int) -> tuple[int, str, int, int | None, int | None, int]:
+    """(address size, segment, displacement, base reg, index reg, scale) from the exit info,
+    reading only the bits the SDM defines. Raises InvalidExitInfo for unused values."""
+    code = info >> 7 & 7
+    if code > 2:
+        raise InvalidExitInfo(f"address-size field (bits 9:7) is {code}; the SDM uses only 0, 1, 2")
+    seg = info >> 15 & 7
+    if seg > 5:
+        raise InvalidExitInfo(f"segment field (bits 17:15) is {seg}; the SDM uses only 0…5")
+    asz = 16 << code
+    mask = (1 << asz) - 1
+    q = exit_qualification & mask  # bits beyond the address size are undefined
+    disp = q - (1 << asz) if q >> (asz - 1) else q
+    base = None if info & (1 << 27) else info >> 23 & 15
+    index = None if info & (1 << 22) else info >> 18 & 15
+    return asz, SEGMENTS[seg], disp, base, index, 1 << (info & 3)
+
+
+def canonical(addr: int, bits: int) -> bool:
+    top = addr >> (bits - 1)
+    return top == 0 or top == (1 << (65 - bits)) - 1
+
+
+def lam_untag(addr: int, state: CpuState) -> tuple[int, int | None]:
+    """Linear-address masking: (untagged address, the bit whose value the metadata bits take),
+    or (addr, None) when LAM does not apply. Supervisor pointers (bit 63 = 1) follow CR4.LAM_SUP,
+    user pointers CR3.LAM_U57/LAM_U48 (Intel ISE, 'Linear Address Masking')."""
+    if addr >> 63:
+        if not state.lam_sup:
+            return addr, None
+        bit = 56 if state.la57 else 47
+    elif state.lam_u57:
+        bit = 56
+    elif state.lam_u48:
+        bit = 47
+    else:
+        return addr, None
+    low = addr & ((1 << (bit + 1)) - 1)
+    ext = low - (1 << (bit + 1)) if low >> bit else low
+    return (ext & ~(1 << 63) & MASK64) | (addr & (1 << 63)), bit
+
+
+def sdm(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) -> Result:
+    """The SDM's answer. See the module docstring for the order of the rules."""
+    steps: list[Step] | None = [] if explain else None
+    ins = exit.instruction
+    spec = SPECS[ins]
+    mode = state.mode
+    info = exit.instruction_info
+
+    def done(outcome: Outcome, **kw: object) -> Result:
+        return Result(outcome, steps=tuple(steps) if steps else (), **kw)  # type: ignore[arg-type]
+
+    # Mode: #UD comes before any VM exit; a hypervisor sees it only from a buggy processor model.
+    if ((spec.vmx and mode in ("real", "virtual-8086", "compatibility"))
+            or (mode == "real" and not spec.real_mode) or (mode == "virtual-8086" and not spec.v8086)):
+        return done(Outcome(FAULT, "UD", None, "mode", f"{ins.upper()} raises #UD in {mode} mode"))
+    if steps is not None:
+        steps.append(Step("mode", "mode", f"{mode} mode: {ins.upper()} may execute here", mode))
+    cpl = 3 if mode == "virtual-8086" else state.cpl
+    if (spec.vmx or spec.privileged) and cpl > 0:
+        return done(Outcome(FAULT, "GP", 0, "cpl", f"CPL {cpl} > 0: {ins.upper()} raises #GP(0)"))
+    if steps is not None and (spec.vmx or spec.privileged):
+        steps.append(Step("cpl", "cpl", f"CPL {cpl}: the privilege check passes", cpl))
+    if spec.layout is Layout.RDRAND or (spec.layout in (Layout.VMREAD, Layout.LDT) and info & (1 << 10)):
+        if steps is not None:
+            steps.append(Step("register-operand", "register-operand",
+                              "bit 10 = 1 (or a register-only layout): the operand is a register, no memory address"))
+        return done(Outcome(OK, rule="register-operand", reason="register operand: no memory access"))
+
+    asz, seg, disp, base, index, scale = fields_of(info, exit.exit_qualification)
+    mask = (1 << asz) - 1
+    bval = state.regs[base] & mask if base is not None else 0
+    ival = state.regs[index] & mask if index is not None else 0
+    ea = (bval + ival * scale + disp) & mask
+    if steps is not None:
+        q = exit.exit_qualification
+        steps.append(Step("displacement", "exit-qualification",
+                          f"exit qualification {q:#x}: address size {asz} bits, so bits {asz - 1}:0 = "
+                          f"{q & mask:#x} count (higher bits are undefined); sign-extended from bit {asz - 1}: "
+                          f"displacement = {_h(disp)}", disp & MASK64))
+        names = _NAMES[asz]
+        terms = []
+        if base is not None:
+            terms.append(f"{names[base]} {bval:#x}")
+        if index is not None:
+            terms.append(f"{names[index]} {ival:#x} x {scale}")
+        terms.append(f"displacement {_h(disp)}")
+        steps.append(Step("effective-address", "effective-address",
+                          f"EA = {' + '.join(terms)} = {ea:#x} (mod 2^{asz})", ea))
+
+    if mode == "64-bit":
+        sbase = state.segment(seg).base if seg in ("fs", "gs") else 0
+        linear = (sbase + ea) & MASK64
+        if steps is not None:
+            why = "FS/GS keep their base" if seg in ("fs", "gs") else f"the {seg.upper()} base counts as 0 in 64-bit mode"
+            steps.append(Step("segment", "segment", f"segment {seg} (bits 17:15 = {SEGMENTS.index(seg)})", seg))
+            steps.append(Step("linear-address", "segment-base-64",
+                              f"linear = {seg} base {sbase:#x} + EA {ea:#x} = {linear:#x} ({why}; no truncation)", linear))
+        checked, lam_bit = lam_untag(linear, state)
+        bits = 57 if state.la57 else 48
+        vector = "SS" if seg == "ss" else "GP"
+        if lam_bit is not None:
+            ok = (checked >> 63) == (checked >> lam_bit & 1)
+            if steps is not None:
+                steps.append(Step("lam", "canonical", f"LAM: metadata bits 62:{lam_bit + 1} masked; untagged {checked:#x}", checked))
+        else:
+            ok = canonical(linear, bits)
+        if not ok:
+            return done(Outcome(FAULT, vector, 0, "canonical",
+                                f"{linear:#x} is not canonical ({bits}-bit); through {seg.upper()}: #{vector}(0)"),
+                        effective_address=ea, linear_address=linear, segment=seg, displacement=disp & MASK64,
+                        segment_base=sbase)
+        if steps is not None:
+            steps.append(Step("canonical", "canonical", f"{linear:#x} is canonical ({bits}-bit addresses): no fault"))
+        return done(Outcome(OK, rule="canonical"), effective_address=ea, linear_address=linear, segment=seg,
+                    displacement=disp & MASK64, segment_base=sbase)
+
+    s = state.segment(seg)
+    linear = (s.base + ea) & MASK32
+    vector = "SS" if seg == "ss" else "GP"
+    kw = dict(effective_address=ea, linear_address=linear, segment=seg, displacement=disp & MASK64, segment_base=s.base)
+    if steps is not None:
+        steps.append(Step("segment", "segment", f"segment {seg} (bits 17:15 = {SEGMENTS.index(seg)})", seg))
+        steps.append(Step("linear-address", "linear-32",
+                          f"linear = {seg} base {s.base:#x} + EA {ea:#x} = {linear:#x} (mod 2^32)", linear))
+    protected = mode in ("protected", "compatibility")
+    if protected:
+        if s.unusable:
+            return done(Outcome(FAULT, vector, 0, "unusable", f"{seg.upper()} is unusable: #{vector}(0)"), **kw)
+        t = s.type
+        if access.write and (t & 8 or not t & 2):
+            what = "a code segment" if t & 8 else "a read-only data segment"
+            return done(Outcome(FAULT, "GP", 0, "type", f"write to {what} (type {t:#x}) through {seg.upper()}: #GP(0)"), **kw)
+        if not access.write and t & 8 and not t & 2:
+            return done(Outcome(FAULT, "GP", 0, "type", f"read from an execute-only code segment (type {t:#x}): #GP(0)"), **kw)
+        if steps is not None:
+            steps.append(Step("type", "type", f"{seg} usable, type {t:#x} allows a {access.kind}"))
+    last = ea + access.size - 1
+    if protected and s.expand_down:
+        upper = MASK32 if s.db else 0xFFFF
+        if ea <= s.limit or last > upper:
+            return done(Outcome(FAULT, vector, 0, "limit",
+                                f"expand-down {seg}: valid offsets {s.limit + 1:#x}…{upper:#x}; access "
+                                f"{ea:#x}…{last:#x} is outside: #{vector}(0)"), **kw)
+        if steps is not None:
+            steps.append(Step("limit", "limit", f"expand-down {seg}: {ea:#x}…{last:#x} lies within "
+                              f"{s.limit + 1:#x}…{upper:#x}: no fault"))
+        return done(Outcome(OK, rule="limit"), **kw)
+    if last > s.limit:
+        if s.limit == MASK32:
+            return done(Outcome(IMPL, vector, 0, "flat",
+                                f"{seg} limit is 0xffffffff and the access {ea:#x}…{last:#x} crosses it: "
+                                f"may or may not raise #{vector}(0)"), **kw)
+        return done(Outcome(FAULT, vector, 0, "limit",
+                            f"last byte {ea:#x} + {access.size} - 1 = {last:#x} > {seg} limit {s.limit:#x}: #{vector}(0)"), **kw)
+    if steps is not None:
+        steps.append(Step("limit", "limit", f"last byte {ea:#x} + {access.size} - 1 = {last:#x} <= {seg} limit {s.limit:#x}: no fault"))
+    return done(Outcome(OK, rule="limit"), **kw)
