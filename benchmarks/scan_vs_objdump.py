@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vmxaddr.scan import ScanError, expand_paths, read_image
+from vmxaddr.scan import ScanError, expand_paths, read_image  # noqa: E402
 
 NARROW = r"vm(read|write|ptrld|ptrst|clear|xon)|inv(ept|vpid|pcid)"
 FAMILY = NARROW + r"|rdrand|rdseed|[ls][gi]dt|lldt|ltr|sldt|str|xsaves|xrstors"
@@ -113,7 +113,8 @@ def main() -> int:
     ap.add_argument("--show", type=int, default=10, help="differences to list")
     args = ap.parse_args()
 
-    files = expand_paths(args.paths)
+    paths = [os.path.abspath(p) for p in args.paths]
+    files = expand_paths(paths)
     extra = {"64": ["-M", "x86-64"], "32": ["-M", "i386"], "16": ["-M", "i8086"]}.get(args.mode or "", [])
     with tempfile.TemporaryDirectory() as tmp:
         plain: list[str] = []
@@ -132,7 +133,7 @@ def main() -> int:
             else:
                 plain.append(f)
         obj_s, obj_text = run_objdump(plain, extra, args.objdump_jobs)
-    scan_s, result = run_scanner(args.paths, [args.mode] if args.mode else [], args.jobs)
+    scan_s, result = run_scanner(paths, [args.mode] if args.mode else [], args.jobs)
 
     theirs = parse_objdump(obj_text, names)
     ours = {(f["file"], f["section"], f["address"], f["mnemonic"]) for f in result["findings"]}

@@ -40,10 +40,8 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
-
-from iced_x86 import Code, Decoder, DecoderOptions
-from iced_x86 import Instruction as IcedInstruction
 
 # -- candidates ---------------------------------------------------------------------------------
 
@@ -61,14 +59,16 @@ def _byte_class(values: bytes) -> bytes:
 
 
 CANDIDATE = re.compile(
-    b"\x0f(?:[\x78\x79]"
+    b"\x0f(?=[\x78\x79]"
     + b"|\xc7" + _byte_class(_modrm_class((3, 5, 6, 7), False))
     + b"|\x00" + _byte_class(_modrm_class((0, 1, 2, 3), False))
     + b"|\x01" + _byte_class(_modrm_class((0, 1, 2, 3), True))
     + b"|\x38[\x80-\x82])",
     re.DOTALL,
 )
-"""Where the opcode of a VMX-family instruction may start (the 0F byte); a superset."""
+"""Where the opcode of a VMX-family instruction may start (the 0F byte); a superset. The match
+is the 0F byte alone (the rest is a lookahead) so that overlapping candidates, as in 0F 00 0F C7,
+are all found."""
 
 # -- reading files ------------------------------------------------------------------------------
 
@@ -325,15 +325,23 @@ def _bad_length(d: bytes, p: int, end: int, bits: int, iced_len: int) -> int:
     return npfx + 1
 
 
-_INVALID = Code.INVALID
-_WAIT = Code.WAIT
+@lru_cache(maxsize=1)
+def _iced() -> Any:
+    """iced-x86, imported on first use so that `vmxaddr` starts without it."""
+    try:
+        import iced_x86
+    except ImportError:
+        raise ScanError("the scanner needs the iced-x86 module (pip install iced-x86)") from None
+    return iced_x86
 
 
 def sweep(data: bytes, start: int, end: int, upto: int, bits: int) -> list[int]:
     """Offsets of the instructions objdump -d shows in data[start:end] that start at or before
     `upto` (a linear sweep from `start` that never reads past `end`)."""
-    dec = Decoder(bits, data[start:end], DecoderOptions.NO_INVALID_CHECK, start)
-    ins = IcedInstruction()
+    iced = _iced()
+    dec = iced.Decoder(bits, data[start:end], iced.DecoderOptions.NO_INVALID_CHECK, start)
+    ins = iced.Instruction()
+    invalid, wait = iced.Code.INVALID, iced.Code.WAIT
     starts: list[int] = []
     add = starts.append
     decode_out = dec.decode_out
@@ -345,11 +353,11 @@ def sweep(data: bytes, start: int, end: int, upto: int, bits: int) -> list[int]:
         add(pos + start)
         decode_out(ins)
         code = ins.code
-        if code == _INVALID:
+        if code == invalid:
             dec.position = pos + _bad_length(data, pos + start, end, bits, ins.len)
-        elif code == _WAIT and dec.can_decode and 0xD8 <= data[pos + start + 1] <= 0xDF:
+        elif code == wait and dec.can_decode and 0xD8 <= data[pos + start + 1] <= 0xDF:
             decode_out(ins)  # objdump prints FWAIT and the x87 instruction after it as one
-            if ins.code == _INVALID:
+            if ins.code == invalid:
                 dec.position = pos + 1 + _bad_length(data, pos + start + 1, end, bits, ins.len)
     return starts
 
