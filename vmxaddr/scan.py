@@ -294,26 +294,36 @@ def _bad_length(d: bytes, p: int, end: int, bits: int, iced_len: int) -> int:
         return 1
     q = p
     addr16 = bits == 16
+    rep = 0  # the last F2/F3: it selects the opcode's prefix table before 66 does
     while q < end and (d[q] in _PREFIXES or (bits == 64 and 0x40 <= d[q] <= 0x4F)):
         if d[q] == 0x67:
             addr16 = bits == 32
+        elif d[q] in (0xF2, 0xF3):
+            rep = d[q]
         q += 1
     if q + 1 >= end:
         return 1
     npfx, b, b1 = q - p, d[q], d[q + 1]
+    modrm = d[q + 2] if q + 2 < end else 0
     if b == 0x0F:
         if b1 in (0x38, 0x3A):
             return npfx + 3
-        if b1 in (0x0F, 0xA6, 0xA7, 0xC7, 0xE7, 0x2B, 0xC3):
+        if b1 == 0xC7:  # CMPXCHG8B's register form fails at once; the others after the opcode
+            return npfx + (1 if (modrm >> 3) & 7 == 1 and modrm >= 0xC0 else 2)
+        if b1 in (0x78, 0x79) and modrm < 0xC0:  # EXTRQ/INSERTQ with a memory ModRM, F3 0F 78/79
+            return npfx + (2 if rep == 0xF3 else 3 if b1 == 0x78 else 1)
+        if 0x20 <= b1 <= 0x23:  # MOV to/from CRn/DRn: the ModRM is always read as registers
+            return npfx + 3
+        if b1 in (0x0F, 0xA6, 0xA7, 0xE7, 0xC3, 0xF7):
             return npfx + 1
         return npfx + 2
     if bits == 64 or b1 >= 0xC0:
         if b == 0xC5:
             return npfx + 3
-        if b == 0xC4:
-            return npfx + 1
-        if b == 0x62:
-            if b1 & 0x08 or b1 & 3 in (0, 3):
+        if b == 0xC4:  # a valid opcode map: prefix, two payload bytes and the opcode
+            return npfx + (4 if b1 & 0x1F in (1, 2, 3) else 1)
+        if b == 0x62:  # EVEX: maps 1, 2, 3, 5 and 6 exist
+            if b1 & 0x08 or b1 & 7 in (0, 4, 7):
                 return npfx + 1
             if q + 2 < end and not d[q + 2] & 0x04:
                 return npfx + 2
@@ -335,17 +345,68 @@ def _iced() -> Any:
     return iced_x86
 
 
+@lru_cache(maxsize=4)
+def _options(bits: int) -> tuple[int, int]:
+    """iced options: strict (objdump rejects VEX/EVEX reserved-bit violations too), plus the
+    386 test-register moves (0F 24/26), which objdump decodes outside 64-bit mode."""
+    iced = _iced()
+    strict = iced.DecoderOptions.MOV_TR if bits != 64 else iced.DecoderOptions.NONE
+    return strict, strict | iced.DecoderOptions.NO_INVALID_CHECK
+
+
+@lru_cache(maxsize=1)
+def _sse4a_codes() -> frozenset[int]:
+    c = _iced().Code
+    return frozenset((c.EXTRQ_XMM_IMM8_IMM8, c.EXTRQ_XMM_XMM, c.INSERTQ_XMM_XMM, c.INSERTQ_XMM_XMM_IMM8_IMM8))
+
+
+def _only_prefixes(data: bytes, p: int, q: int, bits: int) -> bool:
+    return all(b in _PREFIXES or (bits == 64 and 0x40 <= b <= 0x4F) for b in data[p:q])
+
+
+def _rex_then_prefix(b: int) -> bool:
+    return b in _PREFIXES or 0x40 <= b <= 0x4F
+
+
+_REX_PREFIX = re.compile(rb"[\x40-\x4f](?=[\x40-\x4f\x66\x67\xf0\xf2\xf3\x2e\x36\x3e\x26\x64\x65])")
+"""A REX byte followed by another prefix: objdump ends the instruction after the REX
+("rex.W" alone), the processor (and iced) ignores the REX and goes on."""
+
+
+def _objdump_length(data: bytes, p: int, end: int, bits: int, iced_len: int) -> int:
+    """Length objdump gives the bytes at p that iced's strict decoder rejects."""
+    iced = _iced()
+    q = p
+    while q < end and data[q] in _PREFIXES or (bits == 64 and q < end and 0x40 <= data[q] <= 0x4F):
+        if bits == 64 and 0x40 <= data[q] <= 0x4F and q + 1 < end and _rex_then_prefix(data[q + 1]):
+            return q + 1 - p
+        if data[q] == 0xF0:  # objdump prints LOCK on anything ("lock nop", "lock vmread")
+            lax = iced.Decoder(bits, data[p:end], _options(bits)[1], p).decode()
+            if lax.code != iced.Code.INVALID and lax.code not in _sse4a_codes():
+                return lax.len
+            break
+        q += 1
+    if q < end and data[q] in (0xC4, 0xC5, 0x62) and q > p and (bits == 64 or (q + 1 < end and data[q + 1] >= 0xC0)):
+        # objdump decodes VEX/EVEX after prefixes that make it #UD (66, F2, F3, REX)
+        vex = iced.Decoder(bits, data[q:end], _options(bits)[0], q).decode()
+        if vex.code != iced.Code.INVALID:
+            return q - p + vex.len
+    return _bad_length(data, p, end, bits, iced_len)
+
+
 def sweep(data: bytes, start: int, end: int, upto: int, bits: int) -> list[int]:
     """Offsets of the instructions objdump -d shows in data[start:end] that start at or before
     `upto` (a linear sweep from `start` that never reads past `end`)."""
     iced = _iced()
-    dec = iced.Decoder(bits, data[start:end], iced.DecoderOptions.NO_INVALID_CHECK, start)
+    dec = iced.Decoder(bits, data[start:end], _options(bits)[0], start)
     ins = iced.Instruction()
     invalid, wait = iced.Code.INVALID, iced.Code.WAIT
+    sse4a = _sse4a_codes()
     starts: list[int] = []
     add = starts.append
     decode_out = dec.decode_out
     limit = upto - start
+    rex = sorted(m.start() - start for m in _REX_PREFIX.finditer(data, start, end)) if bits == 64 else []
     while True:
         pos = dec.position
         if pos > limit or not dec.can_decode:
@@ -353,12 +414,28 @@ def sweep(data: bytes, start: int, end: int, upto: int, bits: int) -> list[int]:
         add(pos + start)
         decode_out(ins)
         code = ins.code
+        if rex:
+            k = bisect.bisect_left(rex, pos)
+            if k < len(rex) and rex[k] < pos + ins.len and _only_prefixes(data, pos + start, rex[k] + start, bits):
+                dec.position = rex[k] + 1
+                continue
         if code == invalid:
+            dec.position = pos + _objdump_length(data, pos + start, end, bits, ins.len)
+        elif code == wait and dec.can_decode:
+            # objdump reads FWAIT as a prefix: with an x87 instruction after it (and any prefixes
+            # between) it prints one instruction; prefixes then another FWAIT belong to the first
+            j = r = pos + start + 1
+            while j < end and (data[j] in _PREFIXES or (bits == 64 and 0x40 <= data[j] <= 0x4F)):
+                j += 1
+            if j < end and 0xD8 <= data[j] <= 0xDF:
+                decode_out(ins)
+                if ins.code == invalid:
+                    dec.position = r - start + _objdump_length(data, r, end, bits, ins.len)
+            elif j < end and data[j] == 0x9B and j > r:
+                dec.position = j - start
+        elif code in sse4a and ins.op1_kind == iced.OpKind.MEMORY:
+            # EXTRQ/INSERTQ take registers only; objdump stops early on a memory ModRM
             dec.position = pos + _bad_length(data, pos + start, end, bits, ins.len)
-        elif code == wait and dec.can_decode and 0xD8 <= data[pos + start + 1] <= 0xDF:
-            decode_out(ins)  # objdump prints FWAIT and the x87 instruction after it as one
-            if ins.code == invalid:
-                dec.position = pos + 1 + _bad_length(data, pos + start + 1, end, bits, ins.len)
     return starts
 
 
@@ -556,12 +633,31 @@ def summarize(findings: list[dict[str, Any]]) -> dict[str, Any]:
 
 # -- command line -------------------------------------------------------------------------------
 
-_COMPRESSED_ELF = re.compile(r"\.(ko|o|so|elf|debug)(\.[0-9.]+)?\.(xz|gz|zst)$|^xen[-.].*\.gz$")
+def looks_like_elf(path: str) -> bool:
+    """Whether a file starts with the ELF magic number, after decompressing when its name ends
+    in .xz, .gz or .zst (only the first bytes are decompressed)."""
+    try:
+        if path.endswith(".xz"):
+            with lzma.open(path) as fh:
+                return fh.read(4) == b"\x7fELF"
+        if path.endswith(".gz"):
+            with gzip.open(path) as fh:
+                return fh.read(4) == b"\x7fELF"
+        if path.endswith(".zst"):
+            import zstandard
+            with open(path, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as fh:
+                return fh.read(4) == b"\x7fELF"
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"\x7fELF"
+    except (OSError, EOFError, lzma.LZMAError, zlib.error, ImportError, ValueError):
+        return path.endswith((".ko.xz", ".ko.gz", ".ko.zst"))  # then scanning says what is wrong
+    except Exception:  # zstandard.ZstdError and the like
+        return False
 
 
 def expand_paths(paths: list[str]) -> list[str]:
-    """Files as given; directories walked for ELF files (by magic number) and compressed
-    kernel modules, objects and shared objects (by name)."""
+    """Files as given; directories walked (sorted, symbolic links not followed) for ELF files,
+    plain or compressed."""
     out: list[str] = []
     for path in paths:
         if not os.path.isdir(path):
@@ -571,17 +667,8 @@ def expand_paths(paths: list[str]) -> list[str]:
             dirs.sort()
             for name in sorted(names):
                 full = os.path.join(root, name)
-                if not os.path.isfile(full) or os.path.islink(full):
-                    continue
-                if _COMPRESSED_ELF.search(name):
+                if os.path.isfile(full) and not os.path.islink(full) and looks_like_elf(full):
                     out.append(full)
-                    continue
-                try:
-                    with open(full, "rb") as fh:
-                        if fh.read(4) == b"\x7fELF":
-                            out.append(full)
-                except OSError:
-                    out.append(full)  # reported as an error when scanned
     return out
 
 
@@ -685,7 +772,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="vmxaddr scan")
     add_arguments(p)
     args = p.parse_args(argv)
-    return run(args)
+    try:
+        return run(args)
+    except BrokenPipeError:
+        return 0
 
 
 if __name__ == "__main__":
