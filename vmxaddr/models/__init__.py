@@ -1,4 +1,5 @@
-"""Model registry: every consumer model (a hypervisor's address computation) by name.
+"""Model registry: every consumer model (a hypervisor's address computation) by name, and the
+encoders (what writes the exit information: vmxaddr.encoders) listed beside them as kind "encoder".
 
 `get("sdm")`, `get("kvm-f9eb4af6")`, or `get("package.module:function")` for a user's own
 function with the signature documented in vmxaddr.models.base.
@@ -25,10 +26,25 @@ REGISTRY: dict[str, ModelInfo] = {}
 
 
 def register(name: str, function: Model, summary: str, kind: str = "consumer") -> None:
-    REGISTRY[name] = ModelInfo(name, function, summary, kind)
+    # An encoder may share a consumer's name ("sdm" is both), so encoders get their own keys.
+    REGISTRY[name if kind == "consumer" else f"{kind}/{name}"] = ModelInfo(name, function, summary, kind)
 
 
 register("sdm", sdm, "the reference: the Intel SDM's rules (vmxaddr.models.sdm)")
+from vmxaddr.models.xen import xen_c447b730  # noqa: E402
+
+register("xen-c447b730", xen_c447b730, "Xen nested VMX (vvmx.c decode_vmx_inst @ c447b7308b13): no address-size "
+         "mask or 32-bit wrap, length from the address size, always #GP")
+
+
+def _register_encoders() -> None:
+    from vmxaddr.encoders import ENCODERS
+
+    for e in ENCODERS.values():
+        register(e.name, e.function, e.summary, kind="encoder")  # type: ignore[arg-type]
+
+
+_register_encoders()
 
 
 class UnknownModel(LookupError):
@@ -38,6 +54,8 @@ class UnknownModel(LookupError):
 def get(name: str) -> Model:
     if name in REGISTRY:
         return REGISTRY[name].function
+    if f"encoder/{name}" in REGISTRY:
+        raise UnknownModel(f"{name!r} is an encoder (it writes the exit information); give it as --encoder {name}")
     if ":" in name:
         mod, _, fn = name.partition(":")
         try:
