@@ -1,0 +1,120 @@
+"""Encoder x consumer: run a consumer model on exit information from any encoder, compare with
+the reference on the SDM's exit information, and say which side caused a divergence.
+
+    got = consumer(encoder(instr, rip, policy), state, access)       # e.g. KVM on VirtualBox
+    ref = reference(sdm_encoder(instr, rip, policy), state, access)  # the SDM on real hardware
+
+Attribution, in this order:
+  1. the encoder: its exit information differs from the SDM encoder's on a bit the SDM defines
+     (class "encoder <name>: <field>");
+  2. the consumer reading undefined bits: the consumer agrees with the reference when given the
+     SDM encoder's information, so only bits the SDM leaves undefined differ, and the consumer
+     read them (class "consumer reads ... (written by <name>)");
+  3. the consumer: it already diverges on the SDM encoder's information (its own class).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vmxaddr.case import Case, run_model
+from vmxaddr.encoders import get_encoder
+from vmxaddr.exitinfo import MASK64, ExitInfo, fields
+from vmxaddr.models.base import FAULT, IMPL, Access, Model, Result
+from vmxaddr.state import CpuState
+
+# Fields in the order a consumer uses them; "exit qualification" is the defined low bits.
+_ORDER = ("exit qualification", "mem/reg", "address size", "segment", "base invalid", "base", "index invalid",
+          "index", "scaling", "reg1", "reg", "reg2", "identity", "operand size", "cleared to 0")
+
+ENCODER = "encoder"
+CONSUMER = "consumer"
+CONSUMER_UNDEFINED = "consumer-undefined"
+
+
+def agree(ref: Result, other: Result) -> bool:
+    """Same acceptance rule as the differential engine: outcomes first, then linear addresses."""
+    a, b = ref.outcome, other.outcome
+    if a.kind == IMPL or b.kind == IMPL:
+        ok = a.accepts(b) if a.kind == IMPL else b.accepts(a)
+    else:
+        ok = a.same_as(b)
+    if not ok:
+        return False
+    if FAULT in (a.kind, b.kind):
+        return True
+    return ref.linear_address is None or other.linear_address is None or ref.linear_address == other.linear_address
+
+
+def qualification_mask(case: Case) -> int:
+    """Bits of the exit qualification the SDM defines for this instruction: those within the
+    address size ("in all cases, bits of this field beyond the instruction's address size are
+    undefined", RIP-relative included); none for a register operand (the SDM stores zero there,
+    but no consumer needs it)."""
+    op = case.instruction.operand
+    if op is None:
+        return 0
+    return (1 << op.address_size) - 1
+
+
+def defined_differences(case: Case, got: ExitInfo, sdm: ExitInfo) -> list[str]:
+    """The SDM-defined fields where `got` differs from the SDM encoder's `sdm`, in _ORDER."""
+    diffs: set[str] = set()
+    qmask = qualification_mask(case)
+    if (got.exit_qualification ^ sdm.exit_qualification) & qmask:
+        diffs.add("exit qualification")
+    mine = {(f.name, f.lo): f.value for f in fields(got.instruction_info, got.instruction)}
+    for f in fields(sdm.instruction_info, sdm.instruction):
+        if f.defined and f.name != "undefined" and mine.get((f.name, f.lo)) != f.value:
+            diffs.add(f.name)
+    return sorted(diffs, key=lambda n: _ORDER.index(n) if n in _ORDER else len(_ORDER))
+
+
+def undefined_differences(case: Case, got: ExitInfo, sdm: ExitInfo) -> list[str]:
+    out = []
+    if (got.exit_qualification ^ sdm.exit_qualification) & ~qualification_mask(case) & MASK64:
+        out.append("exit-qualification bits above the address size")
+    if got.instruction_info != sdm.instruction_info:
+        out.append("undefined instruction-information bits")
+    return out
+
+
+@dataclass(frozen=True)
+class Cross:
+    encoder: str
+    exit: ExitInfo  # from the encoder, given to the consumer
+    sdm_exit: ExitInfo  # from the SDM encoder, given to the reference
+    got: Result  # consumer on the encoder's information
+    ref: Result  # reference on the SDM's information
+    mid: Result | None  # consumer on the SDM's information (computed when they disagree)
+    side: str | None  # None when they agree; else ENCODER, CONSUMER_UNDEFINED or CONSUMER
+    klass: str | None
+    fields: tuple[str, ...] = ()  # the defined fields the encoder got wrong (side ENCODER)
+
+
+ConsumerClassifier = Callable[[ExitInfo, CpuState, Access, Result, Result], str]
+
+
+def cross(case: Case, encoder: str, model: Model, reference: Model,
+          classify_consumer: ConsumerClassifier | None = None) -> Cross:
+    """Run `model` on `encoder`'s exit information for `case` and `reference` on the SDM's."""
+    instr, state = case.instruction, case.state
+    sdm_exit = get_encoder("sdm")(instr, state.rip, case.policy)
+    exit = get_encoder(encoder)(instr, state.rip, case.policy)
+    access = case.access
+    got = run_model(model, exit, state, access)
+    ref = run_model(reference, sdm_exit, state, access)
+    if agree(ref, got):
+        return Cross(encoder, exit, sdm_exit, got, ref, None, None, None)
+    mid = run_model(model, sdm_exit, state, access)
+    wrong = defined_differences(case, exit, sdm_exit)
+    if wrong:
+        return Cross(encoder, exit, sdm_exit, got, ref, mid, ENCODER, f"encoder {encoder}: {wrong[0]} differs from the SDM",
+                     tuple(wrong))
+    if agree(ref, mid):
+        what = undefined_differences(case, exit, sdm_exit)
+        return Cross(encoder, exit, sdm_exit, got, ref, mid, CONSUMER_UNDEFINED,
+                     f"consumer reads {what[0] if what else 'undefined bits'} (as written by {encoder})")
+    own = classify_consumer(sdm_exit, state, access, ref, mid) if classify_consumer else "consumer differs"
+    return Cross(encoder, exit, sdm_exit, got, ref, mid, CONSUMER, own)
