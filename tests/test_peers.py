@@ -292,12 +292,13 @@ def test_cross_attributes_the_side():
     # consumer diverges on the SDM encoder's bits and agrees on Bochs's.
     st = CpuState.for_code_size(64).with_reg("rax", 0x1000)
     assert cross(Case(ins("67 0f c7 70 d8", 64), st), "bochs-2.7", xen_c447b730, sdm).side is None
-    # Undefined bits: VMREAD [EBP-0x28], EBP 0x10, 32-bit. SDM EA (0x10 - 0x28) mod 2^32 =
-    # 0xFFFFFFE8, ok. Xen on the SDM encoder's 0xFFFFFFD8: 0x10 + 0xFFFFFFD8 = 0xFFFFFFE8, ok —
+    # Undefined bits: VMPTRLD [EBP-0x28] (0F C7 75 D8; VMREAD would not do: IEM's VMREAD reg2 is
+    # wrong, a defined field), EBP 0x10, 32-bit. SDM EA (0x10 - 0x28) mod 2^32 = 0xFFFFFFE8, ok.
+    # Xen on the SDM encoder's 0xFFFFFFD8: 0x10 + 0xFFFFFFD8 = 0xFFFFFFE8, ok —
     # it agrees. On vbox-iem's 0xFFFFFFFFFFFFFFD8 (same low 32 bits): offset 0xFFFFFFFFFFFFFFE8,
-    # + 3 > limit 0xFFFFFFFF -> #GP(0): Xen read bits the SDM leaves undefined.
+    # + 7 > limit 0xFFFFFFFF -> #GP(0): Xen read bits the SDM leaves undefined.
     st = CpuState.for_code_size(32).with_reg("ebp", 0x10)
-    x = cross(Case(ins("0f 78 45 d8", 32), st), "vbox-iem", xen_c447b730, sdm, classify)
+    x = cross(Case(ins("0f c7 75 d8", 32), st), "vbox-iem", xen_c447b730, sdm, classify)
     assert x.side == CONSUMER_UNDEFINED and x.got.outcome.vector == "GP" and x.ref.linear_address == 0xFFFFFFE8
     assert x.klass == "consumer reads exit-qualification bits above the address size (as written by vbox-iem)"
 
