@@ -6,7 +6,9 @@ the reference on the SDM's exit information, and say which side caused a diverge
 
 Attribution, in this order:
   1. the encoder: its exit information differs from the SDM encoder's on a bit the SDM defines
-     (class "encoder <name>: <field>");
+     (class "encoder <name>: <field> differs from the SDM"). This counts even when the two answers
+     agree: a wrong reg1/reg2 or operand size misleads the hypervisor in ways the address
+     computation does not show (which register VMREAD writes, which VMCS field it reads);
   2. the consumer reading undefined bits: the consumer agrees with the reference when given the
      SDM encoder's information, so only bits the SDM leaves undefined differ, and the consumer
      read them (class "consumer reads ... (written by <name>)");
@@ -87,7 +89,7 @@ class Cross:
     sdm_exit: ExitInfo  # from the SDM encoder, given to the reference
     got: Result  # consumer on the encoder's information
     ref: Result  # reference on the SDM's information
-    mid: Result | None  # consumer on the SDM's information (computed when they disagree)
+    mid: Result | None  # consumer on the SDM's information (computed for a consumer-side divergence)
     side: str | None  # None when they agree; else ENCODER, CONSUMER_UNDEFINED or CONSUMER
     klass: str | None
     fields: tuple[str, ...] = ()  # the defined fields the encoder got wrong (side ENCODER)
@@ -105,13 +107,13 @@ def cross(case: Case, encoder: str, model: Model, reference: Model,
     access = case.access
     got = run_model(model, exit, state, access)
     ref = run_model(reference, sdm_exit, state, access)
+    wrong = defined_differences(case, exit, sdm_exit) if encoder != "sdm" else []
+    if wrong:
+        return Cross(encoder, exit, sdm_exit, got, ref, None, ENCODER, f"encoder {encoder}: {wrong[0]} differs from the SDM",
+                     tuple(wrong))
     if agree(ref, got):
         return Cross(encoder, exit, sdm_exit, got, ref, None, None, None)
     mid = run_model(model, sdm_exit, state, access)
-    wrong = defined_differences(case, exit, sdm_exit)
-    if wrong:
-        return Cross(encoder, exit, sdm_exit, got, ref, mid, ENCODER, f"encoder {encoder}: {wrong[0]} differs from the SDM",
-                     tuple(wrong))
     if agree(ref, mid):
         what = undefined_differences(case, exit, sdm_exit)
         return Cross(encoder, exit, sdm_exit, got, ref, mid, CONSUMER_UNDEFINED,
