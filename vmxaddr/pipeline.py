@@ -6,9 +6,10 @@ the reference on the SDM's exit information, and say which side caused a diverge
 
 Attribution, in this order:
   1. the encoder: its exit information differs from the SDM encoder's on a bit the SDM defines
-     (class "encoder <name>: <field> differs from the SDM"). This counts even when the two answers
-     agree: a wrong reg1/reg2 or operand size misleads the hypervisor in ways the address
-     computation does not show (which register VMREAD writes, which VMCS field it reads);
+     (class "encoder <name>: <field> differs from the SDM", with "(address and faults unaffected)"
+     when the two answers agree). This counts even when they agree: a wrong reg1/reg2 or operand
+     size misleads the hypervisor in ways the address computation does not show (which register
+     VMREAD writes, which VMCS field it reads);
   2. the consumer reading undefined bits: the consumer agrees with the reference when given the
      SDM encoder's information, so only bits the SDM leaves undefined differ, and the consumer
      read them (class "consumer reads ... (written by <name>)");
@@ -109,7 +110,8 @@ def cross(case: Case, encoder: str, model: Model, reference: Model,
     ref = run_model(reference, sdm_exit, state, access)
     wrong = defined_differences(case, exit, sdm_exit) if encoder != "sdm" else []
     if wrong:
-        return Cross(encoder, exit, sdm_exit, got, ref, None, ENCODER, f"encoder {encoder}: {wrong[0]} differs from the SDM",
+        same = "" if not agree(ref, got) else " (address and faults unaffected)"
+        return Cross(encoder, exit, sdm_exit, got, ref, None, ENCODER, f"encoder {encoder}: {wrong[0]} differs from the SDM{same}",
                      tuple(wrong))
     if agree(ref, got):
         return Cross(encoder, exit, sdm_exit, got, ref, None, None, None)
