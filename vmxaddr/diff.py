@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmxaddr.case import Case, access_of, case_json, run_model
-from vmxaddr.exitinfo import ExitInfo
+from vmxaddr.decode import Instruction
+from vmxaddr.exitinfo import ExitInfo, Policy, encode
 from vmxaddr.isa import SPECS
 from vmxaddr.models import UnknownModel, get
 from vmxaddr.models.base import FAULT, IMPL, OK, Access, InvalidExitInfo, Model, Result
@@ -136,7 +137,9 @@ def classify(exit: ExitInfo, state: CpuState, access: Access, ra: Result, rb: Re
         return TYPE_BEFORE_USABLE
     if mode == "64-bit" and ra.linear_address is not None and "canonical" in (oa.rule, ob.rule):
         u, bit = lam_untag(ra.linear_address, state)
-        if bit is not None and bit == 56 and not state.la57 and not ra.linear_address >> 63:
+        if bit is not None and u != ra.linear_address:
+            return LAM_NOT_UNTAGGED  # one model checked the tagged pointer
+        if bit == 56 and not state.la57:
             return LAM57_FOUR_LEVEL
     rules = {oa.rule, ob.rule}
     if rules & {"limit", "flat"} and ra.segment is not None and ra.effective_address is not None:
@@ -208,6 +211,27 @@ def diff_case(case: Case, models: Sequence[tuple[str, Model]], explain: bool = F
     return Diff(case, exit, results, tuple(divs))
 
 
+_EXITS: dict[Policy, dict[tuple[bytes, int], tuple[ExitInfo, Access]]] = {}
+
+
+def exit_and_access(ins: Instruction, rip: int, policy: Policy) -> tuple[ExitInfo, Access]:
+    """`encode(ins, rip, policy)` and the access, memoised per instruction bytes and policy (the
+    exit information is a function of those alone, except RIP-relative operands, which add RIP)."""
+    op = ins.operand
+    if op is not None and op.rip_relative:
+        return encode(ins, rip, policy), access_of(ins)
+    memo = _EXITS.get(policy)
+    if memo is None:
+        memo = _EXITS[policy] = {}
+    key = (ins.raw, ins.code_size)
+    hit = memo.get(key)
+    if hit is None:
+        if len(memo) >= 1 << 16:
+            memo.clear()
+        hit = memo[key] = (encode(ins, rip, policy), access_of(ins))
+    return hit
+
+
 def divergence(exit: ExitInfo, state: CpuState, access: Access, a: Model, b: Model) -> str | None:
     """The class of the divergence between `b` (reference) and `a` on one case, or None if they
     agree. The fuzzer's hot path: no steps, no case objects."""
@@ -219,7 +243,8 @@ def divergence(exit: ExitInfo, state: CpuState, access: Access, a: Model, b: Mod
 
 
 def case_divergence(case: Case, a: Model, b: Model) -> str | None:
-    return divergence(case.exit, case.state, access_of(case.instruction), a, b)
+    exit, access = exit_and_access(case.instruction, case.state.rip, case.policy)
+    return divergence(exit, case.state, access, a, b)
 
 
 # -- the command ------------------------------------------------------------------------------------

@@ -25,23 +25,25 @@ CR0.PE, so virtual-8086 mode counts as protected.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, NamedTuple
 
 from vmxaddr.exitinfo import ExitInfo
 from vmxaddr.isa import REG64, SEGMENTS, SPECS, Layout
 from vmxaddr.models.base import FAULT, OK, Access, InvalidExitInfo, Outcome, Result, Step
-from vmxaddr.models.sdm import canonical, lam_untag
-from vmxaddr.state import CpuState
+from vmxaddr.models.sdm import lam_untag
+from vmxaddr.state import CpuState, Segment
 
 MASK64 = (1 << 64) - 1
 MASK32 = 0xFFFFFFFF
 MNEMONICS = ("vmptrld", "vmclear", "vmxon", "vmptrst", "vmread", "vmwrite", "invept", "invvpid")
 
 
-@dataclass(frozen=True, slots=True)
-class Fixes:
-    """One flag per commit; a model is the set of fixes it has."""
+class Fixes(NamedTuple):
+    """One flag per commit; a model is the set of fixes it has. (A tuple, so that the model can
+    unpack all flags into locals in one step.)"""
 
     checks: bool = False  # f9eb4af67c9d: #GP/#SS checks (canonical; type, usability, limit)
     sign_extend: bool = False  # 946c522b603f: displacement sign-extended from the address size
@@ -74,30 +76,46 @@ def _h(v: int) -> str:
     return f"{v:#x}"
 
 
+_QUIET: dict[tuple[str, str | None, int | None, str], Outcome] = {}
+
+
+def _outcome(explain: bool, kind: str, vector: str | None, code: int | None, rule: str,
+             reason: Callable[[], str]) -> Outcome:
+    """The outcome; without `explain` a shared one with a short reason (the fuzzer's hot path
+    should not format numbers nobody reads)."""
+    if explain:
+        return Outcome(kind, vector, code, rule, reason())
+    key = (kind, vector, code, rule)
+    o = _QUIET.get(key)
+    if o is None:
+        o = _QUIET[key] = Outcome(kind, vector, code, rule, f"{rule} check" if kind == FAULT else "")
+    return o
+
+
 def kvm_model(fixes: Fixes, exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) -> Result:
+    (checks, sign_extend, mask_ea, flat_skip, limit_inclusive, access_length, fsgs_base_only, truncate_regs,
+     lam) = fixes
     steps: list[Step] | None = [] if explain else None
-    ins = exit.instruction
-    spec = SPECS[ins]
     info = exit.instruction_info
     mode = state.mode
-
-    def done(outcome: Outcome, **kw: Any) -> Result:
-        return Result(outcome, steps=tuple(steps) if steps else (), **kw)
 
     # nested_vmx_check_permission(): CPL > 0 -> #GP(0) (all versions; vmx_get_cpl() is 3 in
     # virtual-8086 mode).
     cpl = 3 if mode == "virtual-8086" else state.cpl
     if cpl > 0:
-        return done(Outcome(FAULT, "GP", 0, "cpl", f"CPL {cpl} > 0: #GP(0)"))
+        return Result(_outcome(explain, FAULT, "GP", 0, "cpl", lambda: f"CPL {cpl} > 0: #GP(0)"))
     if steps is not None:
         steps.append(Step("cpl", "cpl", f"CPL {cpl}: the privilege check passes", cpl))
-    # VMREAD/VMWRITE test bit 10 themselves and never call get_vmx_mem_address() for a register.
-    if spec.layout is Layout.VMREAD and info & (1 << 10):
-        if steps is not None:
-            steps.append(Step("register-operand", "register-operand", "bit 10 = 1: register operand, no memory address"))
-        return done(Outcome(OK, rule="register-operand", reason="register operand: no memory access"))
     if info & (1 << 10):
-        return done(Outcome(FAULT, "UD", None, "register-operand", "bit 10 set for a memory-only instruction: #UD"))
+        # VMREAD/VMWRITE test bit 10 themselves and never call get_vmx_mem_address() for a register;
+        # get_vmx_mem_address() itself answers a register operand with #UD.
+        if SPECS[exit.instruction].layout is Layout.VMREAD:
+            if steps is not None:
+                steps.append(Step("register-operand", "register-operand", "bit 10 = 1: register operand, no memory address"))
+            return Result(_outcome(explain, OK, None, None, "register-operand", lambda: "register operand: no memory access"),
+                          steps=tuple(steps or ()))
+        return Result(_outcome(explain, FAULT, "UD", None, "register-operand",
+                               lambda: "bit 10 set for a memory-only instruction: #UD"), steps=tuple(steps or ()))
 
     asz_code = info >> 7 & 7
     seg_no = info >> 15 & 7
@@ -107,25 +125,25 @@ def kvm_model(fixes: Fixes, exit: ExitInfo, state: CpuState, access: Access, exp
     scaling = info & 3
     index = None if info & (1 << 22) else info >> 18 & 15
     base = None if info & (1 << 27) else info >> 23 & 15
-    long_mode = mode in ("64-bit", "compatibility")  # is_long_mode(): EFER.LMA
+    long_mode = mode == "64-bit" or mode == "compatibility"  # is_long_mode(): EFER.LMA
     mode64 = mode == "64-bit"  # is_64_bit_mode()
 
     q = exit.exit_qualification
     disp = q
-    if fixes.sign_extend and asz_code == 1:
+    if sign_extend and asz_code == 1:
         disp = _sext(q, 31)
-    elif fixes.sign_extend and asz_code == 0:
+    elif sign_extend and asz_code == 0:
         disp = _sext(q, 15)
-    reg_mask = MASK32 if fixes.truncate_regs and not mode64 else MASK64
+    reg_mask = MASK32 if truncate_regs and not mode64 else MASK64
     bval = state.regs[base] & reg_mask if base is not None else 0
     ival = state.regs[index] & reg_mask if index is not None else 0
     off = (disp + bval + (ival << scaling)) & MASK64
-    if fixes.mask_ea and asz_code == 1:
+    if mask_ea and asz_code == 1:
         off &= MASK32
-    elif fixes.mask_ea and asz_code == 0:
+    elif mask_ea and asz_code == 0:
         off &= 0xFFFF
     if steps is not None:
-        how = (f"sign-extended from bit {15 if asz_code == 0 else 31}" if fixes.sign_extend and asz_code < 2
+        how = (f"sign-extended from bit {15 if asz_code == 0 else 31}" if sign_extend and asz_code < 2
                else "used as is, all 64 bits")
         steps.append(Step("displacement", "exit-qualification", f"exit qualification {q:#x} {how}: displacement = {disp:#x}", disp))
         terms = [f"{REG64[base]} {bval:#x}"] if base is not None else []
@@ -133,18 +151,15 @@ def kvm_model(fixes: Fixes, exit: ExitInfo, state: CpuState, access: Access, exp
             terms.append(f"{REG64[index]} {ival:#x} << {scaling}")
         terms.append(f"displacement {disp:#x}")
         trunc = " (registers read as 32 bits)" if reg_mask == MASK32 else ""
-        masked = f", masked to {16 << asz_code} bits" if fixes.mask_ea and asz_code < 2 else " in 64-bit arithmetic"
+        masked = f", masked to {16 << asz_code} bits" if mask_ea and asz_code < 2 else " in 64-bit arithmetic"
         steps.append(Step("effective-address", "effective-address",
                           f"off = {' + '.join(terms)}{trunc} = {off:#x}{masked}", off))
 
-    s = state.segment(seg)
+    s = getattr(state, seg)
     vector = "SS" if seg == "ss" else "GP"
-    if long_mode and fixes.fsgs_base_only and seg not in ("fs", "gs"):
-        sbase = 0
-    else:
-        sbase = s.base
+    sbase = 0 if long_mode and fsgs_base_only and seg != "fs" and seg != "gs" else s.base
     linear = (sbase + off) & MASK64
-    if fixes.mask_ea:
+    if mask_ea:
         if not long_mode:
             linear &= MASK32  # outside long mode always mod 2^32
     elif asz_code == 1:
@@ -153,52 +168,57 @@ def kvm_model(fixes: Fixes, exit: ExitInfo, state: CpuState, access: Access, exp
         steps.append(Step("segment", "segment", f"segment {seg} (bits 17:15 = {seg_no})", seg))
         rule = "segment-base-64" if long_mode else "linear-32"
         steps.append(Step("linear-address", rule, f"linear = {seg} base {sbase:#x} + off {off:#x} = {linear:#x}", linear))
-    kw: dict[str, Any] = dict(effective_address=off, linear_address=linear, segment=seg, displacement=disp,
-                              segment_base=sbase)
+    outcome = _checks(fixes, explain, steps, state, access, s, seg, vector, long_mode, mode64, off, linear)
+    if lam and mode64 and outcome.rule == "canonical":
+        linear = lam_untag(linear, state)[0]  # KVM goes on with the untagged address
+    return Result(outcome, off, linear, seg, disp, sbase, tuple(steps) if steps else ())
 
+
+def _checks(fixes: Fixes, explain: bool, steps: list[Step] | None, state: CpuState, access: Access, s: Segment,
+            seg: str, vector: str, long_mode: bool, mode64: bool, off: int, linear: int) -> Outcome:
     if not fixes.checks:
-        return done(Outcome(OK, rule="no-checks", reason="no fault checks (064aea77: not yet written)"), **kw)
-
+        return _outcome(explain, OK, None, None, "no-checks", lambda: "no fault checks (064aea77: not yet written)")
     if long_mode:
         checked = linear
         if fixes.lam_untag and mode64:
             checked, bit = lam_untag(linear, state)
-            if bit is not None:
-                kw["linear_address"] = checked  # KVM goes on with the untagged address
-                if steps is not None:
-                    steps.append(Step("lam", "canonical", f"LAM: untagged {linear:#x} -> {checked:#x}", checked))
+            if bit is not None and steps is not None:
+                steps.append(Step("lam", "canonical", f"LAM: untagged {linear:#x} -> {checked:#x}", checked))
         bits = 57 if state.la57 else 48
-        if not canonical(checked, bits):
-            return done(Outcome(FAULT, vector, 0, "canonical", f"{checked:#x} is not canonical ({bits}-bit): #{vector}(0)"), **kw)
+        top = checked >> (bits - 1)
+        if top != 0 and top != (1 << (65 - bits)) - 1:
+            return _outcome(explain, FAULT, vector, 0, "canonical",
+                            lambda: f"{checked:#x} is not canonical ({bits}-bit): #{vector}(0)")
         if steps is not None:
             steps.append(Step("canonical", "canonical", f"{checked:#x} is canonical ({bits}-bit): the only check in long mode"))
-        return done(Outcome(OK, rule="canonical"), **kw)
+        return _outcome(explain, OK, None, None, "canonical", str)
 
     # Before 8570f9e8 the checks below were under is_protmode() (CR0.PE); after, under plain else.
-    if mode == "real" and not fixes.mask_ea:
-        return done(Outcome(OK, rule="no-checks", reason="real mode: no checks"), **kw)
+    if state.mode == "real" and not fixes.mask_ea:
+        return _outcome(explain, OK, None, None, "no-checks", lambda: "real mode: no checks")
     t = s.type
     if access.write and (t & 0xA == 0 or t & 8):
-        return done(Outcome(FAULT, "GP", 0, "type", f"write through {seg} of type {t:#x} (read-only data or code): #GP(0)"), **kw)
+        return _outcome(explain, FAULT, "GP", 0, "type",
+                        lambda: f"write through {seg} of type {t:#x} (read-only data or code): #GP(0)")
     if not access.write and t & 0xA == 8:
-        return done(Outcome(FAULT, "GP", 0, "type", f"read through {seg} of type {t:#x} (execute-only code): #GP(0)"), **kw)
+        return _outcome(explain, FAULT, "GP", 0, "type", lambda: f"read through {seg} of type {t:#x} (execute-only code): #GP(0)")
     if steps is not None:
         steps.append(Step("type", "type", f"{seg} type {t:#x} allows a {access.kind}"))
     if s.unusable:
-        return done(Outcome(FAULT, vector, 0, "unusable", f"{seg} is unusable: #{vector}(0)"), **kw)
-    flat = s.base == 0 and s.limit == MASK32 and bool(t & 8 or not t & 4)
-    if fixes.flat_skip and flat:
+        return _outcome(explain, FAULT, vector, 0, "unusable", lambda: f"{seg} is unusable: #{vector}(0)")
+    if fixes.flat_skip and s.base == 0 and s.limit == MASK32 and (t & 8 or not t & 4):
         if steps is not None:
             steps.append(Step("limit", "flat", f"{seg} is flat (base 0, limit 0xffffffff, code or expand-up): no limit check"))
-        return done(Outcome(OK, rule="flat"), **kw)
+        return _outcome(explain, OK, None, None, "flat", str)
     length = access.size if fixes.access_length else 8
     last = off + length - 1 if fixes.limit_inclusive else off + length
     form = f"off {off:#x} + {length} - 1" if fixes.limit_inclusive else f"off {off:#x} + {length}"
     if last > s.limit:
-        return done(Outcome(FAULT, vector, 0, "limit", f"{form} = {last:#x} > {seg} limit {s.limit:#x}: #{vector}(0)"), **kw)
+        return _outcome(explain, FAULT, vector, 0, "limit",
+                        lambda: f"{form} = {last:#x} > {seg} limit {s.limit:#x}: #{vector}(0)")
     if steps is not None:
         steps.append(Step("limit", "limit", f"{form} = {last:#x} <= {seg} limit {s.limit:#x}: no fault", last))
-    return done(Outcome(OK, rule="limit"), **kw)
+    return _outcome(explain, OK, None, None, "limit", str)
 
 
 # -- the history, one fix per row ------------------------------------------------------------------
@@ -259,9 +279,8 @@ REGISTERED: dict[str, tuple[Any, str]] = {}
 
 
 def _make(name: str, fixes: Fixes, doc: str) -> Any:
-    def model(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) -> Result:
-        return kvm_model(fixes, exit, state, access, explain)
-
+    # partial: one Python call per case, not two (the fuzzer's hot path)
+    model: Any = partial(kvm_model, fixes)
     model.__name__ = model.__qualname__ = name.replace("-", "_")
     model.__doc__ = doc
     model.fixes = fixes  # type: ignore[attr-defined]
@@ -274,7 +293,7 @@ def _make(name: str, fixes: Fixes, doc: str) -> Any:
 _fixes = Fixes()
 for _name, _flag, _summary, _doc in _HISTORY:
     if _flag:
-        _fixes = replace(_fixes, **{_flag: True})
+        _fixes = _fixes._replace(**{_flag: True})
     REGISTERED[_name] = (_make(_name, _fixes, _doc), _summary)
 
 REGISTERED["kvm-current"] = (
