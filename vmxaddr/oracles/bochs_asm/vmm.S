@@ -241,19 +241,20 @@ long64:
         jnz 1f
         or $5, %eax
         wrmsr
-1:      /* CR0/CR4 fixed bits (SDM A.7, A.8); CR0.NE, CR4.VMXE */
-        mov %cr0, %rax
-        or $0x20, %rax
+1:      /* CR0/CR4 fixed-1 bits (SDM A.7, A.8: IA32_VMX_CR0_FIXED0 / CR4_FIXED0),
+           which include CR0.NE and CR4.VMXE */
         mov $0x486, %ecx
         rdmsr
-        mov %eax, %ebx
-        mov %cr0, %rax
-        or $0x20, %eax
-        or %ebx, %eax
-        mov %rax, %cr0
-        mov %cr4, %rax
-        or $0x2000, %eax
-        mov %rax, %cr4
+        mov %cr0, %rbx
+        or %eax, %ebx
+        or $0x20, %ebx             /* CR0.NE */
+        mov %rbx, %cr0
+        mov $0x488, %ecx
+        rdmsr
+        mov %cr4, %rbx
+        or %eax, %ebx
+        or $0x2000, %ebx           /* CR4.VMXE */
+        mov %rbx, %cr4
         /* XSAVE: CR4.OSXSAVE, XCR0 = x87|SSE; IA32_XSS = every supported bit */
         mov cpuid1_ecx, %ecx
         bt $26, %ecx
