@@ -4,7 +4,7 @@
  * defines the guest code blocks and the tables below:
  *   groups:       GROUP_SIZE-byte entries (see GRP_* offsets), group_count entries
  *   group_count:  .quad number of groups
- *   guest_fields_16/32/64: (field, value) .quad pairs ending with field -1
+ *   guest_fields_<code size>_<cpl>: (field, value) .quad pairs ending with field -1
  *
  * The image replaces the BIOS (bochs `romimage:`): the CPU starts at the reset
  * vector, we go 16-bit real -> 32-bit protected -> 64-bit long mode, VMXON,
@@ -36,7 +36,7 @@
         .set GRP_CS_BASE,   8
         .set GRP_TABLE,     16             /* address of case-start table (count+1 quads) */
         .set GRP_COUNT,     24
-        .set GRP_FIELDS,    32             /* guest_fields_NN for this code size */
+        .set GRP_FIELDS,    32             /* guest_fields_<size>_<cpl> of this group */
         .set GROUP_SIZE,    40
 
 /* VMCS field encodings (SDM Vol. 3 App. B) */
@@ -154,12 +154,13 @@ payload_entry32:
         adc $0, %edx
         add $8, %edi
         loop 1b
-        /* guest 64-bit: only 0x400000..0x13fffff mapped, read-only (P | PS, RW = 0) so
-           any guest data access faults (#PF -> exception exit) */
-        movl $(GPDPT | 3), GPML4
-        movl $(GPD | 3), GPDPT
+        /* guest 64-bit: only 0x400000..0x13fffff mapped, read-only (P | US | PS, RW = 0)
+           so any guest data write, or access outside the window, faults (#PF ->
+           exception exit); US so that CPL-3 guests can fetch their code */
+        movl $(GPDPT | 7), GPML4
+        movl $(GPD | 7), GPDPT
         mov $(GPD + 2 * 8), %edi
-        mov $(PAYLOAD | 0x81), %eax
+        mov $(PAYLOAD | 0x85), %eax
         mov $8, %ecx
 1:      mov %eax, (%edi)
         add $0x200000, %eax
@@ -167,7 +168,7 @@ payload_entry32:
         loop 1b
         /* guest 32-bit: 4 MiB pages 1..4, read-only */
         mov $(GPD32 + 1 * 4), %edi
-        mov $(PAYLOAD | 0x81), %eax
+        mov $(PAYLOAD | 0x85), %eax
         mov $4, %ecx
 1:      mov %eax, (%edi)
         add $0x400000, %eax
