@@ -307,3 +307,13 @@ def test_cpl3_privilege_before_exit(oracle: dict) -> None:
         assert ex[key].interruption_info == 0x80000B0D
     # INVPCID at CPL 3: SDM #GP(0) first; Bochs 2.7 exits (known-oracle-issues.md 1.5)
     assert ex["cpl3-invpcid-64"].basic_reason == 58
+
+
+def test_cli_crosscheck_bochs(oracle: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from vmxaddr.cli import main
+
+    assert main(["crosscheck", "--oracle", "bochs", "-n", "300", "--seed", "3", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["cases"] == 300 and summary["unexplained"] == 0
