@@ -6,7 +6,7 @@ run a guest made of the instructions under test and read back, for every exit,
 the exit reason, exit qualification, VM-exit instruction-information field, guest
 RIP and instruction length.
 
-The VMM is ``bochs_asm/vmm.S`` (hand-written, commented); the guest code and the
+The VMM is ``bochs_asm/vmm.s`` (hand-written, commented); the guest code and the
 VMCS guest-state tables are generated here from the case list and a field table.
 Everything is assembled and linked with binutils at run time into a ROM image.
 """
@@ -337,10 +337,10 @@ class _Image:
 def build_image(cases: Sequence[Case], workdir: Path) -> _Image:
     """Generate, assemble and link the ROM image for ``cases`` in ``workdir``."""
     asm, groups = generate_cases_asm(cases)
-    (workdir / "cases.S").write_text(asm)
-    shutil.copy(ASM_DIR / "vmm.S", workdir / "vmm.S")
-    _run(["as", "--64", "-o", "vmm.o", "vmm.S"], workdir)
-    _run(["as", "--64", "-o", "cases.o", "cases.S"], workdir)
+    (workdir / "cases.s").write_text(asm)
+    shutil.copy(ASM_DIR / "vmm.s", workdir / "vmm.s")
+    _run(["as", "--64", "-o", "vmm.o", "vmm.s"], workdir)
+    _run(["as", "--64", "-o", "cases.o", "cases.s"], workdir)
     # payload size decides the ROM size (power of two, >= 64 KiB, 4 KiB reset block)
     _run(["ld", "-r", "-o", "all.o", "vmm.o", "cases.o"], workdir)
     size_out = _run(["size", "-A", "all.o"], workdir)

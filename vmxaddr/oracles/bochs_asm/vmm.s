@@ -1,6 +1,6 @@
 /*
  * Minimal VMM used as the Bochs oracle (issue 8).  Assembled with GNU as and
- * linked by vmxaddr/oracles/bochs.py together with a generated cases.S that
+ * linked by vmxaddr/oracles/bochs.py together with a generated cases.s that
  * defines the guest code blocks and the tables below:
  *   groups:       GROUP_SIZE-byte entries (see GRP_* offsets), group_count entries
  *   group_count:  .quad number of groups
