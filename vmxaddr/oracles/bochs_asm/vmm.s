@@ -31,7 +31,7 @@
         .set STACK_TOP,   0x30000
         .set PAYLOAD,     0x400000
 
-/* group table entry layout (generated in cases.S) */
+/* group table entry layout (generated in cases.s) */
         .set GRP_CODE_SIZE, 0              /* 16, 32 or 64 */
         .set GRP_CS_BASE,   8
         .set GRP_TABLE,     16             /* address of case-start table (count+1 quads) */
