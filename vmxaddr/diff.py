@@ -86,6 +86,25 @@ def first_difference(a: Result, b: Result) -> str:
     return "checks"
 
 
+def _lam_class(state: CpuState, ra: Result, rb: Result) -> str | None:
+    """Divergences where linear-address masking applies to the pointer (64-bit mode)."""
+    la, lb = ra.linear_address, rb.linear_address
+    if la is None or lb is None:
+        return None
+    tagged = la if lam_untag(la, state)[0] != la else lb  # one model may report it untagged
+    untagged, bit = lam_untag(tagged, state)
+    if bit is None or untagged != lam_untag(la, state)[0] or untagged != lam_untag(lb, state)[0]:
+        return None
+    if bit == 56 and not state.la57 and not tagged >> 63:
+        # LAM_U57 under 4-level paging: after untagging, is bits 56:47 = bit 63 required too?
+        top = untagged >> 47
+        if top != 0 and top != (1 << 17) - 1:
+            return LAM57_FOUR_LEVEL
+    if ra.outcome.kind != FAULT and rb.outcome.kind != FAULT:
+        return LAM_UNTAGGED_LINEAR
+    return LAM_NOT_UNTAGGED
+
+
 def _limit_check(model: Model | None) -> LimitCheck:
     return getattr(model, "limit_check", SDM_LIMIT)
 
@@ -119,14 +138,9 @@ def classify(exit: ExitInfo, state: CpuState, access: Access, ra: Result, rb: Re
         la, lb = ra.linear_address, rb.linear_address
         assert la is not None and lb is not None
         if mode == "64-bit":
-            ua, bit_a = lam_untag(la, state)
-            ub, _ = lam_untag(lb, state)
-            if bit_a is not None and ua == ub:
-                faulting = [r for r in (ra, rb) if r.outcome.kind == FAULT and r.outcome.rule == "canonical"]
-                if not faulting:
-                    return LAM_UNTAGGED_LINEAR
-                f = faulting[0]
-                return LAM_NOT_UNTAGGED if f.linear_address != lam_untag(f.linear_address or 0, state)[0] else LAM57_FOUR_LEVEL
+            lam = _lam_class(state, ra, rb)
+            if lam is not None:
+                return lam
         if (la - lb) % (1 << 32) == 0 or (asz < 64 and (la - lb) % (1 << asz) == 0):
             return ASZ_MASK_ON_LINEAR
         return LINEAR_DIFFERS
@@ -135,12 +149,10 @@ def classify(exit: ExitInfo, state: CpuState, access: Access, ra: Result, rb: Re
         return NO_CHECKS
     if oa.kind == FAULT and ob.kind == FAULT and {oa.rule, ob.rule} == {"type", "unusable"}:
         return TYPE_BEFORE_USABLE
-    if mode == "64-bit" and ra.linear_address is not None and "canonical" in (oa.rule, ob.rule):
-        u, bit = lam_untag(ra.linear_address, state)
-        if bit is not None and u != ra.linear_address:
-            return LAM_NOT_UNTAGGED  # one model checked the tagged pointer
-        if bit == 56 and not state.la57:
-            return LAM57_FOUR_LEVEL
+    if mode == "64-bit" and "canonical" in (oa.rule, ob.rule):
+        lam = _lam_class(state, ra, rb)
+        if lam is not None:
+            return lam
     rules = {oa.rule, ob.rule}
     if rules & {"limit", "flat"} and ra.segment is not None and ra.effective_address is not None:
         s = state.segment(ra.segment)

@@ -99,9 +99,9 @@ def kvm_model(fixes: Fixes, exit: ExitInfo, state: CpuState, access: Access, exp
     info = exit.instruction_info
     mode = state.mode
 
-    # nested_vmx_check_permission(): CPL > 0 -> #GP(0) (all versions; vmx_get_cpl() is 3 in
-    # virtual-8086 mode).
-    cpl = 3 if mode == "virtual-8086" else state.cpl
+    # nested_vmx_check_permission(): CPL > 0 -> #GP(0) (all versions; vmx_get_cpl() is 0 in
+    # real mode and 3 in virtual-8086 mode).
+    cpl = 3 if mode == "virtual-8086" else 0 if mode == "real" else state.cpl
     if cpl > 0:
         return Result(_outcome(explain, FAULT, "GP", 0, "cpl", lambda: f"CPL {cpl} > 0: #GP(0)"))
     if steps is not None:
@@ -211,7 +211,8 @@ def _checks(fixes: Fixes, explain: bool, steps: list[Step] | None, state: CpuSta
             steps.append(Step("limit", "flat", f"{seg} is flat (base 0, limit 0xffffffff, code or expand-up): no limit check"))
         return _outcome(explain, OK, None, None, "flat", str)
     length = access.size if fixes.access_length else 8
-    last = off + length - 1 if fixes.limit_inclusive else off + length
+    # unsigned 64-bit arithmetic: an offset near 2^64 wraps to a small "last byte"
+    last = (off + length - 1 if fixes.limit_inclusive else off + length) & MASK64
     form = f"off {off:#x} + {length} - 1" if fixes.limit_inclusive else f"off {off:#x} + {length}"
     if last > s.limit:
         return _outcome(explain, FAULT, vector, 0, "limit",
