@@ -401,7 +401,8 @@ def sweep(data: bytes, start: int, end: int, upto: int, bits: int) -> list[int]:
     """Offsets of the instructions objdump -d shows in data[start:end] that start at or before
     `upto` (a linear sweep from `start` that never reads past `end`)."""
     iced = _iced()
-    dec = iced.Decoder(bits, data[start:end], _options(bits)[0], start)
+    # Bytes past upto + 15 cannot change the instructions that start at or before upto.
+    dec = iced.Decoder(bits, data[start:min(end, upto + 16)], _options(bits)[0], start)
     ins = iced.Instruction()
     invalid, wait = iced.Code.INVALID, iced.Code.WAIT
     sse4a = _sse4a_codes()
@@ -409,7 +410,7 @@ def sweep(data: bytes, start: int, end: int, upto: int, bits: int) -> list[int]:
     add = starts.append
     decode_out = dec.decode_out
     limit = upto - start
-    rex = sorted(m.start() - start for m in _REX_PREFIX.finditer(data, start, end)) if bits == 64 else []
+    rex = [m.start() - start for m in _REX_PREFIX.finditer(data, start, min(end, upto + 16))] if bits == 64 else []
     while True:
         pos = dec.position
         if pos > limit or not dec.can_decode:
@@ -423,7 +424,7 @@ def sweep(data: bytes, start: int, end: int, upto: int, bits: int) -> list[int]:
                 dec.position = rex[k] + 1
                 continue
         if code == invalid:
-            dec.position = pos + _objdump_length(data, pos + start, end, bits, ins.len)
+            dec.position = pos + min(15, _objdump_length(data, pos + start, end, bits, ins.len))
         elif code == wait and dec.can_decode:
             # objdump reads FWAIT as a prefix: with an x87 instruction after it (and any prefixes
             # between) it prints one instruction; prefixes then another FWAIT belong to the first
@@ -440,6 +441,44 @@ def sweep(data: bytes, start: int, end: int, upto: int, bits: int) -> list[int]:
             # EXTRQ/INSERTQ take registers only; objdump stops early on a memory ModRM
             dec.position = pos + _bad_length(data, pos + start, end, bits, ins.len)
     return starts
+
+
+class Boundaries:
+    """The instruction starts of one symbol's bytes, found as the scan moves forward through its
+    candidates (in increasing order).
+
+    Near the last known start, the sweep just goes on from there. Far from it (more than `FAR`
+    bytes), it resynchronises instead of sweeping the gap: objdump's sweep, whatever it did
+    before, starts an instruction somewhere in any 16 consecutive bytes, because no step is
+    longer; so sweeps started at each of the 17 offsets c-W-16 … c-W include the true one, and
+    once they all share a start b, every start from b on is the true sweep's (each step depends
+    on the position only). If they do not meet before the candidate, the gap is swept."""
+
+    FAR = 4096
+    W = 48
+
+    def __init__(self, data: bytes, start: int, end: int, bits: int) -> None:
+        self.data, self.start, self.end, self.bits = data, start, end, bits
+        self.known = [start]  # true starts, contiguous from known[0]
+        self.resyncs = self.swept = 0
+
+    def upto(self, c: int) -> list[int]:
+        """Known starts, the last of them at or before c (the instruction holding c)."""
+        last = self.known[-1]
+        if c <= last:
+            return self.known
+        if c - last > self.FAR and c - self.W - 16 > last:
+            lists = [sweep(self.data, s, self.end, c, self.bits) for s in range(c - self.W - 16, c - self.W + 1)]
+            common = set(lists[0]).intersection(*lists[1:])
+            if common:
+                b = min(common)
+                self.known = [x for x in lists[0] if x >= b]
+                self.resyncs += 1
+                return self.known
+        more = sweep(self.data, last, self.end, c, self.bits)
+        self.swept += more[-1] - last
+        self.known.extend(more[1:])
+        return self.known
 
 
 # -- scanning -----------------------------------------------------------------------------------
@@ -552,9 +591,10 @@ def scan_image(path: str, data: bytes, mode: int | None = None,
         for r, cs in by_region.items():
             rstart = starts[r]
             rend = starts[r + 1] if r + 1 < len(starts) else len(body)
-            insns = sweep(body, rstart, rend, cs[-1], bits)
+            bounds = Boundaries(body, rstart, rend, bits)
             seen: set[int] = set()
             for c in cs:
+                insns = bounds.upto(c)
                 k = bisect.bisect_right(insns, c) - 1
                 at = insns[k]
                 nxt = insns[k + 1] if k + 1 < len(insns) else None
