@@ -363,10 +363,6 @@ def _sse4a_codes() -> frozenset[int]:
     return frozenset((c.EXTRQ_XMM_IMM8_IMM8, c.EXTRQ_XMM_XMM, c.INSERTQ_XMM_XMM, c.INSERTQ_XMM_XMM_IMM8_IMM8))
 
 
-def _only_prefixes(data: bytes, p: int, q: int, bits: int) -> bool:
-    return all(b in _PREFIXES or (bits == 64 and 0x40 <= b <= 0x4F) for b in data[p:q])
-
-
 def _rex_then_prefix(b: int) -> bool:
     return b in _PREFIXES or 0x40 <= b <= 0x4F
 
@@ -410,7 +406,7 @@ def sweep(data: bytes, start: int, end: int, upto: int, bits: int) -> list[int]:
     add = starts.append
     decode_out = dec.decode_out
     limit = upto - start
-    rex = [m.start() - start for m in _REX_PREFIX.finditer(data, start, min(end, upto + 16))] if bits == 64 else []
+    rex = {m.start() for m in _REX_PREFIX.finditer(data, start, min(end, upto + 16))} if bits == 64 else set()
     while True:
         pos = dec.position
         if pos > limit or not dec.can_decode:
@@ -418,10 +414,12 @@ def sweep(data: bytes, start: int, end: int, upto: int, bits: int) -> list[int]:
         add(pos + start)
         decode_out(ins)
         code = ins.code
-        if rex:
-            k = bisect.bisect_left(rex, pos)
-            if k < len(rex) and rex[k] < pos + ins.len and _only_prefixes(data, pos + start, rex[k] + start, bits):
-                dec.position = rex[k] + 1
+        if rex and (pos + start in rex or data[pos + start] in _PREFIXES):
+            q = pos + start
+            while q < end and data[q] in _PREFIXES and q not in rex:
+                q += 1
+            if q in rex:  # a REX byte followed by a prefix, within this instruction's prefixes
+                dec.position = q + 1 - start
                 continue
         if code == invalid:
             dec.position = pos + min(15, _objdump_length(data, pos + start, end, bits, ins.len))
@@ -454,8 +452,8 @@ class Boundaries:
     once they all share a start b, every start from b on is the true sweep's (each step depends
     on the position only). If they do not meet before the candidate, the gap is swept."""
 
-    FAR = 4096
-    W = 48
+    FAR = 2048
+    W = 32
 
     def __init__(self, data: bytes, start: int, end: int, bits: int) -> None:
         self.data, self.start, self.end, self.bits = data, start, end, bits
