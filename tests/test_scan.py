@@ -355,3 +355,26 @@ def test_mutated_headers_never_raise(obj64: Path, tmp_path: Path) -> None:
             except scan.ScanError:
                 continue
             assert res.error is None
+
+
+@pytest.mark.parametrize("bits", [64, 32, 16])
+def test_resynchronising_gives_the_full_sweeps_starts(bits: int) -> None:
+    """Far candidates are reached by resynchronising, near ones by sweeping on: the instruction
+    holding each candidate must be the one a sweep from the start finds."""
+    import random
+    rnd = random.Random(bits)
+    # mostly plausible code (common opcodes) with some noise, 200 KB
+    pieces = [b"\x48\x89\xc3", b"\x8b\x45\xf8", b"\xe8\x00\x00\x00\x00", b"\x0f\x1f\x44\x00\x00", b"\x66\x90",
+              b"\x48\x8d\x04\x24", b"\xc3", b"\x74\x05", b"\x41\x57", b"\xf3\x0f\x10\x45\x10"]
+    blob = bytearray()
+    while len(blob) < 200_000:
+        blob += rnd.choice(pieces) if rnd.random() < 0.9 else rnd.randbytes(rnd.randint(1, 4))
+    data = bytes(blob)
+    cands = sorted(rnd.sample(range(100, len(data) - 20), 300))
+    full = scan.sweep(data, 0, len(data), len(data), bits)
+    b = scan.Boundaries(data, 0, len(data), bits)
+    b.FAR = 512
+    for c in cands:
+        got = b.upto(c)
+        assert got[scan.bisect.bisect_right(got, c) - 1] == full[scan.bisect.bisect_right(full, c) - 1]
+    assert b.resyncs > 100
