@@ -595,8 +595,7 @@ def scan_image(path: str, data: bytes, mode: int | None = None,
                 insns = bounds.upto(c)
                 k = bisect.bisect_right(insns, c) - 1
                 at = insns[k]
-                nxt = insns[k + 1] if k + 1 < len(insns) else None
-                if at in seen or (nxt is not None and nxt <= c):
+                if at in seen:
                     continue
                 seen.add(at)
                 window = body[at:min(at + 16, rend)]
@@ -608,11 +607,12 @@ def scan_image(path: str, data: bytes, mode: int | None = None,
                                              "bytes": window[:16].hex(), "kind": exc.kind,
                                              "message": str(exc)})
                     continue
+                after = sweep(body, at, rend, at + instr.length, bits)
+                if (after[1] if len(after) > 1 else rend) != at + instr.length:
+                    res.warnings.append(f"{sec.name}+{at:#x}: the decoder and the sweep disagree on the "
+                                        f"length of {instr.raw.hex()} ({instr.length} bytes)")
                 if at + instr.length <= c:
-                    continue  # the candidate lies after this instruction (cannot happen: safety)
-                if nxt is not None and nxt != at + instr.length:
-                    res.warnings.append(f"{sec.name}+{at:#x}: decode says {instr.length} bytes, "
-                                        f"the sweep {nxt - at}")
+                    continue  # the candidate is past what the decoder reads as this instruction
                 ei = encode(instr, rip=base + at)
                 if enclosing is None:
                     enclosing = _Enclosing(elf, sec)
