@@ -12,10 +12,10 @@ docs/known-decoder-issues.md (the mnemonic of 0F C7 /6 in 16-bit code, INVEPT/IN
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
-from vmxaddr.isa import REG16, REG32, REG64, RBP, RSP, SEGMENTS, SPECS, InstrSpec, reg_name
+from vmxaddr.isa import RBP, REG16, REG32, REG64, RSP, SEGMENTS, SPECS, InstrSpec, reg_name
 
 LEGACY_PREFIXES = frozenset((0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67))
 SEGMENT_PREFIX = {0x26: "es", 0x2E: "cs", 0x36: "ss", 0x3E: "ds", 0x64: "fs", 0x65: "gs"}
@@ -234,7 +234,7 @@ def decode(data: bytes | bytearray | memoryview, code_size: int) -> Instruction:
     if mod == 3 and spec.memory == "required":
         raise DecodeError("register-form", f"{mnemonic.upper()} requires a memory operand; ModRM {modrm:02x} names a register (#UD)")
 
-    opsize = 0x66 in pfx and mp != 0x66
+    opsize = 0x66 in pfx and mnemonic not in ("vmclear", "invept", "invvpid", "invpcid")
     operand: MemoryOperand | None = None
     reg1 = reg2 = None
     if mod == 3:
@@ -321,7 +321,8 @@ def _classify(op: int, op3: int, mod: int, reg: int, mp: int | None) -> str:
         if reg in (6, 7) and mp in (None, 0x66):
             return "rdrand" if reg == 6 else "rdseed"
         if reg in (6, 7) and mp == 0xF3:
-            raise DecodeError("not-vmx", f"F3 0F C7 /{reg} with a register is {'SENDUIPI' if reg == 6 else 'RDPID'}, not a VMX-family instruction")
+            other = "SENDUIPI" if reg == 6 else "RDPID"
+            raise DecodeError("not-vmx", f"F3 0F C7 /{reg} with a register is {other}, not a VMX-family instruction")
         if reg in (3, 5, 6, 7):
             raise DecodeError("register-form", f"0F C7 /{reg} with a register operand is not a VMX-family instruction (#UD)")
         raise DecodeError("not-vmx", f"0F C7 /{reg} is not a VMX-family instruction")
@@ -338,7 +339,9 @@ def _classify(op: int, op3: int, mod: int, reg: int, mp: int | None) -> str:
         return name
     if op == 0x01:
         if mod == 3 or reg > 3:
-            raise DecodeError("not-vmx", f"0F 01 /{reg} {'with a register operand' if mod == 3 else ''} is not SGDT/SIDT/LGDT/LIDT (the register forms are VMCALL, MONITOR, …)".replace("  ", " "))
+            form = "with a register operand " if mod == 3 else ""
+            raise DecodeError("not-vmx", f"0F 01 /{reg} {form}is not SGDT/SIDT/LGDT/LIDT "
+                              "(the register forms are VMCALL, MONITOR, …)")
         return ("sgdt", "sidt", "lgdt", "lidt")[reg]
     # op == 0x00
     if reg > 3:
@@ -354,7 +357,7 @@ def _zero_disp(raw: bytes, op: MemoryOperand) -> bytes:
 
 # -- the capstone guard -----------------------------------------------------------------------
 
-@lru_cache(maxsize=None)
+@cache
 def _cs(code_size: int) -> Any:
     import capstone
 

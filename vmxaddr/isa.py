@@ -9,10 +9,10 @@ Sizes and directions come from the instructions' pages in SDM Vol. 2.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Layout(str, Enum):
+class Layout(StrEnum):
     """The instruction-information layouts (one SDM table each)."""
 
     VMPTR = "vmptr"  # VMCLEAR, VMPTRLD, VMPTRST, VMXON, XRSTORS, XSAVES

@@ -1,0 +1,201 @@
+"""Case generators, written once and driven two ways: by `random.Random` (fast, for throughput)
+or by hypothesis's `draw` (for shrinking to minimal witnesses; see vmxaddr.strategies).
+
+Encodings cover every VMX-family instruction, ModRM/SIB form, displacement width, prefix
+combination and code size; states lean on the edges where implementations go wrong.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+from vmxaddr.exitinfo import Policy
+from vmxaddr.state import CpuState, Segment
+
+T = TypeVar("T")
+
+
+class Chooser(Protocol):
+    def choice(self, seq: Sequence[T]) -> T: ...
+    def integer(self, lo: int, hi: int) -> int: ...
+    def chance(self, p: float) -> bool: ...
+
+
+class RandomChooser:
+    __slots__ = ("r",)
+
+    def __init__(self, rng: random.Random) -> None:
+        self.r = rng
+
+    def choice(self, seq: Sequence[T]) -> T:
+        return seq[int(self.r.random() * len(seq))]
+
+    def integer(self, lo: int, hi: int) -> int:
+        return self.r.randint(lo, hi)
+
+    def chance(self, p: float) -> bool:
+        return self.r.random() < p
+
+
+class DrawChooser:
+    """Adapts hypothesis's `draw` so that shrinking moves toward the first option / low values."""
+
+    def __init__(self, draw: Callable[[Any], Any]) -> None:
+        from hypothesis import strategies as st
+
+        self.draw = draw
+        self.st = st
+
+    def choice(self, seq: Sequence[T]) -> T:
+        return seq[self.draw(self.st.integers(0, len(seq) - 1))]
+
+    def integer(self, lo: int, hi: int) -> int:
+        return int(self.draw(self.st.integers(lo, hi)))
+
+    def chance(self, p: float) -> bool:
+        # shrinks toward False: the plain case
+        return bool(self.draw(self.st.integers(0, 999)) >= 1000 - int(p * 1000))
+
+
+# mnemonic -> (mandatory prefix, opcode bytes, ModRM.reg or None for any, forms)
+OPCODES: dict[str, tuple[int | None, bytes, int | None, str]] = {
+    "vmptrld": (None, b"\x0f\xc7", 6, "mem"),
+    "vmclear": (0x66, b"\x0f\xc7", 6, "mem"),
+    "vmxon": (0xF3, b"\x0f\xc7", 6, "mem"),
+    "vmptrst": (None, b"\x0f\xc7", 7, "mem"),
+    "vmread": (None, b"\x0f\x78", None, "both"),
+    "vmwrite": (None, b"\x0f\x79", None, "both"),
+    "invept": (0x66, b"\x0f\x38\x80", None, "mem"),
+    "invvpid": (0x66, b"\x0f\x38\x81", None, "mem"),
+    "invpcid": (0x66, b"\x0f\x38\x82", None, "mem"),
+    "sgdt": (None, b"\x0f\x01", 0, "mem"),
+    "sidt": (None, b"\x0f\x01", 1, "mem"),
+    "lgdt": (None, b"\x0f\x01", 2, "mem"),
+    "lidt": (None, b"\x0f\x01", 3, "mem"),
+    "sldt": (None, b"\x0f\x00", 0, "both"),
+    "str": (None, b"\x0f\x00", 1, "both"),
+    "lldt": (None, b"\x0f\x00", 2, "both"),
+    "ltr": (None, b"\x0f\x00", 3, "both"),
+    "xsaves": (None, b"\x0f\xc7", 5, "mem"),
+    "xrstors": (None, b"\x0f\xc7", 3, "mem"),
+    "rdrand": (None, b"\x0f\xc7", 6, "reg"),
+    "rdseed": (None, b"\x0f\xc7", 7, "reg"),
+}
+MNEMONICS = tuple(OPCODES)
+MEMORY_MNEMONICS = tuple(m for m, v in OPCODES.items() if v[3] != "reg")
+VMX_MNEMONICS = ("vmptrld", "vmclear", "vmxon", "vmptrst", "vmread", "vmwrite", "invept", "invvpid")
+SEG_PREFIXES = (0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65)
+
+DISP8 = (0, 1, -1, 0x7F, -0x80, 0x10, -0x28)
+DISP16 = (0, 1, -1, 0x7FFF, -0x8000, 0x7FF8, -0x10)
+DISP32 = (0, 1, -1, 0x7FFFFFFF, -0x80000000, 0x7FFFFFF8, -0x28, 0x1000)
+
+
+def _disp(ch: Chooser, size: int) -> bytes:
+    edges = {1: DISP8, 2: DISP16, 4: DISP32}[size]
+    bits = size * 8
+    v = ch.choice(edges) if ch.chance(0.5) else ch.integer(-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+    return v.to_bytes(size, "little", signed=True)
+
+
+def gen_encoding(ch: Chooser, code_sizes: Sequence[int] = (16, 32, 64),
+                 mnemonics: Sequence[str] = MEMORY_MNEMONICS, register_forms: float = 0.05) -> tuple[bytes, int]:
+    """Bytes of one valid VMX-family instruction and the code size to decode them in."""
+    cs = ch.choice(code_sizes)
+    m = ch.choice(mnemonics)
+    mp, opcode, regfield, forms = OPCODES[m]
+    prefixes: list[int] = []
+    if ch.chance(0.4):
+        prefixes.append(ch.choice(SEG_PREFIXES))
+        if ch.chance(0.1):
+            prefixes.append(ch.choice(SEG_PREFIXES))
+    if ch.chance(0.3):
+        prefixes.append(0x67)
+    if mp is None and m in ("sgdt", "sidt", "lgdt", "lidt", "rdrand", "rdseed") and ch.chance(0.2):
+        prefixes.append(0x66)  # operand size
+    if mp is not None:
+        # the mandatory prefix usually comes last; anywhere among the legacy prefixes is legal
+        prefixes.insert(ch.integer(0, len(prefixes)) if ch.chance(0.2) else len(prefixes), mp)
+    rex = b""
+    if cs == 64 and ch.chance(0.4):
+        rex = bytes([0x40 | ch.integer(0, 15)])
+    reg = regfield if regfield is not None else ch.integer(0, 7)
+    if forms == "reg" or (forms == "both" and ch.chance(register_forms)):
+        modrm = 0xC0 | reg << 3 | ch.integer(0, 7)
+        return bytes(prefixes) + rex + opcode + bytes([modrm]), cs
+    mod = ch.choice((0, 1, 2))
+    rm = ch.integer(0, 7)
+    body = bytes([mod << 6 | reg << 3 | rm])
+    asz = {16: 32, 32: 16, 64: 32}[cs] if 0x67 in prefixes else cs
+    if asz == 16:
+        dsize = 2 if (mod == 0 and rm == 6) else (0, 1, 2)[mod]
+    else:
+        dsize = (0, 1, 4)[mod]
+        if rm == 4:
+            sib = ch.integer(0, 255)
+            body += bytes([sib])
+            if mod == 0 and sib & 7 == 5:
+                dsize = 4
+        elif rm == 5 and mod == 0:
+            dsize = 4
+    if dsize:
+        body += _disp(ch, dsize)
+    return bytes(prefixes) + rex + opcode + body, cs
+
+
+# -- states ---------------------------------------------------------------------------------------
+
+def _reg_value(ch: Chooser) -> int:
+    kind = ch.integer(0, 9)
+    if kind == 0:
+        return 0
+    if kind == 1:
+        return ch.integer(0, 0x10000)
+    if kind == 2:  # near 2^16
+        return (0x10000 + ch.integer(-16, 16)) & 0xFFFFFFFF
+    if kind == 3:  # near 2^32
+        return (1 << 32) + ch.integer(-16, 16)
+    if kind == 4:  # garbage above bit 31, small low half
+        return ch.integer(1, 0xFFFFFFFF) << 32 | ch.integer(0, 0x1000)
+    if kind == 5:  # near 2^47
+        return ((1 << 47) + ch.integer(-16, 16)) & ((1 << 64) - 1)
+    if kind == 6:  # near 2^56
+        return (1 << 56) + ch.integer(-16, 16)
+    if kind == 7:  # negative
+        return (-ch.integer(1, 0x10000)) & ((1 << 64) - 1)
+    if kind == 8:
+        return ch.integer(0, 0xFFFFFFFF)
+    return ch.integer(0, (1 << 64) - 1)
+
+
+def _segment(ch: Chooser, stack: bool = False) -> Segment:
+    kind = ch.integer(0, 9)
+    if kind <= 3:
+        return Segment()  # flat read/write data
+    base = ch.choice((0, 0, 0x1000, 0xFFFFF000, 0x100000000, 0x7FFFFFFFF000, ch.integer(0, 0xFFFFFFFF)))
+    if kind == 9:
+        base = ch.integer(0, (1 << 64) - 1)  # only FS/GS can hold this in 64-bit mode; harmless elsewhere
+    base &= (1 << 64) - 1 if kind == 9 else 0xFFFFFFFFFFFF
+    limit = ch.choice((0xFFFFFFFF, 0xFFFF, 0xFFF, 0xFFFFF, 0x1007, ch.integer(0, 0xFFFFFFFF)))
+    typ = ch.choice((3, 3, 1, 7, 5, 0xB, 9, 0xF))
+    return Segment(base=base, limit=limit, type=typ, db=ch.choice((1, 1, 0)),
+                   unusable=ch.chance(0.1))
+
+
+def gen_state(ch: Chooser, code_size: int, weird_modes: float = 0.03) -> CpuState:
+    st = CpuState.for_code_size(code_size)
+    mode = st.mode
+    if code_size != 64 and ch.chance(weird_modes):
+        mode = ch.choice(("real", "virtual-8086", "compatibility"))
+    regs = tuple(_reg_value(ch) for _ in range(16))
+    segs = {s: _segment(ch, s == "ss") for s in ("es", "ss", "ds", "fs", "gs")}
+    return CpuState(mode=mode, cpl=3 if ch.chance(0.03) else 0, la57=ch.chance(0.2), regs=regs,
+                    rip=ch.choice((0x1000, 0xFFFFFFF0, 0x7FFFFFFFFFF0, ch.integer(0, 0xFFFFFFFF))),
+                    cs=st.cs, **segs)
+
+
+def gen_policy(ch: Chooser) -> Policy:
+    return Policy(exit_qual=ch.choice(("zero-extend", "sign-extend", "random-upper")),
+                  undefined_bits=ch.choice(("zero", "random")), seed=ch.integer(0, 1 << 16))

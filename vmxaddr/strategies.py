@@ -1,0 +1,71 @@
+"""Public hypothesis strategies for testing your own hypervisor logic against vmxaddr.
+
+    from hypothesis import given
+    from vmxaddr.strategies import cases
+    from vmxaddr.models import sdm
+
+    @given(cases())
+    def test_my_hypervisor(case):
+        exit, state, access = case.exit, case.state, case.access
+        mine = my_get_vmx_mem_address(exit, state, access)     # your port, same inputs
+        ref = sdm(exit, state, access)
+        assert ref.outcome.accepts(mine.outcome)
+        if ref.outcome.kind == "ok":
+            assert mine.linear_address == ref.linear_address
+
+Strategies:
+  encodings(code_sizes, mnemonics)  -> (bytes, code_size) of a valid VMX-family instruction
+  instructions(...)                 -> decoded vmxaddr.decode.Instruction
+  cpu_states(code_size)             -> CpuState weighted toward edges (flat, expand-down,
+                                       unusable, large bases, limits near the access, registers
+                                       near 2^16/2^32/2^47/2^56, LA57)
+  policies()                        -> exit-information policies (exit-qualification upper bits,
+                                       undefined bits)
+  cases(...)                        -> vmxaddr.case.Case (instruction + state + policy)
+All shrink toward the plain case: no prefixes, small registers, flat segments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hypothesis import strategies as st
+
+from vmxaddr.case import Case
+from vmxaddr.decode import Instruction, decode
+from vmxaddr.exitinfo import DEFAULT_POLICY, Policy
+from vmxaddr.gen import MEMORY_MNEMONICS, DrawChooser, gen_encoding, gen_policy, gen_state
+from vmxaddr.state import CpuState
+
+
+@st.composite
+def encodings(draw: st.DrawFn, code_sizes: Sequence[int] = (16, 32, 64),
+              mnemonics: Sequence[str] = MEMORY_MNEMONICS) -> tuple[bytes, int]:
+    return gen_encoding(DrawChooser(draw), code_sizes, mnemonics)
+
+
+@st.composite
+def instructions(draw: st.DrawFn, code_sizes: Sequence[int] = (16, 32, 64),
+                 mnemonics: Sequence[str] = MEMORY_MNEMONICS) -> Instruction:
+    raw, cs = draw(encodings(code_sizes, mnemonics))
+    return decode(raw, cs)
+
+
+@st.composite
+def cpu_states(draw: st.DrawFn, code_size: int = 32, weird_modes: float = 0.03) -> CpuState:
+    return gen_state(DrawChooser(draw), code_size, weird_modes)
+
+
+@st.composite
+def policies(draw: st.DrawFn) -> Policy:
+    return gen_policy(DrawChooser(draw))
+
+
+@st.composite
+def cases(draw: st.DrawFn, code_sizes: Sequence[int] = (16, 32, 64), mnemonics: Sequence[str] = MEMORY_MNEMONICS,
+          policy: Policy | None = DEFAULT_POLICY, weird_modes: float = 0.03) -> Case:
+    """A case; `policy=None` draws the policy too."""
+    ch = DrawChooser(draw)
+    raw, cs = gen_encoding(ch, code_sizes, mnemonics)
+    state = gen_state(ch, cs, weird_modes)
+    return Case(decode(raw, cs), state, policy if policy is not None else gen_policy(ch))
