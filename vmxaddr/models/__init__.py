@@ -31,6 +31,11 @@ def register(name: str, function: Model, summary: str, kind: str = "consumer") -
 
 
 register("sdm", sdm, "the reference: the Intel SDM's rules (vmxaddr.models.sdm)")
+from vmxaddr.models.kvm import REGISTERED as _KVM  # noqa: E402
+
+for _n, (_f, _s) in _KVM.items():
+    register(_n, _f, _s)
+
 from vmxaddr.models.xen import xen_c447b730  # noqa: E402
 
 register("xen-c447b730", xen_c447b730, "Xen nested VMX (vvmx.c decode_vmx_inst @ c447b7308b13): no address-size "
