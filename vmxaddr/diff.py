@@ -21,12 +21,14 @@ from typing import Any
 
 from vmxaddr.case import Case, access_of, case_json, run_model
 from vmxaddr.decode import Instruction
+from vmxaddr.encoders import ENCODERS, get_encoder
 from vmxaddr.exitinfo import ExitInfo, Policy, encode
 from vmxaddr.isa import SPECS
 from vmxaddr.models import UnknownModel, get
 from vmxaddr.models.base import FAULT, IMPL, OK, Access, InvalidExitInfo, Model, Result
 from vmxaddr.models.kvm import LimitCheck
 from vmxaddr.models.sdm import lam_untag
+from vmxaddr.pipeline import attribute, cross
 from vmxaddr.state import CpuState
 
 # -- classes ------------------------------------------------------------------------------------
@@ -118,6 +120,9 @@ def classify(exit: ExitInfo, state: CpuState, access: Access, ra: Result, rb: Re
         return COMPAT_AS_64
     if spec.vmx and mode in ("real", "virtual-8086"):
         return REAL_V86_NO_UD
+    own = getattr(model_b, "classify", None)  # a model may name its own divergences (e.g. xen-c447b730)
+    if own is not None:
+        return str(own(exit, state, access, ra, rb))
     step = first_difference(ra, rb)
     info = exit.instruction_info
     asz = 16 << (info >> 7 & 3)
@@ -195,6 +200,8 @@ class Diff:
     exit: ExitInfo
     results: dict[str, Result]
     divergences: tuple[Divergence, ...]
+    encoder_exit: ExitInfo | None = None  # what the models after the first got, with --encoder
+    encoder: str = "sdm"
 
     @property
     def agree(self) -> bool:
@@ -207,20 +214,29 @@ class Diff:
         return min(steps, key=order.index) if steps else None
 
 
-def diff_case(case: Case, models: Sequence[tuple[str, Model]], explain: bool = False) -> Diff:
-    """Run every model on `case`; compare each with the first (the reference)."""
+def diff_case(case: Case, models: Sequence[tuple[str, Model]], explain: bool = False, encoder: str = "sdm") -> Diff:
+    """Run every model on `case`; compare each with the first (the reference). With an `encoder`
+    other than "sdm", the models after the first get that encoder's exit information and each
+    divergence names the side that caused it (vmxaddr.pipeline); the reference keeps the SDM's."""
     exit = case.exit
     access = case.access
-    results = {name: run_model(m, exit, case.state, access, explain) for name, m in models}
+    enc_exit = exit if encoder == "sdm" else get_encoder(encoder)(case.instruction, case.state.rip, case.policy)
+    results = {name: run_model(m, exit if i == 0 else enc_exit, case.state, access, explain)
+               for i, (name, m) in enumerate(models)}
     ref_name, ref_model = models[0]
     ref = results[ref_name]
     divs = []
     for name, m in models[1:]:
         r = results[name]
-        if not agree(ref, r):
+        if encoder != "sdm":
+            side, klass, _, _ = attribute(case, encoder, enc_exit, exit, r, ref, m,
+                                          lambda e, st, a, rr, rm, m=m: classify(e, st, a, rr, rm, ref_model, m))
+            if side is not None:
+                divs.append(Divergence(ref_name, name, first_difference(ref, r), str(klass)))
+        elif not agree(ref, r):
             divs.append(Divergence(ref_name, name, first_difference(ref, r),
                                    classify(exit, case.state, access, ref, r, ref_model, m)))
-    return Diff(case, exit, results, tuple(divs))
+    return Diff(case, exit, results, tuple(divs), enc_exit if encoder != "sdm" else None, encoder)
 
 
 _EXITS: dict[Policy, dict[tuple[bytes, int], tuple[ExitInfo, Access]]] = {}
@@ -254,7 +270,9 @@ def divergence(exit: ExitInfo, state: CpuState, access: Access, a: Model, b: Mod
     return classify(exit, state, access, rb, ra, b, a)
 
 
-def case_divergence(case: Case, a: Model, b: Model) -> str | None:
+def case_divergence(case: Case, a: Model, b: Model, encoder: str = "sdm") -> str | None:
+    if encoder != "sdm":  # a gets `encoder`'s exit information, b the SDM's (vmxaddr.pipeline)
+        return cross(case, encoder, a, b, lambda e, st, acc, rb, ra: classify(e, st, acc, rb, ra, b, a)).klass
     exit, access = exit_and_access(case.instruction, case.state.rip, case.policy)
     return divergence(exit, case.state, access, a, b)
 
@@ -306,6 +324,10 @@ def diff_text(d: Diff) -> str:
     widths = [max(len(n), *(len(row[2][i]) for row in rows)) for i, n in enumerate(names)]
     out = describe_instruction(d.case)
     out.append(f"  exit qualification {d.exit.exit_qualification:#x}, instruction information {d.exit.instruction_info:#010x}")
+    if d.encoder_exit is not None:
+        e = d.encoder_exit
+        out.append(f"  {names[0]} gets the SDM encoder's information above; the others get {d.encoder}'s: "
+                   f"exit qualification {e.exit_qualification:#x}, instruction information {e.instruction_info:#010x}")
     out.append("")
     out.append(" " * 22 + "  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)))
     for label, step, vals in rows:
@@ -330,8 +352,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
     case = case_from(args)
     if args.lam:
         case = Case(case.instruction, apply_lam(case.state, args.lam), case.policy)
+    if args.encoder not in ENCODERS:
+        fail(f"unknown encoder {args.encoder!r} (encoders: {', '.join(ENCODERS)})")
     try:
-        d = diff_case(case, models, explain=True)
+        d = diff_case(case, models, explain=True, encoder=args.encoder)
     except InvalidExitInfo as e:
         fail(str(e))
     if args.json:
@@ -340,6 +364,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
             obj = case_json(case, d.exit, r)
             obj["model"] = name
             results[name] = obj
+        if d.encoder_exit is not None:
+            for name in list(results)[1:]:
+                results[name]["instruction_info"] = d.encoder_exit.instruction_info
+                results[name]["exit_qualification"] = d.encoder_exit.exit_qualification
+                results[name]["encoder"] = d.encoder
         print_json({"results": results, "agree": d.agree, "first_difference": d.first_difference,
                     "divergences": [x.to_json() for x in d.divergences]})
     else:
@@ -352,6 +381,8 @@ EPILOG = """examples:
       the seed bug: KVM before 946c522b used 0x100000fd8 as the offset and raised #SS(0)
   vmxaddr diff --models sdm,kvm-fdb28619 --mode 64 --seg ds.base=0x1000 '0f c7 30'
       KVM before 6694e480 added a DS base in 64-bit mode
+  vmxaddr diff --encoder vbox-iem --models sdm,kvm-current --mode 32 --reg ebx=0x1000 --reg esi=0x10 '0f c7 34 b3'
+      today's KVM on VirtualBox's nested VMX (IEM) against the SDM on real hardware
   vmxaddr diff --models sdm,mypkg.port:get_address --mode 32 ... HEX
       your own port (module.path:function with the signature in vmxaddr.models.base)
 """
@@ -370,6 +401,9 @@ def register(sub: Any) -> None:
                    help="comma-separated model names (`vmxaddr models`) or module.path:function; the first is the reference")
     p.add_argument("--lam", action="append", default=[], choices=("sup", "u48", "u57"),
                    help="enable linear-address masking: CR4.LAM_SUP (sup) or CR3.LAM_U48/LAM_U57")
+    p.add_argument("--encoder", default="sdm", metavar="NAME",
+                   help="what writes the exit information for every model after the first (default sdm; "
+                   "bochs-2.7, vbox-iem: an emulator acting as the processor); the first model always gets the SDM's")
     add_case_options(p)
     p.set_defaults(func=cmd_diff)
 

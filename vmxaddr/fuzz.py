@@ -216,12 +216,12 @@ def state_json(st: CpuState, code_size: int) -> dict[str, Any]:
     return out
 
 
-def command(case: Case, names: Sequence[str]) -> str:
+def command(case: Case, names: Sequence[str], encoder: str = "sdm") -> str:
     """A `vmxaddr diff` command line that reproduces the case (non-default settings only)."""
     st = case.state
     cs = case.instruction.code_size
     base = CpuState.for_code_size(cs)
-    parts = ["vmxaddr diff", f"--models {','.join(names)}", f"--mode {cs}"]
+    parts = ["vmxaddr diff"] + ([f"--encoder {encoder}"] if encoder != "sdm" else []) + [f"--models {','.join(names)}", f"--mode {cs}"]
     if st.mode != base.mode:
         parts.append(f"--cpu-mode {st.mode}")
     if st.cpl:
@@ -295,6 +295,7 @@ class FuzzReport:
     cases: int
     seconds: float
     classes: dict[str, ClassReport]
+    encoder: str = "sdm"  # what wrote the exit information the model under test got
 
 
 def model_mnemonics(*models: Model) -> tuple[str, ...]:
@@ -307,8 +308,10 @@ def model_mnemonics(*models: Model) -> tuple[str, ...]:
 def fuzz(a: Model, b: Model, *, seed: int = 0, max_examples: int | None = None, seconds: float | None = None,
          policy: Policy = DEFAULT_POLICY, mnemonics: Sequence[str] | None = None, shrink: bool = True,
          hypothesis_examples: int = 200, progress: Progress | None = None, names: tuple[str, str] = ("A", "B"),
-         stop_when: Callable[[dict[str, ClassReport]], bool] | None = None) -> FuzzReport:
-    """Run A against B (the reference) on generated cases until `max_examples` cases or `seconds`."""
+         stop_when: Callable[[dict[str, ClassReport]], bool] | None = None, encoder: str = "sdm") -> FuzzReport:
+    """Run A against B (the reference) on generated cases until `max_examples` cases or `seconds`.
+    With an `encoder` other than "sdm", A gets that encoder's exit information, B the SDM's, and
+    each class names the side that caused it (vmxaddr.pipeline)."""
     if max_examples is None and seconds is None:
         max_examples = 10_000
     mn = tuple(mnemonics) if mnemonics else model_mnemonics(a, b)
@@ -326,8 +329,11 @@ def fuzz(a: Model, b: Model, *, seed: int = 0, max_examples: int | None = None, 
         ch.log = []
         case = gen_case(ch, mn, policy)
         n += 1
-        exit, access = exit_and_access(case.instruction, case.state.rip, policy)
-        name = divergence(exit, case.state, access, a, b)
+        if encoder == "sdm":
+            exit, access = exit_and_access(case.instruction, case.state.rip, policy)
+            name = divergence(exit, case.state, access, a, b)
+        else:
+            name = case_divergence(case, a, b, encoder)
         if name is not None:
             rep = classes.get(name)
             if rep is None:
@@ -343,12 +349,12 @@ def fuzz(a: Model, b: Model, *, seed: int = 0, max_examples: int | None = None, 
         for i, rep in enumerate(classes.values()):
             if progress is not None:
                 progress.stream.write(f"shrinking {i + 1}/{len(classes)}: {rep.name}\n")
-            minimise(rep, a, b, mn, policy, seed, hypothesis_examples)
-    return FuzzReport(names[0], names[1], seed, n, elapsed, classes)
+            minimise(rep, a, b, mn, policy, seed, hypothesis_examples, encoder)
+    return FuzzReport(names[0], names[1], seed, n, elapsed, classes, encoder)
 
 
 def minimise(rep: ClassReport, a: Model, b: Model, mnemonics: Sequence[str], policy: Policy, seed: int,
-             hypothesis_examples: int) -> None:
+             hypothesis_examples: int, encoder: str = "sdm") -> None:
     target = rep.name
 
     def holds(values: Sequence[int]) -> list[int] | None:
@@ -357,31 +363,32 @@ def minimise(rep: ClassReport, a: Model, b: Model, mnemonics: Sequence[str], pol
             case = gen_case(ch, mnemonics, policy)
         except Exception:  # a replayed sequence can make bytes the decoder rejects
             return None
-        return ch.used if _class(case, a, b) == target else None
+        return ch.used if _class(case, a, b, encoder) == target else None
 
     best = shrink_choices(rep.log, holds)
     ch = ReplayChooser(best)
     witness = gen_case(ch, mnemonics, policy)
     rep.shrunk_by = "replay"
     if hypothesis_examples > 0:
-        found = _hypothesis_find(target, a, b, mnemonics, policy, seed, hypothesis_examples)
-        if found is not None and _complexity(_reduce(found, a, b, target)) < _complexity(_reduce(witness, a, b, target)):
+        found = _hypothesis_find(target, a, b, mnemonics, policy, seed, hypothesis_examples, encoder)
+        if found is not None and (_complexity(_reduce(found, a, b, target, encoder))
+                                  < _complexity(_reduce(witness, a, b, target, encoder))):
             witness, rep.shrunk_by = found, "hypothesis"
-    rep.witness = _reduce(witness, a, b, target)
+    rep.witness = _reduce(witness, a, b, target, encoder)
 
 
-def _class(case: Case, a: Model, b: Model) -> str | None:
-    return case_divergence(case, a, b)
+def _class(case: Case, a: Model, b: Model, encoder: str = "sdm") -> str | None:
+    return case_divergence(case, a, b, encoder)
 
 
-def _reduce(case: Case, a: Model, b: Model, target: str) -> Case:
+def _reduce(case: Case, a: Model, b: Model, target: str, encoder: str = "sdm") -> Case:
     """Keep only the registers and segment the operand reads, if the class survives that."""
     small = Case(case.instruction, reduced_state(case), case.policy)
-    return small if _class(small, a, b) == target else case
+    return small if _class(small, a, b, encoder) == target else case
 
 
 def _hypothesis_find(target: str, a: Model, b: Model, mnemonics: Sequence[str], policy: Policy, seed: int,
-                     max_examples: int) -> Case | None:
+                     max_examples: int, encoder: str = "sdm") -> Case | None:
     from hypothesis import HealthCheck, find, settings
     from hypothesis import strategies as st
     from hypothesis.errors import NoSuchExample
@@ -393,7 +400,7 @@ def _hypothesis_find(target: str, a: Model, b: Model, mnemonics: Sequence[str], 
         return gen_case(DrawChooser(draw), mnemonics, policy)
 
     try:
-        return find(cases(), lambda c: _class(c, a, b) == target,
+        return find(cases(), lambda c: _class(c, a, b, encoder) == target,
                     settings=settings(database=None, max_examples=max_examples, deadline=None,
                                       suppress_health_check=list(HealthCheck)),
                     random=random.Random(seed))
@@ -411,24 +418,29 @@ def report_json(rep: FuzzReport, a: Model, b: Model) -> dict[str, Any]:
         item: dict[str, Any] = {"name": c.name, "count": c.count, "first_case": c.first_case,
                                 "first_seconds": round(c.first_seconds, 4)}
         if w is not None:
-            item["witness"] = witness_json(w, names, (b, a), c.name)
-            item["command"] = command(w, names)
+            item["witness"] = witness_json(w, names, (b, a), c.name, rep.encoder)
+            item["command"] = command(w, names, rep.encoder)
             item["shrunk_by"] = c.shrunk_by
         classes.append(item)
-    return {"model": rep.model, "against": rep.against, "seed": rep.seed, "cases": rep.cases,
+    return {"model": rep.model, "against": rep.against, "encoder": rep.encoder, "seed": rep.seed, "cases": rep.cases,
             "seconds": round(rep.seconds, 3), "cases_per_second": round(rep.cases / max(rep.seconds, 1e-9)),
             "classes": classes}
 
 
-def witness_json(w: Case, names: Sequence[str], models: Sequence[Model], name: str) -> dict[str, Any]:
+def witness_json(w: Case, names: Sequence[str], models: Sequence[Model], name: str, encoder: str = "sdm") -> dict[str, Any]:
+    from vmxaddr.encoders import get_encoder
+
     cs = w.instruction.code_size
     exit = w.exit
+    exits = (exit, exit if encoder == "sdm" else get_encoder(encoder)(w.instruction, w.state.rip, w.policy))
     obj: dict[str, Any] = {
         "id": f"{names[1]}-vs-{names[0]}-" + "-".join(name.replace("/", " ").replace(":", " ").split()[:6]),
         "bytes": w.instruction.raw.hex(" "), "mode": cs, "state": state_json(w.state, cs),
         "models": list(names), "class": name,
-        "answers": {n: answer(m(exit, w.state, w.access)) for n, m in zip(names, models, strict=True)},
+        "answers": {n: answer(m(e, w.state, w.access)) for n, m, e in zip(names, models, exits, strict=True)},
     }
+    if encoder != "sdm":
+        obj["encoder"] = encoder
     p = w.policy
     if p != Policy():
         obj["policy"] = {"exit_qual": p.exit_qual, "undefined_bits": p.undefined_bits,
@@ -438,14 +450,15 @@ def witness_json(w: Case, names: Sequence[str], models: Sequence[Model], name: s
 
 def report_text(rep: FuzzReport) -> str:
     rate = rep.cases / max(rep.seconds, 1e-9)
-    out = [f"fuzz {rep.model} against {rep.against} (seed {rep.seed}): {rep.cases} cases in {rep.seconds:.1f} s "
+    on = f" on {rep.encoder}'s exit information" if rep.encoder != "sdm" else ""
+    out = [f"fuzz {rep.model}{on} against {rep.against} (seed {rep.seed}): {rep.cases} cases in {rep.seconds:.1f} s "
            f"({rate:,.0f}/s), {len(rep.classes)} divergence class(es)"]
     if not rep.classes:
         out.append("  no divergence")
     for c in sorted(rep.classes.values(), key=lambda c: c.first_case):
         out.append(f"\n  {c.name}: {c.count} case(s); first at case {c.first_case} after {c.first_seconds:.3f} s")
         if c.witness is not None:
-            out.append(f"    minimal witness ({c.shrunk_by}): {command(c.witness, [rep.against, rep.model])}")
+            out.append(f"    minimal witness ({c.shrunk_by}): {command(c.witness, [rep.against, rep.model], rep.encoder)}")
     return "\n".join(out)
 
 
@@ -466,11 +479,16 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         fail("--max-examples must be at least 1")
     if args.time is not None and args.time <= 0:
         fail("--time must be positive")
+    from vmxaddr.encoders import ENCODERS
+
+    if args.encoder not in ENCODERS:
+        fail(f"unknown encoder {args.encoder!r} (encoders: {', '.join(ENCODERS)})")
     policy = Policy(exit_qual=args.exit_qual)
     total = args.max_examples
     with Progress(total, f"fuzz {args.model} vs {args.against}", enabled=not args.quiet) as prog:
         rep = fuzz(a, b, seed=args.seed, max_examples=args.max_examples, seconds=args.time, policy=policy,
-                   hypothesis_examples=args.hypothesis_examples, progress=prog, names=(args.model, args.against))
+                   hypothesis_examples=args.hypothesis_examples, progress=prog, names=(args.model, args.against),
+                   encoder=args.encoder)
     obj = report_json(rep, a, b)
     if args.out:
         corpus = {"about": f"Minimal witnesses from `vmxaddr fuzz --model {args.model} --against {args.against} "
@@ -493,6 +511,8 @@ EPILOG = """examples:
       every class of bug KVM 2015 had, each with a minimal reproducible witness
   vmxaddr fuzz --model kvm-34333cc6 --against kvm-c1a9acbc --max-examples 20000 --json
       the one thing c1a9acbc changed (the limit check's off-by-one)
+  vmxaddr fuzz --encoder vbox-iem --model kvm-current --against sdm --seed 1 --time 60
+      today's KVM as L1 on VirtualBox's nested VMX (IEM), compared with real hardware
   vmxaddr fuzz --model mypkg.port:get_address --against sdm --time 30 --out witnesses.json
       your own port; witnesses written as a corpus file
 """
@@ -508,6 +528,10 @@ def register(sub: Any) -> None:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model under test: a name (`vmxaddr models`) or module.path:function")
     p.add_argument("--against", default="sdm", help="reference model (default sdm)")
+    p.add_argument("--encoder", default="sdm", metavar="NAME",
+                   help="what writes the exit information --model gets (default sdm; bochs-2.7, vbox-iem: an "
+                   "emulator acting as the processor); --against always gets the SDM's. Classes then say which side "
+                   "caused them: encoder, consumer reading undefined bits, or consumer")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same run (default 0)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--max-examples", type=int, help="stop after this many cases (default 10000 unless --time)")

@@ -99,6 +99,25 @@ class Cross:
 ConsumerClassifier = Callable[[ExitInfo, CpuState, Access, Result, Result], str]
 
 
+def attribute(case: Case, encoder: str, exit: ExitInfo, sdm_exit: ExitInfo, got: Result, ref: Result, model: Model,
+              classify_consumer: ConsumerClassifier | None = None) -> tuple[str | None, str | None, tuple[str, ...], Result | None]:
+    """(side, class, wrong fields, consumer-on-SDM-result) for answers already computed: `got` is
+    the consumer on `exit` (the encoder's), `ref` the reference on `sdm_exit`."""
+    wrong = defined_differences(case, exit, sdm_exit) if encoder != "sdm" else []
+    if wrong:
+        same = "" if not agree(ref, got) else " (address and faults unaffected)"
+        return ENCODER, f"encoder {encoder}: {wrong[0]} differs from the SDM{same}", tuple(wrong), None
+    if agree(ref, got):
+        return None, None, (), None
+    mid = run_model(model, sdm_exit, case.state, case.access)
+    if agree(ref, mid):
+        what = undefined_differences(case, exit, sdm_exit)
+        return (CONSUMER_UNDEFINED, f"consumer reads {what[0] if what else 'undefined bits'} (as written by {encoder})",
+                (), mid)
+    own = classify_consumer(sdm_exit, case.state, case.access, ref, mid) if classify_consumer else "consumer differs"
+    return CONSUMER, own, (), mid
+
+
 def cross(case: Case, encoder: str, model: Model, reference: Model,
           classify_consumer: ConsumerClassifier | None = None) -> Cross:
     """Run `model` on `encoder`'s exit information for `case` and `reference` on the SDM's."""
@@ -108,17 +127,5 @@ def cross(case: Case, encoder: str, model: Model, reference: Model,
     access = case.access
     got = run_model(model, exit, state, access)
     ref = run_model(reference, sdm_exit, state, access)
-    wrong = defined_differences(case, exit, sdm_exit) if encoder != "sdm" else []
-    if wrong:
-        same = "" if not agree(ref, got) else " (address and faults unaffected)"
-        return Cross(encoder, exit, sdm_exit, got, ref, None, ENCODER, f"encoder {encoder}: {wrong[0]} differs from the SDM{same}",
-                     tuple(wrong))
-    if agree(ref, got):
-        return Cross(encoder, exit, sdm_exit, got, ref, None, None, None)
-    mid = run_model(model, sdm_exit, state, access)
-    if agree(ref, mid):
-        what = undefined_differences(case, exit, sdm_exit)
-        return Cross(encoder, exit, sdm_exit, got, ref, mid, CONSUMER_UNDEFINED,
-                     f"consumer reads {what[0] if what else 'undefined bits'} (as written by {encoder})")
-    own = classify_consumer(sdm_exit, state, access, ref, mid) if classify_consumer else "consumer differs"
-    return Cross(encoder, exit, sdm_exit, got, ref, mid, CONSUMER, own)
+    side, klass, wrong, mid = attribute(case, encoder, exit, sdm_exit, got, ref, model, classify_consumer)
+    return Cross(encoder, exit, sdm_exit, got, ref, mid, side, klass, wrong)

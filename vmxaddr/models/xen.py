@@ -17,7 +17,8 @@ What Xen does, in order:
   * #GP(0) when offset + size - 1 wraps past 2^64; in 64-bit mode when the linear address (the
     last byte's, for a non-negative one) is not canonical in 48 bits (is_canonical_address());
     outside 64-bit mode when offset + size - 1 exceeds the segment limit. Never #SS; no unusable,
-    type or expand-down check; no flat-segment exemption; no LAM untagging.
+    type or expand-down check; no flat-segment exemption; no LAM untagging (this matters only
+    where Xen lets a guest enable LAM, which we did not check).
 Xen uses this decoding only for the VMX instructions (`MNEMONICS`); it emulates the
 descriptor-table instructions through its x86 emulator, which is not modelled here.
 """
@@ -52,6 +53,7 @@ class Quirks:
     always_gp: bool = True  # #GP(0) where the SDM raises #SS(0)
     wrap_check: bool = True  # #GP when offset + size - 1 wraps past 2^64 (64-bit offset arithmetic)
     canonical_48_last: bool = True  # 48-bit canonical check, of the last byte for a non-negative address
+    no_lam: bool = True  # no linear-address masking: LAM metadata bits make the address non-canonical
 
 
 XEN = Quirks()
@@ -64,6 +66,7 @@ QUIRK_CLASSES: dict[str, str] = {
     "always_gp": "Xen: #GP(0) where the SDM raises #SS(0)",
     "wrap_check": "Xen: offset wrapping past 2^64 faults",
     "canonical_48_last": "Xen: canonical check in 48 bits, of the last byte",
+    "no_lam": "Xen: LAM metadata not removed before the canonical check",
 }
 COMBINED = "Xen: several differences combined"
 
@@ -157,13 +160,14 @@ def xen_model(q: Quirks, exit: ExitInfo, state: CpuState, access: Access, explai
         return done(Outcome(FAULT, vector, 0, "limit",
                             f"Xen: offset {offset:#x} + {size} - 1 wraps past 2^64: #{vector}(0)"), **kw)
     if mode64:
-        if q.canonical_48_last:
+        checked, bit = lam_untag(linear, state)
+        if bit is not None and not q.no_lam:
+            ok, what = (checked >> 63) == (checked >> bit & 1), f"{linear:#x} (LAM: untagged {checked:#x})"
+        elif q.canonical_48_last:
             probe = linear if linear >> 63 else (linear + size - 1) & MASK64
             ok, what = _canonical48(probe), f"{probe:#x} (48-bit check)"
         else:
-            checked, bit = lam_untag(linear, state)
-            ok = (checked >> 63) == (checked >> bit & 1) if bit is not None else canonical(linear, 57 if state.la57 else 48)
-            what = f"{linear:#x}"
+            ok, what = canonical(linear, 57 if state.la57 else 48), f"{linear:#x}"
         if not ok:
             return done(Outcome(FAULT, vector, 0, "canonical", f"Xen: {what} is not canonical: #{vector}(0)"), **kw)
         if steps is not None:
