@@ -369,3 +369,47 @@ def test_every_encoder_access_is_unchanged():
     # The encoders report; they never change what the instruction accesses.
     i = ins("0f c7 30", 32)
     assert Case(i, CpuState.for_code_size(32)).access == Access(8, False)
+
+
+# -- diff and fuzz with --encoder ---------------------------------------------------------------------
+
+def test_diff_with_encoder_names_the_encoder():
+    from vmxaddr.diff import diff_case
+
+    # The vbox-index-overwritten witness through `vmxaddr diff`: the reference sdm gets the SDM's
+    # information (0x1040), kvm-current gets IEM's (index "EAX": 0x15000).
+    st = CpuState.for_code_size(32).with_reg("ebx", 0x1000).with_reg("esi", 0x10).with_reg("eax", 0x5000)
+    d = diff_case(Case(ins("0f c7 34 b3", 32), st), [("sdm", sdm), ("kvm-current", get("kvm-current"))], encoder="vbox-iem")
+    assert d.results["sdm"].linear_address == 0x1040 and d.results["kvm-current"].linear_address == 0x15000
+    assert [x.name for x in d.divergences] == ["encoder vbox-iem: index differs from the SDM"]
+    # Without an encoder, the same case agrees.
+    assert diff_case(Case(ins("0f c7 34 b3", 32), st), [("sdm", sdm), ("kvm-current", get("kvm-current"))]).agree
+
+
+def test_diff_uses_the_models_own_classes():
+    from vmxaddr.diff import diff_case
+
+    st = CpuState.for_code_size(32).with_reg("ebp", 0x1000)
+    d = diff_case(Case(ins("0f 78 45 d8", 32), st), [("sdm", sdm), ("xen", xen_c447b730)])
+    assert [x.name for x in d.divergences] == ["Xen: exit-qualification bits above the address size used"]
+
+
+def test_fuzz_with_encoder_small():
+    from vmxaddr.fuzz import command, fuzz
+
+    rep = fuzz(get("kvm-current"), sdm, seed=1, max_examples=400, shrink=False, encoder="vbox-iem",
+               names=("kvm-current", "sdm"))
+    assert rep.encoder == "vbox-iem"
+    assert any(n.startswith("encoder vbox-iem: ") for n in rep.classes)
+    c = next(iter(rep.classes.values()))
+    assert command(c.witness, ["sdm", "kvm-current"], "vbox-iem").startswith("vmxaddr diff --encoder vbox-iem --models sdm,kvm-current")
+    rep = fuzz(xen_c447b730, sdm, seed=1, max_examples=400, shrink=False, names=("xen-c447b730", "sdm"))
+    assert rep.classes and all(n.startswith("Xen: ") for n in rep.classes)
+
+
+def test_cli_rejects_unknown_encoder(capsys):
+    from vmxaddr.cli import main
+
+    assert main(["diff", "--encoder", "nope", "--models", "sdm,kvm-current", "--mode", "32", "0f c7 30"]) == 2
+    assert "unknown encoder" in capsys.readouterr().err
+    assert main(["explain", "--model", "vbox-iem", "--mode", "32", "0f c7 30"]) == 2
