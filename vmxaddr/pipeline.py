@@ -9,7 +9,9 @@ Attribution, in this order:
      (class "encoder <name>: <field> differs from the SDM", with "(address and faults unaffected)"
      when the two answers agree). This counts even when they agree: a wrong reg1/reg2 or operand
      size misleads the hypervisor in ways the address computation does not show (which register
-     VMREAD writes, which VMCS field it reads);
+     VMREAD writes, which VMCS field it reads). When the answers differ, only a wrong field that
+     takes part in the address (ADDRESS_FIELDS) is blamed; a wrong register field alone passes
+     the case on to 2 and 3;
   2. the consumer reading undefined bits: the consumer agrees with the reference when given the
      SDM encoder's information, so only bits the SDM leaves undefined differ, and the consumer
      read them (class "consumer reads ... (written by <name>)");
@@ -30,6 +32,10 @@ from vmxaddr.state import CpuState
 # Fields in the order a consumer uses them; "exit qualification" is the defined low bits.
 _ORDER = ("exit qualification", "mem/reg", "address size", "segment", "base invalid", "base", "index invalid",
           "index", "scaling", "reg1", "reg", "reg2", "identity", "operand size", "cleared to 0")
+
+# Fields that take part in the address computation (the others name registers or sizes).
+ADDRESS_FIELDS = frozenset(("exit qualification", "mem/reg", "address size", "segment", "base invalid", "base",
+                            "index invalid", "index", "scaling"))
 
 ENCODER = "encoder"
 CONSUMER = "consumer"
@@ -104,10 +110,14 @@ def attribute(case: Case, encoder: str, exit: ExitInfo, sdm_exit: ExitInfo, got:
     """(side, class, wrong fields, consumer-on-SDM-result) for answers already computed: `got` is
     the consumer on `exit` (the encoder's), `ref` the reference on `sdm_exit`."""
     wrong = defined_differences(case, exit, sdm_exit) if encoder != "sdm" else []
-    if wrong:
-        same = "" if not agree(ref, got) else " (address and faults unaffected)"
-        return ENCODER, f"encoder {encoder}: {wrong[0]} differs from the SDM{same}", tuple(wrong), None
-    if agree(ref, got):
+    same = agree(ref, got)
+    if wrong and (same or set(wrong) & ADDRESS_FIELDS):
+        # A wrong register-only field cannot explain a different address: such cases fall through
+        # to the consumer analysis below when the answers differ.
+        first = wrong[0] if same else next(f for f in wrong if f in ADDRESS_FIELDS)
+        return (ENCODER, f"encoder {encoder}: {first} differs from the SDM" + (" (address and faults unaffected)" if same else ""),
+                tuple(wrong), None)
+    if same:
         return None, None, (), None
     mid = run_model(model, sdm_exit, case.state, case.access)
     if agree(ref, mid):
