@@ -413,3 +413,24 @@ def test_cli_rejects_unknown_encoder(capsys):
     assert main(["diff", "--encoder", "nope", "--models", "sdm,kvm-current", "--mode", "32", "0f c7 30"]) == 2
     assert "unknown encoder" in capsys.readouterr().err
     assert main(["explain", "--model", "vbox-iem", "--mode", "32", "0f c7 30"]) == 2
+
+
+FUZZ_CORPORA = sorted((Path(__file__).resolve().parent.parent / "corpus" / "witnesses").glob("fuzz-*.json"))
+FUZZ_WITNESSES = [(p.name, c) for p in FUZZ_CORPORA for c in json.loads(p.read_text())["cases"]]
+
+
+@pytest.mark.parametrize("item", FUZZ_WITNESSES, ids=[f"{n}:{c['class'][:60]}" for n, c in FUZZ_WITNESSES])
+def test_fuzz_witness_still_shows_its_class(item):
+    # Recorded by `vmxaddr fuzz --out` (issue 9's campaigns): a regression check that each minimal
+    # witness still separates the two models with the same class and the same answers.
+    from vmxaddr.diff import case_divergence
+    from vmxaddr.fuzz import answer
+
+    _, w = item
+    st = CpuState.from_json(w["state"], CpuState.for_code_size(w["mode"]))
+    c = Case(ins(w["bytes"], w["mode"]), st, Policy(**w.get("policy", {})))
+    against, model = w["models"]
+    encoder = w.get("encoder", "sdm")
+    assert case_divergence(c, get(model), get(against), encoder) == w["class"]
+    x = cross(c, encoder, get(model), get(against))
+    assert answer(x.got) == w["answers"][model] and answer(x.ref) == w["answers"][against]

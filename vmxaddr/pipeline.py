@@ -9,9 +9,9 @@ Attribution, in this order:
      (class "encoder <name>: <field> differs from the SDM", with "(address and faults unaffected)"
      when the two answers agree). This counts even when they agree: a wrong reg1/reg2 or operand
      size misleads the hypervisor in ways the address computation does not show (which register
-     VMREAD writes, which VMCS field it reads). When the answers differ, only a wrong field that
-     takes part in the address (ADDRESS_FIELDS) is blamed; a wrong register field alone passes
-     the case on to 2 and 3;
+     VMREAD writes, which VMCS field it reads). When the answers differ, the encoder is blamed
+     only if the consumer is right on the SDM's information and a field the address uses
+     (ADDRESS_FIELDS) is wrong; a consumer wrong on its own keeps its own class (3);
   2. the consumer reading undefined bits: the consumer agrees with the reference when given the
      SDM encoder's information, so only bits the SDM leaves undefined differ, and the consumer
      read them (class "consumer reads ... (written by <name>)");
@@ -111,16 +111,17 @@ def attribute(case: Case, encoder: str, exit: ExitInfo, sdm_exit: ExitInfo, got:
     the consumer on `exit` (the encoder's), `ref` the reference on `sdm_exit`."""
     wrong = defined_differences(case, exit, sdm_exit) if encoder != "sdm" else []
     same = agree(ref, got)
-    if wrong and (same or set(wrong) & ADDRESS_FIELDS):
-        # A wrong register-only field cannot explain a different address: such cases fall through
-        # to the consumer analysis below when the answers differ.
-        first = wrong[0] if same else next(f for f in wrong if f in ADDRESS_FIELDS)
-        return (ENCODER, f"encoder {encoder}: {first} differs from the SDM" + (" (address and faults unaffected)" if same else ""),
-                tuple(wrong), None)
+    if wrong and same:
+        return ENCODER, f"encoder {encoder}: {wrong[0]} differs from the SDM (address and faults unaffected)", tuple(wrong), None
     if same:
         return None, None, (), None
     mid = run_model(model, sdm_exit, case.state, case.access)
-    if agree(ref, mid):
+    right_on_sdm = agree(ref, mid)
+    if right_on_sdm and set(wrong) & ADDRESS_FIELDS:
+        # The consumer is right on the SDM's bits and a field the address uses is wrong.
+        first = next(f for f in wrong if f in ADDRESS_FIELDS)
+        return ENCODER, f"encoder {encoder}: {first} differs from the SDM", tuple(wrong), mid
+    if right_on_sdm:
         what = undefined_differences(case, exit, sdm_exit)
         return (CONSUMER_UNDEFINED, f"consumer reads {what[0] if what else 'undefined bits'} (as written by {encoder})",
                 (), mid)
