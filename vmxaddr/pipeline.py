@@ -15,7 +15,8 @@ Attribution, in this order:
   2. the consumer reading undefined bits: the consumer agrees with the reference when given the
      SDM encoder's information, so only bits the SDM leaves undefined differ, and the consumer
      read them (class "consumer reads ... (written by <name>)");
-  3. the consumer: it already diverges on the SDM encoder's information (its own class).
+  3. the consumer: it already diverges on the SDM encoder's information (class "consumer: " + the
+     consumer's own class; just the consumer's class when the encoder is the SDM's).
 """
 
 from __future__ import annotations
@@ -125,8 +126,9 @@ def attribute(case: Case, encoder: str, exit: ExitInfo, sdm_exit: ExitInfo, got:
         what = undefined_differences(case, exit, sdm_exit)
         return (CONSUMER_UNDEFINED, f"consumer reads {what[0] if what else 'undefined bits'} (as written by {encoder})",
                 (), mid)
-    own = classify_consumer(sdm_exit, case.state, case.access, ref, mid) if classify_consumer else "consumer differs"
-    return CONSUMER, own, (), mid
+    own = classify_consumer(sdm_exit, case.state, case.access, ref, mid) if classify_consumer else "differs"
+    # With the SDM as encoder there is only one side; the prefix is for the cross product.
+    return CONSUMER, own if encoder == "sdm" else f"consumer: {own}", (), mid
 
 
 def cross(case: Case, encoder: str, model: Model, reference: Model,
