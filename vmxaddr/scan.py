@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from vmxaddr.progress import Progress
+
 # -- candidates ---------------------------------------------------------------------------------
 
 # ModRM bytes with reg field r, all mod values; and with mod != 11.
@@ -771,7 +773,7 @@ def run(args: argparse.Namespace) -> int:
     rejected: list[dict[str, Any]] = []
     failed = 0
     t0 = time.monotonic()
-    last = t0
+    bar = Progress(len(files), "vmxaddr scan", enabled=progress and len(files) > 1, unit="files")
     for n, res in enumerate(scan_files(jobs, workers), 1):
         if res.error is not None:
             failed += 1
@@ -786,12 +788,8 @@ def run(args: argparse.Namespace) -> int:
             if not args.json and not args.summary_only:
                 for f in res.findings:
                     print(_fmt_finding(f))
-        now = time.monotonic()
-        if progress and len(files) > 1 and (now - last > 0.5 or n == len(files)):
-            last = now
-            end = "\r" if sys.stderr.isatty() and n < len(files) else "\n"
-            print(f"scanned {n}/{len(files)} files, {len(all_findings)} instructions, "
-                  f"{now - t0:.1f} s", end=end, file=sys.stderr, flush=True)
+        bar.update(n, f"{len(all_findings)} instructions")
+    bar.close()
     summary = summarize(all_findings)
     summary.update({"files": len(files), "failed": failed, "seconds": round(time.monotonic() - t0, 3)})
     if args.json:
