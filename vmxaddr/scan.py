@@ -650,19 +650,35 @@ def scan_file(path: str, mode: int | None = None) -> FileResult:
         return FileResult(path, error=f"malformed ELF ({type(exc).__name__}: {exc})")
 
 
-def _scan_job(job: tuple[str, int | None]) -> FileResult:
-    return scan_file(*job)
+def _scan_job(job: tuple[int, str, int | None]) -> tuple[int, FileResult]:
+    return job[0], scan_file(job[1], job[2])
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def scan_files(jobs: list[tuple[str, int | None]], workers: int = 1) -> Iterator[FileResult]:
-    """Scan files in order, in `workers` processes when more than one."""
+    """Scan files, in `workers` processes when more than one; results come in the order of
+    `jobs`. The largest files are handed out first so that one big file does not finish last."""
     if workers <= 1 or len(jobs) < 2:
-        for job in jobs:
-            yield _scan_job(job)
+        for path, mode in jobs:
+            yield scan_file(path, mode)
         return
     import multiprocessing
+    order = sorted(range(len(jobs)), key=lambda i: -_size(jobs[i][0]))
+    work = [(i, *jobs[i]) for i in order]
+    done: dict[int, FileResult] = {}
+    nxt = 0
     with multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn").Pool(workers) as pool:
-        yield from pool.imap(_scan_job, jobs, chunksize=max(1, min(32, len(jobs) // (workers * 8))))
+        for i, res in pool.imap_unordered(_scan_job, work, chunksize=max(1, min(8, len(jobs) // (workers * 32)))):
+            done[i] = res
+            while nxt in done:
+                yield done.pop(nxt)
+                nxt += 1
 
 
 def summarize(findings: list[dict[str, Any]]) -> dict[str, Any]:
