@@ -9,7 +9,8 @@ How it stays exact without disassembling everything in Python:
    restarts at every symbol, as `objdump -d` does (it disassembles each symbol's bytes
    separately, from the symbol's address to the next symbol's; an instruction cut by the next
    symbol comes out as single bytes). The sweep runs over one symbol's bytes only (the whole
-   section when there is no symbol), up to the last candidate in it, with iced-x86's decoder
+   section when there is no symbol), up to the last candidate in it (far from the last known
+   start it resynchronises instead, exactly: see `Boundaries`), with iced-x86's decoder
    (written in Rust: about 0.5 us an instruction from Python). Valid code is decoded alike by
    iced and objdump. Where the bytes are not an instruction (data in code, padding), objdump's
    "(bad)" takes a number of bytes that depends on how far its table lookup got, and objdump
