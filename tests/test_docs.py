@@ -61,8 +61,17 @@ def test_index_links_every_page_and_links_resolve() -> None:
         if page.name != "index.md":
             assert f"]({page.name}" in index, f"docs/index.md does not link {page.name}"
     for page in PAGES:
-        for target in re.findall(r"\]\(([^)#\s]+\.md)(?:#[^)]*)?\)", page.read_text()):
+        for target, anchor in re.findall(r"\]\(([^)#\s]+\.md)(?:#([^)]*))?\)", page.read_text()):
             assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
+            if anchor:
+                assert anchor in _anchors(page.parent / target), f"{page.name} links to missing {target}#{anchor}"
+
+
+def _anchors(page: Path) -> set[str]:
+    """The heading anchors a code-hosting site generates: lower case, punctuation dropped,
+    spaces to hyphens."""
+    heads = re.findall(r"^#+\s+(.*)$", re.sub(r"```.*?```", "", page.read_text(), flags=re.S), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
 
 
 def test_refresh_inserts_and_rewrites_output_blocks(tmp_path: Path) -> None:
