@@ -1,10 +1,10 @@
 /*
  * Minimal VMM used as the Bochs oracle (issue 8).  Assembled with GNU as and
- * linked by vmxaddr/oracles/bochs.py together with a generated cases.S that
+ * linked by vmxaddr/oracles/bochs.py together with a generated cases.s that
  * defines the guest code blocks and the tables below:
  *   groups:       GROUP_SIZE-byte entries (see GRP_* offsets), group_count entries
  *   group_count:  .quad number of groups
- *   guest_fields_16/32/64: (field, value) .quad pairs ending with field -1
+ *   guest_fields_<code size>_<cpl>: (field, value) .quad pairs ending with field -1
  *
  * The image replaces the BIOS (bochs `romimage:`): the CPU starts at the reset
  * vector, we go 16-bit real -> 32-bit protected -> 64-bit long mode, VMXON,
@@ -31,12 +31,12 @@
         .set STACK_TOP,   0x30000
         .set PAYLOAD,     0x400000
 
-/* group table entry layout (generated in cases.S) */
+/* group table entry layout (generated in cases.s) */
         .set GRP_CODE_SIZE, 0              /* 16, 32 or 64 */
         .set GRP_CS_BASE,   8
         .set GRP_TABLE,     16             /* address of case-start table (count+1 quads) */
         .set GRP_COUNT,     24
-        .set GRP_FIELDS,    32             /* guest_fields_NN for this code size */
+        .set GRP_FIELDS,    32             /* guest_fields_<size>_<cpl> of this group */
         .set GROUP_SIZE,    40
 
 /* VMCS field encodings (SDM Vol. 3 App. B) */
@@ -154,12 +154,13 @@ payload_entry32:
         adc $0, %edx
         add $8, %edi
         loop 1b
-        /* guest 64-bit: only 0x400000..0x13fffff mapped, read-only (P | PS, RW = 0) so
-           any guest data access faults (#PF -> exception exit) */
-        movl $(GPDPT | 3), GPML4
-        movl $(GPD | 3), GPDPT
+        /* guest 64-bit: only 0x400000..0x13fffff mapped, read-only (P | US | PS, RW = 0)
+           so any guest data write, or access outside the window, faults (#PF ->
+           exception exit); US so that CPL-3 guests can fetch their code */
+        movl $(GPDPT | 7), GPML4
+        movl $(GPD | 7), GPDPT
         mov $(GPD + 2 * 8), %edi
-        mov $(PAYLOAD | 0x81), %eax
+        mov $(PAYLOAD | 0x85), %eax
         mov $8, %ecx
 1:      mov %eax, (%edi)
         add $0x200000, %eax
@@ -167,7 +168,7 @@ payload_entry32:
         loop 1b
         /* guest 32-bit: 4 MiB pages 1..4, read-only */
         mov $(GPD32 + 1 * 4), %edi
-        mov $(PAYLOAD | 0x81), %eax
+        mov $(PAYLOAD | 0x85), %eax
         mov $4, %ecx
 1:      mov %eax, (%edi)
         add $0x400000, %eax
@@ -241,19 +242,20 @@ long64:
         jnz 1f
         or $5, %eax
         wrmsr
-1:      /* CR0/CR4 fixed bits (SDM A.7, A.8); CR0.NE, CR4.VMXE */
-        mov %cr0, %rax
-        or $0x20, %rax
+1:      /* CR0/CR4 fixed-1 bits (SDM A.7, A.8: IA32_VMX_CR0_FIXED0 / CR4_FIXED0),
+           which include CR0.NE and CR4.VMXE */
         mov $0x486, %ecx
         rdmsr
-        mov %eax, %ebx
-        mov %cr0, %rax
-        or $0x20, %eax
-        or %ebx, %eax
-        mov %rax, %cr0
-        mov %cr4, %rax
-        or $0x2000, %eax
-        mov %rax, %cr4
+        mov %cr0, %rbx
+        or %eax, %ebx
+        or $0x20, %ebx             /* CR0.NE */
+        mov %rbx, %cr0
+        mov $0x488, %ecx
+        rdmsr
+        mov %cr4, %rbx
+        or %eax, %ebx
+        or $0x2000, %ebx           /* CR4.VMXE */
+        mov %rbx, %cr4
         /* XSAVE: CR4.OSXSAVE, XCR0 = x87|SSE; IA32_XSS = every supported bit */
         mov cpuid1_ecx, %ecx
         bt $26, %ecx
