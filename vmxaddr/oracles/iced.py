@@ -196,7 +196,7 @@ def _explain_validity(raw: bytes, code_size: int, ours: Instruction | DecodeErro
 
 
 def explain_command(raw: bytes, code_size: int) -> str:
-    return f"vmxaddr decode --mode {code_size} {shlex.quote(raw.hex(' '))}"
+    return f"vmxaddr explain --mode {code_size} {shlex.quote(raw.hex(' '))}"
 
 
 def crosscheck_iced(n: int, seed: int, progress: Progress | None = None,

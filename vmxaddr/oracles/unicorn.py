@@ -274,7 +274,7 @@ def crosscheck_unicorn(n: int, seed: int, progress: Progress | None = None,
             instr = decode(enc.raw, enc.code_size)
         except DecodeError as e:  # the walk makes only valid encodings: this is our bug
             summary.add(CaseReport(enc.raw, enc.code_size, [Disagreement("decode", str(e), "valid")],
-                                   f"vmxaddr decode --mode {enc.code_size} {enc.raw.hex()}", enc.combo))
+                                   f"vmxaddr explain --mode {enc.code_size} {enc.raw.hex()}", enc.combo))
             continue
         state = gen_state(ch, enc.code_size, weird_modes=0.0)
         ds = compare_case(oracle, instr, state)
