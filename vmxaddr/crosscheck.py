@@ -78,7 +78,16 @@ def _worker(oracle: str, n: int, seed: int, job: int, counts: Any, out: Any) -> 
 def run(oracle: str, n: int, seed: int, jobs: int = 1, progress: Progress | None = None) -> Summary | Any:
     fn = _runner(oracle)
     start = time.monotonic()
-    if jobs <= 1 or oracle == "bochs":
+    if oracle == "bochs":
+        # the Bochs oracle reports progress as progress(done, total) and returns a dict
+        from vmxaddr.cli import fail
+        from vmxaddr.oracles.bochs import BochsUnavailable  # type: ignore[import-not-found,unused-ignore]
+
+        try:
+            summary = fn(n, seed, (lambda done, total: progress.update(done)) if progress is not None else None)
+        except BochsUnavailable as e:
+            fail(f"the bochs oracle cannot run: {e}")
+    elif jobs <= 1:
         summary = fn(n, seed, progress)
     else:
         ctx = mp.get_context("fork")
@@ -172,6 +181,12 @@ def cmd_crosscheck(args: argparse.Namespace) -> int:
         print(json.dumps(obj, indent=2))
     elif isinstance(summary, Summary):
         print(report_text(summary, args.seed, jobs))
+    elif isinstance(summary, dict) and "cases" in summary:
+        print(f"crosscheck against {args.oracle}: {summary['cases']} cases, {summary.get('agree', '?')} agree, "
+              f"{_unexplained(summary)} unexplained, explained {summary.get('explained', {})}, "
+              f"{summary.get('seconds', '?')} s")
+        for d in summary.get("disagreements", [])[:5]:
+            print(f"  {d}")
     else:
         print(json.dumps(_to_json(summary), indent=2, default=str))
     return 1 if _unexplained(summary) else 0
