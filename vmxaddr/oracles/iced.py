@@ -195,8 +195,11 @@ def _explain_validity(raw: bytes, code_size: int, ours: Instruction | DecodeErro
     return None
 
 
-def explain_command(raw: bytes, code_size: int) -> str:
-    return f"vmxaddr explain --mode {code_size} {shlex.quote(raw.hex(' '))}"
+def explain_command(raw: bytes, code_size: int, prefix_policy: bool = False) -> str:
+    """`vmxaddr explain` for the bytes; with `prefix_policy` under --ignored-segment prefix, the
+    reading of the segment field iced's decoding matches."""
+    policy = " --ignored-segment prefix" if prefix_policy else ""
+    return f"vmxaddr explain --mode {code_size}{policy} {shlex.quote(raw.hex(' '))}"
 
 
 def crosscheck_iced(n: int, seed: int, progress: Progress | None = None,
@@ -211,7 +214,8 @@ def crosscheck_iced(n: int, seed: int, progress: Progress | None = None,
             ours = _decode(enc.raw, enc.code_size)
             length = ours.length if isinstance(ours, Instruction) else iced_view(enc.raw, enc.code_size)["length"]
             raw = enc.raw[:length] if length else enc.raw
-            summary.add(CaseReport(raw, enc.code_size, ds, explain_command(raw, enc.code_size), enc.combo))
+            seg_only = all(d.explained == EXPLAINED_SEGMENT for d in ds)
+            summary.add(CaseReport(raw, enc.code_size, ds, explain_command(raw, enc.code_size, seg_only), enc.combo))
         else:
             summary.add(None)
         if progress is not None and (k & 1023) == 0:
