@@ -1,6 +1,7 @@
 """Throughput of the cross-check oracles, one process: cases per second (wall and CPU).
 
     python benchmarks/crosscheck.py [-n 20000] [--oracle iced unicorn]
+    (needs `pip install -e '.[oracles]'`, or PYTHONPATH=. from the checkout)
 
 CPU time is printed too because wall time on a shared machine says little. A 1 000 000-case
 `vmxaddr crosscheck` run takes about n / (rate × jobs).
