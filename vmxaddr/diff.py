@@ -78,10 +78,14 @@ def agree(ref: Result, other: Result) -> bool:
 
 
 def first_difference(a: Result, b: Result) -> str:
-    """The first step whose value differs ("checks" when every value agrees)."""
+    """The first step whose value differs ("checks" when every value agrees). A displacement
+    difference counts only when it reaches the effective address (a 16-bit displacement held
+    sign-extended by one model and not by the other is the same offset)."""
     for step, attr in STEPS:
         va, vb = getattr(a, attr), getattr(b, attr)
         if va is not None and vb is not None and va != vb:
+            if step == "displacement" and a.effective_address == b.effective_address:
+                continue
             return step
     return "checks"
 
