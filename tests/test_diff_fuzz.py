@@ -39,7 +39,7 @@ FIXES = [
 ]
 
 # What kvm-current still does differently from the SDM model (docs/kvm-divergences.md).
-DOCUMENTED = {D.EXPAND_DOWN, D.TYPE_BEFORE_USABLE, D.LAM_UNTAGGED_LINEAR, D.LAM57_FOUR_LEVEL} | UNREACHABLE
+DOCUMENTED = {D.EXPAND_DOWN, D.TYPE_BEFORE_USABLE, D.CANONICAL_FIRST_BYTE} | UNREACHABLE
 
 
 @pytest.mark.parametrize("before,after,name,limit", FIXES, ids=[f[1] for f in FIXES])
