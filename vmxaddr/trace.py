@@ -635,6 +635,8 @@ class Checker:
         wrong_hv = hv["verdict"] == "wrong"
         if missing or exit is None:
             fp: dict[str, Any] = {"verdict": "not-checkable", "missing": missing or hv.get("missing", [])}
+        elif not self.models:
+            fp = {"verdict": "skipped", "reason": "no registered models besides the reference"}
         elif self.fingerprint == "all" or (self.fingerprint == "wrong" and wrong_hv):
             assert rec.state is not None and rec.result is not None and access is not None
             names = []
@@ -769,8 +771,9 @@ def verdict_text(v: dict[str, Any]) -> str | None:
             elif "recorded" in d:
                 ds.append(f"{d['field']} {d['recorded']} not {d['expected']}" + (f" ({d['detail']})" if "detail" in d else ""))
             else:
-                ds.append(f"{d['field']}: {d['detail']}")
-        parts.append(f"hardware inconsistent with {hw.get('decoded', 'the bytes')}: " + "; ".join(ds))
+                ds.append(d["detail"])
+        parts.append(f"hardware inconsistent with {hw['decoded']}: " + "; ".join(ds) if "decoded" in hw
+                     else "hardware inconsistent: " + "; ".join(ds))
     hv = v["hypervisor"]
     if hv["verdict"] == "wrong":
         exp = hv["expected"]
@@ -803,7 +806,7 @@ def summary_text(s: dict[str, Any]) -> str:
         if why:
             out.append(f"    {key} not checkable: " + ", ".join(f"{k} {n}" for k, n in sorted(why.items(), key=lambda x: -x[1])))
     fp = s["fingerprint"]
-    if fp["wrong_records"]:
+    if fp["wrong_records"] and s["models_compared"]:
         top = ", ".join(f"{k} {n}/{fp['wrong_records']}" for k, n in list(fp["matches_on_wrong_records"].items())[:8])
         out.append(f"  fingerprint of the wrong answers: {top or 'no registered model matches'}")
         if fp["consistent_with_every_wrong_record"]:
