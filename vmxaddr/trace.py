@@ -365,13 +365,21 @@ def _decode(raw: bytes, code_size: int) -> Instruction | DecodeError:
         return e
 
 
+@lru_cache(maxsize=1 << 14)
+def _text(instr: Instruction) -> str:
+    return instr.text()
+
+
 # Decode failures that say nothing about the processor's report: the recorder's bytes or our tools.
 _DECODE_UNCHECKABLE = ("empty", "truncated", "decoder-disagreement", "mode")
 
 
+_POLICY = {(a, b): Policy(ignored_segment=a, si_di=b) for a in IGNORED_SEGMENT_POLICIES for b in SI_DI_POLICIES}
+
+
 def _policies(instr: Instruction) -> list[Policy]:
-    """Encoder policies whose answers all count as right for `instr`: the open questions the
-    SDM does not settle (exitinfo.Policy) where they apply to this operand."""
+    """Encoder policies whose answers all count as right for `instr`, the default first: the
+    open questions the SDM does not settle (exitinfo.Policy) where they apply to this operand."""
     op = instr.operand
     if op is None:
         return [DEFAULT_POLICY]
@@ -381,7 +389,7 @@ def _policies(instr: Instruction) -> list[Policy]:
     sidi: tuple[str, ...] = ("base",)
     if op.address_size == 16 and op.index is None and op.base in (6, 7):
         sidi = SI_DI_POLICIES
-    return [Policy(ignored_segment=a, si_di=b) for a in segs for b in sidi]
+    return [_POLICY[a, b] for a in segs for b in sidi]
 
 
 def _field_differences(recorded: int, expected: int, defined: int, instruction: str) -> list[dict[str, Any]]:
@@ -420,18 +428,11 @@ def check_hardware(rec: ExitRecord) -> dict[str, Any]:
     if rec.length is not None and rec.length != instr.length:
         diffs.append({"field": "length", "recorded": rec.length, "expected": instr.length})
     if rec.instruction_info is not None:
-        best: list[dict[str, Any]] | None = None
-        expected0 = 0
-        for pol in _policies(instr):
-            expected, defined = encode_info(instr, pol)
-            if not (rec.instruction_info ^ expected) & defined:
-                best = None
-                break
-            if best is None:
-                best, expected0 = _field_differences(rec.instruction_info, expected, defined, instr.mnemonic), expected
-        else:
-            diffs.append({"field": "instruction_info", "recorded": hex(rec.instruction_info),
-                          "expected": hex(expected0), "bits": best})
+        expected, defined = encode_info(instr, DEFAULT_POLICY)
+        if (rec.instruction_info ^ expected) & defined and not any(
+                not (rec.instruction_info ^ e) & d for e, d in (encode_info(instr, p) for p in _policies(instr)[1:])):
+            diffs.append({"field": "instruction_info", "recorded": hex(rec.instruction_info), "expected": hex(expected),
+                          "bits": _field_differences(rec.instruction_info, expected, defined, instr.mnemonic)})
     if rec.exit_qualification is not None:
         op = instr.operand
         if op is not None and op.rip_relative and rec.rip is None:
@@ -445,7 +446,7 @@ def check_hardware(rec: ExitRecord) -> dict[str, Any]:
                 if mask != MASK64:
                     d["detail"] = f"bits {op.address_size - 1 if op else 63}:0 compared (address size)"
                 diffs.append(d)
-    out: dict[str, Any] = {"verdict": "inconsistent" if diffs else "consistent", "decoded": instr.text()}
+    out: dict[str, Any] = {"verdict": "inconsistent" if diffs else "consistent", "decoded": _text(instr)}
     if diffs:
         out["differences"] = diffs
     if unchecked:
