@@ -145,7 +145,7 @@ def test_bad_code_size():
         decode(b"\x0f\xc7\x30", 8)
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(st.binary(min_size=0, max_size=18), st.sampled_from([16, 32, 64]))
 def test_arbitrary_bytes_raise_only_decode_error(raw, mode):
     try:
@@ -155,7 +155,7 @@ def test_arbitrary_bytes_raise_only_decode_error(raw, mode):
     assert 1 <= ins.length <= 15 and raw.startswith(ins.raw)
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(st.lists(st.sampled_from([0x66, 0x67, 0xF2, 0xF3, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x41, 0x48]), max_size=4),
        st.sampled_from(["0f78", "0f79", "0fc7", "0f01", "0f00", "0f3880", "0f3882"]),
        st.binary(min_size=6, max_size=6), st.sampled_from([16, 32, 64]))

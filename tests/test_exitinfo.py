@@ -10,7 +10,7 @@ from vmxaddr.strategies import instructions
 SEGS = ("es", "cs", "ss", "ds", "fs", "gs")
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(instructions(mnemonics=MNEMONICS))
 def test_round_trip(ins):
     """encode -> fields gives back the operand's own fields (those the SDM defines)."""
@@ -42,7 +42,7 @@ def test_round_trip(ins):
         assert f["operand size"] == (ins.operand_size == 32)
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(instructions(mnemonics=MNEMONICS))
 def test_random_policy_touches_only_undefined_bits(ins):
     plain = encode(ins)

@@ -9,7 +9,7 @@ from vmxaddr.models import sdm
 from vmxaddr.strategies import cases
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(cases())
 def test_effective_address_fits_address_size(case):
     r = case.run(sdm)
@@ -19,7 +19,7 @@ def test_effective_address_fits_address_size(case):
         assert r.linear_address < 1 << 32
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(cases())
 def test_outcome_ignores_undefined_bits_and_upper_qualification_bits(case):
     """The SDM makes those bits undefined, so no answer may depend on them."""

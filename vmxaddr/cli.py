@@ -209,7 +209,8 @@ COMMANDS: list[Callable[[Any], None]] = [register_core]
 
 def _optional_commands() -> list[Callable[[Any], None]]:
     found = []
-    for modname in ("vmxaddr.diff", "vmxaddr.fuzz", "vmxaddr.crosscheck", "vmxaddr.scan", "vmxaddr.trace"):
+    for modname in ("vmxaddr.diff", "vmxaddr.fuzz", "vmxaddr.crosscheck", "vmxaddr.scan", "vmxaddr.trace",
+                    "vmxaddr.oracles.bochs"):
         try:
             mod = __import__(modname, fromlist=["register"])
         except ImportError as e:

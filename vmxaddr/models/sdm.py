@@ -81,7 +81,8 @@ def sdm(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) 
         return done(Outcome(FAULT, "UD", None, "mode", f"{ins.upper()} raises #UD in {mode} mode"))
     if steps is not None:
         steps.append(Step("mode", "mode", f"{mode} mode: {ins.upper()} may execute here", mode))
-    cpl = 3 if mode == "virtual-8086" else state.cpl
+    # Virtual-8086 code runs at CPL 3 and real-mode code at CPL 0, whatever the state says.
+    cpl = 3 if mode == "virtual-8086" else 0 if mode == "real" else state.cpl
     if (spec.vmx or spec.privileged) and cpl > 0:
         return done(Outcome(FAULT, "GP", 0, "cpl", f"CPL {cpl} > 0: {ins.upper()} raises #GP(0)"))
     if steps is not None and (spec.vmx or spec.privileged):

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Install the system packages the Bochs oracle needs (issue 8).
+# Idempotent; run as root (CI runs as root). Debian bookworm's bochs 2.7 is built
+# with VMX but without the `nogui` display library; the oracle uses `term` (bochs-term)
+# on a pseudo-terminal. Listing bochs-term with bochs also keeps apt from pulling bochs-wx.
+set -euo pipefail
+
+need=()
+command -v bochs >/dev/null 2>&1 || need+=(bochs)
+# the oracle's display: `term` on a pseudo-terminal (the rfb fallback waits ~30 s per boot)
+ls /usr/lib/*/bochs/plugins/libbx_term_gui.so* >/dev/null 2>&1 || need+=(bochs-term)
+[ -e /usr/share/bochs/BIOS-bochs-latest ] || need+=(bochsbios)
+command -v as >/dev/null 2>&1 && command -v ld >/dev/null 2>&1 && command -v objcopy >/dev/null 2>&1 || need+=(binutils)
+
+if [ ${#need[@]} -eq 0 ]; then
+    echo "system-deps: bochs, bochs-term, bochsbios and binutils already installed"
+    exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+# apt-get update only when the package lists have never been fetched or the
+# install fails on a stale list.
+if ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
+    $SUDO apt-get update -q
+fi
+if ! $SUDO apt-get install -y -q --no-install-recommends "${need[@]}"; then
+    $SUDO apt-get update -q
+    $SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+echo "system-deps: installed ${need[*]}"

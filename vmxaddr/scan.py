@@ -1,0 +1,782 @@
+"""Find the VMX-family instructions in ELF files, fast, at the boundaries objdump -d sees.
+
+How it stays exact without disassembling everything in Python:
+
+1. A regular expression finds the opcode bytes that can start a VMX-family instruction
+   (0F 78, 0F 79, 0F C7 /3 /5 /6 /7, 0F 00 /0-/3, 0F 01 /0-/3 with a memory operand,
+   0F 38 80-82) in each executable section. Most sections have none and cost only that search.
+2. For a section with candidates, the instruction boundaries are those of a linear sweep that
+   restarts at every symbol, as `objdump -d` does (it disassembles each symbol's bytes
+   separately, from the symbol's address to the next symbol's; an instruction cut by the next
+   symbol comes out as single bytes). The sweep runs over one symbol's bytes only, up to the last
+   candidate in it, with iced-x86's decoder (its lengths follow the SDM; its "no invalid check"
+   option accepts what objdump accepts, like a LOCK prefix on the wrong instruction). Where the
+   bytes are not an instruction (data in code), objdump's "(bad)" consumes a number of bytes
+   that depends on how far its table lookup got; `_bad_length` reproduces that for the cases
+   seen in Debian's kernel modules and Xen.
+3. An instruction whose bytes contain a candidate is handed to the core's `decode`, which
+   decides whether it is a VMX-family instruction and reads its operand; `encode` gives the
+   instruction-information field and exit qualification.
+
+ELF headers, section headers and symbols are read with `struct` (the layouts of the ELF gABI):
+pyelftools costs about 2.5 ms per file to open, more than objdump needs to disassemble a typical
+kernel module, so the scanner only uses it in the tests, as the reference its reader is checked
+against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import gzip
+import json
+import lzma
+import os
+import re
+import struct
+import sys
+import time
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+# -- candidates ---------------------------------------------------------------------------------
+
+# ModRM bytes with reg field r, all mod values; and with mod != 11.
+def _modrm_class(regs: Iterable[int], memory_only: bool) -> bytes:
+    out = bytearray()
+    for m in range(256):
+        if (m >> 3) & 7 in regs and not (memory_only and m >= 0xC0):
+            out.append(m)
+    return bytes(out)
+
+
+def _byte_class(values: bytes) -> bytes:
+    return b"[" + b"".join(re.escape(bytes([v])) for v in values) + b"]"
+
+
+CANDIDATE = re.compile(
+    b"\x0f(?=[\x78\x79]"
+    + b"|\xc7" + _byte_class(_modrm_class((3, 5, 6, 7), False))
+    + b"|\x00" + _byte_class(_modrm_class((0, 1, 2, 3), False))
+    + b"|\x01" + _byte_class(_modrm_class((0, 1, 2, 3), True))
+    + b"|\x38[\x80-\x82])",
+    re.DOTALL,
+)
+"""Where the opcode of a VMX-family instruction may start (the 0F byte); a superset. The match
+is the 0F byte alone (the rest is a lookahead) so that overlapping candidates, as in 0F 00 0F C7,
+are all found."""
+
+# -- reading files ------------------------------------------------------------------------------
+
+
+class ScanError(Exception):
+    """A file that cannot be scanned; the message says what is wrong, in one line."""
+
+
+def read_image(path: str) -> tuple[bytes, str | None]:
+    """The file's bytes, decompressed when it is xz, gzip or zstd (by its magic number)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise ScanError(exc.strerror or str(exc)) from None
+    if data.startswith(b"\xfd7zXZ\x00"):
+        try:
+            return lzma.decompress(data), "xz"
+        except (lzma.LZMAError, EOFError) as exc:
+            raise ScanError(f"bad xz data: {exc}") from None
+    if data.startswith(b"\x1f\x8b"):
+        try:
+            return gzip.decompress(data), "gzip"
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ScanError(f"bad gzip data: {exc}") from None
+    if data.startswith(b"\x28\xb5\x2f\xfd"):
+        try:
+            import zstandard
+        except ImportError:
+            raise ScanError("zstd-compressed, and the zstandard module is not installed "
+                            "(pip install zstandard)") from None
+        try:
+            with zstandard.ZstdDecompressor().stream_reader(data) as reader:
+                return reader.read(), "zstd"
+        except zstandard.ZstdError as exc:
+            raise ScanError(f"bad zstd data: {exc}") from None
+    return data, None
+
+
+# -- a small ELF reader -------------------------------------------------------------------------
+
+SHT_SYMTAB, SHT_NOBITS, SHT_DYNSYM = 2, 8, 11
+SHF_EXECINSTR = 0x4
+STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_SECTION, STT_FILE = 0, 1, 2, 3, 4
+SHN_LORESERVE = 0xFF00
+ET_NAMES = {1: "ET_REL", 2: "ET_EXEC", 3: "ET_DYN", 4: "ET_CORE"}
+X86_MACHINES = {3: "i386", 6: "i486", 62: "x86-64"}
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    index: int
+    name: str
+    type: int
+    flags: int
+    addr: int
+    offset: int
+    size: int
+    link: int
+    entsize: int
+
+
+@dataclass(frozen=True, slots=True)
+class Symbol:
+    name: str
+    value: int
+    size: int
+    type: int
+    shndx: int
+
+
+class Elf:
+    """ELF header, section headers and symbols of an x86 ELF image held in memory."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        if len(data) < 16 or data[:4] != b"\x7fELF":
+            raise ScanError("not an ELF file" + (" (empty)" if not data else ""))
+        ei_class, ei_data = data[4], data[5]
+        if ei_class not in (1, 2):
+            raise ScanError(f"bad ELF class byte {ei_class}")
+        if ei_data != 1:
+            raise ScanError("not a little-endian ELF file, so not x86" if ei_data == 2
+                            else f"bad ELF data-encoding byte {ei_data}")
+        self.bits = 32 if ei_class == 1 else 64
+        ehdr = "<HHIIIIIHHHHHH" if self.bits == 32 else "<HHIQQQIHHHHHH"
+        if len(data) < 16 + struct.calcsize(ehdr):
+            raise ScanError("truncated ELF header")
+        (self.e_type, self.machine, _version, self.entry, _phoff, shoff, _flags, _ehsize,
+         _phentsize, _phnum, shentsize, shnum, shstrndx) = struct.unpack_from(ehdr, data, 16)
+        if self.machine not in X86_MACHINES:
+            raise ScanError(f"not an x86 ELF file (e_machine {self.machine})")
+        shdr = "<IIIIIIIIII" if self.bits == 32 else "<IIQQQQIIQQ"
+        need = struct.calcsize(shdr)
+        if shoff == 0:
+            raise ScanError("no section header table")
+        if shentsize < need:
+            raise ScanError(f"bad section header size {shentsize}")
+        if shnum == 0 and shoff + need <= len(data):  # more than 0xff00 sections: count in [0]
+            shnum = struct.unpack_from(shdr, data, shoff)[5]
+        if shoff + shnum * shentsize > len(data):
+            raise ScanError(f"truncated: the section headers end at {shoff + shnum * shentsize:#x},"
+                            f" the file at {len(data):#x}")
+        raw = [struct.unpack_from(shdr, data, shoff + i * shentsize) for i in range(shnum)]
+        if shstrndx == 0xFFFF and raw:  # SHN_XINDEX
+            shstrndx = raw[0][6]
+        names = b""
+        if 0 < shstrndx < shnum:
+            names = self._bytes_of(raw[shstrndx], "the section-name table")
+        self.sections: list[Section] = []
+        for i, (name, typ, flags, addr, off, size, link, _info, _align, entsize) in enumerate(raw):
+            if typ != SHT_NOBITS and i and off + size > len(data):
+                raise ScanError(f"truncated: section {i} ends at {off + size:#x}, "
+                                f"the file at {len(data):#x}")
+            self.sections.append(Section(i, _cstr(names, name) if names else f"#{i}", typ, flags,
+                                         addr, off, size, link, entsize))
+        self._entries: list[tuple[int, int, int, int, int]] | None = None
+        self._strtab = b""
+        self._starts: dict[int, set[int]] | None = None
+
+    def _bytes_of(self, raw: tuple[int, ...], what: str) -> bytes:
+        off, size = raw[4], raw[5]
+        if off + size > len(self.data):
+            raise ScanError(f"truncated: {what} ends at {off + size:#x}, the file at {len(self.data):#x}")
+        return self.data[off:off + size]
+
+    @property
+    def relocatable(self) -> bool:
+        return self.e_type == 1
+
+    def section_bytes(self, s: Section) -> bytes:
+        return self.data[s.offset:s.offset + s.size]
+
+    def executable_sections(self) -> list[Section]:
+        return [s for s in self.sections
+                if s.flags & SHF_EXECINSTR and s.type != SHT_NOBITS and s.size and s.index]
+
+    def _symbol_entries(self) -> list[tuple[int, int, int, int, int]]:
+        """(name offset, value, size, type, section index) of the named symbols defined in a
+        section, from the static symbol table, else the dynamic one (what objdump -d labels
+        code with); section and file symbols left out, as objdump does."""
+        if self._entries is None:
+            self._entries = []
+            for want in (SHT_SYMTAB, SHT_DYNSYM):
+                tabs = [s for s in self.sections if s.type == want]
+                if tabs:
+                    tab = tabs[0]
+                    self._entries = self._read_symbols(tab)
+                    self._strtab = self.section_bytes(self.sections[tab.link])
+                    break
+        return self._entries
+
+    def _read_symbols(self, tab: Section) -> list[tuple[int, int, int, int, int]]:
+        fmt = "<IIIBBH" if self.bits == 32 else "<IBBHQQ"
+        size = struct.calcsize(fmt)
+        if tab.entsize not in (0, size) or not 0 < tab.link < len(self.sections):
+            raise ScanError(f"bad symbol table {tab.name}")
+        body = self.section_bytes(tab)
+        body = body[:len(body) - len(body) % size]
+        if self.bits == 32:
+            ents = [(n, v, sz, i & 0xF, x) for n, v, sz, i, _o, x in struct.iter_unpack(fmt, body)]
+        else:
+            ents = [(n, v, sz, i & 0xF, x) for n, i, _o, x, v, sz in struct.iter_unpack(fmt, body)]
+        return [e for e in ents if e[0] and e[3] != STT_SECTION and e[3] != STT_FILE
+                and 0 < e[4] < SHN_LORESERVE]
+
+    def symbol_starts(self, sec: Section) -> list[int]:
+        """Section offsets where objdump -d restarts its sweep: 0 and every symbol."""
+        if self._starts is None:
+            self._starts = {}
+            rel = self.relocatable
+            addr = {s.index: (0 if rel else s.addr, s.size) for s in self.sections}
+            for _n, value, _sz, _t, shndx in self._symbol_entries():
+                base, size = addr.get(shndx, (0, 0))
+                if 0 <= value - base < size:
+                    self._starts.setdefault(shndx, set()).add(value - base)
+        return sorted(self._starts.get(sec.index, set()) | {0})
+
+    def symbols(self, sec: Section) -> list[Symbol]:
+        """The symbols defined in a section, with their values as section offsets."""
+        base = 0 if self.relocatable else sec.addr
+        return [Symbol(_cstr(self._strtab, n), v - base, sz, t, x)
+                for n, v, sz, t, x in self._symbol_entries()
+                if x == sec.index and 0 <= v - base < sec.size]
+
+
+def _cstr(table: bytes, offset: int) -> str:
+    end = table.find(b"\0", offset)
+    return table[offset:end if end >= 0 else len(table)].decode("utf-8", "replace")
+
+
+# -- instruction boundaries as objdump -d draws them -------------------------------------------
+
+_PREFIXES = frozenset(b"\x66\x67\xf0\xf2\xf3\x2e\x36\x3e\x26\x64\x65")
+
+
+def _modrm_length(d: bytes, q: int, end: int, addr16: bool) -> int:
+    """Bytes of the ModRM at q with its SIB and displacement."""
+    if q >= end:
+        return 0
+    mod, rm = d[q] >> 6, d[q] & 7
+    if mod == 3:
+        return 1
+    if addr16:
+        return 1 + (2 if mod == 2 or (mod == 0 and rm == 6) else mod)
+    n = 1
+    if rm == 4:
+        n += 1
+        if mod == 0 and q + 1 < end and d[q + 1] & 7 == 5:
+            n += 4
+    if mod == 0 and rm == 5:
+        n += 4
+    return n + (1 if mod == 1 else 4 if mod == 2 else 0)
+
+
+def _bad_length(d: bytes, p: int, end: int, bits: int, iced_len: int) -> int:
+    """How many bytes objdump's "(bad)" takes at p (binutils 2.40, observed), at least 1.
+
+    objdump stops at the byte where its table lookup fails: the prefixes and that byte, or the
+    whole ModRM for the x87 escapes, or the VEX/EVEX/XOP prefix bytes read so far; an instruction
+    cut off by the end of the symbol is printed byte by byte."""
+    if iced_len == 0 or p + iced_len > end:
+        return 1
+    q = p
+    addr16 = bits == 16
+    rep = 0  # the last F2/F3: it selects the opcode's prefix table before 66 does
+    while q < end and (d[q] in _PREFIXES or (bits == 64 and 0x40 <= d[q] <= 0x4F)):
+        if d[q] == 0x67:
+            addr16 = bits == 32
+        elif d[q] in (0xF2, 0xF3):
+            rep = d[q]
+        q += 1
+    if q + 1 >= end:
+        return 1
+    npfx, b, b1 = q - p, d[q], d[q + 1]
+    modrm = d[q + 2] if q + 2 < end else 0
+    if b == 0x0F:
+        if b1 in (0x38, 0x3A):
+            return npfx + 3
+        if b1 == 0xC7:  # CMPXCHG8B's register form fails at once; the others after the opcode
+            return npfx + (1 if (modrm >> 3) & 7 == 1 and modrm >= 0xC0 else 2)
+        if b1 in (0x78, 0x79) and modrm < 0xC0:  # EXTRQ/INSERTQ with a memory ModRM, F3 0F 78/79
+            return npfx + (2 if rep == 0xF3 else 3 if b1 == 0x78 else 1)
+        if 0x20 <= b1 <= 0x23:  # MOV to/from CRn/DRn: the ModRM is always read as registers
+            return npfx + 3
+        if b1 in (0x0F, 0xA6, 0xA7, 0xE7, 0xC3, 0xF7):
+            return npfx + 1
+        return npfx + 2
+    if bits == 64 or b1 >= 0xC0:
+        if b == 0xC5:
+            return npfx + 3
+        if b == 0xC4:  # a valid opcode map: prefix, two payload bytes and the opcode
+            return npfx + (4 if b1 & 0x1F in (1, 2, 3) else 1)
+        if b == 0x62:  # EVEX: maps 1, 2, 3, 5 and 6 exist
+            if b1 & 0x08 or b1 & 7 in (0, 4, 7):
+                return npfx + 1
+            if q + 2 < end and not d[q + 2] & 0x04:
+                return npfx + 2
+            return npfx + 5
+    if b == 0x8F and b1 & 0x1F >= 8:
+        return npfx + (4 if b1 & 0x1F <= 10 else 1)
+    if 0xD8 <= b <= 0xDF or b in (0x8C, 0x8E):
+        return min(npfx + 1 + _modrm_length(d, q + 1, end, addr16), end - p)
+    return npfx + 1
+
+
+@lru_cache(maxsize=1)
+def _iced() -> Any:
+    """iced-x86, imported on first use so that `vmxaddr` starts without it."""
+    try:
+        import iced_x86
+    except ImportError:
+        raise ScanError("the scanner needs the iced-x86 module (pip install iced-x86)") from None
+    return iced_x86
+
+
+@lru_cache(maxsize=4)
+def _options(bits: int) -> tuple[int, int]:
+    """iced options: strict (objdump rejects VEX/EVEX reserved-bit violations too), plus the
+    386 test-register moves (0F 24/26), which objdump decodes outside 64-bit mode."""
+    iced = _iced()
+    strict = iced.DecoderOptions.MOV_TR if bits != 64 else iced.DecoderOptions.NONE
+    return strict, strict | iced.DecoderOptions.NO_INVALID_CHECK
+
+
+@lru_cache(maxsize=1)
+def _sse4a_codes() -> frozenset[int]:
+    c = _iced().Code
+    return frozenset((c.EXTRQ_XMM_IMM8_IMM8, c.EXTRQ_XMM_XMM, c.INSERTQ_XMM_XMM, c.INSERTQ_XMM_XMM_IMM8_IMM8))
+
+
+def _only_prefixes(data: bytes, p: int, q: int, bits: int) -> bool:
+    return all(b in _PREFIXES or (bits == 64 and 0x40 <= b <= 0x4F) for b in data[p:q])
+
+
+def _rex_then_prefix(b: int) -> bool:
+    return b in _PREFIXES or 0x40 <= b <= 0x4F
+
+
+_REX_PREFIX = re.compile(rb"[\x40-\x4f](?=[\x40-\x4f\x66\x67\xf0\xf2\xf3\x2e\x36\x3e\x26\x64\x65])")
+"""A REX byte followed by another prefix: objdump ends the instruction after the REX
+("rex.W" alone), the processor (and iced) ignores the REX and goes on."""
+
+
+def _objdump_length(data: bytes, p: int, end: int, bits: int, iced_len: int) -> int:
+    """Length objdump gives the bytes at p that iced's strict decoder rejects."""
+    iced = _iced()
+    q = p
+    while q < end and data[q] in _PREFIXES or (bits == 64 and q < end and 0x40 <= data[q] <= 0x4F):
+        if bits == 64 and 0x40 <= data[q] <= 0x4F and q + 1 < end and _rex_then_prefix(data[q + 1]):
+            return q + 1 - p
+        if data[q] == 0xF0:  # objdump prints LOCK on anything ("lock nop", "lock vmread")
+            lax = iced.Decoder(bits, data[p:end], _options(bits)[1], p).decode()
+            if lax.code != iced.Code.INVALID and lax.code not in _sse4a_codes():
+                return lax.len
+            break
+        q += 1
+    if q < end and data[q] in (0xC4, 0xC5, 0x62) and q > p and (bits == 64 or (q + 1 < end and data[q + 1] >= 0xC0)):
+        # objdump decodes VEX/EVEX after prefixes that make it #UD (66, F2, F3, REX)
+        vex = iced.Decoder(bits, data[q:end], _options(bits)[0], q).decode()
+        if vex.code != iced.Code.INVALID:
+            return q - p + vex.len
+    return _bad_length(data, p, end, bits, iced_len)
+
+
+def sweep(data: bytes, start: int, end: int, upto: int, bits: int) -> list[int]:
+    """Offsets of the instructions objdump -d shows in data[start:end] that start at or before
+    `upto` (a linear sweep from `start` that never reads past `end`)."""
+    iced = _iced()
+    dec = iced.Decoder(bits, data[start:end], _options(bits)[0], start)
+    ins = iced.Instruction()
+    invalid, wait = iced.Code.INVALID, iced.Code.WAIT
+    sse4a = _sse4a_codes()
+    starts: list[int] = []
+    add = starts.append
+    decode_out = dec.decode_out
+    limit = upto - start
+    rex = sorted(m.start() - start for m in _REX_PREFIX.finditer(data, start, end)) if bits == 64 else []
+    while True:
+        pos = dec.position
+        if pos > limit or not dec.can_decode:
+            break
+        add(pos + start)
+        decode_out(ins)
+        code = ins.code
+        if rex:
+            k = bisect.bisect_left(rex, pos)
+            if k < len(rex) and rex[k] < pos + ins.len and _only_prefixes(data, pos + start, rex[k] + start, bits):
+                dec.position = rex[k] + 1
+                continue
+        if code == invalid:
+            dec.position = pos + _objdump_length(data, pos + start, end, bits, ins.len)
+        elif code == wait and dec.can_decode:
+            # objdump reads FWAIT as a prefix: with an x87 instruction after it (and any prefixes
+            # between) it prints one instruction; prefixes then another FWAIT belong to the first
+            j = r = pos + start + 1
+            while j < end and (data[j] in _PREFIXES or (bits == 64 and 0x40 <= data[j] <= 0x4F)):
+                j += 1
+            if j < end and 0xD8 <= data[j] <= 0xDF:
+                decode_out(ins)
+                if ins.code == invalid:
+                    dec.position = r - start + _objdump_length(data, r, end, bits, ins.len)
+            elif j < end and data[j] == 0x9B and j > r:
+                dec.position = j - start
+        elif code in sse4a and ins.op1_kind == iced.OpKind.MEMORY:
+            # EXTRQ/INSERTQ take registers only; objdump stops early on a memory ModRM
+            dec.position = pos + _bad_length(data, pos + start, end, bits, ins.len)
+    return starts
+
+
+# -- scanning -----------------------------------------------------------------------------------
+
+
+@dataclass
+class FileResult:
+    path: str
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def _core() -> tuple[Any, Any, Any]:
+    from vmxaddr.decode import DecodeError, decode
+    from vmxaddr.exitinfo import encode
+    return decode, DecodeError, encode
+
+
+def _long_mode_evidence(code: bytes) -> float:
+    """REX.W + MOV/LEA/ADD-group pairs per KiB: frequent in 64-bit code, rare in 32-bit code
+    (where 48 is DEC EAX)."""
+    if not code:
+        return 0.0
+    n = sum(code.count(p) for p in (b"\x48\x89", b"\x48\x8b", b"\x48\x8d", b"\x48\x83", b"\x48\x85"))
+    return n * 1024 / len(code)
+
+
+def operand_form(raw: bytes, bits: int) -> str:
+    """'register', or 'memory' with its addressing: modrm|sib, disp0/8/16/32, rip."""
+    i = 0
+    addr = bits
+    while i < len(raw) and (raw[i] in _PREFIXES or (bits == 64 and 0x40 <= raw[i] <= 0x4F)):
+        if raw[i] == 0x67:
+            addr = {16: 32, 32: 16, 64: 32}[bits]
+        i += 1
+    i += 3 if raw[i:i + 2] == b"\x0f\x38" else 2
+    if i >= len(raw):
+        return "?"
+    mod, rm = raw[i] >> 6, raw[i] & 7
+    if mod == 3:
+        return "register"
+    if addr == 16:
+        disp = 16 if mod == 2 or (mod == 0 and rm == 6) else 8 * mod
+        return f"memory modrm16 disp{disp}"
+    sib = rm == 4
+    if mod == 0 and rm == 5:
+        return "memory rip-relative disp32" if bits == 64 else "memory modrm disp32"
+    disp = {0: 0, 1: 8, 2: 32}[mod]
+    if sib and mod == 0 and i + 1 < len(raw) and raw[i + 1] & 7 == 5:
+        disp = 32
+    return f"memory {'sib' if sib else 'modrm'} disp{disp}"
+
+
+class _Enclosing:
+    """The FUNC or NOTYPE symbol whose range holds an offset (objdump's <name+off> label)."""
+
+    def __init__(self, elf: Elf, sec: Section) -> None:
+        syms = sorted((s.value, s.type != STT_FUNC, s.name, s.size) for s in elf.symbols(sec)
+                      if s.type in (STT_FUNC, STT_NOTYPE))
+        self.syms = syms
+        self.keys = [t[0] for t in syms]
+
+    def find(self, off: int) -> tuple[str | None, int | None]:
+        i = bisect.bisect_right(self.keys, off) - 1
+        while i >= 0:
+            start, _, name, size = self.syms[i]
+            if size == 0 or off < start + size:
+                # prefer the FUNC among symbols at the same address
+                j = i
+                while j > 0 and self.syms[j - 1][0] == start:
+                    j -= 1
+                start, _, name, _ = self.syms[j]
+                return name, off - start
+            i -= 1
+        return None, None
+
+
+def scan_image(path: str, data: bytes, mode: int | None = None,
+               compression: str | None = None) -> FileResult:
+    decode, DecodeError, encode = _core()
+    res = FileResult(path)
+    elf = Elf(data)
+    bits = mode or elf.bits
+    res.info = {"path": path, "elf_class": elf.bits, "type": ET_NAMES.get(elf.e_type, str(elf.e_type)),
+                "machine": X86_MACHINES[elf.machine], "mode": bits, "mode_from": "option" if mode else "elf-class",
+                "compression": compression, "size": len(data), "sections_scanned": 0, "bytes_scanned": 0}
+    execs = elf.executable_sections()
+    if mode is None and elf.bits == 32:
+        code = b"".join(elf.section_bytes(s) for s in execs)
+        ev = _long_mode_evidence(code)
+        if ev > 2.0:
+            res.warnings.append(f"the ELF class says 32-bit but the code looks like 64-bit "
+                                f"({ev:.0f} REX.W instruction pairs per KiB); scan it with --mode 64")
+    for sec in execs:
+        body = elf.section_bytes(sec)
+        res.info["sections_scanned"] += 1
+        res.info["bytes_scanned"] += len(body)
+        cands = [m.start() for m in CANDIDATE.finditer(body)]
+        if not cands:
+            continue
+        starts = elf.symbol_starts(sec)
+        enclosing: _Enclosing | None = None
+        base = 0 if elf.relocatable else sec.addr
+        by_region: dict[int, list[int]] = {}
+        for c in cands:
+            by_region.setdefault(bisect.bisect_right(starts, c) - 1, []).append(c)
+        for r, cs in by_region.items():
+            rstart = starts[r]
+            rend = starts[r + 1] if r + 1 < len(starts) else len(body)
+            insns = sweep(body, rstart, rend, cs[-1], bits)
+            seen: set[int] = set()
+            for c in cs:
+                k = bisect.bisect_right(insns, c) - 1
+                at = insns[k]
+                nxt = insns[k + 1] if k + 1 < len(insns) else None
+                if at in seen or (nxt is not None and nxt <= c):
+                    continue
+                seen.add(at)
+                window = body[at:min(at + 16, rend)]
+                try:
+                    instr = decode(window, bits)
+                except DecodeError as exc:
+                    if exc.kind not in ("not-vmx", "empty") and c == at + _pfx_len(window, bits):
+                        res.rejected.append({"section": sec.name, "offset": at, "address": base + at,
+                                             "bytes": window[:16].hex(), "kind": exc.kind,
+                                             "message": str(exc)})
+                    continue
+                if at + instr.length <= c:
+                    continue  # the candidate lies after this instruction (cannot happen: safety)
+                if nxt is not None and nxt != at + instr.length:
+                    res.warnings.append(f"{sec.name}+{at:#x}: decode says {instr.length} bytes, "
+                                        f"the sweep {nxt - at}")
+                ei = encode(instr, rip=base + at)
+                if enclosing is None:
+                    enclosing = _Enclosing(elf, sec)
+                sym, symoff = enclosing.find(at)
+                res.findings.append({
+                    "file": path, "section": sec.name, "offset": at,
+                    "file_offset": sec.offset + at, "address": base + at,
+                    "symbol": sym, "symbol_offset": symoff,
+                    "bytes": instr.raw.hex(), "mnemonic": instr.mnemonic,
+                    "form": operand_form(instr.raw, bits),
+                    "instruction": instr.to_json(),
+                    "instruction_info": ei.instruction_info,
+                    "exit_qualification": ei.exit_qualification,
+                })
+    return res
+
+
+def _pfx_len(b: bytes, bits: int) -> int:
+    i = 0
+    while i < len(b) and (b[i] in _PREFIXES or (bits == 64 and 0x40 <= b[i] <= 0x4F)):
+        i += 1
+    return i
+
+
+def scan_file(path: str, mode: int | None = None) -> FileResult:
+    """Scan one file; a damaged file gives a FileResult with `error` set, never an exception."""
+    try:
+        data, compression = read_image(path)
+        return scan_image(path, data, mode, compression)
+    except ScanError as exc:
+        return FileResult(path, error=str(exc))
+    except (struct.error, IndexError, ValueError, UnicodeError, OverflowError, MemoryError) as exc:
+        return FileResult(path, error=f"malformed ELF ({type(exc).__name__}: {exc})")
+
+
+def _scan_job(job: tuple[str, int | None]) -> FileResult:
+    return scan_file(*job)
+
+
+def scan_files(jobs: list[tuple[str, int | None]], workers: int = 1) -> Iterator[FileResult]:
+    """Scan files in order, in `workers` processes when more than one."""
+    if workers <= 1 or len(jobs) < 2:
+        for job in jobs:
+            yield _scan_job(job)
+        return
+    import multiprocessing
+    with multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn").Pool(workers) as pool:
+        yield from pool.imap(_scan_job, jobs, chunksize=max(1, min(32, len(jobs) // (workers * 8))))
+
+
+def summarize(findings: list[dict[str, Any]]) -> dict[str, Any]:
+    by_mnemonic = Counter(f["mnemonic"] for f in findings)
+    by_form = Counter(f"{f['mnemonic']} {f['form']}" for f in findings)
+    forms = Counter(f["form"] for f in findings)
+    return {"total": len(findings), "by_mnemonic": dict(sorted(by_mnemonic.items())),
+            "by_form": dict(sorted(forms.items())),
+            "by_mnemonic_and_form": dict(sorted(by_form.items()))}
+
+
+# -- command line -------------------------------------------------------------------------------
+
+def looks_like_elf(path: str) -> bool:
+    """Whether a file starts with the ELF magic number, after decompressing when its name ends
+    in .xz, .gz or .zst (only the first bytes are decompressed)."""
+    try:
+        if path.endswith(".xz"):
+            with lzma.open(path) as fh:
+                return fh.read(4) == b"\x7fELF"
+        if path.endswith(".gz"):
+            with gzip.open(path) as fh:
+                return fh.read(4) == b"\x7fELF"
+        if path.endswith(".zst"):
+            import zstandard
+            with open(path, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as fh:
+                return fh.read(4) == b"\x7fELF"
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"\x7fELF"
+    except (OSError, EOFError, lzma.LZMAError, zlib.error, ImportError, ValueError):
+        return path.endswith((".ko.xz", ".ko.gz", ".ko.zst"))  # then scanning says what is wrong
+    except Exception:  # zstandard.ZstdError and the like
+        return False
+
+
+def expand_paths(paths: list[str]) -> list[str]:
+    """Files as given; directories walked (sorted, symbolic links not followed) for ELF files,
+    plain or compressed."""
+    out: list[str] = []
+    for path in paths:
+        if not os.path.isdir(path):
+            out.append(path)
+            continue
+        for root, dirs, names in os.walk(path):
+            dirs.sort()
+            for name in sorted(names):
+                full = os.path.join(root, name)
+                if os.path.isfile(full) and not os.path.islink(full) and looks_like_elf(full):
+                    out.append(full)
+    return out
+
+
+def _mode_arg(text: str) -> tuple[str | None, int]:
+    name, sep, m = text.rpartition("=")
+    if m not in ("16", "32", "64"):
+        raise argparse.ArgumentTypeError(f"mode must be 16, 32 or 64 (optionally FILE=MODE), not {text!r}")
+    return (name if sep else None), int(m)
+
+
+def _mode_for(path: str, modes: list[tuple[str | None, int]]) -> int | None:
+    chosen = None
+    for name, m in modes:
+        if name is None or name in (path, os.path.basename(path)):
+            chosen = m
+    return chosen
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="ELF files (may be .xz, .gz or .zst); a directory is searched for them")
+    p.add_argument("--mode", type=_mode_arg, action="append", default=[], metavar="[FILE=]M",
+                   help="code size 16, 32 or 64 instead of the ELF class; FILE=M for one file "
+                        "(path or base name); may be repeated")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--jobs", "-j", type=int, default=0,
+                   help="worker processes (default: one per CPU when there are many files)")
+    p.add_argument("--progress", action="store_true", help="report progress on stderr")
+    p.add_argument("--summary-only", action="store_true", help="print only the counts")
+    p.set_defaults(func=run)
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add `scan` to the vmxaddr command line."""
+    p = subparsers.add_parser("scan", help="find VMX-family instructions in ELF files",
+                              description="Find the VMX-family instructions in ELF files at the "
+                                          "instruction boundaries objdump -d uses, and show the "
+                                          "VM-exit information each would produce.")
+    add_arguments(p)
+    return p
+
+
+def _fmt_finding(f: dict[str, Any]) -> str:
+    where = f"{f['section']}+{f['offset']:#x}"
+    sym = f" <{f['symbol']}+{f['symbol_offset']:#x}>" if f["symbol"] else ""
+    return (f"{f['file']}: {f['address']:#x} {where}{sym}  {f['bytes']:<24} "
+            f"{f['instruction'].get('text', f['mnemonic'])}  info={f['instruction_info']:#010x} "
+            f"qual={f['exit_qualification']:#x}")
+
+
+def run(args: argparse.Namespace) -> int:
+    files = expand_paths(args.files)
+    jobs = [(path, _mode_for(path, args.mode)) for path in files]
+    workers = args.jobs or (min(os.cpu_count() or 1, 8) if len(files) >= 8 else 1)
+    progress = args.progress or sys.stderr.isatty()
+    all_findings: list[dict[str, Any]] = []
+    infos: list[dict[str, Any]] = []
+    errors: list[dict[str, str]] = []
+    rejected: list[dict[str, Any]] = []
+    failed = 0
+    t0 = time.monotonic()
+    last = t0
+    for n, res in enumerate(scan_files(jobs, workers), 1):
+        if res.error is not None:
+            failed += 1
+            errors.append({"file": res.path, "error": res.error})
+            print(f"vmxaddr scan: {res.path}: {res.error}", file=sys.stderr)
+        else:
+            infos.append({**res.info, "findings": len(res.findings), "warnings": res.warnings})
+            for w in res.warnings:
+                print(f"vmxaddr scan: {res.path}: warning: {w}", file=sys.stderr)
+            all_findings.extend(res.findings)
+            rejected.extend({"file": res.path, **r} for r in res.rejected)
+            if not args.json and not args.summary_only:
+                for f in res.findings:
+                    print(_fmt_finding(f))
+        now = time.monotonic()
+        if progress and len(files) > 1 and (now - last > 0.5 or n == len(files)):
+            last = now
+            end = "\r" if sys.stderr.isatty() and n < len(files) else "\n"
+            print(f"scanned {n}/{len(files)} files, {len(all_findings)} instructions, "
+                  f"{now - t0:.1f} s", end=end, file=sys.stderr, flush=True)
+    summary = summarize(all_findings)
+    summary.update({"files": len(files), "failed": failed, "seconds": round(time.monotonic() - t0, 3)})
+    if args.json:
+        # one line, by the C encoder (json's indenting encoder is pure Python and costs seconds here)
+        print(json.dumps({"files": infos, "findings": all_findings, "summary": summary, "errors": errors,
+                          "rejected": rejected}))
+    else:
+        print(f"{summary['total']} VMX-family instructions in {len(files) - failed} files"
+              + (f" ({failed} failed)" if failed else ""))
+        for k, v in summary["by_mnemonic_and_form"].items():
+            print(f"  {v:6d}  {k}")
+        for r in rejected:
+            print(f"  not decoded: {r['file']}: {r['section']}+{r['offset']:#x} {r['bytes']}: "
+                  f"{r['kind']}: {r['message']}")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="vmxaddr scan")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return run(args)
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
