@@ -171,19 +171,25 @@ def test_wrong_hypervisor_trace(stand_ins: None) -> None:
     # 2: the seed's case. SS limit 0xffff, EBP 0x1000, exit qualification 0xffffffd8: the SDM's
     # EA is 0xfd8, inside the limit; 0x1000 + 0xffffffd8 = 0x100000fd8 untruncated is past it,
     # so #SS(0) is the no-sign-extension bug's answer.
-    assert v[2]["hypervisor"]["expected"] == {"outcome": "ok", "linear_address": "0xfd8"} | (
-        {"reason": v[2]["hypervisor"]["expected"]["reason"]} if "reason" in v[2]["hypervisor"]["expected"] else {})
-    assert v[2]["fingerprint"]["models"] == ["test-no-sign-extend"]
+    assert (v[2]["hypervisor"]["expected"]["outcome"], v[2]["hypervisor"]["expected"]["linear_address"]) == ("ok", "0xfd8")
+    # Fingerprints: the stand-ins, and, where the historical KVM models are registered, the ones
+    # whose rows in docs/notes (kvm-history) give the same answer:
+    #  2: only kvm-f9eb4af6 adds the zero-extended displacement untruncated and limit-checks that
+    #     (kvm-064aea77 has no fault checks; kvm-946c522b on sign-extends);
+    #  4: every KVM before 6694e480 adds the DS base in long mode, and none of them faults here;
+    #  5: only kvm-064aea77 has no limit check at all.
+    kvm = {n for n in REGISTRY if n.startswith("kvm-")}
+    assert set(v[2]["fingerprint"]["models"]) == {"test-no-sign-extend"} | ({"kvm-f9eb4af6"} & kvm)
+    assert set(v[4]["fingerprint"]["models"]) == {"test-base-every-segment"} | (kvm & {
+        "kvm-064aea77", "kvm-f9eb4af6", "kvm-946c522b", "kvm-8570f9e8", "kvm-34333cc6", "kvm-c1a9acbc", "kvm-fdb28619"})
+    assert set(v[5]["fingerprint"]["models"]) == {"kvm-064aea77"} & kvm
     # 3: the right answer for the same exit
     assert v[3]["status"] == "ok"
-    # 4: 64-bit, DS base 0x10000 added to 0x401017: only the every-segment-base model does that
-    assert v[4]["fingerprint"]["models"] == ["test-base-every-segment"]
-    # 5: no fault where DS's limit 0xfff is passed: no model here answers that
-    assert v[5]["fingerprint"] == {"verdict": "unmatched", "models": []}
     # 6, 7: EAX = 0xfffffffc, 8 bytes across the flat 4-GByte limit: implementation-specific,
     # so both #GP(0) and no fault are right
     assert v[6]["hypervisor"]["verdict"] == v[7]["hypervisor"]["verdict"] == "correct"
-    assert s["fingerprint"]["matches_on_wrong_records"] == {"test-no-sign-extend": 1, "test-base-every-segment": 1}
+    assert s["fingerprint"]["matches_on_wrong_records"]["test-no-sign-extend"] == 1
+    assert s["fingerprint"]["matches_on_wrong_records"]["test-base-every-segment"] == 1
     assert s["exit_status"] == 1
 
 
@@ -285,6 +291,8 @@ def _independent_divergence(lines: list[str], model: Any) -> set[int]:
         if rec["type"] == "state":
             states[rec["id"]] = CpuState.from_json(rec["state"], CpuState.for_code_size(32))
             continue
+        if "result" not in rec:
+            continue  # the model raised on this case: nothing to compare
         base = states[rec["state_ref"]] if "state_ref" in rec else CpuState.for_code_size(rec["code_size"])
         state = CpuState.from_json(rec.get("state", {}), base)
         state = CpuState.from_json({"rip": rec["rip"]}, state)
@@ -329,14 +337,45 @@ def test_synth_from_buggy_model_flags_exactly_the_divergent_records(stand_ins: N
     for v in verdicts:
         if v["line"] in diverge:
             assert name in v["fingerprint"]["models"]
-    assert s["fingerprint"]["consistent_with_every_wrong_record"] == [name]
+    assert name in s["fingerprint"]["consistent_with_every_wrong_record"]
+
+
+PRE_2019_KVM = ("kvm-064aea77", "kvm-f9eb4af6")
+
+
+def _kvm_round_trip(name: str, n: int, seed: int) -> None:
+    if name not in REGISTRY:
+        pytest.skip(f"{name} is not registered (the historical KVM models are not merged)")
+    model = REGISTRY[name].function
+    lines = [ln for ln in _synth_lines(model, n, seed)]
+    answered = [ln for ln in lines if '"state"' in ln[:20] or '"result"' in ln]
+    assert len(answered) > 0.95 * len(lines)
+    diverge = _independent_divergence(lines, model)
+    assert len(diverge) >= n // 20
+    verdicts, s = run("\n".join(lines) + "\n")
+    assert s["hardware"] == {"consistent": n}
+    assert {v["line"] for v in verdicts if v["status"] == "wrong"} == diverge
+    assert all(name in v["fingerprint"]["models"] for v in verdicts if v["status"] == "wrong")
+    assert name in s["fingerprint"]["consistent_with_every_wrong_record"]
+
+
+@pytest.mark.parametrize("name", PRE_2019_KVM)
+def test_synth_from_pre_2019_kvm_flags_exactly_the_divergent_records(name: str) -> None:
+    _kvm_round_trip(name, 1500, 21)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PRE_2019_KVM)
+def test_synth_from_pre_2019_kvm_10000(name: str) -> None:
+    _kvm_round_trip(name, 10000, 1)
 
 
 def test_fingerprint_all_names_the_model_consistent_with_the_whole_trace(stand_ins: None) -> None:
     lines = _synth_lines(no_sign_extend, 600, 9)
     _, s = run("\n".join(lines) + "\n", fingerprint="all")
     assert s["fingerprint"]["records"] == 600
-    assert s["fingerprint"]["consistent_with_every_record"] == ["test-no-sign-extend"]
+    # (other registered models may happen to agree everywhere too; the stand-in must be among them)
+    assert "test-no-sign-extend" in s["fingerprint"]["consistent_with_every_record"]
 
 
 def test_synth_is_deterministic() -> None:
