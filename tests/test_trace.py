@@ -207,7 +207,8 @@ def test_malformed_lines_reported_and_the_rest_checked() -> None:
     bad = {v["line"]: v["reason"] for v in verdicts if v["type"] == "malformed"}
     expected = {2: "not JSON", 3: "must be a JSON object", 4: "unknown key 'colour'", 5: "'vmfunc'",
                 6: "exit_reason 12", 7: "mode must be one of", 8: "not hexadecimal", 9: "contradicts the state",
-                13: "vector must be one of", 14: "does not fit in 64"}
+                13: "vector must be one of", 14: "does not fit in 64",
+                15: "contradicts instruction_info bits 29:28, which say 'lgdt'"}  # 0x28418880: bits 29:28 = 2
     assert sorted(bad) == sorted(expected)
     for n, text in expected.items():
         assert text in bad[n], (n, bad[n])
@@ -216,7 +217,7 @@ def test_malformed_lines_reported_and_the_rest_checked() -> None:
     # line 12 refers to the state defined on malformed line 7: not checkable, not malformed
     assert checked[12]["hypervisor"]["verdict"] == "not-checkable"
     assert "state_ref 'bad' is unknown" in checked[12]["hypervisor"]["missing"][0]
-    assert s["malformed_lines"] == 10 and s["exit_status"] == 1
+    assert s["malformed_lines"] == 11 and s["exit_status"] == 1
 
 
 def test_truncated_final_line() -> None:
@@ -554,8 +555,8 @@ def test_cli_check_trace_text_and_status(capsys: pytest.CaptureFixture[str]) -> 
 def test_cli_check_trace_json_stream(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["check-trace", "-q", "--json", str(DATA / "malformed.jsonl")]) == 1
     objs = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
-    assert objs[-1]["type"] == "summary" and objs[-1]["malformed_lines"] == 10
-    assert [o["type"] for o in objs[:-1]].count("malformed") == 10
+    assert objs[-1]["type"] == "summary" and objs[-1]["malformed_lines"] == 11
+    assert [o["type"] for o in objs[:-1]].count("malformed") == 11
 
 
 def test_cli_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

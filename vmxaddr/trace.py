@@ -25,7 +25,7 @@ import re
 import sys
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import IO, Any
 
@@ -331,9 +331,11 @@ def parse_exit(obj: dict[str, Any], line: int, table: StateTable) -> ExitRecord:
     if reason not in REASON_INSTRUCTIONS:
         raise RecordError(f"exit_reason {reason} is not one of a VMX-family instruction "
                           f"({', '.join(str(r) for r in sorted(REASON_INSTRUCTIONS))})")
-    # For reasons 46/47 an explicit name wins over bits 29:28; the hardware verdict compares
-    # those bits with the bytes.
-    instruction = name or resolve_instruction(reason, info)
+    # Reasons 46/47: the hypervisor knows the instruction from bits 29:28 of the field.
+    derived = resolve_instruction(reason, info)
+    if name is not None and derived is not None and name != derived:
+        raise RecordError(f"instruction {name!r} contradicts instruction_info bits 29:28, which say {derived!r}")
+    instruction = name or derived
     code_size = _uint(obj, "code_size", 8)
     if code_size is not None and code_size not in (16, 32, 64):
         raise RecordError(f"code_size must be 16, 32 or 64, not {code_size}")
@@ -347,12 +349,10 @@ def parse_exit(obj: dict[str, Any], line: int, table: StateTable) -> ExitRecord:
             raise RecordError(f"code_size {code_size} contradicts the state ({state.mode} mode, cs.db={state.cs.db}: "
                               f"{state.code_size}-bit code)")
         if rip is not None and state.rip != rip:
-            st = state
-            state = CpuState(st.mode, st.cpl, st.la57, st.lam_sup, st.lam_u48, st.lam_u57, st.regs, rip,
-                             st.es, st.cs, st.ss, st.ds, st.fs, st.gs)
+            state = replace(state, rip=rip)
     res = _result(obj["result"]) if obj.get("result") is not None else None
     return ExitRecord(line, reason, instruction, rip, raw, code_size, info, _uint(obj, "exit_qualification", 64),
-                      _uint(obj, "length", 4), state, problem, res)
+                      _uint(obj, "length", 32), state, problem, res)
 
 
 # -- the three checks ----------------------------------------------------------------------------
@@ -880,8 +880,7 @@ def synth(model: Model, n: int, seed: int = 0) -> Iterator[dict[str, Any]]:
                 if len(pool) > 8:
                     pool.pop(0)
         rip = rng.choice((st.rip, 0x1000, rng.getrandbits(32), rng.getrandbits(47) if cs == 64 else 0xFFF0))
-        st = CpuState(st.mode, st.cpl, st.la57, st.lam_sup, st.lam_u48, st.lam_u57, st.regs, rip,
-                      st.es, st.cs, st.ss, st.ds, st.fs, st.gs)
+        st = replace(st, rip=rip)
         pol = gen_policy(ch)
         pol = Policy(pol.exit_qual, pol.undefined_bits, rng.choice(IGNORED_SEGMENT_POLICIES),
                      rng.choice(SI_DI_POLICIES), pol.seed)
