@@ -567,6 +567,22 @@ def test_cli_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert cli.main(["trace", "synth", "--model", "nope", "-n", "1"]) == 2
 
 
+def test_cli_reads_gzip_and_zstd(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import gzip
+
+    import zstandard
+
+    data = (DATA / "wrong_hardware.jsonl").read_bytes()
+    (tmp_path / "t.gz").write_bytes(gzip.compress(data))
+    # two zstd frames, as `cat a.zst b.zst` makes
+    half = data.index(b"\n", len(data) // 2) + 1
+    z = zstandard.ZstdCompressor()
+    (tmp_path / "t.zst").write_bytes(z.compress(data[:half]) + z.compress(data[half:]))
+    for name in ("t.gz", "t.zst"):
+        assert cli.main(["check-trace", "-q", str(tmp_path / name)]) == 1
+        assert "checked 7 exit records (1 state records, 8 lines) against sdm: 6 wrong" in capsys.readouterr().out
+
+
 def test_cli_synth_then_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "t.jsonl"
     assert cli.main(["trace", "synth", "-q", "--model", "sdm", "-n", "50", "--seed", "2", "--out", str(out)]) == 0

@@ -18,6 +18,7 @@ The reader streams: one line at a time, bounded line length, a bounded table of 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import random
@@ -1009,6 +1010,21 @@ def _open_input(path: str) -> tuple[IO[bytes], int | None]:
     return f, size or None
 
 
+def decompressing(stream: IO[bytes]) -> IO[bytes]:
+    """`stream`, or a reader of its decompressed bytes when it starts like gzip or zstd data."""
+    peek = getattr(stream, "peek", None)
+    head = peek(4)[:4] if peek else b""
+    if head[:2] == b"\x1f\x8b":
+        import gzip
+
+        return gzip.GzipFile(fileobj=stream)  # type: ignore[return-value]
+    if head == b"\x28\xb5\x2f\xfd":
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True))  # type: ignore[arg-type]
+    return stream
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from vmxaddr.cli import fail
     from vmxaddr.models import UnknownModel, get
@@ -1020,7 +1036,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.max_states < 1:
         fail("--max-states must be at least 1")
     checker = Checker(args.against, ref, fingerprint=args.fingerprint, max_states=args.max_states)
-    stream, size = _open_input(args.file)
+    raw_stream, size = _open_input(args.file)
+    stream = decompressing(raw_stream)
+    if stream is not raw_stream:
+        size = None  # progress counts lines only: the compressed size says little
     out = sys.stdout
     if args.json:
         def emit(v: dict[str, Any]) -> None:
@@ -1034,8 +1053,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         try:
             summary = check_stream(stream, checker, emit, prog, size)
         finally:
-            if stream is not sys.stdin.buffer:
-                stream.close()
+            if raw_stream is not sys.stdin.buffer:
+                raw_stream.close()
     if args.json:
         out.write(json.dumps(summary, separators=(",", ":")) + "\n")
     else:
