@@ -139,7 +139,8 @@ def main() -> int:
     ours = {(f["file"], f["section"], f["address"], f["mnemonic"]) for f in result["findings"]}
     refused = {(r["file"], r["section"], r["address"]): f"{r['kind']}: {r['message']}"
                for r in result.get("rejected", [])}
-    print(f"files: {len(files)} ({sum(os.path.getsize(f) for f in files) / 1e6:.1f} MB), "
+    size = sum(os.path.getsize(f) for f in files if os.path.exists(f))
+    print(f"files: {len(files)} ({size / 1e6:.1f} MB), "
           f"scanner errors: {len(result['errors'])}")
     print(f"objdump -d | grep : {obj_s:8.2f} s  ({args.objdump_jobs} pipeline(s))")
     print(f"vmxaddr scan      : {scan_s:8.2f} s  (jobs={args.jobs or 'default'})")

@@ -110,6 +110,10 @@ class Instruction:
         """Width of the general-register operands (reg1/reg2) for naming them."""
         if self.spec.layout.value == "rdrand":
             return self.operand_size or 32
+        if self.mnemonic in ("lldt", "ltr"):
+            return 16  # r/m16
+        if self.spec.layout.value == "ldt":  # SLDT/STR r16/r32/r64 by operand size
+            return 64 if self.rex & 8 else 16 if (0x66 in self.prefixes) != (self.code_size == 16) else 32
         return 64 if self.code_size == 64 else 32
 
     def text(self) -> str:
@@ -174,8 +178,59 @@ def _mandatory_prefix(prefixes: tuple[int, ...]) -> int | None:
 _NAMES = {None: "no", 0x66: "66", 0xF2: "F2", 0xF3: "F3"}
 
 
+# Memo of successful decodes per operand shape: the bytes before the displacement (prefixes,
+# opcode, ModRM, SIB) and the code size. Those bytes alone decide everything but the displacement
+# (the capstone guard, too, reads the bytes with the displacement zeroed), so a hit only patches
+# the displacement in. A shape is never a proper prefix of another shape: decoding reads the bytes
+# in order and stops at the displacement, so the first stored prefix of `data` is its shape.
+# A second, smaller memo holds whole byte strings (a fuzzer meets the same edge displacements
+# again and again), so a repeat costs one lookup.
+_SHAPES: dict[int, dict[bytes, tuple[Instruction, int, int]]] = {16: {}, 32: {}, 64: {}}
+_WHOLE: dict[int, dict[bytes, Instruction]] = {16: {}, 32: {}, 64: {}}
+_MEMO_MAX = 1 << 16
+
+
 def decode(data: bytes | bytearray | memoryview, code_size: int) -> Instruction:
     """Decode the instruction at the start of `data` (trailing bytes are ignored)."""
+    data = bytes(data[:MAX_LENGTH + 1])
+    whole = _WHOLE.get(code_size)
+    if whole is None:
+        return decode_uncached(data, code_size)  # raises the code-size error
+    instr = whole.get(data)
+    if instr is None:
+        instr = _decode_shape(data, code_size)
+        if len(whole) >= _MEMO_MAX:
+            whole.clear()
+        whole[data] = instr
+    return instr
+
+
+def _decode_shape(data: bytes, code_size: int) -> Instruction:
+    shapes = _SHAPES[code_size]
+    for k in range(3, min(len(data), MAX_LENGTH) + 1):
+        hit = shapes.get(data[:k])
+        if hit is not None:
+            tmpl, dsize, length = hit
+            if len(data) < length:
+                break  # truncated: let the full decoder say so
+            op = tmpl.operand
+            if op is not None and dsize:
+                op = MemoryOperand(op.segment, op.segment_prefix, op.base, op.index, op.scale,
+                                   int.from_bytes(data[k:length], "little", signed=True), dsize, k,
+                                   op.address_size, op.rip_relative, op.access_size, op.access)
+            return Instruction(tmpl.mnemonic, code_size, length, data[:length], tmpl.prefixes, tmpl.rex, op,
+                               tmpl.reg1, tmpl.reg2, tmpl.operand_size, tmpl.spec)
+    instr = decode_uncached(data, code_size)
+    op = instr.operand
+    cut = op.disp_offset if op is not None else instr.length
+    if len(shapes) >= _MEMO_MAX:
+        shapes.clear()
+    shapes[data[:cut]] = (instr, op.disp_size if op is not None else 0, instr.length)
+    return instr
+
+
+def decode_uncached(data: bytes | bytearray | memoryview, code_size: int) -> Instruction:
+    """`decode` without the shape memo (the memo's test compares the two)."""
     if code_size not in (16, 32, 64):
         raise DecodeError("mode", f"code size must be 16, 32 or 64, not {code_size}")
     data = bytes(data[:MAX_LENGTH + 1])

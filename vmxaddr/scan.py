@@ -8,12 +8,15 @@ How it stays exact without disassembling everything in Python:
 2. For a section with candidates, the instruction boundaries are those of a linear sweep that
    restarts at every symbol, as `objdump -d` does (it disassembles each symbol's bytes
    separately, from the symbol's address to the next symbol's; an instruction cut by the next
-   symbol comes out as single bytes). The sweep runs over one symbol's bytes only, up to the last
-   candidate in it, with iced-x86's decoder (its lengths follow the SDM; its "no invalid check"
-   option accepts what objdump accepts, like a LOCK prefix on the wrong instruction). Where the
-   bytes are not an instruction (data in code), objdump's "(bad)" consumes a number of bytes
-   that depends on how far its table lookup got; `_bad_length` reproduces that for the cases
-   seen in Debian's kernel modules and Xen.
+   symbol comes out as single bytes). The sweep runs over one symbol's bytes only (the whole
+   section when there is no symbol), up to the last candidate in it, with iced-x86's decoder
+   (written in Rust: about 0.5 us an instruction from Python). Valid code is decoded alike by
+   iced and objdump. Where the bytes are not an instruction (data in code, padding), objdump's
+   "(bad)" takes a number of bytes that depends on how far its table lookup got, and objdump
+   accepts some encodings a processor rejects (LOCK on anything, a REX or 66 before VEX);
+   `_objdump_length` and `_bad_length` follow binutils 2.40 there. Checked: every module of a
+   Debian kernel package, Xen in 32- and 64-bit mode, system libraries, and random bytes in the
+   tests.
 3. An instruction whose bytes contain a candidate is handed to the core's `decode`, which
    decides whether it is a VMX-family instruction and reads its operand; `encode` gives the
    instruction-information field and exit qualification.
@@ -360,10 +363,6 @@ def _sse4a_codes() -> frozenset[int]:
     return frozenset((c.EXTRQ_XMM_IMM8_IMM8, c.EXTRQ_XMM_XMM, c.INSERTQ_XMM_XMM, c.INSERTQ_XMM_XMM_IMM8_IMM8))
 
 
-def _only_prefixes(data: bytes, p: int, q: int, bits: int) -> bool:
-    return all(b in _PREFIXES or (bits == 64 and 0x40 <= b <= 0x4F) for b in data[p:q])
-
-
 def _rex_then_prefix(b: int) -> bool:
     return b in _PREFIXES or 0x40 <= b <= 0x4F
 
@@ -398,7 +397,8 @@ def sweep(data: bytes, start: int, end: int, upto: int, bits: int) -> list[int]:
     """Offsets of the instructions objdump -d shows in data[start:end] that start at or before
     `upto` (a linear sweep from `start` that never reads past `end`)."""
     iced = _iced()
-    dec = iced.Decoder(bits, data[start:end], _options(bits)[0], start)
+    # Bytes past upto + 15 cannot change the instructions that start at or before upto.
+    dec = iced.Decoder(bits, data[start:min(end, upto + 16)], _options(bits)[0], start)
     ins = iced.Instruction()
     invalid, wait = iced.Code.INVALID, iced.Code.WAIT
     sse4a = _sse4a_codes()
@@ -406,7 +406,7 @@ def sweep(data: bytes, start: int, end: int, upto: int, bits: int) -> list[int]:
     add = starts.append
     decode_out = dec.decode_out
     limit = upto - start
-    rex = sorted(m.start() - start for m in _REX_PREFIX.finditer(data, start, end)) if bits == 64 else []
+    rex = {m.start() for m in _REX_PREFIX.finditer(data, start, min(end, upto + 16))} if bits == 64 else set()
     while True:
         pos = dec.position
         if pos > limit or not dec.can_decode:
@@ -414,13 +414,15 @@ def sweep(data: bytes, start: int, end: int, upto: int, bits: int) -> list[int]:
         add(pos + start)
         decode_out(ins)
         code = ins.code
-        if rex:
-            k = bisect.bisect_left(rex, pos)
-            if k < len(rex) and rex[k] < pos + ins.len and _only_prefixes(data, pos + start, rex[k] + start, bits):
-                dec.position = rex[k] + 1
+        if rex and (pos + start in rex or data[pos + start] in _PREFIXES):
+            q = pos + start
+            while q < end and data[q] in _PREFIXES and q not in rex:
+                q += 1
+            if q in rex:  # a REX byte followed by a prefix, within this instruction's prefixes
+                dec.position = q + 1 - start
                 continue
         if code == invalid:
-            dec.position = pos + _objdump_length(data, pos + start, end, bits, ins.len)
+            dec.position = pos + min(15, _objdump_length(data, pos + start, end, bits, ins.len))
         elif code == wait and dec.can_decode:
             # objdump reads FWAIT as a prefix: with an x87 instruction after it (and any prefixes
             # between) it prints one instruction; prefixes then another FWAIT belong to the first
@@ -437,6 +439,44 @@ def sweep(data: bytes, start: int, end: int, upto: int, bits: int) -> list[int]:
             # EXTRQ/INSERTQ take registers only; objdump stops early on a memory ModRM
             dec.position = pos + _bad_length(data, pos + start, end, bits, ins.len)
     return starts
+
+
+class Boundaries:
+    """The instruction starts of one symbol's bytes, found as the scan moves forward through its
+    candidates (in increasing order).
+
+    Near the last known start, the sweep just goes on from there. Far from it (more than `FAR`
+    bytes), it resynchronises instead of sweeping the gap: objdump's sweep, whatever it did
+    before, starts an instruction somewhere in any 16 consecutive bytes, because no step is
+    longer; so sweeps started at each of the 17 offsets c-W-16 … c-W include the true one, and
+    once they all share a start b, every start from b on is the true sweep's (each step depends
+    on the position only). If they do not meet before the candidate, the gap is swept."""
+
+    FAR = 2048
+    W = 32
+
+    def __init__(self, data: bytes, start: int, end: int, bits: int) -> None:
+        self.data, self.start, self.end, self.bits = data, start, end, bits
+        self.known = [start]  # true starts, contiguous from known[0]
+        self.resyncs = self.swept = 0
+
+    def upto(self, c: int) -> list[int]:
+        """Known starts, the last of them at or before c (the instruction holding c)."""
+        last = self.known[-1]
+        if c <= last:
+            return self.known
+        if c - last > self.FAR and c - self.W - 16 > last:
+            lists = [sweep(self.data, s, self.end, c, self.bits) for s in range(c - self.W - 16, c - self.W + 1)]
+            common = set(lists[0]).intersection(*lists[1:])
+            if common:
+                b = min(common)
+                self.known = [x for x in lists[0] if x >= b]
+                self.resyncs += 1
+                return self.known
+        more = sweep(self.data, last, self.end, c, self.bits)
+        self.swept += more[-1] - last
+        self.known.extend(more[1:])
+        return self.known
 
 
 # -- scanning -----------------------------------------------------------------------------------
@@ -549,13 +589,13 @@ def scan_image(path: str, data: bytes, mode: int | None = None,
         for r, cs in by_region.items():
             rstart = starts[r]
             rend = starts[r + 1] if r + 1 < len(starts) else len(body)
-            insns = sweep(body, rstart, rend, cs[-1], bits)
+            bounds = Boundaries(body, rstart, rend, bits)
             seen: set[int] = set()
             for c in cs:
+                insns = bounds.upto(c)
                 k = bisect.bisect_right(insns, c) - 1
                 at = insns[k]
-                nxt = insns[k + 1] if k + 1 < len(insns) else None
-                if at in seen or (nxt is not None and nxt <= c):
+                if at in seen:
                     continue
                 seen.add(at)
                 window = body[at:min(at + 16, rend)]
@@ -567,11 +607,12 @@ def scan_image(path: str, data: bytes, mode: int | None = None,
                                              "bytes": window[:16].hex(), "kind": exc.kind,
                                              "message": str(exc)})
                     continue
+                after = sweep(body, at, rend, at + instr.length, bits)
+                if (after[1] if len(after) > 1 else rend) != at + instr.length:
+                    res.warnings.append(f"{sec.name}+{at:#x}: the decoder and the sweep disagree on the "
+                                        f"length of {instr.raw.hex()} ({instr.length} bytes)")
                 if at + instr.length <= c:
-                    continue  # the candidate lies after this instruction (cannot happen: safety)
-                if nxt is not None and nxt != at + instr.length:
-                    res.warnings.append(f"{sec.name}+{at:#x}: decode says {instr.length} bytes, "
-                                        f"the sweep {nxt - at}")
+                    continue  # the candidate is past what the decoder reads as this instruction
                 ei = encode(instr, rip=base + at)
                 if enclosing is None:
                     enclosing = _Enclosing(elf, sec)

@@ -29,6 +29,10 @@ def register(name: str, function: Model, summary: str, kind: str = "consumer") -
 
 
 register("sdm", sdm, "the reference: the Intel SDM's rules (vmxaddr.models.sdm)")
+from vmxaddr.models.kvm import REGISTERED as _KVM  # noqa: E402
+
+for _n, (_f, _s) in _KVM.items():
+    register(_n, _f, _s)
 
 
 class UnknownModel(LookupError):

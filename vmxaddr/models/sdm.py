@@ -100,10 +100,14 @@ def sdm(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) 
     ea = (bval + ival * scale + disp) & mask
     if steps is not None:
         q = exit.exit_qualification
-        steps.append(Step("displacement", "exit-qualification",
-                          f"exit qualification {q:#x}: address size {asz} bits, so bits {asz - 1}:0 = "
-                          f"{q & mask:#x} count (higher bits are undefined); sign-extended from bit {asz - 1}: "
-                          f"displacement = {_h(disp)}", disp & MASK64))
+        if asz == 64:
+            text = f"exit qualification {q:#x}: the address size is 64 bits, so all of it is the displacement: {_h(disp)}"
+        else:
+            text = (f"exit qualification {q:#x}: address size {asz} bits, so bits {asz - 1}:0 = {q & mask:#x} count "
+                    f"(higher bits are undefined); sign-extended from bit {asz - 1}: displacement = {_h(disp)}")
+        if base is None and index is None and asz != 16:
+            text += " (no base, no index: for a RIP-relative operand this already includes the next RIP)"
+        steps.append(Step("displacement", "exit-qualification", text, disp & MASK64))
         names = _NAMES[asz]
         terms = []
         if base is not None:
@@ -128,7 +132,8 @@ def sdm(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) 
         if lam_bit is not None:
             ok = (checked >> 63) == (checked >> lam_bit & 1)
             if steps is not None:
-                steps.append(Step("lam", "canonical", f"LAM: metadata bits 62:{lam_bit + 1} masked; untagged {checked:#x}", checked))
+                steps.append(Step("lam", "canonical", f"LAM: metadata bits 62:{lam_bit + 1} masked; untagged {checked:#x}; "
+                                  f"bit 63 must equal bit {lam_bit}", checked))
         else:
             ok = canonical(linear, bits)
         if not ok:
@@ -137,7 +142,9 @@ def sdm(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) 
                         effective_address=ea, linear_address=linear, segment=seg, displacement=disp & MASK64,
                         segment_base=sbase)
         if steps is not None:
-            steps.append(Step("canonical", "canonical", f"{linear:#x} is canonical ({bits}-bit addresses): no fault"))
+            what = (f"untagged {checked:#x} passes the LAM check" if lam_bit is not None
+                    else f"{linear:#x} is canonical ({bits}-bit addresses)")
+            steps.append(Step("canonical", "canonical", f"{what}: no fault"))
         return done(Outcome(OK, rule="canonical"), effective_address=ea, linear_address=linear, segment=seg,
                     displacement=disp & MASK64, segment_base=sbase)
 

@@ -1,0 +1,378 @@
+"""The differential engine: run several models on one case, say whether they agree, and if not,
+where they part and what kind of bug that is.
+
+Agreement: the same outcome kind, vector and error code (an implementation-specific outcome
+accepts either of its answers, `Outcome.accepts`); when neither faults, the same linear address.
+When a model faults, addresses do not matter.
+
+Classification: the first computation step whose value differs, in the order the computation
+runs — displacement -> effective address -> segment base -> linear address -> checks — turned
+into a class a person recognises. Class names are stable (tests and corpora use them); the
+constants below are the whole list. Inputs no processor can produce (a VMX instruction outside
+protected and 64-bit mode) get their own "unreachable from hardware" classes first.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from vmxaddr.case import Case, access_of, case_json, run_model
+from vmxaddr.decode import Instruction
+from vmxaddr.exitinfo import ExitInfo, Policy, encode
+from vmxaddr.isa import SPECS
+from vmxaddr.models import UnknownModel, get
+from vmxaddr.models.base import FAULT, IMPL, OK, Access, InvalidExitInfo, Model, Result
+from vmxaddr.models.kvm import LimitCheck
+from vmxaddr.models.sdm import lam_untag
+from vmxaddr.state import CpuState
+
+# -- classes ------------------------------------------------------------------------------------
+COMPAT_AS_64 = "compatibility mode treated as 64-bit (unreachable from hardware)"
+REAL_V86_NO_UD = "real/virtual-8086 mode not rejected (unreachable from hardware)"
+DISPLACEMENT_NOT_SIGN_EXTENDED = "displacement not sign-extended"
+ASZ_MASK_ON_LINEAR = "address-size mask applied to the linear address"
+REGS_NOT_TRUNCATED = "base/index not truncated outside 64-bit mode"
+SEGMENT_BASE_IN_64 = "segment base added in 64-bit mode"
+LAM_NOT_UNTAGGED = "LAM metadata not removed before the canonical check"
+LAM_UNTAGGED_LINEAR = "linear address reported untagged (LAM)"
+LAM57_FOUR_LEVEL = "LAM_U57 with 4-level paging: bits 56:47 checked"
+NO_CHECKS = "no canonical/type/limit checks"
+FLAT_LIMIT = "limit check on a flat segment"
+LIMIT_OFF_BY_ONE = "limit check off by one"
+LENGTH_FIXED_8 = "access length fixed at 8"
+EXPAND_DOWN = "expand-down segment checked as expand-up"
+TYPE_BEFORE_USABLE = "type checked before usability"
+EA_DIFFERS = "effective address differs"
+BASE_DIFFERS = "segment base differs"
+LINEAR_DIFFERS = "linear address differs"
+CHECKS_DIFFER = "fault checks differ"
+
+CLASSES = (COMPAT_AS_64, REAL_V86_NO_UD, DISPLACEMENT_NOT_SIGN_EXTENDED, ASZ_MASK_ON_LINEAR, REGS_NOT_TRUNCATED,
+           SEGMENT_BASE_IN_64, LAM_NOT_UNTAGGED, LAM_UNTAGGED_LINEAR, LAM57_FOUR_LEVEL, NO_CHECKS, FLAT_LIMIT,
+           LIMIT_OFF_BY_ONE, LENGTH_FIXED_8, EXPAND_DOWN, TYPE_BEFORE_USABLE, EA_DIFFERS, BASE_DIFFERS,
+           LINEAR_DIFFERS, CHECKS_DIFFER)
+
+# The computation's steps in order, with the Result field each one fills.
+STEPS = (("displacement", "displacement"), ("effective-address", "effective_address"),
+         ("segment-base", "segment_base"), ("linear-address", "linear_address"))
+SDM_LIMIT = LimitCheck(fixed_length=None, off_by_one=False, flat_skip=False, expand_down=True)
+MASK64 = (1 << 64) - 1
+
+
+def agree(ref: Result, other: Result) -> bool:
+    """Does `other` give an answer `ref` accepts? (Symmetric unless `ref` is implementation-specific.)"""
+    a, b = ref.outcome, other.outcome
+    if a.kind == IMPL or b.kind == IMPL:
+        ok = a.accepts(b) if a.kind == IMPL else b.accepts(a)
+    else:
+        ok = a.kind == b.kind and a.vector == b.vector and a.error_code == b.error_code
+    if not ok:
+        return False
+    if a.kind == FAULT or b.kind == FAULT:
+        return True
+    la, lb = ref.linear_address, other.linear_address
+    return la is None or lb is None or la == lb
+
+
+def first_difference(a: Result, b: Result) -> str:
+    """The first step whose value differs ("checks" when every value agrees)."""
+    for step, attr in STEPS:
+        va, vb = getattr(a, attr), getattr(b, attr)
+        if va is not None and vb is not None and va != vb:
+            return step
+    return "checks"
+
+
+def _lam_class(state: CpuState, ra: Result, rb: Result) -> str | None:
+    """Divergences where linear-address masking applies to the pointer (64-bit mode)."""
+    la, lb = ra.linear_address, rb.linear_address
+    if la is None or lb is None:
+        return None
+    tagged = la if lam_untag(la, state)[0] != la else lb  # one model may report it untagged
+    untagged, bit = lam_untag(tagged, state)
+    if bit is None or untagged != lam_untag(la, state)[0] or untagged != lam_untag(lb, state)[0]:
+        return None
+    if bit == 56 and not state.la57 and not tagged >> 63:
+        # LAM_U57 under 4-level paging: after untagging, is bits 56:47 = bit 63 required too?
+        top = untagged >> 47
+        if top != 0 and top != (1 << 17) - 1:
+            return LAM57_FOUR_LEVEL
+    if ra.outcome.kind != FAULT and rb.outcome.kind != FAULT:
+        return LAM_UNTAGGED_LINEAR
+    return LAM_NOT_UNTAGGED
+
+
+def _limit_check(model: Model | None) -> LimitCheck:
+    return getattr(model, "limit_check", SDM_LIMIT)
+
+
+def classify(exit: ExitInfo, state: CpuState, access: Access, ra: Result, rb: Result,
+             model_a: Model | None = None, model_b: Model | None = None) -> str:
+    """Name the divergence between two results for one case (call only when they disagree)."""
+    spec = SPECS[exit.instruction]
+    mode = state.mode
+    if spec.vmx and mode == "compatibility":
+        return COMPAT_AS_64
+    if spec.vmx and mode in ("real", "virtual-8086"):
+        return REAL_V86_NO_UD
+    step = first_difference(ra, rb)
+    info = exit.instruction_info
+    asz = 16 << (info >> 7 & 3)
+    if step == "displacement":
+        return DISPLACEMENT_NOT_SIGN_EXTENDED
+    if step == "effective-address":
+        ea, eb = ra.effective_address, rb.effective_address
+        assert ea is not None and eb is not None
+        if asz < 64 and (ea - eb) % (1 << asz) == 0:
+            return ASZ_MASK_ON_LINEAR  # one model kept the offset's bits above the address size
+        return EA_DIFFERS
+    if step == "segment-base":
+        if mode == "64-bit" and ra.segment not in ("fs", "gs"):
+            return SEGMENT_BASE_IN_64
+        return BASE_DIFFERS
+    oa, ob = ra.outcome, rb.outcome
+    if step == "linear-address":
+        la, lb = ra.linear_address, rb.linear_address
+        assert la is not None and lb is not None
+        if mode == "64-bit":
+            lam = _lam_class(state, ra, rb)
+            if lam is not None:
+                return lam
+        if (la - lb) % (1 << 32) == 0 or (asz < 64 and (la - lb) % (1 << asz) == 0):
+            return ASZ_MASK_ON_LINEAR
+        return LINEAR_DIFFERS
+    # Every value agrees: the checks differ.
+    if "no-checks" in (oa.rule, ob.rule) and FAULT in (oa.kind, ob.kind):
+        return NO_CHECKS
+    if oa.kind == FAULT and ob.kind == FAULT and {oa.rule, ob.rule} == {"type", "unusable"}:
+        return TYPE_BEFORE_USABLE
+    if mode == "64-bit" and "canonical" in (oa.rule, ob.rule):
+        lam = _lam_class(state, ra, rb)
+        if lam is not None:
+            return lam
+    rules = {oa.rule, ob.rule}
+    if rules & {"limit", "flat"} and ra.segment is not None and ra.effective_address is not None:
+        s = state.segment(ra.segment)
+        lca, lcb = _limit_check(model_a), _limit_check(model_b)
+        flat = s.base == 0 and s.limit == 0xFFFFFFFF and bool(s.type & 8 or not s.type & 4)
+        if flat and lca.flat_skip != lcb.flat_skip:
+            return FLAT_LIMIT
+        if s.expand_down and lca.expand_down != lcb.expand_down:
+            return EXPAND_DOWN
+        len_a, len_b = lca.fixed_length or access.size, lcb.fixed_length or access.size
+        if len_a != len_b and lca.off_by_one != lcb.off_by_one:
+            # Both differ: would the faulting model still fault with the other's length?
+            fa, fo = (lca, lcb) if oa.kind == FAULT else (lcb, lca)
+            length = fo.fixed_length or access.size
+            last = ra.effective_address + length - (0 if fa.off_by_one else 1)
+            return LIMIT_OFF_BY_ONE if last > s.limit else LENGTH_FIXED_8
+        if len_a != len_b:
+            return LENGTH_FIXED_8
+        if lca.off_by_one != lcb.off_by_one:
+            return LIMIT_OFF_BY_ONE
+    return CHECKS_DIFFER
+
+
+# -- one case, many models ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Divergence:
+    reference: str
+    other: str
+    first_difference: str
+    name: str  # the class
+
+    def to_json(self) -> dict[str, Any]:
+        return {"models": [self.reference, self.other], "first_difference": self.first_difference, "class": self.name}
+
+
+@dataclass(frozen=True)
+class Diff:
+    case: Case
+    exit: ExitInfo
+    results: dict[str, Result]
+    divergences: tuple[Divergence, ...]
+
+    @property
+    def agree(self) -> bool:
+        return not self.divergences
+
+    @property
+    def first_difference(self) -> str | None:
+        order = [s for s, _ in STEPS] + ["checks"]
+        steps = [d.first_difference for d in self.divergences]
+        return min(steps, key=order.index) if steps else None
+
+
+def diff_case(case: Case, models: Sequence[tuple[str, Model]], explain: bool = False) -> Diff:
+    """Run every model on `case`; compare each with the first (the reference)."""
+    exit = case.exit
+    access = case.access
+    results = {name: run_model(m, exit, case.state, access, explain) for name, m in models}
+    ref_name, ref_model = models[0]
+    ref = results[ref_name]
+    divs = []
+    for name, m in models[1:]:
+        r = results[name]
+        if not agree(ref, r):
+            divs.append(Divergence(ref_name, name, first_difference(ref, r),
+                                   classify(exit, case.state, access, ref, r, ref_model, m)))
+    return Diff(case, exit, results, tuple(divs))
+
+
+_EXITS: dict[Policy, dict[tuple[bytes, int], tuple[ExitInfo, Access]]] = {}
+
+
+def exit_and_access(ins: Instruction, rip: int, policy: Policy) -> tuple[ExitInfo, Access]:
+    """`encode(ins, rip, policy)` and the access, memoised per instruction bytes and policy (the
+    exit information is a function of those alone, except RIP-relative operands, which add RIP)."""
+    op = ins.operand
+    if op is not None and op.rip_relative:
+        return encode(ins, rip, policy), access_of(ins)
+    memo = _EXITS.get(policy)
+    if memo is None:
+        memo = _EXITS[policy] = {}
+    key = (ins.raw, ins.code_size)
+    hit = memo.get(key)
+    if hit is None:
+        if len(memo) >= 1 << 16:
+            memo.clear()
+        hit = memo[key] = (encode(ins, rip, policy), access_of(ins))
+    return hit
+
+
+def divergence(exit: ExitInfo, state: CpuState, access: Access, a: Model, b: Model) -> str | None:
+    """The class of the divergence between `b` (reference) and `a` on one case, or None if they
+    agree. The fuzzer's hot path: no steps, no case objects."""
+    rb = b(exit, state, access)
+    ra = a(exit, state, access)
+    if agree(rb, ra):
+        return None
+    return classify(exit, state, access, rb, ra, b, a)
+
+
+def case_divergence(case: Case, a: Model, b: Model) -> str | None:
+    exit, access = exit_and_access(case.instruction, case.state.rip, case.policy)
+    return divergence(exit, case.state, access, a, b)
+
+
+# -- the command ------------------------------------------------------------------------------------
+
+def parse_models(text: str) -> list[tuple[str, Model]]:
+    from vmxaddr.cli import fail
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if len(names) < 2:
+        fail("--models needs at least two models, e.g. --models sdm,kvm-f9eb4af6")
+    out = []
+    for n in names:
+        try:
+            out.append((n, get(n)))
+        except UnknownModel as e:
+            fail(str(e))
+    return out
+
+
+def apply_lam(state: CpuState, lam: Sequence[str]) -> CpuState:
+    from dataclasses import replace
+
+    for x in lam:
+        state = replace(state, **{f"lam_{x}": True})
+    return state
+
+
+def _fmt(v: int | str | None) -> str:
+    if v is None:
+        return "-"
+    return v if isinstance(v, str) else f"{v:#x}"
+
+
+def diff_text(d: Diff) -> str:
+    from vmxaddr.explain import describe_instruction
+
+    names = list(d.results)
+    first = d.first_difference
+    rows: list[tuple[str, str, list[str]]] = [
+        ("displacement", "displacement", [_fmt(r.displacement) for r in d.results.values()]),
+        ("effective address", "effective-address", [_fmt(r.effective_address) for r in d.results.values()]),
+        ("segment", "", [_fmt(r.segment) for r in d.results.values()]),
+        ("segment base", "segment-base", [_fmt(r.segment_base) for r in d.results.values()]),
+        ("linear address", "linear-address", [_fmt(r.linear_address) for r in d.results.values()]),
+        ("outcome", "checks", [r.outcome.short() for r in d.results.values()]),
+    ]
+    widths = [max(len(n), *(len(row[2][i]) for row in rows)) for i, n in enumerate(names)]
+    out = describe_instruction(d.case)
+    out.append(f"  exit qualification {d.exit.exit_qualification:#x}, instruction information {d.exit.instruction_info:#010x}")
+    out.append("")
+    out.append(" " * 22 + "  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)))
+    for label, step, vals in rows:
+        mark = "  <- first difference" if step and step == first else ""
+        out.append(f"  {label:<20}" + "  ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True)) + mark)
+    out.append("")
+    for name, r in d.results.items():
+        if r.outcome.reason:
+            out.append(f"  {name}: {r.outcome.reason}")
+    out.append("")
+    if d.agree:
+        out.append("agree: every model gives an answer the first one accepts")
+    for dv in d.divergences:
+        out.append(f"{dv.other} differs from {dv.reference} at the {dv.first_difference} step: {dv.name}")
+    return "\n".join(out)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from vmxaddr.cli import case_from, fail, print_json
+
+    models = parse_models(args.models)
+    case = case_from(args)
+    if args.lam:
+        case = Case(case.instruction, apply_lam(case.state, args.lam), case.policy)
+    try:
+        d = diff_case(case, models, explain=True)
+    except InvalidExitInfo as e:
+        fail(str(e))
+    if args.json:
+        results = {}
+        for name, r in d.results.items():
+            obj = case_json(case, d.exit, r)
+            obj["model"] = name
+            results[name] = obj
+        print_json({"results": results, "agree": d.agree, "first_difference": d.first_difference,
+                    "divergences": [x.to_json() for x in d.divergences]})
+    else:
+        print(diff_text(d))
+    return 0
+
+
+EPILOG = """examples:
+  vmxaddr diff --models sdm,kvm-f9eb4af6,kvm-current --mode 32 --reg ebp=0x1000 0f7845d8
+      the seed bug: KVM before 946c522b used 0x100000fd8 as the offset and raised #SS(0)
+  vmxaddr diff --models sdm,kvm-fdb28619 --mode 64 --seg ds.base=0x1000 '0f c7 30'
+      KVM before 6694e480 added a DS base in 64-bit mode
+  vmxaddr diff --models sdm,mypkg.port:get_address --mode 32 ... HEX
+      your own port (module.path:function with the signature in vmxaddr.models.base)
+"""
+
+
+def register(sub: Any) -> None:
+    from vmxaddr.cli import add_case_options
+
+    p = sub.add_parser("diff", help="run several models on one case, side by side, first difference marked",
+                       description="Run several models on one instruction and CPU state and compare them with "
+                       "the first: outcome (kind, vector, error code) and, when nothing faults, the linear "
+                       "address. A divergence is named by the first step whose value differs "
+                       "(displacement, effective address, segment base, linear address, checks).",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", required=True, metavar="A,B,...",
+                   help="comma-separated model names (`vmxaddr models`) or module.path:function; the first is the reference")
+    p.add_argument("--lam", action="append", default=[], choices=("sup", "u48", "u57"),
+                   help="enable linear-address masking: CR4.LAM_SUP (sup) or CR3.LAM_U48/LAM_U57")
+    add_case_options(p)
+    p.set_defaults(func=cmd_diff)
+
+
+__all__ = ["CLASSES", "Diff", "Divergence", "agree", "classify", "diff_case", "divergence", "first_difference",
+           "OK", "register"]
