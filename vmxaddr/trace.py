@@ -154,11 +154,6 @@ def _hexbytes(v: Any) -> bytes:
         raise RecordError(f"bytes: {v!r} is not hexadecimal") from None
 
 
-def _seg_value(k: str, v: Any, what: str) -> int | bool:
-    n = v if type(v) is int else parse_int(v, what)
-    return bool(n) if k == "unusable" else n
-
-
 _SEG_FIELDS = frozenset(Segment.__dataclass_fields__)
 
 
@@ -218,13 +213,17 @@ def state_from_json(obj: Any, base: CpuState) -> CpuState:
             raise StateError(f"segments.{sname} must be an object")
         if sname not in SEGMENTS:
             raise StateError(f"unknown segment {sname!r} (use es, cs, ss, ds, fs or gs)")
-        for k in sv:
+        vals: dict[str, Any] = {}
+        for k, v in sv.items():
             if k not in _SEG_FIELDS:
                 raise StateError(f"unknown segment field {k!r} (fields: {', '.join(sorted(_SEG_FIELDS))})")
-        old = d[sname]
-        merged = {f: getattr(old, f) for f in _SEG_FIELDS}
-        merged.update({k: _seg_value(k, v, f"segments.{sname}.{k}") for k, v in sv.items()})
-        d[sname] = Segment(**merged)
+            vals[k] = v if type(v) is int else parse_int(v, f"segments.{sname}.{k}")
+        if "unusable" in vals:
+            vals["unusable"] = bool(vals["unusable"])
+        if len(vals) < len(_SEG_FIELDS):  # a partial segment: the rest from the base state
+            old = d[sname]
+            vals = {f: getattr(old, f) for f in _SEG_FIELDS} | vals
+        d[sname] = Segment(**vals)
     out = CpuState(**d)
     for name, n in ordered or ():
         out = out.with_reg(name, n)
