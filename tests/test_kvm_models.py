@@ -13,7 +13,7 @@ import pytest
 from vmxaddr.case import Case
 from vmxaddr.cli import main
 from vmxaddr.decode import parse_hex
-from vmxaddr.exitinfo import Policy
+from vmxaddr.exitinfo import DEFAULT_POLICY, Policy
 from vmxaddr.models import REGISTRY, get
 from vmxaddr.models.kvm import FIX_OF, HISTORY, REGISTERED, Fixes
 from vmxaddr.state import CpuState
@@ -23,7 +23,7 @@ NAMES = ["kvm-064aea77", "kvm-f9eb4af6", "kvm-946c522b", "kvm-8570f9e8", "kvm-34
 
 
 def case(hex_: str, mode: int, regs: dict[str, int] | None = None, segs: dict[str, dict[str, int]] | None = None,
-         cpu_mode: str | None = None, policy: Policy = Policy(), **flags: bool) -> Case:
+         cpu_mode: str | None = None, policy: Policy = DEFAULT_POLICY, **flags: bool) -> Case:
     st = CpuState.for_code_size(mode)
     if cpu_mode:
         st = CpuState.from_json({"mode": cpu_mode}, st)

@@ -378,3 +378,27 @@ def test_resynchronising_gives_the_full_sweeps_starts(bits: int) -> None:
         got = b.upto(c)
         assert got[scan.bisect.bisect_right(got, c) - 1] == full[scan.bisect.bisect_right(full, c) - 1]
     assert b.resyncs > 100
+
+
+@pytest.mark.parametrize("kind", ["exec", "shared"])
+def test_linked_executable_and_shared_object(obj64: Path, tmp_path: Path, kind: str) -> None:
+    """ET_EXEC and ET_DYN: addresses are virtual addresses, symbols from the linked image."""
+    import shutil
+    ld = shutil.which("ld")
+    if ld is None:
+        pytest.skip("needs ld")
+    out = tmp_path / f"linked.{kind}"
+    args = ["-e", "f"] if kind == "exec" else ["-shared"]
+    subprocess.run([ld, *args, "-o", str(out), str(obj64)], check=True, capture_output=True)
+    with open(out, "rb") as fh:
+        elf = ELFFile(fh)
+        assert elf["e_type"] == ("ET_EXEC" if kind == "exec" else "ET_DYN")
+        text = elf.get_section_by_name(".text")
+        f_addr = next(s["st_value"] for s in elf.get_section_by_name(".symtab").iter_symbols() if s.name == "f")
+        text_addr, text_off = text["sh_addr"], text["sh_offset"]
+    rel = {(f["offset"], f["bytes"]) for f in findings(obj64)}
+    got = findings(out)
+    assert {(f["address"] - f_addr, f["bytes"]) for f in got} == rel
+    assert all(f["file_offset"] == text_off + f["address"] - text_addr and f["symbol"] == "f" for f in got)
+    if OBJDUMP:
+        assert {(f["section"], f["address"], f["mnemonic"]) for f in got} == objdump_family(out)

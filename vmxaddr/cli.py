@@ -139,7 +139,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     if args.json:
         print_json(case_json(case, exit, result))
     else:
-        print("\n".join(describe_instruction(case) + describe_exit(exit)))
+        print("\n".join(describe_instruction(case) + [""] + describe_exit(exit)))
     return 0
 
 

@@ -110,6 +110,10 @@ class Instruction:
         """Width of the general-register operands (reg1/reg2) for naming them."""
         if self.spec.layout.value == "rdrand":
             return self.operand_size or 32
+        if self.mnemonic in ("lldt", "ltr"):
+            return 16  # r/m16
+        if self.spec.layout.value == "ldt":  # SLDT/STR r16/r32/r64 by operand size
+            return 64 if self.rex & 8 else 16 if (0x66 in self.prefixes) != (self.code_size == 16) else 32
         return 64 if self.code_size == 64 else 32
 
     def text(self) -> str:

@@ -27,7 +27,7 @@ from vmxaddr.isa import SPECS
 from vmxaddr.models import UnknownModel, get
 from vmxaddr.models.base import FAULT, IMPL, OK, Access, InvalidExitInfo, Model, Result
 from vmxaddr.models.kvm import LimitCheck
-from vmxaddr.models.sdm import lam_untag
+from vmxaddr.models.sdm import canonical, lam_untag
 from vmxaddr.pipeline import attribute, cross
 from vmxaddr.state import CpuState
 
@@ -51,11 +51,12 @@ EA_DIFFERS = "effective address differs"
 BASE_DIFFERS = "segment base differs"
 LINEAR_DIFFERS = "linear address differs"
 CHECKS_DIFFER = "fault checks differ"
+CANONICAL_FIRST_BYTE = "canonical check on the first byte only"
 
 CLASSES = (COMPAT_AS_64, REAL_V86_NO_UD, DISPLACEMENT_NOT_SIGN_EXTENDED, ASZ_MASK_ON_LINEAR, REGS_NOT_TRUNCATED,
            SEGMENT_BASE_IN_64, LAM_NOT_UNTAGGED, LAM_UNTAGGED_LINEAR, LAM57_FOUR_LEVEL, NO_CHECKS, FLAT_LIMIT,
            LIMIT_OFF_BY_ONE, LENGTH_FIXED_8, EXPAND_DOWN, TYPE_BEFORE_USABLE, EA_DIFFERS, BASE_DIFFERS,
-           LINEAR_DIFFERS, CHECKS_DIFFER)
+           LINEAR_DIFFERS, CHECKS_DIFFER, CANONICAL_FIRST_BYTE)
 
 # The computation's steps in order, with the Result field each one fills.
 STEPS = (("displacement", "displacement"), ("effective-address", "effective_address"),
@@ -80,10 +81,14 @@ def agree(ref: Result, other: Result) -> bool:
 
 
 def first_difference(a: Result, b: Result) -> str:
-    """The first step whose value differs ("checks" when every value agrees)."""
+    """The first step whose value differs ("checks" when every value agrees). A displacement
+    difference counts only when it reaches the effective address (a 16-bit displacement held
+    sign-extended by one model and not by the other is the same offset)."""
     for step, attr in STEPS:
         va, vb = getattr(a, attr), getattr(b, attr)
         if va is not None and vb is not None and va != vb:
+            if step == "displacement" and a.effective_address == b.effective_address:
+                continue
             return step
     return "checks"
 
@@ -107,6 +112,19 @@ def _lam_class(state: CpuState, ra: Result, rb: Result) -> str | None:
     return LAM_NOT_UNTAGGED
 
 
+def _crosses_canonical(state: CpuState, ra: Result, rb: Result, access: Access) -> bool:
+    """Same address, and the access starts canonical but its last byte is not."""
+    la, lb = ra.linear_address, rb.linear_address
+    if la is None or lb is None:
+        return False
+    first = lam_untag(la, state)[0]
+    if first != lam_untag(lb, state)[0]:
+        return False
+    bits = 57 if state.la57 else 48
+    last = (first + max(access.size, 1) - 1) & ((1 << 64) - 1)
+    return canonical(first, bits) and not canonical(last, bits)
+
+
 def _limit_check(model: Model | None) -> LimitCheck:
     return getattr(model, "limit_check", SDM_LIMIT)
 
@@ -123,6 +141,10 @@ def classify(exit: ExitInfo, state: CpuState, access: Access, ra: Result, rb: Re
     own = getattr(model_b, "classify", None)  # a model may name its own divergences (e.g. xen-c447b730)
     if own is not None:
         return str(own(exit, state, access, ra, rb))
+    oa, ob = ra.outcome, rb.outcome
+    if ("no-checks" in (oa.rule, ob.rule) and FAULT in (oa.kind, ob.kind)
+            and ra.linear_address == rb.linear_address):
+        return NO_CHECKS  # the addresses converge; only the checks tell the two apart
     step = first_difference(ra, rb)
     info = exit.instruction_info
     asz = 16 << (info >> 7 & 3)
@@ -138,7 +160,6 @@ def classify(exit: ExitInfo, state: CpuState, access: Access, ra: Result, rb: Re
         if mode == "64-bit" and ra.segment not in ("fs", "gs"):
             return SEGMENT_BASE_IN_64
         return BASE_DIFFERS
-    oa, ob = ra.outcome, rb.outcome
     if step == "linear-address":
         la, lb = ra.linear_address, rb.linear_address
         assert la is not None and lb is not None
@@ -154,6 +175,8 @@ def classify(exit: ExitInfo, state: CpuState, access: Access, ra: Result, rb: Re
         return NO_CHECKS
     if oa.kind == FAULT and ob.kind == FAULT and {oa.rule, ob.rule} == {"type", "unusable"}:
         return TYPE_BEFORE_USABLE
+    if mode == "64-bit" and "canonical" in (oa.rule, ob.rule) and _crosses_canonical(state, ra, rb, access):
+        return CANONICAL_FIRST_BYTE
     if mode == "64-bit" and "canonical" in (oa.rule, ob.rule):
         lam = _lam_class(state, ra, rb)
         if lam is not None:

@@ -48,7 +48,8 @@ def describe_result(result: Result, model_name: str) -> list[str]:
     o = result.outcome
     if o.rule and o.rule not in used and o.rule in RULES:
         used.append(o.rule)
-    if o.reason:
+    # An "ok" reason that repeats the last step's rule adds nothing (e.g. the register operand).
+    if o.reason and not (o.kind == "ok" and result.steps and result.steps[-1].rule == o.rule):
         lines.append(f"  {len(result.steps) + 1}. [{o.rule}] {o.reason}")
     ea = "-" if result.effective_address is None else f"{result.effective_address:#x}"
     la = "-" if result.linear_address is None else f"{result.linear_address:#x}"
@@ -64,6 +65,8 @@ def describe_result(result: Result, model_name: str) -> list[str]:
 
 def explain_text(case: Case, exit: ExitInfo, result: Result, model_name: str = "sdm") -> str:
     p = case.policy
-    note = f"   (policy {p.exit_qual})"
+    op = case.instruction.operand
+    # The policy decides only the bits above a 16- or 32-bit address size.
+    note = f"   (policy {p.exit_qual})" if op is not None and op.address_size < 64 else ""
     out = describe_instruction(case) + [""] + describe_exit(exit, note) + [""] + describe_result(result, model_name)
     return "\n".join(out)

@@ -307,7 +307,8 @@ def model_mnemonics(*models: Model) -> tuple[str, ...]:
 
 def fuzz(a: Model, b: Model, *, seed: int = 0, max_examples: int | None = None, seconds: float | None = None,
          policy: Policy = DEFAULT_POLICY, mnemonics: Sequence[str] | None = None, shrink: bool = True,
-         hypothesis_examples: int = 200, progress: Progress | None = None, names: tuple[str, str] = ("A", "B"),
+         hypothesis_examples: int = 200, hypothesis_seconds: float = 2.0, progress: Progress | None = None,
+         names: tuple[str, str] = ("A", "B"),
          stop_when: Callable[[dict[str, ClassReport]], bool] | None = None, encoder: str = "sdm") -> FuzzReport:
     """Run A against B (the reference) on generated cases until `max_examples` cases or `seconds`.
     With an `encoder` other than "sdm", A gets that encoder's exit information, B the SDM's, and
@@ -349,12 +350,12 @@ def fuzz(a: Model, b: Model, *, seed: int = 0, max_examples: int | None = None, 
         for i, rep in enumerate(classes.values()):
             if progress is not None:
                 progress.stream.write(f"shrinking {i + 1}/{len(classes)}: {rep.name}\n")
-            minimise(rep, a, b, mn, policy, seed, hypothesis_examples, encoder)
+            minimise(rep, a, b, mn, policy, seed, hypothesis_examples, hypothesis_seconds, encoder)
     return FuzzReport(names[0], names[1], seed, n, elapsed, classes, encoder)
 
 
 def minimise(rep: ClassReport, a: Model, b: Model, mnemonics: Sequence[str], policy: Policy, seed: int,
-             hypothesis_examples: int, encoder: str = "sdm") -> None:
+             hypothesis_examples: int, hypothesis_seconds: float = 2.0, encoder: str = "sdm") -> None:
     target = rep.name
 
     def holds(values: Sequence[int]) -> list[int] | None:
@@ -370,7 +371,7 @@ def minimise(rep: ClassReport, a: Model, b: Model, mnemonics: Sequence[str], pol
     witness = gen_case(ch, mnemonics, policy)
     rep.shrunk_by = "replay"
     if hypothesis_examples > 0:
-        found = _hypothesis_find(target, a, b, mnemonics, policy, seed, hypothesis_examples, encoder)
+        found = _hypothesis_find(target, a, b, mnemonics, policy, seed, hypothesis_examples, hypothesis_seconds, encoder)
         if found is not None and (_complexity(_reduce(found, a, b, target, encoder))
                                   < _complexity(_reduce(witness, a, b, target, encoder))):
             witness, rep.shrunk_by = found, "hypothesis"
@@ -387,8 +388,15 @@ def _reduce(case: Case, a: Model, b: Model, target: str, encoder: str = "sdm") -
     return small if _class(small, a, b, encoder) == target else case
 
 
+class _OutOfTime(BaseException):
+    pass
+
+
 def _hypothesis_find(target: str, a: Model, b: Model, mnemonics: Sequence[str], policy: Policy, seed: int,
-                     max_examples: int, encoder: str = "sdm") -> Case | None:
+                     max_examples: int, seconds: float = 2.0, encoder: str = "sdm") -> Case | None:
+    """hypothesis.find for a case of class `target`, within `seconds`: hypothesis's shrinking has
+    no time bound of its own, so the predicate keeps the last (smallest so far) success and stops
+    the search when the time is up."""
     from hypothesis import HealthCheck, find, settings
     from hypothesis import strategies as st
     from hypothesis.errors import NoSuchExample
@@ -399,13 +407,26 @@ def _hypothesis_find(target: str, a: Model, b: Model, mnemonics: Sequence[str], 
     def cases(draw: st.DrawFn) -> Case:
         return gen_case(DrawChooser(draw), mnemonics, policy)
 
+    deadline = time.monotonic() + seconds
+    best: list[Case] = []
+
+    def holds(c: Case) -> bool:
+        # Out of time: stop with a BaseException, which hypothesis lets through (an Exception it
+        # would take for a failure of the test and try to shrink).
+        if time.monotonic() > deadline:
+            raise _OutOfTime
+        ok = _class(c, a, b, encoder) == target
+        if ok:
+            best.append(c)
+        return ok
+
     try:
-        return find(cases(), lambda c: _class(c, a, b, encoder) == target,
+        return find(cases(), holds,
                     settings=settings(database=None, max_examples=max_examples, deadline=None,
                                       suppress_health_check=list(HealthCheck)),
                     random=random.Random(seed))
-    except (NoSuchExample, Exception):  # noqa: B014 - any failure leaves the replay witness
-        return None
+    except (_OutOfTime, NoSuchExample, Exception):  # not found or out of time: the smallest success so far
+        return best[-1] if best else None
 
 
 # -- output ---------------------------------------------------------------------------------------
@@ -487,8 +508,8 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     total = args.max_examples
     with Progress(total, f"fuzz {args.model} vs {args.against}", enabled=not args.quiet) as prog:
         rep = fuzz(a, b, seed=args.seed, max_examples=args.max_examples, seconds=args.time, policy=policy,
-                   hypothesis_examples=args.hypothesis_examples, progress=prog, names=(args.model, args.against),
-                   encoder=args.encoder)
+                   hypothesis_examples=args.hypothesis_examples, hypothesis_seconds=args.hypothesis_seconds,
+                   progress=prog, names=(args.model, args.against), encoder=args.encoder)
     obj = report_json(rep, a, b)
     if args.out:
         corpus = {"about": f"Minimal witnesses from `vmxaddr fuzz --model {args.model} --against {args.against} "
@@ -540,6 +561,8 @@ def register(sub: Any) -> None:
                    help="exit-qualification bits above the address size (default zero-extend, as hardware)")
     p.add_argument("--hypothesis-examples", type=int, default=200, metavar="N",
                    help="examples hypothesis may try per class when minimising (0: replay shrinking only)")
+    p.add_argument("--hypothesis-seconds", type=float, default=2.0, metavar="S",
+                   help="time hypothesis may spend per class (default 2; its shrinking has no bound of its own)")
     p.add_argument("--out", metavar="FILE", help="write the witnesses as a corpus JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -33,7 +33,7 @@ class RandomChooser:
         return seq[int(self.r.random() * len(seq))]
 
     def integer(self, lo: int, hi: int) -> int:
-        return self.r.randint(lo, hi)
+        return lo + self.r._randbelow(hi - lo + 1)  # randint without its argument checks
 
     def chance(self, p: float) -> bool:
         return self.r.random() < p
@@ -170,10 +170,13 @@ def _reg_value(ch: Chooser) -> int:
     return ch.integer(0, (1 << 64) - 1)
 
 
+FLAT = Segment()
+
+
 def _segment(ch: Chooser, stack: bool = False) -> Segment:
     kind = ch.integer(0, 9)
     if kind <= 3:
-        return Segment()  # flat read/write data
+        return FLAT  # flat read/write data
     base = ch.choice((0, 0, 0x1000, 0xFFFFF000, 0x100000000, 0x7FFFFFFFF000, ch.integer(0, 0xFFFFFFFF)))
     if kind == 9:
         base = ch.integer(0, (1 << 64) - 1)  # only FS/GS can hold this in 64-bit mode; harmless elsewhere

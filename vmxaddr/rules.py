@@ -60,8 +60,11 @@ RULES: dict[str, Rule] = {r.id: r for r in (
          "size."),
     Rule("canonical", "A 64-bit-mode linear address must be canonical",
          "SDM Vol. 1, 'Canonical Addressing'; Vol. 3A, 'Linear-Address Translation' (LA57)",
-         "Bits 63:47 (63:56 with CR4.LA57 = 1) must all equal bit 47 (bit 56). A non-canonical "
-         "address raises #SS(0) when the segment is SS, #GP(0) otherwise."),
+         "Bits 63:47 (63:56 with CR4.LA57 = 1) must all equal bit 47 (bit 56), for the first and the "
+         "last byte accessed. A non-canonical address raises #SS(0) when the segment is SS, #GP(0) "
+         "otherwise. With linear-address masking (LAM) the metadata bits are first replaced by "
+         "copies of bit 47 or 56 (bit 63 kept), and the untagged address is the one checked and "
+         "translated."),
     Rule("unusable", "An unusable segment cannot be used",
          "SDM Vol. 3C, 'Guest Register State' (the unusable bit); the VMX instructions' "
          "Protected Mode Exceptions (#GP(0)/#SS(0) if the register contains an unusable segment)",

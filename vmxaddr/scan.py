@@ -9,7 +9,8 @@ How it stays exact without disassembling everything in Python:
    restarts at every symbol, as `objdump -d` does (it disassembles each symbol's bytes
    separately, from the symbol's address to the next symbol's; an instruction cut by the next
    symbol comes out as single bytes). The sweep runs over one symbol's bytes only (the whole
-   section when there is no symbol), up to the last candidate in it, with iced-x86's decoder
+   section when there is no symbol), up to the last candidate in it (far from the last known
+   start it resynchronises instead, exactly: see `Boundaries`), with iced-x86's decoder
    (written in Rust: about 0.5 us an instruction from Python). Valid code is decoded alike by
    iced and objdump. Where the bytes are not an instruction (data in code, padding), objdump's
    "(bad)" takes a number of bytes that depends on how far its table lookup got, and objdump
@@ -45,6 +46,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
+
+from vmxaddr.progress import Progress
 
 # -- candidates ---------------------------------------------------------------------------------
 
@@ -393,52 +396,66 @@ def _objdump_length(data: bytes, p: int, end: int, bits: int, iced_len: int) -> 
     return _bad_length(data, p, end, bits, iced_len)
 
 
+class Sweeper:
+    """objdump's linear sweep over data[lo:hi] of a symbol's bytes that end at `end` (hi <= end):
+    `run(pos, upto)` gives the instruction starts from pos to upto. Bytes past upto + 15 cannot
+    change the instructions that start at or before upto, so hi = min(end, upto + 16) is enough."""
+
+    def __init__(self, data: bytes, lo: int, hi: int, end: int, bits: int) -> None:
+        iced = _iced()
+        self.data, self.lo, self.end, self.bits = data, lo, end, bits
+        self.dec = iced.Decoder(bits, data[lo:hi], _options(bits)[0], lo)
+        self.ins = iced.Instruction()
+        self.rex = {m.start() for m in _REX_PREFIX.finditer(data, lo, hi)} if bits == 64 else set()
+
+    def run(self, start: int, upto: int) -> list[int]:
+        iced = _iced()
+        data, lo, end, bits, dec, ins, rex = self.data, self.lo, self.end, self.bits, self.dec, self.ins, self.rex
+        invalid, wait = iced.Code.INVALID, iced.Code.WAIT
+        sse4a = _sse4a_codes()
+        starts: list[int] = []
+        add = starts.append
+        decode_out = dec.decode_out
+        limit = upto - lo
+        dec.position = start - lo
+        while True:
+            pos = dec.position
+            if pos > limit or not dec.can_decode:
+                break
+            add(pos + lo)
+            decode_out(ins)
+            code = ins.code
+            if rex and (pos + lo in rex or data[pos + lo] in _PREFIXES):
+                q = pos + lo
+                while q < end and data[q] in _PREFIXES and q not in rex:
+                    q += 1
+                if q in rex:  # a REX byte followed by a prefix, within this instruction's prefixes
+                    dec.position = q + 1 - lo
+                    continue
+            if code == invalid:
+                dec.position = pos + min(15, _objdump_length(data, pos + lo, end, bits, ins.len))
+            elif code == wait and dec.can_decode:
+                # objdump reads FWAIT as a prefix: with an x87 instruction after it (and any prefixes
+                # between) it prints one instruction; prefixes then another FWAIT belong to the first
+                j = r = pos + lo + 1
+                while j < end and (data[j] in _PREFIXES or (bits == 64 and 0x40 <= data[j] <= 0x4F)):
+                    j += 1
+                if j < end and 0xD8 <= data[j] <= 0xDF:
+                    decode_out(ins)
+                    if ins.code == invalid:
+                        dec.position = r - lo + _objdump_length(data, r, end, bits, ins.len)
+                elif j < end and data[j] == 0x9B and j > r:
+                    dec.position = j - lo
+            elif code in sse4a and ins.op1_kind == iced.OpKind.MEMORY:
+                # EXTRQ/INSERTQ take registers only; objdump stops early on a memory ModRM
+                dec.position = pos + _bad_length(data, pos + lo, end, bits, ins.len)
+        return starts
+
+
 def sweep(data: bytes, start: int, end: int, upto: int, bits: int) -> list[int]:
     """Offsets of the instructions objdump -d shows in data[start:end] that start at or before
     `upto` (a linear sweep from `start` that never reads past `end`)."""
-    iced = _iced()
-    # Bytes past upto + 15 cannot change the instructions that start at or before upto.
-    dec = iced.Decoder(bits, data[start:min(end, upto + 16)], _options(bits)[0], start)
-    ins = iced.Instruction()
-    invalid, wait = iced.Code.INVALID, iced.Code.WAIT
-    sse4a = _sse4a_codes()
-    starts: list[int] = []
-    add = starts.append
-    decode_out = dec.decode_out
-    limit = upto - start
-    rex = {m.start() for m in _REX_PREFIX.finditer(data, start, min(end, upto + 16))} if bits == 64 else set()
-    while True:
-        pos = dec.position
-        if pos > limit or not dec.can_decode:
-            break
-        add(pos + start)
-        decode_out(ins)
-        code = ins.code
-        if rex and (pos + start in rex or data[pos + start] in _PREFIXES):
-            q = pos + start
-            while q < end and data[q] in _PREFIXES and q not in rex:
-                q += 1
-            if q in rex:  # a REX byte followed by a prefix, within this instruction's prefixes
-                dec.position = q + 1 - start
-                continue
-        if code == invalid:
-            dec.position = pos + min(15, _objdump_length(data, pos + start, end, bits, ins.len))
-        elif code == wait and dec.can_decode:
-            # objdump reads FWAIT as a prefix: with an x87 instruction after it (and any prefixes
-            # between) it prints one instruction; prefixes then another FWAIT belong to the first
-            j = r = pos + start + 1
-            while j < end and (data[j] in _PREFIXES or (bits == 64 and 0x40 <= data[j] <= 0x4F)):
-                j += 1
-            if j < end and 0xD8 <= data[j] <= 0xDF:
-                decode_out(ins)
-                if ins.code == invalid:
-                    dec.position = r - start + _objdump_length(data, r, end, bits, ins.len)
-            elif j < end and data[j] == 0x9B and j > r:
-                dec.position = j - start
-        elif code in sse4a and ins.op1_kind == iced.OpKind.MEMORY:
-            # EXTRQ/INSERTQ take registers only; objdump stops early on a memory ModRM
-            dec.position = pos + _bad_length(data, pos + start, end, bits, ins.len)
-    return starts
+    return Sweeper(data, start, min(end, upto + 16), end, bits).run(start, upto)
 
 
 class Boundaries:
@@ -452,7 +469,7 @@ class Boundaries:
     once they all share a start b, every start from b on is the true sweep's (each step depends
     on the position only). If they do not meet before the candidate, the gap is swept."""
 
-    FAR = 2048
+    FAR = 512
     W = 32
 
     def __init__(self, data: bytes, start: int, end: int, bits: int) -> None:
@@ -466,7 +483,9 @@ class Boundaries:
         if c <= last:
             return self.known
         if c - last > self.FAR and c - self.W - 16 > last:
-            lists = [sweep(self.data, s, self.end, c, self.bits) for s in range(c - self.W - 16, c - self.W + 1)]
+            lo = c - self.W - 16
+            sw = Sweeper(self.data, lo, min(self.end, c + 16), self.end, self.bits)
+            lists = [sw.run(s, c) for s in range(lo, c - self.W + 1)]
             common = set(lists[0]).intersection(*lists[1:])
             if common:
                 b = min(common)
@@ -648,19 +667,35 @@ def scan_file(path: str, mode: int | None = None) -> FileResult:
         return FileResult(path, error=f"malformed ELF ({type(exc).__name__}: {exc})")
 
 
-def _scan_job(job: tuple[str, int | None]) -> FileResult:
-    return scan_file(*job)
+def _scan_job(job: tuple[int, str, int | None]) -> tuple[int, FileResult]:
+    return job[0], scan_file(job[1], job[2])
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def scan_files(jobs: list[tuple[str, int | None]], workers: int = 1) -> Iterator[FileResult]:
-    """Scan files in order, in `workers` processes when more than one."""
+    """Scan files, in `workers` processes when more than one; results come in the order of
+    `jobs`. The largest files are handed out first so that one big file does not finish last."""
     if workers <= 1 or len(jobs) < 2:
-        for job in jobs:
-            yield _scan_job(job)
+        for path, mode in jobs:
+            yield scan_file(path, mode)
         return
     import multiprocessing
+    order = sorted(range(len(jobs)), key=lambda i: -_size(jobs[i][0]))
+    work = [(i, *jobs[i]) for i in order]
+    done: dict[int, FileResult] = {}
+    nxt = 0
     with multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn").Pool(workers) as pool:
-        yield from pool.imap(_scan_job, jobs, chunksize=max(1, min(32, len(jobs) // (workers * 8))))
+        for i, res in pool.imap_unordered(_scan_job, work, chunksize=max(1, min(8, len(jobs) // (workers * 32)))):
+            done[i] = res
+            while nxt in done:
+                yield done.pop(nxt)
+                nxt += 1
 
 
 def summarize(findings: list[dict[str, Any]]) -> dict[str, Any]:
@@ -771,7 +806,7 @@ def run(args: argparse.Namespace) -> int:
     rejected: list[dict[str, Any]] = []
     failed = 0
     t0 = time.monotonic()
-    last = t0
+    bar = Progress(len(files), "vmxaddr scan", enabled=progress and len(files) > 1, unit="files")
     for n, res in enumerate(scan_files(jobs, workers), 1):
         if res.error is not None:
             failed += 1
@@ -786,12 +821,8 @@ def run(args: argparse.Namespace) -> int:
             if not args.json and not args.summary_only:
                 for f in res.findings:
                     print(_fmt_finding(f))
-        now = time.monotonic()
-        if progress and len(files) > 1 and (now - last > 0.5 or n == len(files)):
-            last = now
-            end = "\r" if sys.stderr.isatty() and n < len(files) else "\n"
-            print(f"scanned {n}/{len(files)} files, {len(all_findings)} instructions, "
-                  f"{now - t0:.1f} s", end=end, file=sys.stderr, flush=True)
+        bar.update(n, f"{len(all_findings)} instructions")
+    bar.close()
     summary = summarize(all_findings)
     summary.update({"files": len(files), "failed": failed, "seconds": round(time.monotonic() - t0, 3)})
     if args.json:

@@ -100,10 +100,14 @@ def sdm(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) 
     ea = (bval + ival * scale + disp) & mask
     if steps is not None:
         q = exit.exit_qualification
-        steps.append(Step("displacement", "exit-qualification",
-                          f"exit qualification {q:#x}: address size {asz} bits, so bits {asz - 1}:0 = "
-                          f"{q & mask:#x} count (higher bits are undefined); sign-extended from bit {asz - 1}: "
-                          f"displacement = {_h(disp)}", disp & MASK64))
+        if asz == 64:
+            text = f"exit qualification {q:#x}: the address size is 64 bits, so all of it is the displacement: {_h(disp)}"
+        else:
+            text = (f"exit qualification {q:#x}: address size {asz} bits, so bits {asz - 1}:0 = {q & mask:#x} count "
+                    f"(higher bits are undefined); sign-extended from bit {asz - 1}: displacement = {_h(disp)}")
+        if base is None and index is None and asz != 16:
+            text += " (no base, no index: for a RIP-relative operand this already includes the next RIP)"
+        steps.append(Step("displacement", "exit-qualification", text, disp & MASK64))
         names = _NAMES[asz]
         terms = []
         if base is not None:
@@ -122,22 +126,27 @@ def sdm(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) 
             steps.append(Step("segment", "segment", f"segment {seg} (bits 17:15 = {SEGMENTS.index(seg)})", seg))
             steps.append(Step("linear-address", "segment-base-64",
                               f"linear = {seg} base {sbase:#x} + EA {ea:#x} = {linear:#x} ({why}; no truncation)", linear))
-        checked, lam_bit = lam_untag(linear, state)
+        # With LAM the address translated is the untagged one; its canonical check follows the
+        # paging mode (48 or 57 bits), so LAM_U57 under 4-level paging still needs bits 56:47 = bit 63.
+        untagged, lam_bit = lam_untag(linear, state)
+        if lam_bit is not None and steps is not None:
+            steps.append(Step("lam", "canonical", f"LAM: metadata bits 62:{lam_bit + 1} of {linear:#x} take the value "
+                              f"of bit {lam_bit}: untagged {untagged:#x}", untagged))
+        linear = untagged
         bits = 57 if state.la57 else 48
         vector = "SS" if seg == "ss" else "GP"
-        if lam_bit is not None:
-            ok = (checked >> 63) == (checked >> lam_bit & 1)
-            if steps is not None:
-                steps.append(Step("lam", "canonical", f"LAM: metadata bits 62:{lam_bit + 1} masked; untagged {checked:#x}", checked))
-        else:
-            ok = canonical(linear, bits)
-        if not ok:
+        # Every byte accessed must be canonical: the first and the last (as Bochs and KVM's
+        # instruction emulator check), so an access running off the lower half faults.
+        last = (linear + (access.size or 1) - 1) & MASK64
+        if not canonical(linear, bits) or not canonical(last, bits):
+            bad = linear if not canonical(linear, bits) else last
+            which = "" if bad == linear else f"the last byte {last:#x} of the {access.size}-byte access at {linear:#x} "
             return done(Outcome(FAULT, vector, 0, "canonical",
-                                f"{linear:#x} is not canonical ({bits}-bit); through {seg.upper()}: #{vector}(0)"),
+                                f"{which}{bad:#x} is not canonical ({bits}-bit); through {seg.upper()}: #{vector}(0)"),
                         effective_address=ea, linear_address=linear, segment=seg, displacement=disp & MASK64,
                         segment_base=sbase)
         if steps is not None:
-            steps.append(Step("canonical", "canonical", f"{linear:#x} is canonical ({bits}-bit addresses): no fault"))
+            steps.append(Step("canonical", "canonical", f"{linear:#x} … {last:#x} is canonical ({bits}-bit addresses): no fault"))
         return done(Outcome(OK, rule="canonical"), effective_address=ea, linear_address=linear, segment=seg,
                     displacement=disp & MASK64, segment_base=sbase)
 
