@@ -240,16 +240,16 @@ def test_xen_no_segment_checks_and_always_gp():
 
 
 def test_xen_64_bit_checks():
-    # RAX = 0x7FFFFFFFFFFC: the first byte is canonical (SDM ok), the last (0x800000000003) is not:
-    # Xen #GP(0).
-    assert run(sdm, "0f c7 30", 64, registers={"rax": 0x7FFFFFFFFFFC}).outcome.kind == "ok"
+    # RAX = 0x7FFFFFFFFFFC: the first byte is canonical, the last (0x800000000003) is not: Xen
+    # checks the last byte of a non-negative address, and so does the SDM model (every byte): both #GP(0).
+    assert run(sdm, "0f c7 30", 64, registers={"rax": 0x7FFFFFFFFFFC}).outcome.vector == "GP"
     assert run(xen_c447b730, "0f c7 30", 64, registers={"rax": 0x7FFFFFFFFFFC}).outcome.vector == "GP"
     # CR4.LA57 = 1, RAX = 2^47: canonical in 57 bits (SDM ok), not in 48 (Xen #GP(0)).
     kw = dict(cr4={"la57": 1}, registers={"rax": 1 << 47})
     assert run(sdm, "0f c7 30", 64, **kw).outcome.kind == "ok"
     assert run(xen_c447b730, "0f c7 30", 64, **kw).outcome.vector == "GP"
-    # RAX = 2^64 - 4: 0xFFFFFFFFFFFFFFFC + 7 wraps past 2^64: Xen #GP(0); the SDM model checks the
-    # (canonical) first byte: ok.
+    # RAX = 2^64 - 4: 0xFFFFFFFFFFFFFFFC + 7 wraps past 2^64: Xen #GP(0); for the SDM model both the
+    # first byte and the last (0x3, after the wrap) are canonical: ok.
     assert run(sdm, "0f c7 30", 64, registers={"rax": (1 << 64) - 4}).outcome.kind == "ok"
     assert run(xen_c447b730, "0f c7 30", 64, registers={"rax": (1 << 64) - 4}).outcome.vector == "GP"
     # DS base ignored, FS base added (64-bit): 64 0F C7 30, FS base 2^32, RAX 0x1000 -> 0x100001000.

@@ -52,7 +52,7 @@ class Quirks:
     no_segment_checks: bool = True  # no unusable, type or expand-down check
     always_gp: bool = True  # #GP(0) where the SDM raises #SS(0)
     wrap_check: bool = True  # #GP when offset + size - 1 wraps past 2^64 (64-bit offset arithmetic)
-    canonical_48_last: bool = True  # 48-bit canonical check, of the last byte for a non-negative address
+    canonical_48_last: bool = True  # 48-bit canonical check (of the last byte for a non-negative address)
     no_lam: bool = True  # no linear-address masking: LAM metadata bits make the address non-canonical
 
 
@@ -65,7 +65,7 @@ QUIRK_CLASSES: dict[str, str] = {
     "no_segment_checks": "Xen: no usability/type/expand-down checks",
     "always_gp": "Xen: #GP(0) where the SDM raises #SS(0)",
     "wrap_check": "Xen: offset wrapping past 2^64 faults",
-    "canonical_48_last": "Xen: canonical check in 48 bits, of the last byte",
+    "canonical_48_last": "Xen: canonical check in 48 bits whatever CR4.LA57",
     "no_lam": "Xen: LAM metadata not removed before the canonical check",
 }
 COMBINED = "Xen: several differences combined"
@@ -160,14 +160,18 @@ def xen_model(q: Quirks, exit: ExitInfo, state: CpuState, access: Access, explai
         return done(Outcome(FAULT, vector, 0, "limit",
                             f"Xen: offset {offset:#x} + {size} - 1 wraps past 2^64: #{vector}(0)"), **kw)
     if mode64:
-        checked, bit = lam_untag(linear, state)
-        if bit is not None and not q.no_lam:
-            ok, what = (checked >> 63) == (checked >> bit & 1), f"{linear:#x} (LAM: untagged {checked:#x})"
-        elif q.canonical_48_last:
+        if not q.no_lam:  # the SDM's way: the untagged address is the one checked (and reported)
+            untagged, bit = lam_untag(linear, state)
+            if bit is not None:
+                linear = untagged
+                kw["linear_address"] = linear
+        if q.canonical_48_last:
             probe = linear if linear >> 63 else (linear + size - 1) & MASK64
             ok, what = _canonical48(probe), f"{probe:#x} (48-bit check)"
         else:
-            ok, what = canonical(linear, 57 if state.la57 else 48), f"{linear:#x}"
+            bits = 57 if state.la57 else 48
+            ok = canonical(linear, bits) and canonical((linear + size - 1) & MASK64, bits)
+            what = f"{linear:#x} ({bits}-bit check of the first and last byte)"
         if not ok:
             return done(Outcome(FAULT, vector, 0, "canonical", f"Xen: {what} is not canonical: #{vector}(0)"), **kw)
         if steps is not None:
