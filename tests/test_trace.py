@@ -182,7 +182,9 @@ def test_wrong_hypervisor_trace(stand_ins: None) -> None:
     assert set(v[2]["fingerprint"]["models"]) == {"test-no-sign-extend"} | ({"kvm-f9eb4af6"} & kvm)
     assert set(v[4]["fingerprint"]["models"]) == {"test-base-every-segment"} | (kvm & {
         "kvm-064aea77", "kvm-f9eb4af6", "kvm-946c522b", "kvm-8570f9e8", "kvm-34333cc6", "kvm-c1a9acbc", "kvm-fdb28619"})
-    assert set(v[5]["fingerprint"]["models"]) == {"kvm-064aea77"} & kvm
+    # Other registered consumers may match too (xen-c447b730 does: no checks on this input); the
+    # KVM history is what this trace pins down.
+    assert {m for m in v[5]["fingerprint"]["models"] if m.startswith(("kvm-", "test-"))} == {"kvm-064aea77"} & kvm
     # 3: the right answer for the same exit
     assert v[3]["status"] == "ok"
     # 6, 7: EAX = 0xfffffffc, 8 bytes across the flat 4-GByte limit: implementation-specific,
