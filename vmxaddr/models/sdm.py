@@ -64,6 +64,16 @@ def lam_untag(addr: int, state: CpuState) -> tuple[int, int | None]:
     return (ext & ~(1 << 63) & MASK64) | (addr & (1 << 63)), bit
 
 
+OK_LIMIT = Outcome(OK, rule="limit")
+OK_CANONICAL = Outcome(OK, rule="canonical")
+_HAS_MEMREG = frozenset(m for m, sp in SPECS.items() if sp.layout in (Layout.VMREAD, Layout.LDT))
+
+
+def _done(steps: list[Step] | None, outcome: Outcome, ea: int | None = None, linear: int | None = None,
+          seg: str | None = None, disp: int | None = None, sbase: int | None = None) -> Result:
+    return Result(outcome, ea, linear, seg, disp, sbase, tuple(steps) if steps else ())
+
+
 def sdm(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) -> Result:
     """The SDM's answer. See the module docstring for the order of the rules."""
     steps: list[Step] | None = [] if explain else None
@@ -72,26 +82,23 @@ def sdm(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) 
     mode = state.mode
     info = exit.instruction_info
 
-    def done(outcome: Outcome, **kw: object) -> Result:
-        return Result(outcome, steps=tuple(steps) if steps else (), **kw)  # type: ignore[arg-type]
-
     # Mode: #UD comes before any VM exit; a hypervisor sees it only from a buggy processor model.
     if ((spec.vmx and mode in ("real", "virtual-8086", "compatibility"))
             or (mode == "real" and not spec.real_mode) or (mode == "virtual-8086" and not spec.v8086)):
-        return done(Outcome(FAULT, "UD", None, "mode", f"{ins.upper()} raises #UD in {mode} mode"))
+        return _done(steps, Outcome(FAULT, "UD", None, "mode", f"{ins.upper()} raises #UD in {mode} mode"))
     if steps is not None:
         steps.append(Step("mode", "mode", f"{mode} mode: {ins.upper()} may execute here", mode))
     # Virtual-8086 code runs at CPL 3 and real-mode code at CPL 0, whatever the state says.
     cpl = 3 if mode == "virtual-8086" else 0 if mode == "real" else state.cpl
     if (spec.vmx or spec.privileged) and cpl > 0:
-        return done(Outcome(FAULT, "GP", 0, "cpl", f"CPL {cpl} > 0: {ins.upper()} raises #GP(0)"))
+        return _done(steps, Outcome(FAULT, "GP", 0, "cpl", f"CPL {cpl} > 0: {ins.upper()} raises #GP(0)"))
     if steps is not None and (spec.vmx or spec.privileged):
         steps.append(Step("cpl", "cpl", f"CPL {cpl}: the privilege check passes", cpl))
-    if spec.layout is Layout.RDRAND or (spec.layout in (Layout.VMREAD, Layout.LDT) and info & (1 << 10)):
+    if spec.layout is Layout.RDRAND or (info & 0x400 and ins in _HAS_MEMREG):
         if steps is not None:
             steps.append(Step("register-operand", "register-operand",
                               "bit 10 = 1 (or a register-only layout): the operand is a register, no memory address"))
-        return done(Outcome(OK, rule="register-operand", reason="register operand: no memory access"))
+        return _done(steps, Outcome(OK, rule="register-operand", reason="register operand: no memory access"))
 
     asz, seg, disp, base, index, scale = fields_of(info, exit.exit_qualification)
     mask = (1 << asz) - 1
@@ -141,19 +148,17 @@ def sdm(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) 
         if not canonical(linear, bits) or not canonical(last, bits):
             bad = linear if not canonical(linear, bits) else last
             which = "" if bad == linear else f"the last byte {last:#x} of the {access.size}-byte access at {linear:#x} "
-            return done(Outcome(FAULT, vector, 0, "canonical",
+            return _done(steps, Outcome(FAULT, vector, 0, "canonical",
                                 f"{which}{bad:#x} is not canonical ({bits}-bit); through {seg.upper()}: #{vector}(0)"),
-                        effective_address=ea, linear_address=linear, segment=seg, displacement=disp & MASK64,
-                        segment_base=sbase)
+                        ea, linear, seg, disp & MASK64, sbase)
         if steps is not None:
             steps.append(Step("canonical", "canonical", f"{linear:#x} … {last:#x} is canonical ({bits}-bit addresses): no fault"))
-        return done(Outcome(OK, rule="canonical"), effective_address=ea, linear_address=linear, segment=seg,
-                    displacement=disp & MASK64, segment_base=sbase)
+        return _done(steps, OK_CANONICAL, ea, linear, seg, disp & MASK64, sbase)
 
     s = state.segment(seg)
     linear = (s.base + ea) & MASK32
     vector = "SS" if seg == "ss" else "GP"
-    kw = dict(effective_address=ea, linear_address=linear, segment=seg, displacement=disp & MASK64, segment_base=s.base)
+    kw = (ea, linear, seg, disp & MASK64, s.base)
     if steps is not None:
         steps.append(Step("segment", "segment", f"segment {seg} (bits 17:15 = {SEGMENTS.index(seg)})", seg))
         steps.append(Step("linear-address", "linear-32",
@@ -161,33 +166,33 @@ def sdm(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) 
     protected = mode in ("protected", "compatibility")
     if protected:
         if s.unusable:
-            return done(Outcome(FAULT, vector, 0, "unusable", f"{seg.upper()} is unusable: #{vector}(0)"), **kw)
+            return _done(steps, Outcome(FAULT, vector, 0, "unusable", f"{seg.upper()} is unusable: #{vector}(0)"), *kw)
         t = s.type
         if access.write and (t & 8 or not t & 2):
             what = "a code segment" if t & 8 else "a read-only data segment"
-            return done(Outcome(FAULT, "GP", 0, "type", f"write to {what} (type {t:#x}) through {seg.upper()}: #GP(0)"), **kw)
+            return _done(steps, Outcome(FAULT, "GP", 0, "type", f"write to {what} (type {t:#x}) through {seg.upper()}: #GP(0)"), *kw)
         if not access.write and t & 8 and not t & 2:
-            return done(Outcome(FAULT, "GP", 0, "type", f"read from an execute-only code segment (type {t:#x}): #GP(0)"), **kw)
+            return _done(steps, Outcome(FAULT, "GP", 0, "type", f"read from an execute-only code segment (type {t:#x}): #GP(0)"), *kw)
         if steps is not None:
             steps.append(Step("type", "type", f"{seg} usable, type {t:#x} allows a {access.kind}"))
     last = ea + access.size - 1
     if protected and s.expand_down:
         upper = MASK32 if s.db else 0xFFFF
         if ea <= s.limit or last > upper:
-            return done(Outcome(FAULT, vector, 0, "limit",
+            return _done(steps, Outcome(FAULT, vector, 0, "limit",
                                 f"expand-down {seg}: valid offsets {s.limit + 1:#x}…{upper:#x}; access "
-                                f"{ea:#x}…{last:#x} is outside: #{vector}(0)"), **kw)
+                                f"{ea:#x}…{last:#x} is outside: #{vector}(0)"), *kw)
         if steps is not None:
             steps.append(Step("limit", "limit", f"expand-down {seg}: {ea:#x}…{last:#x} lies within "
                               f"{s.limit + 1:#x}…{upper:#x}: no fault"))
-        return done(Outcome(OK, rule="limit"), **kw)
+        return _done(steps, OK_LIMIT, *kw)
     if last > s.limit:
         if s.limit == MASK32:
-            return done(Outcome(IMPL, vector, 0, "flat",
+            return _done(steps, Outcome(IMPL, vector, 0, "flat",
                                 f"{seg} limit is 0xffffffff and the access {ea:#x}…{last:#x} crosses it: "
-                                f"may or may not raise #{vector}(0)"), **kw)
-        return done(Outcome(FAULT, vector, 0, "limit",
-                            f"last byte {ea:#x} + {access.size} - 1 = {last:#x} > {seg} limit {s.limit:#x}: #{vector}(0)"), **kw)
+                                f"may or may not raise #{vector}(0)"), *kw)
+        return _done(steps, Outcome(FAULT, vector, 0, "limit",
+                            f"last byte {ea:#x} + {access.size} - 1 = {last:#x} > {seg} limit {s.limit:#x}: #{vector}(0)"), *kw)
     if steps is not None:
         steps.append(Step("limit", "limit", f"last byte {ea:#x} + {access.size} - 1 = {last:#x} <= {seg} limit {s.limit:#x}: no fault"))
-    return done(Outcome(OK, rule="limit"), **kw)
+    return _done(steps, OK_LIMIT, *kw)
