@@ -213,12 +213,15 @@ def _checks(fixes: Fixes, explain: bool, steps: list[Step] | None, state: CpuSta
     length = access.size if fixes.access_length else 8
     # unsigned 64-bit arithmetic: an offset near 2^64 wraps to a small "last byte"
     last = (off + length - 1 if fixes.limit_inclusive else off + length) & MASK64
-    form = f"off {off:#x} + {length} - 1" if fixes.limit_inclusive else f"off {off:#x} + {length}"
+
+    def form() -> str:  # only when explaining: the hot path formats nothing
+        return f"off {off:#x} + {length} - 1" if fixes.limit_inclusive else f"off {off:#x} + {length}"
+
     if last > s.limit:
         return _outcome(explain, FAULT, vector, 0, "limit",
-                        lambda: f"{form} = {last:#x} > {seg} limit {s.limit:#x}: #{vector}(0)")
+                        lambda: f"{form()} = {last:#x} > {seg} limit {s.limit:#x}: #{vector}(0)")
     if steps is not None:
-        steps.append(Step("limit", "limit", f"{form} = {last:#x} <= {seg} limit {s.limit:#x}: no fault", last))
+        steps.append(Step("limit", "limit", f"{form()} = {last:#x} <= {seg} limit {s.limit:#x}: no fault", last))
     return _outcome(explain, OK, None, None, "limit", str)
 
 
