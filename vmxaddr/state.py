@@ -150,29 +150,29 @@ class CpuState:
 
     @classmethod
     def from_json(cls, obj: Any, base: CpuState | None = None) -> CpuState:
-        """Read a state; missing keys keep the values of `base` (default: 32-bit protected mode)."""
+        """Read a state; missing keys keep the values of `base` (default: 32-bit protected mode).
+        Built in one step (traces may carry a state on every record)."""
         if not isinstance(obj, dict):
             raise StateError("a CPU state must be a JSON object")
         known = {"mode", "cpl", "cr4", "cr3", "rip", "registers", "segments", "code_size"}
-        unknown = set(obj) - known
-        if unknown:
-            raise StateError(f"unknown key {sorted(unknown)[0]!r} in CPU state (known: {', '.join(sorted(known))})")
-        if "code_size" in obj:
-            st = cls.for_code_size(parse_int(obj["code_size"], "code_size"))
-        else:
-            st = base or cls.for_code_size(32)
+        for k in obj:
+            if k not in known:
+                raise StateError(f"unknown key {k!r} in CPU state (known: {', '.join(sorted(known))})")
+        st = cls.for_code_size(parse_int(obj["code_size"], "code_size")) if "code_size" in obj else (base or cls.for_code_size(32))
+        d: dict[str, Any] = {f: getattr(st, f) for f in _STATE_FIELDS}
         if "mode" in obj:
             mode = obj["mode"]
             if mode not in MODES:
                 raise StateError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-            st = replace(st, mode=mode)
+            d["mode"] = mode
             if mode == "64-bit":
-                st = st.with_segment("cs", l=1, db=0)
+                cs = d["cs"]
+                d["cs"] = Segment(cs.base, cs.limit, cs.type, cs.s, cs.dpl, cs.p, 0, cs.g, 1, cs.unusable, cs.selector)
         if "cpl" in obj:
             cpl = parse_int(obj["cpl"], "cpl")
             if not 0 <= cpl <= 3:
                 raise StateError(f"cpl must be 0…3, not {cpl}")
-            st = replace(st, cpl=cpl)
+            d["cpl"] = cpl
         for group, keys in (("cr4", ("la57", "lam_sup")), ("cr3", ("lam_u48", "lam_u57"))):
             part = obj.get(group, {})
             if not isinstance(part, dict):
@@ -180,24 +180,45 @@ class CpuState:
             for k, v in part.items():
                 if k not in keys:
                     raise StateError(f"unknown {group} bit {k!r} (known: {', '.join(keys)})")
-                st = replace(st, **{k: bool(parse_int(v, f"{group}.{k}"))})
+                d[k] = bool(parse_int(v, f"{group}.{k}"))
         if "rip" in obj:
-            st = replace(st, rip=parse_int(obj["rip"], "rip") & MASK64)
+            d["rip"] = parse_int(obj["rip"], "rip") & MASK64
         regs = obj.get("registers", {})
         if not isinstance(regs, dict):
             raise StateError("registers must be an object such as {\"rbp\": \"0x1000\"}")
-        for name, v in regs.items():
-            st = st.with_reg(name, parse_int(v, f"registers.{name}"))
+        ordered: list[tuple[str, int]] | None = None
+        if regs:
+            values = list(d["regs"])
+            items = [(name, v if type(v) is int else parse_int(v, f"registers.{name}")) for name, v in regs.items()]
+            if all(name in _REG64_INDEX and 0 <= n <= MASK64 for name, n in items):
+                for name, n in items:
+                    values[_REG64_INDEX[name]] = n
+                d["regs"] = tuple(values)
+            else:
+                ordered = items  # 32/16-bit names, rip, or an error: CpuState.with_reg, in order
         segs = obj.get("segments", {})
         if not isinstance(segs, dict):
             raise StateError("segments must be an object such as {\"ss\": {\"limit\": \"0xfff\"}}")
         for sname, sv in segs.items():
             if not isinstance(sv, dict):
                 raise StateError(f"segments.{sname} must be an object")
-            changes = {k: (bool(parse_int(v, f"segments.{sname}.{k}")) if k == "unusable"
-                           else parse_int(v, f"segments.{sname}.{k}")) for k, v in sv.items()}
-            st = st.with_segment(sname, **changes)
-        return st
+            if sname not in SEGMENTS:
+                raise StateError(f"unknown segment {sname!r} (use es, cs, ss, ds, fs or gs)")
+            vals: dict[str, Any] = {}
+            for k, v in sv.items():
+                if k not in _SEG_FIELDS:
+                    raise StateError(f"unknown segment field {k!r} (fields: {', '.join(sorted(_SEG_FIELDS))})")
+                vals[k] = v if type(v) is int else parse_int(v, f"segments.{sname}.{k}")
+            if "unusable" in vals:
+                vals["unusable"] = bool(vals["unusable"])
+            if len(vals) < len(_SEG_FIELDS):  # a partial segment: the rest from the base state
+                old = d[sname]
+                vals = {f: getattr(old, f) for f in _SEG_FIELDS} | vals
+            d[sname] = Segment(**vals)
+        out = cls(**d)
+        for name, n in ordered or ():
+            out = out.with_reg(name, n)
+        return out
 
     @classmethod
     def loads(cls, text: str, base: CpuState | None = None) -> CpuState:
@@ -206,6 +227,10 @@ class CpuState:
         except json.JSONDecodeError as e:
             raise StateError(f"not valid JSON: {e}") from None
         return cls.from_json(obj, base)
+
+
+_STATE_FIELDS = tuple(f.name for f in fields(CpuState))
+_REG64_INDEX = {n: i for i, n in enumerate(REG64)}
 
 
 def reg_display(number: int, size: int) -> str:

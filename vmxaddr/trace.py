@@ -43,10 +43,10 @@ from vmxaddr.exitinfo import (
     exit_qualification,
     fields,
 )
-from vmxaddr.isa import REG64, SEGMENTS, SPECS
+from vmxaddr.isa import REG64, SPECS
 from vmxaddr.models.base import FAULT, IMPL, OK, Access, InvalidExitInfo, Model, Outcome, Result
 from vmxaddr.progress import Progress
-from vmxaddr.state import MODES, CpuState, Segment, StateError, parse_int
+from vmxaddr.state import CpuState, StateError, parse_int
 
 MASK64 = (1 << 64) - 1
 MAX_LINE = 1 << 20  # longer lines are reported as malformed and skipped without being held
@@ -154,83 +154,13 @@ def _hexbytes(v: Any) -> bytes:
         raise RecordError(f"bytes: {v!r} is not hexadecimal") from None
 
 
-_SEG_FIELDS = frozenset(Segment.__dataclass_fields__)
 
 
 def state_from_json(obj: Any, base: CpuState) -> CpuState:
-    """`CpuState.from_json(obj, base)`, built in one step: the same keys, defaults and errors
-    (tests/test_trace.py compares the two), about twenty times faster, for traces whose every
-    record may carry a state."""
-    if not isinstance(obj, dict):
-        raise StateError("a CPU state must be a JSON object")
-    known = {"mode", "cpl", "cr4", "cr3", "rip", "registers", "segments", "code_size"}
-    for k in obj:
-        if k not in known:
-            raise StateError(f"unknown key {k!r} in CPU state (known: {', '.join(sorted(known))})")
-    st = CpuState.for_code_size(parse_int(obj["code_size"], "code_size")) if "code_size" in obj else base
-    d: dict[str, Any] = {f: getattr(st, f) for f in CpuState.__dataclass_fields__}
-    if "mode" in obj:
-        mode = obj["mode"]
-        if mode not in MODES:
-            raise StateError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-        d["mode"] = mode
-        if mode == "64-bit":
-            cs = d["cs"]
-            d["cs"] = Segment(cs.base, cs.limit, cs.type, cs.s, cs.dpl, cs.p, 0, cs.g, 1, cs.unusable, cs.selector)
-    if "cpl" in obj:
-        cpl = parse_int(obj["cpl"], "cpl")
-        if not 0 <= cpl <= 3:
-            raise StateError(f"cpl must be 0…3, not {cpl}")
-        d["cpl"] = cpl
-    for group, keys in (("cr4", ("la57", "lam_sup")), ("cr3", ("lam_u48", "lam_u57"))):
-        part = obj.get(group, {})
-        if not isinstance(part, dict):
-            raise StateError(f"{group} must be an object")
-        for k, v in part.items():
-            if k not in keys:
-                raise StateError(f"unknown {group} bit {k!r} (known: {', '.join(keys)})")
-            d[k] = bool(parse_int(v, f"{group}.{k}"))
-    if "rip" in obj:
-        d["rip"] = parse_int(obj["rip"], "rip") & MASK64
-    regs = obj.get("registers", {})
-    if not isinstance(regs, dict):
-        raise StateError("registers must be an object such as {\"rbp\": \"0x1000\"}")
-    ordered: list[tuple[str, int]] | None = None
-    if regs:
-        values = list(d["regs"])
-        items = [(name, v if type(v) is int else parse_int(v, f"registers.{name}")) for name, v in regs.items()]
-        if all(name in _REG64_INDEX and 0 <= n <= MASK64 for name, n in items):
-            for name, n in items:
-                values[_REG64_INDEX[name]] = n
-            d["regs"] = tuple(values)
-        else:
-            ordered = items  # 32/16-bit names, rip, or an error: CpuState.with_reg, in order
-    segs = obj.get("segments", {})
-    if not isinstance(segs, dict):
-        raise StateError("segments must be an object such as {\"ss\": {\"limit\": \"0xfff\"}}")
-    for sname, sv in segs.items():
-        if not isinstance(sv, dict):
-            raise StateError(f"segments.{sname} must be an object")
-        if sname not in SEGMENTS:
-            raise StateError(f"unknown segment {sname!r} (use es, cs, ss, ds, fs or gs)")
-        vals: dict[str, Any] = {}
-        for k, v in sv.items():
-            if k not in _SEG_FIELDS:
-                raise StateError(f"unknown segment field {k!r} (fields: {', '.join(sorted(_SEG_FIELDS))})")
-            vals[k] = v if type(v) is int else parse_int(v, f"segments.{sname}.{k}")
-        if "unusable" in vals:
-            vals["unusable"] = bool(vals["unusable"])
-        if len(vals) < len(_SEG_FIELDS):  # a partial segment: the rest from the base state
-            old = d[sname]
-            vals = {f: getattr(old, f) for f in _SEG_FIELDS} | vals
-        d[sname] = Segment(**vals)
-    out = CpuState(**d)
-    for name, n in ordered or ():
-        out = out.with_reg(name, n)
-    return out
+    """A record's state on top of `base` (the format of `CpuState.from_json`)."""
+    return CpuState.from_json(obj, base)
 
 
-_REG64_INDEX = {n: i for i, n in enumerate(REG64)}
 
 
 def _result(v: Any) -> Recorded:
