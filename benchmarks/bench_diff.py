@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import capstone  # noqa: E402
 
 from vmxaddr import decode as decode_mod  # noqa: E402
-from vmxaddr.diff import _EXITS, agree, exit_and_access  # noqa: E402
+from vmxaddr.diff import agree, clear_exit_memo, exit_and_access  # noqa: E402
 from vmxaddr.exitinfo import DEFAULT_POLICY  # noqa: E402
 from vmxaddr.fuzz import gen_case  # noqa: E402
 from vmxaddr.gen import VMX_MNEMONICS, RandomChooser  # noqa: E402
@@ -79,13 +79,16 @@ def main() -> None:
     for d in (decode_mod._SHAPES, decode_mod._WHOLE):
         for v in d.values():
             v.clear()
-    _EXITS.clear()
+    clear_exit_memo()
     cold = pipeline(first, models)
     shapes = sum(len(v) for v in decode_mod._SHAPES.values())
-    steady = min(pipeline(second, models) for _ in range(1)) if args.repeat < 1 else pipeline(second, models)
-    cap = min(capstone_detail(second) for _ in range(args.repeat))
-    # re-time the steady pipeline as many times as capstone (memo state as after one pass)
-    steady = min([steady] + [pipeline(second, models) for _ in range(args.repeat - 1)])
+    pipeline(second, models)  # the memo as a fuzzing run has it after one pass
+    # Interleave the two timings so that a noisy neighbour slows both alike; best of each.
+    pipes, caps = [], []
+    for _ in range(max(args.repeat, 1)):
+        pipes.append(pipeline(second, models))
+        caps.append(capstone_detail(second))
+    steady, cap = min(pipes), min(caps)
     k = len(models)
     print(f"{n} cases per timing, {k} models ({args.models}), one core, Python {sys.version.split()[0]}")
     print(f"  differential pipeline, cold (empty memo): {n / cold:10,.0f} cases/s")

@@ -265,15 +265,27 @@ def diff_case(case: Case, models: Sequence[tuple[str, Model]], explain: bool = F
 _EXITS: dict[Policy, dict[tuple[bytes, int], tuple[ExitInfo, Access]]] = {}
 
 
+_LAST_POLICY: list[Any] = [None, None]
+
+
+def clear_exit_memo() -> None:
+    _EXITS.clear()
+    _LAST_POLICY[:] = [None, None]
+
+
 def exit_and_access(ins: Instruction, rip: int, policy: Policy) -> tuple[ExitInfo, Access]:
     """`encode(ins, rip, policy)` and the access, memoised per instruction bytes and policy (the
     exit information is a function of those alone, except RIP-relative operands, which add RIP)."""
     op = ins.operand
     if op is not None and op.rip_relative:
         return encode(ins, rip, policy), access_of(ins)
-    memo = _EXITS.get(policy)
-    if memo is None:
-        memo = _EXITS[policy] = {}
+    if policy is _LAST_POLICY[0]:
+        memo = _LAST_POLICY[1]  # hashing a Policy costs more than the lookup it keys
+    else:
+        memo = _EXITS.get(policy)
+        if memo is None:
+            memo = _EXITS[policy] = {}
+        _LAST_POLICY[:] = [policy, memo]
     key = (ins.raw, ins.code_size)
     hit = memo.get(key)
     if hit is None:
