@@ -169,7 +169,7 @@ def kvm_model(fixes: Fixes, exit: ExitInfo, state: CpuState, access: Access, exp
         rule = "segment-base-64" if long_mode else "linear-32"
         steps.append(Step("linear-address", rule, f"linear = {seg} base {sbase:#x} + off {off:#x} = {linear:#x}", linear))
     outcome = _checks(fixes, explain, steps, state, access, s, seg, vector, long_mode, mode64, off, linear)
-    if lam and mode64 and outcome.rule == "canonical":
+    if lam and mode64 and outcome.rule == "canonical" and (state.lam_sup or state.lam_u48 or state.lam_u57):
         linear = lam_untag(linear, state)[0]  # KVM goes on with the untagged address
     return Result(outcome, off, linear, seg, disp, sbase, tuple(steps) if steps else ())
 
@@ -180,7 +180,7 @@ def _checks(fixes: Fixes, explain: bool, steps: list[Step] | None, state: CpuSta
         return _outcome(explain, OK, None, None, "no-checks", lambda: "no fault checks (064aea77: not yet written)")
     if long_mode:
         checked = linear
-        if fixes.lam_untag and mode64:
+        if fixes.lam_untag and mode64 and (state.lam_sup or state.lam_u48 or state.lam_u57):
             checked, bit = lam_untag(linear, state)
             if bit is not None and steps is not None:
                 steps.append(Step("lam", "canonical", f"LAM: untagged {linear:#x} -> {checked:#x}", checked))
