@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from vmxaddr.case import Case
-from vmxaddr.decode import decode
+from vmxaddr.decode import DecodeError, decode
 from vmxaddr.diff import case_divergence, divergence, exit_and_access
 from vmxaddr.exitinfo import DEFAULT_POLICY, Policy, reported_segment
 from vmxaddr.gen import MEMORY_MNEMONICS, Chooser, gen_encoding, gen_state
@@ -383,9 +383,29 @@ def _class(case: Case, a: Model, b: Model, encoder: str = "sdm") -> str | None:
 
 
 def _reduce(case: Case, a: Model, b: Model, target: str, encoder: str = "sdm") -> Case:
-    """Keep only the registers and segment the operand reads, if the class survives that."""
+    """Drop every prefix byte the class does not need, then keep only the registers and segment
+    the operand reads, if the class survives that."""
+    case = _drop_prefixes(case, a, b, target, encoder)
     small = Case(case.instruction, reduced_state(case), case.policy)
     return small if _class(small, a, b, encoder) == target else case
+
+
+def _drop_prefixes(case: Case, a: Model, b: Model, target: str, encoder: str) -> Case:
+    """Remove prefix bytes one at a time while the bytes still decode and the class holds."""
+    changed = True
+    while changed:
+        changed = False
+        raw = case.instruction.raw
+        for i in range(raw.index(0x0F)):  # prefixes are the bytes before the 0F escape
+            try:
+                shorter = decode(raw[:i] + raw[i + 1:], case.instruction.code_size)
+            except DecodeError:
+                continue
+            trial = Case(shorter, case.state, case.policy)
+            if _class(trial, a, b, encoder) == target:
+                case, changed = trial, True
+                break
+    return case
 
 
 class _OutOfTime(BaseException):
