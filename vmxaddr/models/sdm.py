@@ -11,7 +11,7 @@ from __future__ import annotations
 from vmxaddr.exitinfo import ExitInfo
 from vmxaddr.isa import REG16, REG32, REG64, SEGMENTS, SPECS, Layout
 from vmxaddr.models.base import FAULT, IMPL, OK, Access, InvalidExitInfo, Outcome, Result, Step
-from vmxaddr.state import CpuState
+from vmxaddr.state import MODES, CpuState
 
 MASK64 = (1 << 64) - 1
 MASK32 = 0xFFFFFFFF
@@ -67,6 +67,14 @@ def lam_untag(addr: int, state: CpuState) -> tuple[int, int | None]:
 OK_LIMIT = Outcome(OK, rule="limit")
 OK_CANONICAL = Outcome(OK, rule="canonical")
 _HAS_MEMREG = frozenset(m for m, sp in SPECS.items() if sp.layout in (Layout.VMREAD, Layout.LDT))
+_NO_MEMORY = frozenset(m for m, sp in SPECS.items() if sp.layout is Layout.RDRAND)
+# VMX instructions and the privileged others: CPL > 0 is #GP(0).
+_CPL_CHECKED = frozenset(m for m, sp in SPECS.items() if sp.vmx or sp.privileged)
+# (instruction, mode) pairs that raise #UD: VMX instructions outside protected and 64-bit mode,
+# SLDT & co. in real and virtual-8086 mode, INVPCID and XSAVES/XRSTORS in virtual-8086 mode.
+_UD = frozenset((m, mode) for m, sp in SPECS.items() for mode in MODES
+                if (sp.vmx and mode in ("real", "virtual-8086", "compatibility"))
+                or (mode == "real" and not sp.real_mode) or (mode == "virtual-8086" and not sp.v8086))
 
 
 def _done(steps: list[Step] | None, outcome: Outcome, ea: int | None = None, linear: int | None = None,
@@ -78,23 +86,22 @@ def sdm(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) 
     """The SDM's answer. See the module docstring for the order of the rules."""
     steps: list[Step] | None = [] if explain else None
     ins = exit.instruction
-    spec = SPECS[ins]
     mode = state.mode
     info = exit.instruction_info
 
     # Mode: #UD comes before any VM exit; a hypervisor sees it only from a buggy processor model.
-    if ((spec.vmx and mode in ("real", "virtual-8086", "compatibility"))
-            or (mode == "real" and not spec.real_mode) or (mode == "virtual-8086" and not spec.v8086)):
+    if (ins, mode) in _UD:
         return _done(steps, Outcome(FAULT, "UD", None, "mode", f"{ins.upper()} raises #UD in {mode} mode"))
     if steps is not None:
         steps.append(Step("mode", "mode", f"{mode} mode: {ins.upper()} may execute here", mode))
-    # Virtual-8086 code runs at CPL 3 and real-mode code at CPL 0, whatever the state says.
-    cpl = 3 if mode == "virtual-8086" else 0 if mode == "real" else state.cpl
-    if (spec.vmx or spec.privileged) and cpl > 0:
-        return _done(steps, Outcome(FAULT, "GP", 0, "cpl", f"CPL {cpl} > 0: {ins.upper()} raises #GP(0)"))
-    if steps is not None and (spec.vmx or spec.privileged):
-        steps.append(Step("cpl", "cpl", f"CPL {cpl}: the privilege check passes", cpl))
-    if spec.layout is Layout.RDRAND or (info & 0x400 and ins in _HAS_MEMREG):
+    if ins in _CPL_CHECKED:
+        # Virtual-8086 code runs at CPL 3 and real-mode code at CPL 0, whatever the state says.
+        cpl = 3 if mode == "virtual-8086" else 0 if mode == "real" else state.cpl
+        if cpl > 0:
+            return _done(steps, Outcome(FAULT, "GP", 0, "cpl", f"CPL {cpl} > 0: {ins.upper()} raises #GP(0)"))
+        if steps is not None:
+            steps.append(Step("cpl", "cpl", f"CPL {cpl}: the privilege check passes", cpl))
+    if ins in _NO_MEMORY or (info & 0x400 and ins in _HAS_MEMREG):
         if steps is not None:
             steps.append(Step("register-operand", "register-operand",
                               "bit 10 = 1 (or a register-only layout): the operand is a register, no memory address"))
