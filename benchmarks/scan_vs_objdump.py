@@ -36,42 +36,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from vmxaddr.objdump import parse_objdump  # noqa: E402
 from vmxaddr.scan import ScanError, expand_paths, read_image  # noqa: E402
 
 NARROW = r"vm(read|write|ptrld|ptrst|clear|xon)|inv(ept|vpid|pcid)"
 FAMILY = NARROW + r"|rdrand|rdseed|[ls][gi]dt|lldt|ltr|sldt|str|xsaves|xrstors"
-_MNEMONIC = re.compile(r"^(vmread|vmwrite|vmptrld|vmptrst|vmclear|vmxon|invept|invvpid|invpcid|rdrand|"
-                       r"rdseed|lgdt|lidt|sgdt|sidt|lldt|ltr|sldt|str|xsaves|xrstors)(?:[lwq]|64)?$")
 _NARROW = re.compile(r"^(vm(read|write|ptrld|ptrst|clear|xon)|inv(ept|vpid|pcid))$")
-_PREFIX_WORDS = re.compile(r"^(lock|rep[nez]*|cs|ds|es|ss|fs|gs|data16|data32|addr16|addr32|notrack|bnd|"
-                           r"rex(\.[WRXB]+)?|\{[a-z0-9]+\})$")
-
-Key = tuple[str, str, int, str]
-
-
-def parse_objdump(text: str, names: dict[str, str]) -> set[Key]:
-    found: set[Key] = set()
-    current = section = ""
-    for line in text.splitlines():
-        if "file format" in line and not line.startswith(" "):
-            path = line.split(":     file format")[0].strip()
-            current = names.get(path, path)
-            continue
-        if line.startswith("Disassembly of section "):
-            section = line[len("Disassembly of section "):].rstrip(":")
-            continue
-        parts = line.split("\t")
-        if len(parts) < 3 or not parts[0].strip().endswith(":"):
-            continue
-        words = parts[2].split()
-        while len(words) > 1 and _PREFIX_WORDS.match(words[0]):
-            words.pop(0)
-        m = _MNEMONIC.match(words[0]) if words else None
-        if m:
-            found.add((current, section, int(parts[0].strip()[:-1], 16), m.group(1)))
-    return found
-
-
 def run_objdump(files: list[str], extra: list[str], jobs: int) -> tuple[float, str]:
     pattern = f"{FAMILY}|file format|^Disassembly of section"
     shares = [files[i::jobs] for i in range(jobs)] if jobs > 1 else [files]

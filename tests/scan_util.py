@@ -1,23 +1,18 @@
 """Helpers for tests/test_scan.py: assemble small objects, read what the assembler recorded, and
-parse `objdump -d` output (independently of vmxaddr.scan)."""
+parse `objdump -d` output (with vmxaddr.objdump, which the scanner does not use)."""
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
+from vmxaddr.objdump import parse_objdump
+
 AS = shutil.which("as")
 OBJDUMP = shutil.which("objdump")
-
-FAMILY = re.compile(r"^(vmread|vmwrite|vmptrld|vmptrst|vmclear|vmxon|invept|invvpid|invpcid|rdrand|"
-                    r"rdseed|lgdt|lidt|sgdt|sidt|lldt|ltr|sldt|str|xsaves|xrstors)(?:[lwq]|64)?$")
-_PREFIX_WORDS = re.compile(r"^(lock|rep[nez]*|cs|ds|es|ss|fs|gs|data16|data32|addr16|addr32|notrack|bnd|"
-                           r"rex(\.[WRXB]+)?)$")
-
 
 def assemble(tmp: Path, name: str, source: str, *, bits32: bool = False) -> Path:
     src = tmp / f"{name}.s"
@@ -64,19 +59,4 @@ def objdump_family(obj: Path, machine: str | None = None) -> set[tuple[str, int,
     assert OBJDUMP
     cmd = [OBJDUMP, "-d", *(["-M", machine] if machine else []), str(obj)]
     text = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    found = set()
-    section = ""
-    for line in text.splitlines():
-        if line.startswith("Disassembly of section "):
-            section = line[len("Disassembly of section "):].rstrip(":")
-            continue
-        parts = line.split("\t")
-        if len(parts) < 3 or not parts[0].strip().endswith(":"):
-            continue
-        words = parts[2].split()
-        while len(words) > 1 and _PREFIX_WORDS.match(words[0]):
-            words.pop(0)
-        m = FAMILY.match(words[0]) if words else None
-        if m:
-            found.add((section, int(parts[0].strip()[:-1], 16), m.group(1)))
-    return found
+    return {(section, address, mnemonic) for _, section, address, mnemonic in parse_objdump(text)}
