@@ -220,8 +220,8 @@ def test_unicorn_1781_fs_then_es_prefix(uni, oracle):
 def test_unicorn_check_can_fail(uni, oracle, monkeypatch):
     # a model that is off by one must be reported, unexplained
     real = uni.sdm
-    monkeypatch.setattr(uni, "sdm", lambda e, s, a, explain=False: dataclasses.replace(
-        real(e, s, a), effective_address=real(e, s, a).effective_address + 1))
+    monkeypatch.setattr(uni, "sdm", lambda e, s, a, explain=False: real(e, s, a)._replace(
+        effective_address=real(e, s, a).effective_address + 1))
     ins = decode(bytes.fromhex("0fc730"), 32)
     ds = uni.compare_case(oracle, ins, _state(32, [("eax", 0x100)]))
     assert [(d.field, d.explained) for d in ds] == [("effective_address", None)]

@@ -261,3 +261,25 @@ def _reg(n: int) -> str:
 
 def fields_json(info: int, instruction: str) -> dict[str, Any]:
     return {f.name: f.value for f in fields(info, instruction) if f.name != "undefined" and f.defined}
+
+
+# -- the memory-operand fields, read once per value ----------------------------------------------
+
+OperandBits = tuple[int, int, int, int | None, int | None]
+_OPERAND_BITS: dict[int, OperandBits] = {}
+
+
+def operand_bits(info: int) -> OperandBits:
+    """(scaling, address-size code, segment number, index register or None, base register or
+    None) — bits 1:0, 9:7, 17:15, 21:18 (None when bit 22 is set) and 26:23 (None when bit 27
+    is set), the raw values, unchecked. Memoised: a fuzzing run reads a few thousand distinct
+    values millions of times, and models read them with `_OPERAND_BITS.get(info) or
+    operand_bits(info)` (a tuple is never empty)."""
+    bits = _OPERAND_BITS.get(info)
+    if bits is None:
+        if len(_OPERAND_BITS) >= 1 << 16:  # random undefined bits make the values many
+            _OPERAND_BITS.clear()
+        bits = _OPERAND_BITS[info] = (info & F_SCALING, info >> 7 & 7, info >> 15 & 7,
+                                      None if info & F_INDEX_INV else info >> 18 & 15,
+                                      None if info & F_BASE_INV else info >> 23 & 15)
+    return bits

@@ -8,7 +8,7 @@ Order of the computation (each step names its rule in vmxaddr.rules):
 
 from __future__ import annotations
 
-from vmxaddr.exitinfo import ExitInfo
+from vmxaddr.exitinfo import _OPERAND_BITS, ExitInfo, operand_bits
 from vmxaddr.isa import REG16, REG32, REG64, SEGMENTS, SPECS, Layout
 from vmxaddr.models.base import FAULT, IMPL, OK, Access, InvalidExitInfo, Outcome, Result, Step
 from vmxaddr.state import MODES, CpuState
@@ -66,15 +66,21 @@ def lam_untag(addr: int, state: CpuState) -> tuple[int, int | None]:
 
 OK_LIMIT = Outcome(OK, rule="limit")
 OK_CANONICAL = Outcome(OK, rule="canonical")
+OK_REGISTER = Outcome(OK, rule="register-operand", reason="register operand: no memory access")
 _HAS_MEMREG = frozenset(m for m, sp in SPECS.items() if sp.layout in (Layout.VMREAD, Layout.LDT))
 _NO_MEMORY = frozenset(m for m, sp in SPECS.items() if sp.layout is Layout.RDRAND)
 # VMX instructions and the privileged others: CPL > 0 is #GP(0).
 _CPL_CHECKED = frozenset(m for m, sp in SPECS.items() if sp.vmx or sp.privileged)
-# (instruction, mode) pairs that raise #UD: VMX instructions outside protected and 64-bit mode,
-# SLDT & co. in real and virtual-8086 mode, INVPCID and XSAVES/XRSTORS in virtual-8086 mode.
-_UD = frozenset((m, mode) for m, sp in SPECS.items() for mode in MODES
-                if (sp.vmx and mode in ("real", "virtual-8086", "compatibility"))
-                or (mode == "real" and not sp.real_mode) or (mode == "virtual-8086" and not sp.v8086))
+# Per mode, the instructions that raise #UD there: VMX instructions outside protected and 64-bit
+# mode, SLDT & co. in real and virtual-8086 mode, INVPCID and XSAVES/XRSTORS in virtual-8086 mode.
+_UD_IN = {mode: frozenset(m for m, sp in SPECS.items()
+                          if (sp.vmx and mode in ("real", "virtual-8086", "compatibility"))
+                          or (mode == "real" and not sp.real_mode) or (mode == "virtual-8086" and not sp.v8086))
+          for mode in MODES}
+_MASKS = (0xFFFF, MASK32, MASK64, 0, 0, 0, 0, 0)  # by address-size code (3…7 are rejected)
+_SIGN = (0x8000, 0x80000000, 1 << 63, 0, 0, 0, 0, 0)
+# 64-bit mode: bits that must all equal bit 63 for a canonical address (paging width 48 or 57).
+_NONCANONICAL = {False: MASK64 ^ ((1 << 47) - 1), True: MASK64 ^ ((1 << 56) - 1)}
 
 
 def _done(steps: list[Step] | None, outcome: Outcome, ea: int | None = None, linear: int | None = None,
@@ -90,7 +96,7 @@ def sdm(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) 
     info = exit.instruction_info
 
     # Mode: #UD comes before any VM exit; a hypervisor sees it only from a buggy processor model.
-    if (ins, mode) in _UD:
+    if ins in _UD_IN[mode]:
         return _done(steps, Outcome(FAULT, "UD", None, "mode", f"{ins.upper()} raises #UD in {mode} mode"))
     if steps is not None:
         steps.append(Step("mode", "mode", f"{mode} mode: {ins.upper()} may execute here", mode))
@@ -105,85 +111,88 @@ def sdm(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) 
         if steps is not None:
             steps.append(Step("register-operand", "register-operand",
                               "bit 10 = 1 (or a register-only layout): the operand is a register, no memory address"))
-        return _done(steps, Outcome(OK, rule="register-operand", reason="register operand: no memory access"))
+        return _done(steps, OK_REGISTER)
 
-    # fields_of(), inlined: this is the fuzzer's hot path
-    code = info >> 7 & 7
-    seg_no = info >> 15 & 7
+    # fields_of(), with the bit fields read once per value: this is the fuzzer's hot path
+    scaling, code, seg_no, index, base = _OPERAND_BITS.get(info) or operand_bits(info)
     if code > 2 or seg_no > 5:
         fields_of(info, exit.exit_qualification)  # raises InvalidExitInfo with the reason
-    asz = 16 << code
     seg = SEGMENTS[seg_no]
-    mask = (1 << asz) - 1
+    mask = _MASKS[code]
     q = exit.exit_qualification & mask  # bits beyond the address size are undefined
-    disp = q - (1 << asz) if q >> (asz - 1) else q
-    base = None if info & 0x8000000 else info >> 23 & 15
-    index = None if info & 0x400000 else info >> 18 & 15
-    scale = 1 << (info & 3)
-    bval = state.regs[base] & mask if base is not None else 0
-    ival = state.regs[index] & mask if index is not None else 0
-    ea = (bval + ival * scale + disp) & mask
+    disp = q - ((q & _SIGN[code]) << 1)  # sign-extended from the address size's top bit
+    regs = state.regs
+    bval = regs[base] & mask if base is not None else 0
+    ival = regs[index] & mask if index is not None else 0
+    ea = (bval + (ival << scaling) + disp) & mask
+    disp &= MASK64
     if steps is not None:
+        asz, scale, sdisp = 16 << code, 1 << scaling, disp - (1 << 64) if disp >> 63 else disp
         q = exit.exit_qualification
         if asz == 64:
-            text = f"exit qualification {q:#x}: the address size is 64 bits, so all of it is the displacement: {_h(disp)}"
+            text = f"exit qualification {q:#x}: the address size is 64 bits, so all of it is the displacement: {_h(sdisp)}"
         else:
             text = (f"exit qualification {q:#x}: address size {asz} bits, so bits {asz - 1}:0 = {q & mask:#x} count "
-                    f"(higher bits are undefined); sign-extended from bit {asz - 1}: displacement = {_h(disp)}")
+                    f"(higher bits are undefined); sign-extended from bit {asz - 1}: displacement = {_h(sdisp)}")
         if base is None and index is None and asz != 16:
             text += " (no base, no index: for a RIP-relative operand this already includes the next RIP)"
-        steps.append(Step("displacement", "exit-qualification", text, disp & MASK64))
+        steps.append(Step("displacement", "exit-qualification", text, disp))
         names = _NAMES[asz]
         terms = []
         if base is not None:
             terms.append(f"{names[base]} {bval:#x}")
         if index is not None:
             terms.append(f"{names[index]} {ival:#x} x {scale}")
-        terms.append(f"displacement {_h(disp)}")
+        terms.append(f"displacement {_h(sdisp)}")
         steps.append(Step("effective-address", "effective-address",
                           f"EA = {' + '.join(terms)} = {ea:#x} (mod 2^{asz})", ea))
+    vector = "SS" if seg_no == 2 else "GP"
 
     if mode == "64-bit":
-        sbase = getattr(state, seg).base if seg == "fs" or seg == "gs" else 0
+        sbase = getattr(state, seg).base if seg_no >= 4 else 0  # FS (4) and GS (5) only
         linear = (sbase + ea) & MASK64
         if steps is not None:
             why = "FS/GS keep their base" if seg in ("fs", "gs") else f"the {seg.upper()} base counts as 0 in 64-bit mode"
-            steps.append(Step("segment", "segment", f"segment {seg} (bits 17:15 = {SEGMENTS.index(seg)})", seg))
+            steps.append(Step("segment", "segment", f"segment {seg} (bits 17:15 = {seg_no})", seg))
             steps.append(Step("linear-address", "segment-base-64",
                               f"linear = {seg} base {sbase:#x} + EA {ea:#x} = {linear:#x} ({why}; no truncation)", linear))
         # With LAM the address translated is the untagged one; its canonical check follows the
         # paging mode (48 or 57 bits), so LAM_U57 under 4-level paging still needs bits 56:47 = bit 63.
-        untagged, lam_bit = lam_untag(linear, state) if state.lam_sup or state.lam_u48 or state.lam_u57 else (linear, None)
-        if lam_bit is not None and steps is not None:
-            steps.append(Step("lam", "canonical", f"LAM: metadata bits 62:{lam_bit + 1} of {linear:#x} take the value "
-                              f"of bit {lam_bit}: untagged {untagged:#x}", untagged))
-        linear = untagged
-        bits = 57 if state.la57 else 48
-        vector = "SS" if seg == "ss" else "GP"
+        if state.lam_sup or state.lam_u48 or state.lam_u57:
+            untagged, lam_bit = lam_untag(linear, state)
+            if lam_bit is not None and steps is not None:
+                steps.append(Step("lam", "canonical", f"LAM: metadata bits 62:{lam_bit + 1} of {linear:#x} take the "
+                                  f"value of bit {lam_bit}: untagged {untagged:#x}", untagged))
+            linear = untagged
         # Every byte accessed must be canonical: the first and the last (as Bochs and KVM's
         # instruction emulator check), so an access running off the lower half faults.
         last = (linear + (access.size or 1) - 1) & MASK64
-        top, top_last, ones = linear >> (bits - 1), last >> (bits - 1), (1 << (65 - bits)) - 1
-        if (top != 0 and top != ones) or (top_last != 0 and top_last != ones):
-            bad = linear if not canonical(linear, bits) else last
+        nc = _NONCANONICAL[state.la57]
+        top, top_last = linear & nc, last & nc
+        if (top and top != nc) or (top_last and top_last != nc):
+            bits = 57 if state.la57 else 48
+            bad = linear if top and top != nc else last
             which = "" if bad == linear else f"the last byte {last:#x} of the {access.size}-byte access at {linear:#x} "
             return _done(steps, Outcome(FAULT, vector, 0, "canonical",
                                 f"{which}{bad:#x} is not canonical ({bits}-bit); through {seg.upper()}: #{vector}(0)"),
-                        ea, linear, seg, disp & MASK64, sbase)
-        if steps is not None:
-            steps.append(Step("canonical", "canonical", f"{linear:#x} … {last:#x} is canonical ({bits}-bit addresses): no fault"))
-        return _done(steps, OK_CANONICAL, ea, linear, seg, disp & MASK64, sbase)
+                        ea, linear, seg, disp, sbase)
+        if steps is None:
+            return Result(OK_CANONICAL, ea, linear, seg, disp, sbase)
+        steps.append(Step("canonical", "canonical", f"{linear:#x} … {last:#x} is canonical "
+                          f"({57 if state.la57 else 48}-bit addresses): no fault"))
+        return _done(steps, OK_CANONICAL, ea, linear, seg, disp, sbase)
 
     s = getattr(state, seg)
-    linear = (s.base + ea) & MASK32
-    vector = "SS" if seg == "ss" else "GP"
-    kw = (ea, linear, seg, disp & MASK64, s.base)
+    sbase = s.base
+    linear = (sbase + ea) & MASK32
+    kw = (ea, linear, seg, disp, sbase)
     if steps is not None:
-        steps.append(Step("segment", "segment", f"segment {seg} (bits 17:15 = {SEGMENTS.index(seg)})", seg))
+        steps.append(Step("segment", "segment", f"segment {seg} (bits 17:15 = {seg_no})", seg))
         steps.append(Step("linear-address", "linear-32",
-                          f"linear = {seg} base {s.base:#x} + EA {ea:#x} = {linear:#x} (mod 2^32)", linear))
-    protected = mode in ("protected", "compatibility")
-    if protected:
+                          f"linear = {seg} base {sbase:#x} + EA {ea:#x} = {linear:#x} (mod 2^32)", linear))
+    last = ea + access.size - 1
+    limit = s.limit
+    if mode == "protected" or mode == "compatibility":
         if s.unusable:
             return _done(steps, Outcome(FAULT, vector, 0, "unusable", f"{seg.upper()} is unusable: #{vector}(0)"), *kw)
         t = s.type
@@ -194,24 +203,24 @@ def sdm(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) 
             return _done(steps, Outcome(FAULT, "GP", 0, "type", f"read from an execute-only code segment (type {t:#x}): #GP(0)"), *kw)
         if steps is not None:
             steps.append(Step("type", "type", f"{seg} usable, type {t:#x} allows a {access.kind}"))
-    last = ea + access.size - 1
-    if protected and s.expand_down:
-        upper = MASK32 if s.db else 0xFFFF
-        if ea <= s.limit or last > upper:
-            return _done(steps, Outcome(FAULT, vector, 0, "limit",
-                                f"expand-down {seg}: valid offsets {s.limit + 1:#x}…{upper:#x}; access "
-                                f"{ea:#x}…{last:#x} is outside: #{vector}(0)"), *kw)
-        if steps is not None:
-            steps.append(Step("limit", "limit", f"expand-down {seg}: {ea:#x}…{last:#x} lies within "
-                              f"{s.limit + 1:#x}…{upper:#x}: no fault"))
-        return _done(steps, OK_LIMIT, *kw)
-    if last > s.limit:
-        if s.limit == MASK32:
+        if t & 0xC == 4:  # expand-down data (type bit 2 means "conforming" for code: §3.4.5.1)
+            upper = MASK32 if s.db else 0xFFFF
+            if ea <= limit or last > upper:
+                return _done(steps, Outcome(FAULT, vector, 0, "limit",
+                                    f"expand-down {seg}: valid offsets {limit + 1:#x}…{upper:#x}; access "
+                                    f"{ea:#x}…{last:#x} is outside: #{vector}(0)"), *kw)
+            if steps is not None:
+                steps.append(Step("limit", "limit", f"expand-down {seg}: {ea:#x}…{last:#x} lies within "
+                                  f"{limit + 1:#x}…{upper:#x}: no fault"))
+            return _done(steps, OK_LIMIT, *kw)
+    if last > limit:
+        if limit == MASK32:
             return _done(steps, Outcome(IMPL, vector, 0, "flat",
                                 f"{seg} limit is 0xffffffff and the access {ea:#x}…{last:#x} crosses it: "
                                 f"may or may not raise #{vector}(0)"), *kw)
         return _done(steps, Outcome(FAULT, vector, 0, "limit",
-                            f"last byte {ea:#x} + {access.size} - 1 = {last:#x} > {seg} limit {s.limit:#x}: #{vector}(0)"), *kw)
-    if steps is not None:
-        steps.append(Step("limit", "limit", f"last byte {ea:#x} + {access.size} - 1 = {last:#x} <= {seg} limit {s.limit:#x}: no fault"))
+                            f"last byte {ea:#x} + {access.size} - 1 = {last:#x} > {seg} limit {limit:#x}: #{vector}(0)"), *kw)
+    if steps is None:
+        return Result(OK_LIMIT, ea, linear, seg, disp, sbase)
+    steps.append(Step("limit", "limit", f"last byte {ea:#x} + {access.size} - 1 = {last:#x} <= {seg} limit {limit:#x}: no fault"))
     return _done(steps, OK_LIMIT, *kw)
