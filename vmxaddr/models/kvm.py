@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
 
-from vmxaddr.exitinfo import ExitInfo
+from vmxaddr.exitinfo import _OPERAND_BITS, ExitInfo, operand_bits
 from vmxaddr.isa import REG64, SEGMENTS, SPECS, Layout
 from vmxaddr.models.base import FAULT, OK, Access, InvalidExitInfo, Outcome, Result, Step
 from vmxaddr.models.sdm import lam_untag
@@ -67,9 +67,8 @@ class LimitCheck:
     expand_down: bool  # knows expand-down segments
 
 
-def _sext(v: int, bit: int) -> int:
-    v &= (1 << (bit + 1)) - 1
-    return (v - (1 << (bit + 1)) if v >> bit else v) & MASK64
+_ASZ_MASK = (0xFFFF, MASK32)  # by address-size code, 16 and 32 bits
+_ASZ_SIGN = (0x8000, 0x80000000)
 
 
 def _h(v: int) -> str:
@@ -77,6 +76,7 @@ def _h(v: int) -> str:
 
 
 _QUIET: dict[tuple[str, str | None, int | None, str], Outcome] = {}
+_OK_CANONICAL, _OK_FLAT, _OK_LIMIT = (Outcome(OK, None, None, rule, "") for rule in ("canonical", "flat", "limit"))
 
 
 def _outcome(explain: bool, kind: str, vector: str | None, code: int | None, rule: str,
@@ -117,23 +117,18 @@ def kvm_model(fixes: Fixes, exit: ExitInfo, state: CpuState, access: Access, exp
         return Result(_outcome(explain, FAULT, "UD", None, "register-operand",
                                lambda: "bit 10 set for a memory-only instruction: #UD"), steps=tuple(steps or ()))
 
-    asz_code = info >> 7 & 7
-    seg_no = info >> 15 & 7
+    scaling, asz_code, seg_no, index, base = _OPERAND_BITS.get(info) or operand_bits(info)
     if seg_no > 5:
         raise InvalidExitInfo(f"segment field (bits 17:15) is {seg_no}; the SDM uses only 0…5")
     seg = SEGMENTS[seg_no]
-    scaling = info & 3
-    index = None if info & (1 << 22) else info >> 18 & 15
-    base = None if info & (1 << 27) else info >> 23 & 15
     long_mode = mode == "64-bit" or mode == "compatibility"  # is_long_mode(): EFER.LMA
     mode64 = mode == "64-bit"  # is_64_bit_mode()
 
     q = exit.exit_qualification
     disp = q
-    if sign_extend and asz_code == 1:
-        disp = _sext(q, 31)
-    elif sign_extend and asz_code == 0:
-        disp = _sext(q, 15)
+    if sign_extend and asz_code < 2:  # from bit 15 or bit 31
+        low = q & _ASZ_MASK[asz_code]
+        disp = (low - ((low & _ASZ_SIGN[asz_code]) << 1)) & MASK64
     reg_mask = MASK32 if truncate_regs and not mode64 else MASK64
     bval = state.regs[base] & reg_mask if base is not None else 0
     ival = state.regs[index] & reg_mask if index is not None else 0
@@ -191,7 +186,7 @@ def _checks(fixes: Fixes, explain: bool, steps: list[Step] | None, state: CpuSta
                             lambda: f"{checked:#x} is not canonical ({bits}-bit): #{vector}(0)")
         if steps is not None:
             steps.append(Step("canonical", "canonical", f"{checked:#x} is canonical ({bits}-bit): the only check in long mode"))
-        return _outcome(explain, OK, None, None, "canonical", str)
+        return _OK_CANONICAL
 
     # Before 8570f9e8 the checks below were under is_protmode() (CR0.PE); after, under plain else.
     if state.mode == "real" and not fixes.mask_ea:
@@ -209,7 +204,7 @@ def _checks(fixes: Fixes, explain: bool, steps: list[Step] | None, state: CpuSta
     if fixes.flat_skip and s.base == 0 and s.limit == MASK32 and (t & 8 or not t & 4):
         if steps is not None:
             steps.append(Step("limit", "flat", f"{seg} is flat (base 0, limit 0xffffffff, code or expand-up): no limit check"))
-        return _outcome(explain, OK, None, None, "flat", str)
+        return _OK_FLAT
     length = access.size if fixes.access_length else 8
     # unsigned 64-bit arithmetic: an offset near 2^64 wraps to a small "last byte"
     last = (off + length - 1 if fixes.limit_inclusive else off + length) & MASK64
@@ -222,7 +217,7 @@ def _checks(fixes: Fixes, explain: bool, steps: list[Step] | None, state: CpuSta
                         lambda: f"{form()} = {last:#x} > {seg} limit {s.limit:#x}: #{vector}(0)")
     if steps is not None:
         steps.append(Step("limit", "limit", f"{form()} = {last:#x} <= {seg} limit {s.limit:#x}: no fault", last))
-    return _outcome(explain, OK, None, None, "limit", str)
+    return _OK_LIMIT
 
 
 # -- the history, one fix per row ------------------------------------------------------------------
