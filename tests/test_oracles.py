@@ -130,7 +130,7 @@ def test_iced_xsaves_size_is_not_comparable(iced):
 def test_iced_check_can_fail(iced, monkeypatch):
     # a decoder that gets the length wrong must be reported, unexplained
     real = iced.decode
-    monkeypatch.setattr(iced, "decode", lambda raw, cs: dataclasses.replace(real(raw, cs), length=real(raw, cs).length + 1))
+    monkeypatch.setattr(iced, "decode", lambda raw, cs: real(raw, cs)._replace(length=real(raw, cs).length + 1))
     ds = iced.compare(bytes.fromhex("0fc730"), 32)
     assert [(d.field, d.explained) for d in ds] == [("length", None)]
 

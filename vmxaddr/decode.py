@@ -11,9 +11,8 @@ docs/known-decoder-issues.md (the mnemonic of 0F C7 /6 in 16-bit code, INVEPT/IN
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cache, lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from vmxaddr.isa import RBP, REG16, REG32, REG64, RSP, SEGMENTS, SPECS, InstrSpec, reg_name
 
@@ -37,8 +36,7 @@ class DecodeError(ValueError):
         self.kind = kind
 
 
-@dataclass(frozen=True, slots=True)
-class MemoryOperand:
+class MemoryOperand(NamedTuple):
     segment: str  # the segment the access uses: the effective override, else the default rule
     segment_prefix: str | None  # the last segment-override prefix present, effective or not
     base: int | None  # register number (0 = rAX … 15 = R15); None: no base (or RIP-relative)
@@ -91,8 +89,7 @@ class MemoryOperand:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Instruction:
+class Instruction(NamedTuple):
     mnemonic: str
     code_size: int
     length: int

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from vmxaddr.decode import Instruction
 from vmxaddr.isa import EXIT_REASONS, SEGMENTS, SPECS, Layout
@@ -71,8 +71,7 @@ class Policy:
 DEFAULT_POLICY = Policy()
 
 
-@dataclass(frozen=True, slots=True)
-class ExitInfo:
+class ExitInfo(NamedTuple):
     """What the hypervisor is handed: the instruction (from the exit reason, and bits 29:28 for
     the descriptor-table reasons), the instruction-information field, the exit qualification
     and the instruction length."""

@@ -12,14 +12,14 @@ A Result carries, besides the outcome, the intermediate values the differential 
 to say *where* two models part: displacement, effective address, segment base, linear address.
 A model that does not compute one of them leaves it None.
 
-Outcome, Step and Result are NamedTuples, not frozen dataclasses: just as immutable, but built
-three times faster, and the differential engine builds millions of them (benchmarks/bench_diff.py).
+Access, Outcome, Step and Result (like ExitInfo, Instruction and MemoryOperand) are NamedTuples,
+not frozen dataclasses: just as immutable, but three times cheaper to build, and the differential
+pipeline builds millions of them (benchmarks/bench_diff.py).
 Use `._replace(...)` where a dataclass would use `dataclasses.replace`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from vmxaddr.exitinfo import ExitInfo
@@ -30,8 +30,7 @@ FAULT = "fault"
 IMPL = "implementation-specific"
 
 
-@dataclass(frozen=True, slots=True)
-class Access:
+class Access(NamedTuple):
     size: int  # bytes
     write: bool
 
