@@ -257,16 +257,32 @@ def test_fuzz_generation_replays():
 
 
 def test_exit_memo_matches_encode():
+    """The exit memo (per operand shape and policy) answers exactly as encode(): for every policy,
+    for the same shape with other displacements, and at other RIPs (RIP-relative operands)."""
     from vmxaddr.exitinfo import encode
 
     rng = random.Random(4)
     ch = RandomChooser(rng)
-    for _ in range(300):
-        c = gen_case(ch, MEMORY_MNEMONICS, Policy(exit_qual="random-upper", undefined_bits="random", seed=3))
-        for _ in range(2):
-            exit, access = D.exit_and_access(c.instruction, c.state.rip, c.policy)
-            assert exit == encode(c.instruction, c.state.rip, c.policy)
-            assert access == c.access
+    policies = [Policy(), Policy(exit_qual="sign-extend", ignored_segment="prefix", si_di="index"),
+                Policy(exit_qual="random-upper", seed=5),
+                Policy(exit_qual="random-upper", undefined_bits="random", seed=3)]
+    D.clear_exit_memo()
+    for i in range(400):
+        policy = policies[i % len(policies)]
+        c = gen_case(ch, MEMORY_MNEMONICS, policy)
+        ins = c.instruction
+        variants = [ins]
+        op = ins.operand
+        if op is not None and op.disp_size:  # same shape, other displacement
+            other = bytes(rng.getrandbits(8) for _ in range(op.disp_size))
+            variants.append(decode(ins.raw[:op.disp_offset] + other + ins.raw[op.disp_offset + op.disp_size:],
+                                   ins.code_size))
+        for v in variants:
+            for rip in (c.state.rip, rng.getrandbits(64)):
+                for _ in range(2):  # a miss, then a hit
+                    exit, access = D.exit_and_access(v, rip, policy)
+                    assert exit == encode(v, rip, policy)
+                    assert access == Case(v, c.state, policy).access
 
 
 def test_user_model_without_explain_runs_in_diff():

@@ -22,7 +22,7 @@ from typing import Any
 from vmxaddr.case import Case, access_of, case_json, run_model
 from vmxaddr.decode import Instruction
 from vmxaddr.encoders import ENCODERS, get_encoder
-from vmxaddr.exitinfo import ExitInfo, Policy, encode
+from vmxaddr.exitinfo import ExitInfo, Policy, encode, encode_info, exit_qualification
 from vmxaddr.isa import SPECS
 from vmxaddr.models import UnknownModel, get
 from vmxaddr.models.base import FAULT, IMPL, OK, Access, InvalidExitInfo, Model, Result
@@ -262,7 +262,7 @@ def diff_case(case: Case, models: Sequence[tuple[str, Model]], explain: bool = F
     return Diff(case, exit, results, tuple(divs), enc_exit if encoder != "sdm" else None, encoder)
 
 
-_EXITS: dict[Policy, dict[tuple[bytes, int], tuple[ExitInfo, Access]]] = {}
+_EXITS: dict[Policy, dict[tuple[bytes, int], tuple[int, Access]]] = {}
 
 
 _LAST_POLICY: list[Any] = [None, None]
@@ -274,10 +274,12 @@ def clear_exit_memo() -> None:
 
 
 def exit_and_access(ins: Instruction, rip: int, policy: Policy) -> tuple[ExitInfo, Access]:
-    """`encode(ins, rip, policy)` and the access, memoised per instruction bytes and policy (the
-    exit information is a function of those alone, except RIP-relative operands, which add RIP)."""
-    op = ins.operand
-    if op is not None and op.rip_relative:
+    """`encode(ins, rip, policy)` and the access, the instruction-information field and the access
+    memoised per operand shape (the bytes before the displacement, as in vmxaddr.decode) and
+    policy: they are functions of those alone. The exit qualification is computed each time (the
+    displacement, plus RIP for RIP-relative operands). Random undefined bits are a function of
+    every byte, so that policy is not memoised."""
+    if policy.undefined_bits == "random":
         return encode(ins, rip, policy), access_of(ins)
     if policy is _LAST_POLICY[0]:
         memo = _LAST_POLICY[1]  # hashing a Policy costs more than the lookup it keys
@@ -286,13 +288,14 @@ def exit_and_access(ins: Instruction, rip: int, policy: Policy) -> tuple[ExitInf
         if memo is None:
             memo = _EXITS[policy] = {}
         _LAST_POLICY[:] = [policy, memo]
-    key = (ins.raw, ins.code_size)
+    op = ins.operand
+    key = (ins.raw if op is None else ins.raw[:op.disp_offset], ins.code_size)
     hit = memo.get(key)
     if hit is None:
         if len(memo) >= 1 << 16:
             memo.clear()
-        hit = memo[key] = (encode(ins, rip, policy), access_of(ins))
-    return hit
+        hit = memo[key] = (encode_info(ins, policy)[0], access_of(ins))
+    return ExitInfo(ins.mnemonic, hit[0], exit_qualification(ins, rip, policy), ins.length), hit[1]
 
 
 def divergence(exit: ExitInfo, state: CpuState, access: Access, a: Model, b: Model) -> str | None:
