@@ -248,6 +248,8 @@ def decode_uncached(data: bytes | bytearray | memoryview, code_size: int) -> Ins
             break
         i += 1
     pfx = tuple(prefixes)
+    opcode_at = i
+    sib_at = -1
 
     def need(k: int) -> None:
         if i + k > n:
@@ -274,6 +276,7 @@ def decode_uncached(data: bytes | bytearray | memoryview, code_size: int) -> Ins
         op3 = -1
     need(1)
     modrm = data[i]
+    modrm_at = i
     i += 1
     mod, reg, rm = modrm >> 6, (modrm >> 3) & 7, modrm & 7
     mp = _mandatory_prefix(pfx)
@@ -309,6 +312,7 @@ def decode_uncached(data: bytes | bytearray | memoryview, code_size: int) -> Ins
             if rm == 4:
                 need(1)
                 sib = data[i]
+                sib_at = i
                 i += 1
                 ss_, idx, sbase = sib >> 6, (sib >> 3) & 7, sib & 7
                 idx |= rex_x
@@ -353,8 +357,46 @@ def decode_uncached(data: bytes | bytearray | memoryview, code_size: int) -> Ins
         operand_size = 64 if rex_w else (16 if (code_size == 16) != opsize else 32)
     raw = data[:i]
     instr = Instruction(mnemonic, code_size, i, raw, pfx, rex, operand, reg1, reg2, operand_size, spec)
-    _capstone_guard(raw if operand is None else _zero_disp(raw, operand), code_size, instr)
+    form = _form(data, code_size, opcode_at, modrm_at, sib_at, op, operand is not None and operand.address_size == 16)
+    if form not in _GUARDED:
+        _capstone_guard(raw if operand is None else _zero_disp(raw, operand), code_size, instr)
+        if len(_GUARDED) >= _MEMO_MAX:
+            _GUARDED.clear()
+        _GUARDED.add(form)
     return instr
+
+
+# The capstone guard runs once per operand *form*: the shape with the register numbers that only
+# name a register left out. Segment-override prefixes all count as 3E and REX as 40 plus its X
+# and B bits (none of those change length, base, index or scale, which are what the guard
+# compares); ModRM.reg counts only where it extends the opcode (0F C7, 0F 01, 0F 00); ModRM.rm
+# and the SIB base count only as 4 or 5, and the SIB index only as 4 (their special values), except
+# in 16-bit addressing, where every r/m value is its own table row. Each form is checked with the
+# first real bytes met; the next shapes of the form take the same path through the decoder.
+_GUARDED: set[tuple[int, bytes, bytes, int, int]] = set()
+_CANON_PREFIX = {cs: bytes(0x3E if b in SEGMENT_PREFIX else 0x40 | (b & 3) if cs == 64 and 0x40 <= b <= 0x4F else b
+                           for b in range(256)) for cs in (16, 32, 64)}
+_SPECIAL_RM = (0, 0, 0, 0, 4, 5, 0, 0)
+
+
+def _form(data: bytes, code_size: int, opcode_at: int, modrm_at: int, sib_at: int, op: int,
+          addr16: bool) -> tuple[int, bytes, bytes, int, int]:
+    modrm = data[modrm_at]
+    mod, reg, rm = modrm >> 6, modrm >> 3 & 7, modrm & 7
+    if op not in (0xC7, 0x01, 0x00):
+        reg = 0  # a register operand (VMREAD/VMWRITE, INVEPT & co.)
+    if not addr16 or mod == 3:
+        rm = _SPECIAL_RM[rm]
+    sib = -1
+    if sib_at >= 0:
+        b = data[sib_at]
+        sib = (b & 0xC0) | (0x20 if b & 0x38 == 0x20 else 0) | _SPECIAL_RM[b & 7]
+    return (code_size, data[:opcode_at].translate(_CANON_PREFIX[code_size]), data[opcode_at:modrm_at],
+            mod << 6 | reg << 3 | rm, sib)
+
+
+_C7_MEMORY = {(6, None): "vmptrld", (6, 0x66): "vmclear", (6, 0xF3): "vmxon",
+              (7, None): "vmptrst", (5, None): "xsaves", (3, None): "xrstors"}
 
 
 def _classify(op: int, op3: int, mod: int, reg: int, mp: int | None) -> str:
@@ -362,9 +404,7 @@ def _classify(op: int, op3: int, mod: int, reg: int, mp: int | None) -> str:
     capstone 5, which calls 66 0F C7 /6 VMPTRLD in 16-bit code)."""
     if op == 0xC7:
         if mod != 3:
-            table = {(6, None): "vmptrld", (6, 0x66): "vmclear", (6, 0xF3): "vmxon",
-                     (7, None): "vmptrst", (5, None): "xsaves", (3, None): "xrstors"}
-            m = table.get((reg, mp))
+            m = _C7_MEMORY.get((reg, mp))
             if m:
                 return m
             if reg in (3, 5, 6, 7):

@@ -561,6 +561,8 @@ class Checker:
             if results is not None:
                 ok = answer_matches(results, rec.result)
                 hv["verdict"] = "correct" if ok else "wrong"
+                if not ok:  # the reason with its numbers (the quiet run formats none)
+                    results = run_model(self.reference_model, exit, rec.state, access, explain=True)
                 hv["expected"] = _result_json(results)
         v["hypervisor"] = hv
         wrong_hv = hv["verdict"] == "wrong"

@@ -20,6 +20,7 @@ Use `._replace(...)` where a dataclass would use `dataclasses.replace`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 from vmxaddr.exitinfo import ExitInfo
@@ -67,6 +68,23 @@ class Outcome(NamedTuple):
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "vector": self.vector, "error_code": self.error_code,
                 "rule": self.rule, "reason": self.reason}
+
+
+_QUIET: dict[tuple[str, str | None, int | None, str], Outcome] = {}
+
+
+def outcome(explain: bool, kind: str, vector: str | None, code: int | None, rule: str,
+            reason: Callable[[], str]) -> Outcome:
+    """The outcome, its reason formatted by `reason()` only when explaining. Without `explain`,
+    a shared outcome whose reason names the rule alone: the differential engine's hot path should
+    not format numbers nobody reads (explain=True gives them)."""
+    if explain:
+        return Outcome(kind, vector, code, rule, reason())
+    key = (kind, vector, code, rule)
+    o = _QUIET.get(key)
+    if o is None:
+        o = _QUIET[key] = Outcome(kind, vector, code, rule, "" if kind == OK else f"{rule} check")
+    return o
 
 
 class Step(NamedTuple):

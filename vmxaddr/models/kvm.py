@@ -25,14 +25,13 @@ CR0.PE, so virtual-8086 mode counts as protected.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
 
 from vmxaddr.exitinfo import _OPERAND_BITS, ExitInfo, operand_bits
 from vmxaddr.isa import REG64, SEGMENTS, SPECS, Layout
-from vmxaddr.models.base import FAULT, OK, Access, InvalidExitInfo, Outcome, Result, Step
+from vmxaddr.models.base import FAULT, OK, Access, InvalidExitInfo, Outcome, Result, Step, outcome
 from vmxaddr.models.sdm import lam_untag
 from vmxaddr.state import CpuState, Segment
 
@@ -75,21 +74,7 @@ def _h(v: int) -> str:
     return f"{v:#x}"
 
 
-_QUIET: dict[tuple[str, str | None, int | None, str], Outcome] = {}
 _OK_CANONICAL, _OK_FLAT, _OK_LIMIT = (Outcome(OK, None, None, rule, "") for rule in ("canonical", "flat", "limit"))
-
-
-def _outcome(explain: bool, kind: str, vector: str | None, code: int | None, rule: str,
-             reason: Callable[[], str]) -> Outcome:
-    """The outcome; without `explain` a shared one with a short reason (the fuzzer's hot path
-    should not format numbers nobody reads)."""
-    if explain:
-        return Outcome(kind, vector, code, rule, reason())
-    key = (kind, vector, code, rule)
-    o = _QUIET.get(key)
-    if o is None:
-        o = _QUIET[key] = Outcome(kind, vector, code, rule, f"{rule} check" if kind == FAULT else "")
-    return o
 
 
 def kvm_model(fixes: Fixes, exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) -> Result:
@@ -103,7 +88,7 @@ def kvm_model(fixes: Fixes, exit: ExitInfo, state: CpuState, access: Access, exp
     # real mode and 3 in virtual-8086 mode).
     cpl = 3 if mode == "virtual-8086" else 0 if mode == "real" else state.cpl
     if cpl > 0:
-        return Result(_outcome(explain, FAULT, "GP", 0, "cpl", lambda: f"CPL {cpl} > 0: #GP(0)"))
+        return Result(outcome(explain, FAULT, "GP", 0, "cpl", lambda: f"CPL {cpl} > 0: #GP(0)"))
     if steps is not None:
         steps.append(Step("cpl", "cpl", f"CPL {cpl}: the privilege check passes", cpl))
     if info & (1 << 10):
@@ -112,9 +97,9 @@ def kvm_model(fixes: Fixes, exit: ExitInfo, state: CpuState, access: Access, exp
         if SPECS[exit.instruction].layout is Layout.VMREAD:
             if steps is not None:
                 steps.append(Step("register-operand", "register-operand", "bit 10 = 1: register operand, no memory address"))
-            return Result(_outcome(explain, OK, None, None, "register-operand", lambda: "register operand: no memory access"),
+            return Result(outcome(explain, OK, None, None, "register-operand", lambda: "register operand: no memory access"),
                           steps=tuple(steps or ()))
-        return Result(_outcome(explain, FAULT, "UD", None, "register-operand",
+        return Result(outcome(explain, FAULT, "UD", None, "register-operand",
                                lambda: "bit 10 set for a memory-only instruction: #UD"), steps=tuple(steps or ()))
 
     scaling, asz_code, seg_no, index, base = _OPERAND_BITS.get(info) or operand_bits(info)
@@ -163,16 +148,16 @@ def kvm_model(fixes: Fixes, exit: ExitInfo, state: CpuState, access: Access, exp
         steps.append(Step("segment", "segment", f"segment {seg} (bits 17:15 = {seg_no})", seg))
         rule = "segment-base-64" if long_mode else "linear-32"
         steps.append(Step("linear-address", rule, f"linear = {seg} base {sbase:#x} + off {off:#x} = {linear:#x}", linear))
-    outcome = _checks(fixes, explain, steps, state, access, s, seg, vector, long_mode, mode64, off, linear)
-    if lam and mode64 and outcome.rule == "canonical" and (state.lam_sup or state.lam_u48 or state.lam_u57):
+    verdict = _checks(fixes, explain, steps, state, access, s, seg, vector, long_mode, mode64, off, linear)
+    if lam and mode64 and verdict.rule == "canonical" and (state.lam_sup or state.lam_u48 or state.lam_u57):
         linear = lam_untag(linear, state)[0]  # KVM goes on with the untagged address
-    return Result(outcome, off, linear, seg, disp, sbase, tuple(steps) if steps else ())
+    return Result(verdict, off, linear, seg, disp, sbase, tuple(steps) if steps else ())
 
 
 def _checks(fixes: Fixes, explain: bool, steps: list[Step] | None, state: CpuState, access: Access, s: Segment,
             seg: str, vector: str, long_mode: bool, mode64: bool, off: int, linear: int) -> Outcome:
     if not fixes.checks:
-        return _outcome(explain, OK, None, None, "no-checks", lambda: "no fault checks (064aea77: not yet written)")
+        return outcome(explain, OK, None, None, "no-checks", lambda: "no fault checks (064aea77: not yet written)")
     if long_mode:
         checked = linear
         if fixes.lam_untag and mode64 and (state.lam_sup or state.lam_u48 or state.lam_u57):
@@ -182,7 +167,7 @@ def _checks(fixes: Fixes, explain: bool, steps: list[Step] | None, state: CpuSta
         bits = 57 if state.la57 else 48
         top = checked >> (bits - 1)
         if top != 0 and top != (1 << (65 - bits)) - 1:
-            return _outcome(explain, FAULT, vector, 0, "canonical",
+            return outcome(explain, FAULT, vector, 0, "canonical",
                             lambda: f"{checked:#x} is not canonical ({bits}-bit): #{vector}(0)")
         if steps is not None:
             steps.append(Step("canonical", "canonical", f"{checked:#x} is canonical ({bits}-bit): the only check in long mode"))
@@ -190,17 +175,17 @@ def _checks(fixes: Fixes, explain: bool, steps: list[Step] | None, state: CpuSta
 
     # Before 8570f9e8 the checks below were under is_protmode() (CR0.PE); after, under plain else.
     if state.mode == "real" and not fixes.mask_ea:
-        return _outcome(explain, OK, None, None, "no-checks", lambda: "real mode: no checks")
+        return outcome(explain, OK, None, None, "no-checks", lambda: "real mode: no checks")
     t = s.type
     if access.write and (t & 0xA == 0 or t & 8):
-        return _outcome(explain, FAULT, "GP", 0, "type",
+        return outcome(explain, FAULT, "GP", 0, "type",
                         lambda: f"write through {seg} of type {t:#x} (read-only data or code): #GP(0)")
     if not access.write and t & 0xA == 8:
-        return _outcome(explain, FAULT, "GP", 0, "type", lambda: f"read through {seg} of type {t:#x} (execute-only code): #GP(0)")
+        return outcome(explain, FAULT, "GP", 0, "type", lambda: f"read through {seg} of type {t:#x} (execute-only code): #GP(0)")
     if steps is not None:
         steps.append(Step("type", "type", f"{seg} type {t:#x} allows a {access.kind}"))
     if s.unusable:
-        return _outcome(explain, FAULT, vector, 0, "unusable", lambda: f"{seg} is unusable: #{vector}(0)")
+        return outcome(explain, FAULT, vector, 0, "unusable", lambda: f"{seg} is unusable: #{vector}(0)")
     if fixes.flat_skip and s.base == 0 and s.limit == MASK32 and (t & 8 or not t & 4):
         if steps is not None:
             steps.append(Step("limit", "flat", f"{seg} is flat (base 0, limit 0xffffffff, code or expand-up): no limit check"))
@@ -213,7 +198,7 @@ def _checks(fixes: Fixes, explain: bool, steps: list[Step] | None, state: CpuSta
         return f"off {off:#x} + {length} - 1" if fixes.limit_inclusive else f"off {off:#x} + {length}"
 
     if last > s.limit:
-        return _outcome(explain, FAULT, vector, 0, "limit",
+        return outcome(explain, FAULT, vector, 0, "limit",
                         lambda: f"{form()} = {last:#x} > {seg} limit {s.limit:#x}: #{vector}(0)")
     if steps is not None:
         steps.append(Step("limit", "limit", f"{form()} = {last:#x} <= {seg} limit {s.limit:#x}: no fault", last))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from vmxaddr.exitinfo import _OPERAND_BITS, ExitInfo, operand_bits
 from vmxaddr.isa import REG16, REG32, REG64, SEGMENTS, SPECS, Layout
-from vmxaddr.models.base import FAULT, IMPL, OK, Access, InvalidExitInfo, Outcome, Result, Step
+from vmxaddr.models.base import FAULT, IMPL, OK, Access, InvalidExitInfo, Outcome, Result, Step, outcome
 from vmxaddr.state import MODES, CpuState
 
 MASK64 = (1 << 64) - 1
@@ -97,14 +97,14 @@ def sdm(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) 
 
     # Mode: #UD comes before any VM exit; a hypervisor sees it only from a buggy processor model.
     if ins in _UD_IN[mode]:
-        return _done(steps, Outcome(FAULT, "UD", None, "mode", f"{ins.upper()} raises #UD in {mode} mode"))
+        return _done(steps, outcome(explain, FAULT, "UD", None, "mode", lambda: f"{ins.upper()} raises #UD in {mode} mode"))
     if steps is not None:
         steps.append(Step("mode", "mode", f"{mode} mode: {ins.upper()} may execute here", mode))
     if ins in _CPL_CHECKED:
         # Virtual-8086 code runs at CPL 3 and real-mode code at CPL 0, whatever the state says.
         cpl = 3 if mode == "virtual-8086" else 0 if mode == "real" else state.cpl
         if cpl > 0:
-            return _done(steps, Outcome(FAULT, "GP", 0, "cpl", f"CPL {cpl} > 0: {ins.upper()} raises #GP(0)"))
+            return _done(steps, outcome(explain, FAULT, "GP", 0, "cpl", lambda: f"CPL {cpl} > 0: {ins.upper()} raises #GP(0)"))
         if steps is not None:
             steps.append(Step("cpl", "cpl", f"CPL {cpl}: the privilege check passes", cpl))
     if ins in _NO_MEMORY or (info & 0x400 and ins in _HAS_MEMREG):
@@ -172,9 +172,11 @@ def sdm(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) 
         if (top and top != nc) or (top_last and top_last != nc):
             bits = 57 if state.la57 else 48
             bad = linear if top and top != nc else last
-            which = "" if bad == linear else f"the last byte {last:#x} of the {access.size}-byte access at {linear:#x} "
-            return _done(steps, Outcome(FAULT, vector, 0, "canonical",
-                                f"{which}{bad:#x} is not canonical ({bits}-bit); through {seg.upper()}: #{vector}(0)"),
+
+            def which() -> str:
+                return "" if bad == linear else f"the last byte {last:#x} of the {access.size}-byte access at {linear:#x} "
+            return _done(steps, outcome(explain, FAULT, vector, 0, "canonical",
+                                lambda: f"{which()}{bad:#x} is not canonical ({bits}-bit); through {seg.upper()}: #{vector}(0)"),
                         ea, linear, seg, disp, sbase)
         if steps is None:
             return Result(OK_CANONICAL, ea, linear, seg, disp, sbase)
@@ -194,20 +196,23 @@ def sdm(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) 
     limit = s.limit
     if mode == "protected" or mode == "compatibility":
         if s.unusable:
-            return _done(steps, Outcome(FAULT, vector, 0, "unusable", f"{seg.upper()} is unusable: #{vector}(0)"), *kw)
+            return _done(steps, outcome(explain, FAULT, vector, 0, "unusable",
+                                        lambda: f"{seg.upper()} is unusable: #{vector}(0)"), *kw)
         t = s.type
         if access.write and (t & 8 or not t & 2):
             what = "a code segment" if t & 8 else "a read-only data segment"
-            return _done(steps, Outcome(FAULT, "GP", 0, "type", f"write to {what} (type {t:#x}) through {seg.upper()}: #GP(0)"), *kw)
+            return _done(steps, outcome(explain, FAULT, "GP", 0, "type",
+                                        lambda: f"write to {what} (type {t:#x}) through {seg.upper()}: #GP(0)"), *kw)
         if not access.write and t & 8 and not t & 2:
-            return _done(steps, Outcome(FAULT, "GP", 0, "type", f"read from an execute-only code segment (type {t:#x}): #GP(0)"), *kw)
+            return _done(steps, outcome(explain, FAULT, "GP", 0, "type",
+                                        lambda: f"read from an execute-only code segment (type {t:#x}): #GP(0)"), *kw)
         if steps is not None:
             steps.append(Step("type", "type", f"{seg} usable, type {t:#x} allows a {access.kind}"))
         if t & 0xC == 4:  # expand-down data (type bit 2 means "conforming" for code: §3.4.5.1)
             upper = MASK32 if s.db else 0xFFFF
             if ea <= limit or last > upper:
-                return _done(steps, Outcome(FAULT, vector, 0, "limit",
-                                    f"expand-down {seg}: valid offsets {limit + 1:#x}…{upper:#x}; access "
+                return _done(steps, outcome(explain, FAULT, vector, 0, "limit",
+                                    lambda: f"expand-down {seg}: valid offsets {limit + 1:#x}…{upper:#x}; access "
                                     f"{ea:#x}…{last:#x} is outside: #{vector}(0)"), *kw)
             if steps is not None:
                 steps.append(Step("limit", "limit", f"expand-down {seg}: {ea:#x}…{last:#x} lies within "
@@ -215,11 +220,11 @@ def sdm(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) 
             return _done(steps, OK_LIMIT, *kw)
     if last > limit:
         if limit == MASK32:
-            return _done(steps, Outcome(IMPL, vector, 0, "flat",
-                                f"{seg} limit is 0xffffffff and the access {ea:#x}…{last:#x} crosses it: "
+            return _done(steps, outcome(explain, IMPL, vector, 0, "flat",
+                                lambda: f"{seg} limit is 0xffffffff and the access {ea:#x}…{last:#x} crosses it: "
                                 f"may or may not raise #{vector}(0)"), *kw)
-        return _done(steps, Outcome(FAULT, vector, 0, "limit",
-                            f"last byte {ea:#x} + {access.size} - 1 = {last:#x} > {seg} limit {limit:#x}: #{vector}(0)"), *kw)
+        return _done(steps, outcome(explain, FAULT, vector, 0, "limit",
+                            lambda: f"last byte {ea:#x} + {access.size} - 1 = {last:#x} > {seg} limit {limit:#x}: #{vector}(0)"), *kw)
     if steps is None:
         return Result(OK_LIMIT, ea, linear, seg, disp, sbase)
     steps.append(Step("limit", "limit", f"last byte {ea:#x} + {access.size} - 1 = {last:#x} <= {seg} limit {limit:#x}: no fault"))

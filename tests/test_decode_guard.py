@@ -1,0 +1,81 @@
+"""The capstone guard: once per operand form, and it does fail when capstone reads the bytes
+otherwise (vmxaddr.decode)."""
+
+from __future__ import annotations
+
+import pytest
+
+from vmxaddr import decode as D
+
+
+def _form(hexbytes: str, cs: int) -> tuple:
+    D._GUARDED.clear()
+    D.decode_uncached(bytes.fromhex(hexbytes), cs)
+    (form,) = D._GUARDED
+    return form
+
+
+# Same form: only register numbers that name a register, or which segment override, differ.
+SAME = [
+    # VMPTRLD [EAX] / [ECX] / [EDI] (ModRM 30 / 31 / 37: r/m 0, 1, 7 all "a base register")
+    (("0fc730", 32), ("0fc731", 32), ("0fc737", 32)),
+    # DS: and FS: overrides on VMPTRLD [EAX]: the guard compares no segment
+    (("3e0fc730", 32), ("640fc730", 32)),
+    # VMREAD [EAX], ECX / EDX (ModRM.reg is a register, 08 vs 10)
+    (("0f7808", 32), ("0f7810", 32)),
+    # REX.W / REX.R do not change the address: 48 vs 4C vs 40 before VMPTRLD [RAX]
+    (("480fc730", 64), ("4c0fc730", 64), ("400fc730", 64)),
+    # SIB index ECX vs EDX, base EAX vs EBX ([EAX+ECX*2] = 34 48, [EBX+EDX*2] = 34 53)
+    (("0fc73448", 32), ("0fc73453", 32)),
+]
+# Different forms: each pair differs in a value the decoder treats specially.
+DIFFERENT = [
+    (("0fc730", 32), ("0fc73420", 32)),      # r/m 4: a SIB byte follows
+    (("0fc73500000000", 32), ("0fc730", 32)),  # mod 0, r/m 5: disp32, no base
+    (("0fc730", 32), ("0fc77000", 32)),      # mod 1: disp8
+    (("0fc7344500000000", 32), ("0fc73440", 32)),  # SIB base 5 with mod 0: disp32, no base
+    (("0fc73420", 32), ("0fc73408", 32)),    # SIB index 4: no index
+    (("0fc73408", 32), ("0fc73448", 32)),    # scale 1 vs 2
+    (("410fc730", 64), ("400fc730", 64)),    # REX.B: R8 instead of RAX
+    (("420fc73408", 64), ("400fc73408", 64)),  # REX.X: R9 as index instead of RCX
+    (("670fc730", 64), ("0fc730", 64)),      # 67: 32-bit addressing in 64-bit code
+    (("0fc730", 16), ("0fc731", 16)),        # 16-bit addressing: every r/m is a table row
+    (("0fc730", 32), ("0fc738", 32)),        # ModRM.reg 7 vs 6 selects VMPTRST vs VMPTRLD
+    (("0fc730", 32), ("0fc730", 64)),        # the code size
+    (("0fc730", 32), ("660fc730", 32)),      # 66 selects VMCLEAR
+]
+
+
+@pytest.mark.parametrize("group", SAME)
+def test_one_form(group):
+    forms = {_form(h, cs) for h, cs in group}
+    assert len(forms) == 1
+
+
+@pytest.mark.parametrize("pair", DIFFERENT)
+def test_different_forms(pair):
+    (a, csa), (b, csb) = pair
+    assert _form(a, csa) != _form(b, csb)
+
+
+def test_guard_runs_once_per_form_and_can_fail(monkeypatch):
+    calls = []
+    real = D._capstone_shape
+
+    def spy(raw: bytes, cs: int):
+        calls.append(raw)
+        return real(raw, cs)
+
+    monkeypatch.setattr(D, "_capstone_shape", spy)
+    D._GUARDED.clear()
+    D.decode_uncached(bytes.fromhex("0fc730"), 32)
+    D.decode_uncached(bytes.fromhex("0fc737"), 32)  # same form: not asked again
+    assert calls == [bytes.fromhex("0fc730")]
+
+    # capstone says the base is EBX where we say EAX: a typed error, never silence
+    monkeypatch.setattr(D, "_capstone_shape", lambda raw, cs: (3, "ebx", None, 1))
+    D._GUARDED.clear()
+    with pytest.raises(D.DecodeError) as e:
+        D.decode_uncached(bytes.fromhex("0fc730"), 32)
+    assert e.value.kind == "decoder-disagreement" and "base ebx vs eax" in str(e.value)
+    D._GUARDED.clear()
