@@ -182,14 +182,16 @@ _NAMES = {None: "no", 0x66: "66", 0xF2: "F2", 0xF3: "F3"}
 # in order and stops at the displacement, so the first stored prefix of `data` is its shape.
 # A second, smaller memo holds whole byte strings (a fuzzer meets the same edge displacements
 # again and again), so a repeat costs one lookup.
-_SHAPES: dict[int, dict[bytes, tuple[Instruction, int, int]]] = {16: {}, 32: {}, 64: {}}
+_SHAPES: dict[int, dict[bytes, tuple[Any, ...]]] = {16: {}, 32: {}, 64: {}}
 _WHOLE: dict[int, dict[bytes, Instruction]] = {16: {}, 32: {}, 64: {}}
 _MEMO_MAX = 1 << 16
+_new = tuple.__new__  # builds a NamedTuple from a ready tuple, skipping its generated __new__
 
 
 def decode(data: bytes | bytearray | memoryview, code_size: int) -> Instruction:
     """Decode the instruction at the start of `data` (trailing bytes are ignored)."""
-    data = bytes(data[:MAX_LENGTH + 1])
+    if type(data) is not bytes or len(data) > MAX_LENGTH + 1:
+        data = bytes(data[:MAX_LENGTH + 1])
     whole = _WHOLE.get(code_size)
     if whole is None:
         return decode_uncached(data, code_size)  # raises the code-size error
@@ -207,22 +209,24 @@ def _decode_shape(data: bytes, code_size: int) -> Instruction:
     for k in range(3, min(len(data), MAX_LENGTH) + 1):
         hit = shapes.get(data[:k])
         if hit is not None:
-            tmpl, dsize, length = hit
+            length, dsize, head, mid, tail, op_head, op_tail = hit
             if len(data) < length:
                 break  # truncated: let the full decoder say so
-            op = tmpl.operand
-            if op is not None and dsize:
-                op = MemoryOperand(op.segment, op.segment_prefix, op.base, op.index, op.scale,
-                                   int.from_bytes(data[k:length], "little", signed=True), dsize, k,
-                                   op.address_size, op.rip_relative, op.access_size, op.access)
-            return Instruction(tmpl.mnemonic, code_size, length, data[:length], tmpl.prefixes, tmpl.rex, op,
-                               tmpl.reg1, tmpl.reg2, tmpl.operand_size, tmpl.spec)
+            if op_head is None:  # no displacement to patch: mid ends with the template's operand
+                return _new(Instruction, head + (data[:length],) + mid + tail)
+            op = _new(MemoryOperand, op_head + (int.from_bytes(data[k:length], "little", signed=True),) + op_tail)
+            return _new(Instruction, head + (data[:length],) + mid + (op,) + tail)
     instr = decode_uncached(data, code_size)
     op = instr.operand
     cut = op.disp_offset if op is not None else instr.length
     if len(shapes) >= _MEMO_MAX:
         shapes.clear()
-    shapes[data[:cut]] = (instr, op.disp_size if op is not None else 0, instr.length)
+    t = tuple(instr)
+    if op is not None and op.disp_size:  # Instruction: …, raw (3), prefixes, rex, operand (6), …
+        o = tuple(op)  # MemoryOperand: …, displacement (5), …
+        shapes[data[:cut]] = (instr.length, op.disp_size, t[:3], t[4:6], t[7:], o[:5], o[6:])
+    else:
+        shapes[data[:cut]] = (instr.length, 0, t[:3], t[4:7], t[7:], None, None)
     return instr
 
 
