@@ -194,15 +194,17 @@ def _checks(fixes: Fixes, explain: bool, steps: list[Step] | None, state: CpuSta
     # unsigned 64-bit arithmetic: an offset near 2^64 wraps to a small "last byte"
     last = (off + length - 1 if fixes.limit_inclusive else off + length) & MASK64
 
-    def form() -> str:  # only when explaining: the hot path formats nothing
-        return f"off {off:#x} + {length} - 1" if fixes.limit_inclusive else f"off {off:#x} + {length}"
-
     if last > s.limit:
-        return outcome(explain, FAULT, vector, 0, "limit",
-                        lambda: f"{form()} = {last:#x} > {seg} limit {s.limit:#x}: #{vector}(0)")
+        return outcome(explain, FAULT, vector, 0, "limit", lambda: f"{_last_byte(off, length, fixes)} = {last:#x} > "
+                       f"{seg} limit {s.limit:#x}: #{vector}(0)")
     if steps is not None:
-        steps.append(Step("limit", "limit", f"{form()} = {last:#x} <= {seg} limit {s.limit:#x}: no fault", last))
+        steps.append(Step("limit", "limit", f"{_last_byte(off, length, fixes)} = {last:#x} <= {seg} limit {s.limit:#x}: "
+                          "no fault", last))
     return _OK_LIMIT
+
+
+def _last_byte(off: int, length: int, fixes: Fixes) -> str:
+    return f"off {off:#x} + {length} - 1" if fixes.limit_inclusive else f"off {off:#x} + {length}"
 
 
 # -- the history, one fix per row ------------------------------------------------------------------
