@@ -66,6 +66,7 @@ class LimitCheck:
     expand_down: bool  # knows expand-down segments
 
 
+_new = tuple.__new__  # a Result from a ready tuple: no Python-level __new__ frame
 _ASZ_MASK = (0xFFFF, MASK32)  # by address-size code, 16 and 32 bits
 _ASZ_SIGN = (0x8000, 0x80000000)
 
@@ -151,7 +152,7 @@ def kvm_model(fixes: Fixes, exit: ExitInfo, state: CpuState, access: Access, exp
     verdict = _checks(fixes, explain, steps, state, access, s, seg, vector, long_mode, mode64, off, linear)
     if lam and mode64 and verdict.rule == "canonical" and (state.lam_sup or state.lam_u48 or state.lam_u57):
         linear = lam_untag(linear, state)[0]  # KVM goes on with the untagged address
-    return Result(verdict, off, linear, seg, disp, sbase, tuple(steps) if steps else ())
+    return _new(Result, (verdict, off, linear, seg, disp, sbase, tuple(steps) if steps else ()))
 
 
 def _checks(fixes: Fixes, explain: bool, steps: list[Step] | None, state: CpuState, access: Access, s: Segment,

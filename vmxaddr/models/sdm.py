@@ -64,6 +64,7 @@ def lam_untag(addr: int, state: CpuState) -> tuple[int, int | None]:
     return (ext & ~(1 << 63) & MASK64) | (addr & (1 << 63)), bit
 
 
+_new = tuple.__new__  # a Result from a ready tuple: no Python-level __new__ frame
 OK_LIMIT = Outcome(OK, rule="limit")
 OK_CANONICAL = Outcome(OK, rule="canonical")
 OK_REGISTER = Outcome(OK, rule="register-operand", reason="register operand: no memory access")
@@ -85,7 +86,7 @@ _NONCANONICAL = {False: MASK64 ^ ((1 << 47) - 1), True: MASK64 ^ ((1 << 56) - 1)
 
 def _done(steps: list[Step] | None, outcome: Outcome, ea: int | None = None, linear: int | None = None,
           seg: str | None = None, disp: int | None = None, sbase: int | None = None) -> Result:
-    return Result(outcome, ea, linear, seg, disp, sbase, tuple(steps) if steps else ())
+    return _new(Result, (outcome, ea, linear, seg, disp, sbase, tuple(steps) if steps else ()))
 
 
 def sdm(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) -> Result:
@@ -179,7 +180,7 @@ def sdm(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) 
                                 lambda: f"{which()}{bad:#x} is not canonical ({bits}-bit); through {seg.upper()}: #{vector}(0)"),
                         ea, linear, seg, disp, sbase)
         if steps is None:
-            return Result(OK_CANONICAL, ea, linear, seg, disp, sbase)
+            return _new(Result, (OK_CANONICAL, ea, linear, seg, disp, sbase, ()))
         steps.append(Step("canonical", "canonical", f"{linear:#x} … {last:#x} is canonical "
                           f"({57 if state.la57 else 48}-bit addresses): no fault"))
         return _done(steps, OK_CANONICAL, ea, linear, seg, disp, sbase)
@@ -226,6 +227,6 @@ def sdm(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) 
         return _done(steps, outcome(explain, FAULT, vector, 0, "limit",
                             lambda: f"last byte {ea:#x} + {access.size} - 1 = {last:#x} > {seg} limit {limit:#x}: #{vector}(0)"), *kw)
     if steps is None:
-        return Result(OK_LIMIT, ea, linear, seg, disp, sbase)
+        return _new(Result, (OK_LIMIT, ea, linear, seg, disp, sbase, ()))
     steps.append(Step("limit", "limit", f"last byte {ea:#x} + {access.size} - 1 = {last:#x} <= {seg} limit {limit:#x}: no fault"))
     return _done(steps, OK_LIMIT, *kw)
