@@ -19,6 +19,7 @@ from typing import Any
 
 from vmxaddr.oracles import Summary
 from vmxaddr.progress import Progress
+from vmxaddr.throughput import bulk_work
 
 ORACLES = ("iced", "unicorn", "bochs")
 JOB_SEED_STEP = 1_000_003
@@ -70,7 +71,8 @@ class _SharedProgress:
 def _worker(oracle: str, n: int, seed: int, job: int, counts: Any, out: Any) -> None:
     try:
         fn = _runner(oracle)
-        out.put((job, fn(n, seed, _SharedProgress(counts, job)), None))
+        with bulk_work():
+            out.put((job, fn(n, seed, _SharedProgress(counts, job)), None))
     except BaseException as e:  # noqa: BLE001 - reported by the parent
         out.put((job, None, f"{type(e).__name__}: {e}"))
 
@@ -88,7 +90,8 @@ def run(oracle: str, n: int, seed: int, jobs: int = 1, progress: Progress | None
         except BochsUnavailable as e:
             fail(f"the bochs oracle cannot run: {e}")
     elif jobs <= 1:
-        summary = fn(n, seed, progress)
+        with bulk_work():
+            summary = fn(n, seed, progress)
     else:
         ctx = mp.get_context("fork")
         counts = ctx.Array("q", jobs)

@@ -34,6 +34,7 @@ from vmxaddr.models import UnknownModel, get
 from vmxaddr.models.base import Model, Result
 from vmxaddr.progress import Progress
 from vmxaddr.state import CpuState, Segment
+from vmxaddr.throughput import bulk_work
 
 T = TypeVar("T")
 DEFAULT_SEGMENT = Segment()
@@ -322,29 +323,30 @@ def fuzz(a: Model, b: Model, *, seed: int = 0, max_examples: int | None = None, 
     start = time.monotonic()
     n = 0
     deadline = start + seconds if seconds is not None else None
-    while True:
-        if max_examples is not None and n >= max_examples:
-            break
-        if deadline is not None and n & 255 == 0 and time.monotonic() >= deadline:
-            break
-        ch.log = []
-        case = gen_case(ch, mn, policy)
-        n += 1
-        if encoder == "sdm":
-            exit, access = exit_and_access(case.instruction, case.state.rip, policy)
-            name = divergence(exit, case.state, access, a, b)
-        else:
-            name = case_divergence(case, a, b, encoder)
-        if name is not None:
-            rep = classes.get(name)
-            if rep is None:
-                rep = classes[name] = ClassReport(name, 0, n, time.monotonic() - start, ch.log, case)
-                if stop_when is not None and stop_when(classes):
-                    rep.count += 1
-                    break
-            rep.count += 1
-        if progress is not None and n & 1023 == 0:
-            progress.update(n, f"{len(classes)} classes")
+    with bulk_work():  # millions of short-lived objects (vmxaddr.throughput)
+        while True:
+            if max_examples is not None and n >= max_examples:
+                break
+            if deadline is not None and n & 255 == 0 and time.monotonic() >= deadline:
+                break
+            ch.log = []
+            case = gen_case(ch, mn, policy)
+            n += 1
+            if encoder == "sdm":
+                exit, access = exit_and_access(case.instruction, case.state.rip, policy)
+                name = divergence(exit, case.state, access, a, b)
+            else:
+                name = case_divergence(case, a, b, encoder)
+            if name is not None:
+                rep = classes.get(name)
+                if rep is None:
+                    rep = classes[name] = ClassReport(name, 0, n, time.monotonic() - start, ch.log, case)
+                    if stop_when is not None and stop_when(classes):
+                        rep.count += 1
+                        break
+                rep.count += 1
+            if progress is not None and n & 1023 == 0:
+                progress.update(n, f"{len(classes)} classes")
     elapsed = time.monotonic() - start
     if shrink:
         for i, rep in enumerate(classes.values()):
