@@ -1,9 +1,11 @@
 """Decode one VMX-family instruction: bytes + code size -> an immutable Instruction record.
 
-Two decoders read every instruction. Our own reads the prefixes, opcode, ModRM, SIB and
+Two decoders read every operand form. Our own reads the prefixes, opcode, ModRM, SIB and
 displacement of this small instruction family (SDM Vol. 2 §2.1, tables 2-1 … 2-3); capstone 5
-reads the same bytes independently and must agree on the length and on the memory operand's base,
-index and scale, else the decode fails loudly (`DecodeError(kind="decoder-disagreement")`).
+reads the first instance of each operand form (see `_form`: the bytes with the register numbers
+and the choice of segment override left out) independently and must agree on the length and on
+the memory operand's base, index and scale, else the decode fails loudly
+(`DecodeError(kind="decoder-disagreement")`).
 Where capstone 5 is known to be wrong for this family, the guard is ours and is listed in
 docs/known-decoder-issues.md (the mnemonic of 0F C7 /6 in 16-bit code, INVEPT/INVVPID/INVPCID in
 16-bit code, no default segment, ignored 64-bit-mode segment prefixes, displacement width).
