@@ -65,7 +65,15 @@ class RecordingChooser:
         return seq[i]
 
     def integer(self, lo: int, hi: int) -> int:
-        v = self.r.randint(lo, hi)
+        # randint(lo, hi) without its argument checks and two Python-level calls: the same draws
+        # (CPython's Random._randbelow_with_getrandbits; test_diff_fuzz checks they stay equal)
+        n = hi - lo + 1
+        k = n.bit_length()
+        getrandbits = self.r.getrandbits
+        r = getrandbits(k)
+        while r >= n:
+            r = getrandbits(k)
+        v = lo + r
         self.log.append(v)
         return v
 

@@ -33,7 +33,14 @@ class RandomChooser:
         return seq[int(self.r.random() * len(seq))]
 
     def integer(self, lo: int, hi: int) -> int:
-        return lo + self.r._randbelow(hi - lo + 1)  # randint without its argument checks
+        # randint(lo, hi) without its argument checks: the same draws (Random._randbelow)
+        n = hi - lo + 1
+        k = n.bit_length()
+        getrandbits = self.r.getrandbits
+        r = getrandbits(k)
+        while r >= n:
+            r = getrandbits(k)
+        return lo + r
 
     def chance(self, p: float) -> bool:
         return self.r.random() < p
