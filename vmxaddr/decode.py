@@ -16,7 +16,7 @@ from __future__ import annotations
 from functools import cache, lru_cache
 from typing import Any, NamedTuple
 
-from vmxaddr.isa import RBP, REG16, REG32, REG64, RSP, SEGMENTS, SPECS, InstrSpec, reg_name
+from vmxaddr.isa import RBP, REG16, REG32, REG64, RSP, SEGMENTS, SPECS, InstrSpec, Layout, reg_name
 
 LEGACY_PREFIXES = frozenset((0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67))
 SEGMENT_PREFIX = {0x26: "es", 0x2E: "cs", 0x36: "ss", 0x3E: "ds", 0x64: "fs", 0x65: "gs"}
@@ -107,11 +107,11 @@ class Instruction(NamedTuple):
     @property
     def reg_size(self) -> int:
         """Width of the general-register operands (reg1/reg2) for naming them."""
-        if self.spec.layout.value == "rdrand":
+        if self.spec.layout is Layout.RDRAND:
             return self.operand_size or 32
         if self.mnemonic in ("lldt", "ltr"):
             return 16  # r/m16
-        if self.spec.layout.value == "ldt":  # SLDT/STR r16/r32/r64 by operand size
+        if self.spec.layout is Layout.LDT:  # SLDT/STR r16/r32/r64 by operand size
             return 64 if self.rex & 8 else 16 if (0x66 in self.prefixes) != (self.code_size == 16) else 32
         return 64 if self.code_size == 64 else 32
 
@@ -353,13 +353,14 @@ def decode_uncached(data: bytes | bytearray | memoryview, code_size: int) -> Ins
                                 asize, rip_rel, spec.access_size(code_size), spec.access or "read")
     if i > MAX_LENGTH:
         raise DecodeError("too-long", f"instruction would be {i} bytes; the limit is 15 (#GP)")
-    if spec.layout.value in ("vmread", "inv"):
+    layout = spec.layout  # enum identity: `.value` is a slow property
+    if layout is Layout.VMREAD or layout is Layout.INV:
         reg2 = reg | rex_r
     operand_size = None
-    if spec.layout.value == "dt":
+    if layout is Layout.DT:
         # Operand size of LGDT & co.: 66 flips it outside 64-bit mode; undefined in 64-bit mode.
         operand_size = None if code_size == 64 else (16 if (code_size == 16) != opsize else 32)
-    elif spec.layout.value == "rdrand":
+    elif layout is Layout.RDRAND:
         operand_size = 64 if rex_w else (16 if (code_size == 16) != opsize else 32)
     raw = data[:i]
     instr = Instruction(mnemonic, code_size, i, raw, pfx, rex, operand, reg1, reg2, operand_size, spec)
