@@ -28,7 +28,7 @@ from vmxaddr.case import Case
 from vmxaddr.decode import DecodeError, decode
 from vmxaddr.diff import case_divergence, divergence, exit_and_access
 from vmxaddr.exitinfo import DEFAULT_POLICY, Policy, reported_segment
-from vmxaddr.gen import MEMORY_MNEMONICS, Chooser, gen_encoding, gen_state
+from vmxaddr.gen import MEMORY_MNEMONICS, Chooser, gen_encoding, gen_state, randint
 from vmxaddr.isa import REG32, REG64
 from vmxaddr.models import UnknownModel, get
 from vmxaddr.models.base import Model, Result
@@ -65,15 +65,7 @@ class RecordingChooser:
         return seq[i]
 
     def integer(self, lo: int, hi: int) -> int:
-        # randint(lo, hi) without its argument checks and two Python-level calls: the same draws
-        # (CPython's Random._randbelow_with_getrandbits; test_diff_fuzz checks they stay equal)
-        n = hi - lo + 1
-        k = n.bit_length()
-        getrandbits = self.r.getrandbits
-        r = getrandbits(k)
-        while r >= n:
-            r = getrandbits(k)
-        v = lo + r
+        v = randint(self.r, lo, hi)
         self.log.append(v)
         return v
 

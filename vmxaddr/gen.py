@@ -23,6 +23,18 @@ class Chooser(Protocol):
     def chance(self, p: float) -> bool: ...
 
 
+def randint(rng: random.Random, lo: int, hi: int) -> int:
+    """rng.randint(lo, hi) without its argument checks and two Python-level calls: the same draws
+    (CPython's Random._randbelow_with_getrandbits; test_diff_fuzz checks they stay equal)."""
+    n = hi - lo + 1
+    k = n.bit_length()
+    getrandbits = rng.getrandbits
+    r = getrandbits(k)
+    while r >= n:
+        r = getrandbits(k)
+    return lo + r
+
+
 class RandomChooser:
     __slots__ = ("r",)
 
@@ -33,14 +45,7 @@ class RandomChooser:
         return seq[int(self.r.random() * len(seq))]
 
     def integer(self, lo: int, hi: int) -> int:
-        # randint(lo, hi) without its argument checks: the same draws (Random._randbelow)
-        n = hi - lo + 1
-        k = n.bit_length()
-        getrandbits = self.r.getrandbits
-        r = getrandbits(k)
-        while r >= n:
-            r = getrandbits(k)
-        return lo + r
+        return randint(self.r, lo, hi)
 
     def chance(self, p: float) -> bool:
         return self.r.random() < p
