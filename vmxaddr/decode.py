@@ -42,7 +42,7 @@ class MemoryOperand(NamedTuple):
     segment: str  # the segment the access uses: the effective override, else the default rule
     segment_prefix: str | None  # the last segment-override prefix present, effective or not
     base: int | None  # register number (0 = rAX … 15 = R15); None: no base (or RIP-relative)
-    index: int | None
+    index: int | None  # type: ignore[assignment]  # shadows tuple.index, which nothing here calls
     scale: int  # 1, 2, 4 or 8
     displacement: int  # the displacement field, sign-extended from its own width
     disp_size: int  # width of the displacement field in bytes (0, 1, 2 or 4)
@@ -219,14 +219,14 @@ def _decode_shape(data: bytes, code_size: int) -> Instruction:
             op = _new(MemoryOperand, op_head + (int.from_bytes(data[k:length], "little", signed=True),) + op_tail)
             return _new(Instruction, head + (data[:length],) + mid + (op,) + tail)
     instr = decode_uncached(data, code_size)
-    op = instr.operand
-    cut = op.disp_offset if op is not None else instr.length
+    operand = instr.operand
+    cut = operand.disp_offset if operand is not None else instr.length
     if len(shapes) >= _MEMO_MAX:
         shapes.clear()
     t = tuple(instr)
-    if op is not None and op.disp_size:  # Instruction: …, raw (3), prefixes, rex, operand (6), …
-        o = tuple(op)  # MemoryOperand: …, displacement (5), …
-        shapes[data[:cut]] = (instr.length, op.disp_size, t[:3], t[4:6], t[7:], o[:5], o[6:])
+    if operand is not None and operand.disp_size:  # Instruction: …, raw (3), prefixes, rex, operand (6), …
+        o = tuple(operand)  # MemoryOperand: …, displacement (5), …
+        shapes[data[:cut]] = (instr.length, operand.disp_size, t[:3], t[4:6], t[7:], o[:5], o[6:])
     else:
         shapes[data[:cut]] = (instr.length, 0, t[:3], t[4:7], t[7:], None, None)
     return instr

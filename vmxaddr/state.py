@@ -131,7 +131,7 @@ class CpuState:
         if bad:
             raise StateError(f"unknown segment field {sorted(bad)[0]!r} "
                              f"(fields: {', '.join(sorted(_SEG_FIELDS))})")
-        return replace(self, **{name: replace(self.segment(name), **changes)})
+        return replace(self, **{name: replace(self.segment(name), **changes)})  # type: ignore[arg-type]
 
     # -- JSON -----------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:

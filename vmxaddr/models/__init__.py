@@ -7,11 +7,40 @@ function with the signature documented in vmxaddr.models.base.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import os
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 
+from vmxaddr.models import kvm as _kvm_pure
+from vmxaddr.models import sdm as _sdm_pure
 from vmxaddr.models.base import FAULT, IMPL, OK, Access, Model, Outcome, Result, Step
-from vmxaddr.models.sdm import sdm
+
+
+def _native(name: str) -> ModuleType | None:
+    """The mypyc-compiled copy of vmxaddr/models/<name>.py (built by setup.py into
+    vmxaddr._native), if it was compiled from the very source beside this file; else None, and
+    the pure-Python module serves. VMXADDR_PURE=1 always picks pure Python."""
+    if os.environ.get("VMXADDR_PURE"):
+        return None
+    try:
+        mod = importlib.import_module(f"vmxaddr._native.{name}")
+    except ImportError:
+        return None
+    if not str(getattr(mod, "__file__", "")).endswith((".so", ".pyd")):
+        return None  # the generated copy was never compiled
+    source = Path(__file__).with_name(f"{name}.py").read_bytes()
+    if getattr(mod, "SOURCE_SHA256", None) != hashlib.sha256(source).hexdigest():
+        return None  # compiled from an older source: never let a stale build answer
+    return mod
+
+
+_sdm_native, _kvm_native = _native("sdm"), _native("kvm")
+NATIVE: tuple[str, ...] = tuple(n for n, m in (("sdm", _sdm_native), ("kvm", _kvm_native)) if m is not None)
+"""Which model modules run compiled (see setup.py); the others run as pure Python."""
+sdm: Model = (_sdm_native or _sdm_pure).sdm  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -31,7 +60,7 @@ def register(name: str, function: Model, summary: str, kind: str = "consumer") -
 
 
 register("sdm", sdm, "the reference: the Intel SDM's rules (vmxaddr.models.sdm)")
-from vmxaddr.models.kvm import REGISTERED as _KVM  # noqa: E402
+_KVM = (_kvm_native or _kvm_pure).REGISTERED
 
 for _n, (_f, _s) in _KVM.items():
     register(_n, _f, _s)
