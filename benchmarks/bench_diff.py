@@ -148,7 +148,10 @@ def _time(args: argparse.Namespace, models: list, first: list, warm: list, pairs
         hots.append(pipeline(known, models))
         caps.append(capstone_detail(known))
     stream, shape_warm, hot, cap = min(streams), min(warms), min(hots), min(caps)
-    print(f"{n:,} cases per timing, {len(models)} models ({args.models}), one core, Python {sys.version.split()[0]}")
+    from vmxaddr.models import NATIVE
+
+    how = f"compiled: {', '.join(NATIVE)}" if NATIVE else "pure Python (no native build, see setup.py)"
+    print(f"{n:,} cases per timing, {len(models)} models ({args.models}; {how}), one core, Python {sys.version.split()[0]}")
     print(f"  capstone detail decoding, same bytes:      {n / cap:8,.0f} instructions/s")
     print(f"  differential pipeline, cold (empty memo):  {n / cold:8,.0f} cases/s   ratio {cap / cold:.2f}")
     print(f"  differential pipeline, stream:             {n / stream:8,.0f} cases/s   ratio {cap / stream:.2f}"
