@@ -65,8 +65,8 @@ def lam_untag(addr: int, state: CpuState) -> tuple[int, int | None]:
 
 
 _new = tuple.__new__  # a Result from a ready tuple: no Python-level __new__ frame
-OK_LIMIT = Outcome(OK, rule="limit")
-OK_CANONICAL = Outcome(OK, rule="canonical")
+OK_LIMIT = outcome(False, OK, None, None, "limit", str)  # shared with the other models (cheaper comparisons)
+OK_CANONICAL = outcome(False, OK, None, None, "canonical", str)
 OK_REGISTER = Outcome(OK, rule="register-operand", reason="register operand: no memory access")
 _HAS_MEMREG = frozenset(m for m, sp in SPECS.items() if sp.layout in (Layout.VMREAD, Layout.LDT))
 _NO_MEMORY = frozenset(m for m, sp in SPECS.items() if sp.layout is Layout.RDRAND)
