@@ -179,6 +179,10 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(f"{kind}s:")
             for m in ms:
                 print(f"  {m.name:<{width}}  {m.summary}")
+    from vmxaddr.models import NATIVE
+
+    print(f"compiled (setup.py, mypyc): {', '.join(NATIVE)}" if NATIVE else
+          "all models run as pure Python (no native build: see setup.py)")
     return 0
 
 
