@@ -46,7 +46,7 @@ def _ext_modules() -> list:
 
         os.chdir(HERE)  # mypyc names modules by their path relative to here
         exts = mypycify(["--ignore-missing-imports", *_native_sources()], opt_level="3")
-    except BaseException as e:  # noqa: BLE001 - no mypyc, or it refuses: stay pure Python
+    except (Exception, SystemExit) as e:  # no mypyc, or it refuses (type errors exit): stay pure Python
         print(f"vmxaddr: native models not built ({type(e).__name__}: {e}); pure Python", file=sys.stderr)
         shutil.rmtree(NATIVE, ignore_errors=True)
         return []

@@ -77,11 +77,7 @@ def capstone_detail(items: list) -> float:
 
 
 def _clear_memos() -> None:
-    for d in (decode_mod._SHAPES, decode_mod._WHOLE):
-        for v in d.values():
-            v.clear()
-    decode_mod._capstone_shape.cache_clear()
-    decode_mod._GUARDED.clear()
+    decode_mod.clear_memos()
     clear_exit_memo()
 
 

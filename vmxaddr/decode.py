@@ -223,13 +223,30 @@ def _decode_shape(data: bytes, code_size: int) -> Instruction:
     cut = operand.disp_offset if operand is not None else instr.length
     if len(shapes) >= _MEMO_MAX:
         shapes.clear()
+    # The template: the instruction's fields around `raw` and `operand`, and the operand's around
+    # `displacement`, so that a hit only splices the new bytes and displacement in.
     t = tuple(instr)
-    if operand is not None and operand.disp_size:  # Instruction: …, raw (3), prefixes, rex, operand (6), …
-        o = tuple(operand)  # MemoryOperand: …, displacement (5), …
-        shapes[data[:cut]] = (instr.length, operand.disp_size, t[:3], t[4:6], t[7:], o[:5], o[6:])
+    if operand is not None and operand.disp_size:
+        o = tuple(operand)
+        shapes[data[:cut]] = (instr.length, operand.disp_size, t[:_RAW], t[_RAW + 1:_OPERAND], t[_OPERAND + 1:],
+                              o[:_DISPLACEMENT], o[_DISPLACEMENT + 1:])
     else:
-        shapes[data[:cut]] = (instr.length, 0, t[:3], t[4:7], t[7:], None, None)
+        shapes[data[:cut]] = (instr.length, 0, t[:_RAW], t[_RAW + 1:_OPERAND + 1], t[_OPERAND + 1:], None, None)
     return instr
+
+
+_RAW, _OPERAND = Instruction._fields.index("raw"), Instruction._fields.index("operand")
+_DISPLACEMENT = MemoryOperand._fields.index("displacement")
+
+
+def clear_memos() -> None:
+    """Forget every memoised decode and capstone check (benchmarks and tests start cold with it)."""
+    for shapes in _SHAPES.values():
+        shapes.clear()
+    for whole in _WHOLE.values():
+        whole.clear()
+    _GUARDED.clear()
+    _capstone_shape.cache_clear()
 
 
 def decode_uncached(data: bytes | bytearray | memoryview, code_size: int) -> Instruction:

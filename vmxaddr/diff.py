@@ -298,16 +298,7 @@ def exit_and_access(ins: Instruction, rip: int, policy: Policy) -> tuple[ExitInf
         if len(memo) >= 1 << 16:
             memo.clear()
         hit = memo[key] = (encode_info(ins, policy)[0], access_of(ins))
-    # exitinfo.exit_qualification, inlined for the zero-extend policy (the default)
-    if op is None:
-        q = 0
-    elif op.address_size == 64 and not op.rip_relative:
-        q = op.displacement & MASK64
-    elif policy.exit_qual == "zero-extend" and not op.rip_relative:
-        q = op.displacement & (0xFFFF if op.address_size == 16 else 0xFFFFFFFF)
-    else:
-        q = exit_qualification(ins, rip, policy)
-    return _new(ExitInfo, (ins.mnemonic, hit[0], q, ins.length)), hit[1]
+    return _new(ExitInfo, (ins.mnemonic, hit[0], exit_qualification(ins, rip, policy), ins.length)), hit[1]
 
 
 _new = tuple.__new__

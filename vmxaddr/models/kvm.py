@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 from vmxaddr.exitinfo import _OPERAND_BITS, ExitInfo, operand_bits
 from vmxaddr.isa import REG64, SEGMENTS, SPECS, Layout
 from vmxaddr.models.base import FAULT, OK, Access, InvalidExitInfo, Outcome, Result, Step, outcome
-from vmxaddr.models.sdm import lam_untag
+from vmxaddr.models.sdm import _MASKS, _SIGN, lam_untag
 from vmxaddr.state import CpuState, Segment
 
 MASK64 = (1 << 64) - 1
@@ -67,8 +67,6 @@ class LimitCheck:
 
 
 _new = tuple.__new__  # a Result from a ready tuple: no Python-level __new__ frame
-_ASZ_MASK = (0xFFFF, MASK32)  # by address-size code, 16 and 32 bits
-_ASZ_SIGN = (0x8000, 0x80000000)
 
 
 def _h(v: int) -> str:
@@ -114,8 +112,8 @@ def kvm_model(fixes: Fixes, exit: ExitInfo, state: CpuState, access: Access, exp
     q = exit.exit_qualification
     disp = q
     if sign_extend and asz_code < 2:  # from bit 15 or bit 31
-        low = q & _ASZ_MASK[asz_code]
-        disp = (low - ((low & _ASZ_SIGN[asz_code]) << 1)) & MASK64
+        low = q & _MASKS[asz_code]
+        disp = (low - ((low & _SIGN[asz_code]) << 1)) & MASK64
     reg_mask = MASK32 if truncate_regs and not mode64 else MASK64
     bval = state.regs[base] & reg_mask if base is not None else 0
     ival = state.regs[index] & reg_mask if index is not None else 0

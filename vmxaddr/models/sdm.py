@@ -16,6 +16,10 @@ from vmxaddr.state import MODES, CpuState
 MASK64 = (1 << 64) - 1
 MASK32 = 0xFFFFFFFF
 _NAMES = {16: REG16, 32: REG32, 64: REG64}
+_MASKS = (0xFFFF, MASK32, MASK64, 0, 0, 0, 0, 0)  # by address-size code (3…7 are rejected)
+_SIGN = (0x8000, 0x80000000, 1 << 63, 0, 0, 0, 0, 0)
+# 64-bit mode: bits that must all equal bit 63 for a canonical address (paging width 48 or 57).
+_NONCANONICAL = {False: MASK64 ^ ((1 << 47) - 1), True: MASK64 ^ ((1 << 56) - 1)}
 
 
 def _h(v: int) -> str:
@@ -25,24 +29,19 @@ def _h(v: int) -> str:
 def fields_of(info: int, exit_qualification: int) -> tuple[int, str, int, int | None, int | None, int]:
     """(address size, segment, displacement, base reg, index reg, scale) from the exit info,
     reading only the bits the SDM defines. Raises InvalidExitInfo for unused values."""
-    code = info >> 7 & 7
+    scaling, code, seg, index, base = operand_bits(info)
     if code > 2:
         raise InvalidExitInfo(f"address-size field (bits 9:7) is {code}; the SDM uses only 0, 1, 2")
-    seg = info >> 15 & 7
     if seg > 5:
         raise InvalidExitInfo(f"segment field (bits 17:15) is {seg}; the SDM uses only 0…5")
-    asz = 16 << code
-    mask = (1 << asz) - 1
-    q = exit_qualification & mask  # bits beyond the address size are undefined
-    disp = q - (1 << asz) if q >> (asz - 1) else q
-    base = None if info & (1 << 27) else info >> 23 & 15
-    index = None if info & (1 << 22) else info >> 18 & 15
-    return asz, SEGMENTS[seg], disp, base, index, 1 << (info & 3)
+    q = exit_qualification & _MASKS[code]  # bits beyond the address size are undefined
+    return 16 << code, SEGMENTS[seg], q - ((q & _SIGN[code]) << 1), base, index, 1 << scaling
 
 
 def canonical(addr: int, bits: int) -> bool:
-    top = addr >> (bits - 1)
-    return top == 0 or top == (1 << (65 - bits)) - 1
+    """Is `addr` canonical for `bits`-bit (48 or 57) linear addresses: bits 63:bits-1 all equal?"""
+    top = addr & _NONCANONICAL[bits == 57]
+    return top == 0 or top == _NONCANONICAL[bits == 57]
 
 
 def lam_untag(addr: int, state: CpuState) -> tuple[int, int | None]:
@@ -78,10 +77,6 @@ _UD_IN = {mode: frozenset(m for m, sp in SPECS.items()
                           if (sp.vmx and mode in ("real", "virtual-8086", "compatibility"))
                           or (mode == "real" and not sp.real_mode) or (mode == "virtual-8086" and not sp.v8086))
           for mode in MODES}
-_MASKS = (0xFFFF, MASK32, MASK64, 0, 0, 0, 0, 0)  # by address-size code (3…7 are rejected)
-_SIGN = (0x8000, 0x80000000, 1 << 63, 0, 0, 0, 0, 0)
-# 64-bit mode: bits that must all equal bit 63 for a canonical address (paging width 48 or 57).
-_NONCANONICAL = {False: MASK64 ^ ((1 << 47) - 1), True: MASK64 ^ ((1 << 56) - 1)}
 
 
 def _done(steps: list[Step] | None, outcome: Outcome, ea: int | None = None, linear: int | None = None,
