@@ -14,7 +14,7 @@ from vmxaddr.trace.checker import Checker
 from vmxaddr.trace.format import DEFAULT_MAX_STATES
 from vmxaddr.trace.ftrace import import_ftrace
 from vmxaddr.trace.reader import check_stream, decompressing, open_input
-from vmxaddr.trace.synth import synth
+from vmxaddr.trace.synth import SHAPES, synth
 from vmxaddr.trace.text import summary_text, verdict_text
 
 # Modules adding a subcommand to `vmxaddr trace` (each has `register_trace(tsub)`, called with
@@ -90,6 +90,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
         fail(str(e))
     if args.n < 0:
         fail("-n must not be negative")
+    if not 0 <= args.wrong <= 1:
+        fail("--wrong must be a fraction from 0 to 1")
     if args.out and args.out != "-":
         try:
             out: IO[str] = open(args.out, "w")  # noqa: SIM115
@@ -100,7 +102,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     try:
         with Progress(args.n, "synth", enabled=not args.quiet, unit="exits") as prog:
             made = 0
-            for rec in synth(model, args.n, args.seed):
+            for rec in synth(model, args.n, args.seed, args.shape, args.wrong):
                 out.write(json.dumps(rec, separators=(",", ":")) + "\n")
                 if rec["type"] == "exit":
                     made += 1
@@ -173,7 +175,8 @@ def register(sub: Any) -> None:
                        description="Make traces for check-trace.")
     tsub = t.add_subparsers(dest="trace_command", metavar="SUBCOMMAND", parser_class=Parser)
     s = tsub.add_parser("synth", help="a trace as a model would have handled random cases",
-                        description="Write a trace (JSON Lines) as MODEL would have handled N random cases from "
+                        description="Write a trace (JSON Lines) as MODEL would have handled N random cases, of the instructions MODEL "
+                        "handles (its `mnemonics`), from "
                         "vmxaddr's generator: instruction bytes, the exit information a processor reports (SDM "
                         "encoder, random policy), the CPU state (shared state records and inline changes) and the "
                         "model's answer. Same seed, same trace.",
@@ -182,6 +185,12 @@ def register(sub: Any) -> None:
     s.add_argument("--model", required=True, help="the hypervisor model whose answers are recorded")
     s.add_argument("-n", type=int, default=1000, help="number of exit records (default 1000)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--shape", choices=SHAPES, default="random",
+                   help="random: every case new, many states (default); realistic: what a guest hypervisor's exits "
+                   "look like — six states, 48 instructions at fixed addresses that recur, four vCPUs")
+    s.add_argument("--wrong", type=float, default=0.0, metavar="FRACTION",
+                   help="replace this fraction of the recorded answers by answers no model gives (default 0; "
+                   "0.01 makes the realistic trace of benchmarks/bench_trace.py)")
     s.add_argument("--out", metavar="FILE", help="write here instead of standard output")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress on standard error")
     s.set_defaults(func=cmd_synth)

@@ -35,19 +35,93 @@ def iter_lines(stream: IO[bytes], max_line: int = MAX_LINE) -> Iterator[tuple[in
         yield n, chunk, terminated, False, size
 
 
+TOO_LONG = None  # stands for an over-long line in a batch: its bytes are never held
+BLOCK = 1 << 18
+MAX_SKIP = 1 << 28  # an over-long line without a newline in this many bytes ends the reading
+
+
+class InputError(Exception):
+    """The input cannot be read on (decompression failed, no newline in MAX_SKIP bytes): what was
+    read before is checked and counted; the message says where it broke."""
+
+
+def read_batches(stream: IO[bytes], max_line: int = MAX_LINE, block: int = BLOCK
+                 ) -> Iterator[tuple[list[bytes | None], bytes | None, int]]:
+    """(lines, unterminated final line, bytes consumed) per block of the stream: each line without
+    its newline, TOO_LONG for a line longer than `max_line` bytes; the final-line slot is set only
+    at the end of a stream that does not end with a newline. Holds at most one block and one line."""
+    tail = b""
+    skipping = 0  # > 0: inside an over-long line, this many bytes of it skipped
+    while True:
+        buf = stream.read(block)
+        if not buf:
+            break
+        size = len(buf)
+        if skipping:
+            i = buf.find(b"\n")
+            if i < 0:
+                skipping += size
+                if skipping > MAX_SKIP:
+                    raise InputError(f"no newline in {MAX_SKIP >> 20} MB: not a trace of JSON lines")
+                yield [], None, size
+                continue
+            skipping = 0
+            buf = buf[i + 1:]
+            lines: list[bytes | None] = [TOO_LONG]
+        else:
+            lines = []
+        if tail:
+            buf = tail + buf
+        parts: list[bytes | None] = buf.split(b"\n")  # type: ignore[assignment]
+        tail = parts.pop()  # type: ignore[assignment]
+        if parts and max(map(len, parts)) > max_line:  # type: ignore[arg-type]
+            parts = [TOO_LONG if len(p) > max_line else p for p in parts]  # type: ignore[arg-type]
+        if len(tail) > max_line:
+            tail, skipping = b"", len(tail)
+        lines += parts
+        yield lines, None, size
+    if skipping:
+        yield [TOO_LONG], None, 0
+    elif tail:
+        yield [], tail, 0
+
+
 def check_stream(stream: IO[bytes], checker: Checker, emit: Callable[[dict[str, Any]], None],
-                 progress: Progress | None = None, total_bytes: int | None = None) -> dict[str, Any]:
+                 progress: Progress | None = None, total_bytes: int | None = None,
+                 findings_only: bool = False) -> dict[str, Any]:
+    """Check every line of `stream`; `emit` gets each verdict (with `findings_only`, only those of
+    wrong records, malformed and truncated lines). A stream that breaks (InputError, a
+    decompression error) ends the check: what came before is checked, and the summary says where."""
     done = 0
-    for n, data, terminated, too_long, size in iter_lines(stream):
-        done += size
-        v = checker.feed(n, data, terminated, too_long)
-        if v is not None:
-            emit(v)
-        if progress is not None and not n & 1023:
-            note = f"{100 * done / total_bytes:.0f}% of the file" if total_bytes else ""
-            progress.update(n, note)
+    n = 0
+    last = 0
+    try:
+        for lines, final, size in read_batches(stream):
+            done += size
+            n = checker.feed_batch(n, lines, emit, findings_only)
+            if final is not None:
+                n += 1
+                v = checker.feed(n, final, terminated=False)
+                if v is not None:
+                    emit(v)
+            if progress is not None and n - last >= 4096:
+                last = n
+                progress.update(n, f"{100 * done / total_bytes:.0f}% of the file" if total_bytes else "")
+    except InputError as e:
+        checker.tally.input_error = f"after line {n}: {e}"
+    except DECOMPRESSION_ERRORS as e:
+        where = getattr(stream, "where", None)
+        if where is None:
+            checker.tally.input_error = f"reading failed after line {n}: {_reason(e)}"
+        else:
+            checker.tally.input_error = (f"decompression failed after line {n}, {where()} compressed bytes read: "
+                                         f"{_reason(e)}")
     return checker.summary()
 
+
+def _reason(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    return text[0].lower() + text[1:] if text else text
 
 
 def open_input(path: str) -> tuple[IO[bytes], int | None]:
@@ -66,17 +140,101 @@ def open_input(path: str) -> tuple[IO[bytes], int | None]:
     return f, size or None
 
 
+class _Counting(io.RawIOBase):
+    """A raw stream that counts the bytes read from it (where a compressed stream broke)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        data = self.raw.read(len(b))
+        n = len(data)
+        b[:n] = data
+        self.count += n
+        return n
+
+
+class ZstdTruncated(Exception):
+    pass
+
+
+class _Zstd(io.RawIOBase):
+    """zstd frames one after another (as `cat a.zst b.zst` makes) decompressed; a stream that
+    ends inside a frame raises ZstdTruncated instead of passing for a short file."""
+
+    def __init__(self, raw: _Counting) -> None:
+        import zstandard
+
+        self.raw = raw
+        self.new = zstandard.ZstdDecompressor().decompressobj
+        self.dobj = self.new()
+        self.in_frame = False
+        self.pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self.pending:
+            data = self.raw.read(1 << 16)
+            if not data:
+                if self.in_frame:
+                    raise ZstdTruncated("the zstd stream ends inside a frame (truncated)")
+                return 0
+            while data:
+                self.in_frame = True
+                out = self.dobj.decompress(data)
+                self.pending += out
+                if self.dobj.eof:
+                    data = self.dobj.unused_data
+                    self.dobj = self.new()
+                    self.in_frame = False
+                else:
+                    data = b""
+        n = min(len(b), len(self.pending))
+        b[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
+
+
+class _Buffered(io.BufferedReader):
+    where: Callable[[], int]
+
+
+def _decompression_errors() -> tuple[type[BaseException], ...]:
+    import zlib
+
+    errors: list[type[BaseException]] = [EOFError, zlib.error, ZstdTruncated, OSError]  # gzip.BadGzipFile is an OSError
+    try:
+        import zstandard
+
+        errors.append(zstandard.ZstdError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+DECOMPRESSION_ERRORS = _decompression_errors()
+
+
 def decompressing(stream: IO[bytes]) -> IO[bytes]:
-    """`stream`, or a reader of its decompressed bytes when it starts like gzip or zstd data."""
+    """`stream`, or a reader of its decompressed bytes when it starts like gzip or zstd data
+    (with `where()`: how many compressed bytes were read, to say where a broken stream broke)."""
     peek = getattr(stream, "peek", None)
     head = peek(4)[:4] if peek else b""
     if head[:2] == b"\x1f\x8b":
         import gzip
 
-        return gzip.GzipFile(fileobj=stream)  # type: ignore[return-value]
-    if head == b"\x28\xb5\x2f\xfd":
-        import zstandard
-
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True))  # type: ignore[arg-type]
-    return stream
-
+        counted = _Counting(stream)
+        out: Any = gzip.GzipFile(fileobj=counted)  # type: ignore[arg-type]
+    elif head == b"\x28\xb5\x2f\xfd":
+        counted = _Counting(stream)
+        out = _Buffered(_Zstd(counted), 1 << 16)
+    else:
+        return stream
+    out.where = lambda: counted.count
+    return out  # type: ignore[no-any-return]

@@ -176,8 +176,14 @@ def parse_exit(obj: dict[str, Any], line: int, table: StateTable) -> ExitRecord:
 
 
 
-def parse_state_record(obj: dict[str, Any], table: StateTable) -> None:
-    """Store a state record (`{"type": "state", "id": …, "state": {…}}`) in `table`."""
+def ref_of(obj: dict[str, Any]) -> str | None:
+    """The id a record's state_ref names, if it is a valid one."""
+    v = obj.get("state_ref")
+    return str(v) if isinstance(v, str | int) and not isinstance(v, bool) else None
+
+
+def parse_state_record(obj: dict[str, Any], table: StateTable) -> tuple[str, CpuState]:
+    """Store a state record (`{"type": "state", "id": …, "state": {…}}`) in `table`; its id and state."""
     for k in obj:
         if k not in STATE_KEYS:
             raise RecordError(f"unknown key {k!r} in a state record (known: {', '.join(sorted(STATE_KEYS))})")
@@ -196,3 +202,4 @@ def parse_state_record(obj: dict[str, Any], table: StateTable) -> None:
     except StateError as e:
         raise RecordError(f"state: {e}") from None
     table.put(key, st)
+    return key, st
