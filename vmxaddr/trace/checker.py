@@ -20,14 +20,15 @@ from typing import Any
 
 from vmxaddr.models.base import Model
 from vmxaddr.state import StateError
-from vmxaddr.trace.format import DEFAULT_MAX_STATES, MAX_LINE, ExitRecord, RecordError
+from vmxaddr.trace.format import DEFAULT_MAX_STATES, EXIT_KEYS, MAX_LINE, ExitRecord, RecordError
 from vmxaddr.trace.hardware import check_hardware
 from vmxaddr.trace.hypervisor import Answers, NamedModel, check_hypervisor, consumer_models
-from vmxaddr.trace.jsonline import NotJSON, loads
+from vmxaddr.trace.jsonline import NotJSON, encode, loads_exact
 from vmxaddr.trace.records import StateTable, parse_exit, parse_state_record, ref_of
 from vmxaddr.trace.tally import Tally
 
-MEMO_LINES = 1 << 15  # distinct lines remembered; with the answer memos, 1 GB stays under 200 MB (docs/trace-format.md)
+MEMO_LINES = 8192  # distinct lines remembered; with the other memos 1 GB stays under 200 MB (docs/trace-format.md)
+MEMO_LINE_BYTES = 1024  # longer lines (a whole state inline) seldom repeat: not remembered
 PENDING = 4096  # shapes whose counts wait to be added to the tally
 
 
@@ -48,6 +49,17 @@ class Shape:
         self.state: Any = None
 
 
+def _record_key(obj: dict[str, Any], ref: str | None, base: Any) -> tuple[Any, ...] | None:
+    """What an exit record's verdict depends on (every key but vcpu and source) as bytes of
+    JSON (so that 1, 1.0 and true stay apart), with the state it refers to; None for a record
+    that is not memoised (an unknown key: parse_exit says which)."""
+    if not EXIT_KEYS.issuperset(obj):
+        return None
+    g = obj.get
+    return (encode((g("exit_reason"), g("instruction"), g("rip"), g("bytes"), g("code_size"), g("instruction_info"),
+                    g("exit_qualification"), g("length"), g("state"), g("result"))), ref, id(base))
+
+
 class Checker:
     """Feed it a trace line by line (`feed`); it returns one verdict per exit record and keeps
     running counts for `summary`. Memory: the state table, the bounded memos and the counters."""
@@ -64,7 +76,8 @@ class Checker:
         self.table = StateTable(max_states)
         self.tally = Tally()
         self.answers = Answers(self.reference_model)
-        self.memo: dict[bytes, Shape] = {}
+        self.memo: dict[bytes, Shape] = {}  # by the line's bytes
+        self.records: dict[tuple[Any, ...], Shape] = {}  # by what an exit record says (_record_key)
         self.pending: defaultdict[Shape, int] = defaultdict(int)
 
     # -- lines ------------------------------------------------------------------------------
@@ -108,7 +121,7 @@ class Checker:
             return None
         # read
         try:
-            obj = loads(data)
+            obj, exact = loads_exact(data)
         except NotJSON as e:
             if not terminated:
                 self.tally.truncated = line
@@ -126,18 +139,29 @@ class Checker:
                 shape = Shape(ref, base)
                 shape.key, shape.state = parse_state_record(obj, self.table)
             elif kind == "exit":
-                rec = parse_exit(obj, line, self.table)
-                shape = self._shape(rec, ref)
-                shape.base = base
+                rkey = _record_key(obj, ref, base) if exact else None
+                shape = self.records.get(rkey) if rkey is not None else None  # type: ignore[assignment]
+                if shape is not None and shape.base is base:
+                    if ref is not None:
+                        self.table.get(ref)  # used: as parse_exit would
+                else:
+                    rec = parse_exit(obj, line, self.table)
+                    shape = self._shape(rec, ref)
+                    shape.base = base
+                    if rkey is not None and len(rkey[0]) <= MEMO_LINE_BYTES:
+                        if len(self.records) >= MEMO_LINES:
+                            self.records.clear()
+                        self.records[rkey] = shape
             else:
                 raise RecordError(f"type must be \"exit\" or \"state\", not {kind!r}")
         except RecordError as e:
             return self._malformed(line, str(e))
         except (StateError, RecursionError) as e:
             return self._malformed(line, f"state: {e}")
-        if len(self.memo) >= MEMO_LINES:
-            self.memo.clear()
-        self.memo[data] = shape
+        if len(data) <= MEMO_LINE_BYTES:
+            if len(self.memo) >= MEMO_LINES:
+                self.memo.clear()
+            self.memo[data] = shape
         return self._apply(shape, line, parsed=True)
 
     def _apply(self, shape: Shape, line: int, parsed: bool = False) -> dict[str, Any] | None:

@@ -6,16 +6,18 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from typing import IO, Any
 
 from vmxaddr.progress import Progress
 from vmxaddr.trace.checker import Checker
+from vmxaddr.trace.chunks import Merger, Options, check_chunk, index_files, plan, run_pieces, trace_files
 from vmxaddr.trace.format import DEFAULT_MAX_STATES
 from vmxaddr.trace.ftrace import import_ftrace
-from vmxaddr.trace.reader import check_stream, decompressing, open_input
+from vmxaddr.trace.jsonline import dumps
 from vmxaddr.trace.synth import SHAPES, synth
-from vmxaddr.trace.text import summary_text, verdict_text
+from vmxaddr.trace.text import summary_text
 
 # Modules adding a subcommand to `vmxaddr trace` (each has `register_trace(tsub)`, called with
 # the `trace` subparsers); a module not installed is skipped. `trace record` lives in
@@ -46,37 +48,80 @@ The trace format is in docs/trace-format.md.
 def cmd_check(args: argparse.Namespace) -> int:
     from vmxaddr.cli import fail
     from vmxaddr.models import UnknownModel, get
+    from vmxaddr.parallel import ParallelError, dask_client, process_pool, resolve_jobs
 
     try:
-        ref = get(args.against)
+        get(args.against)
     except UnknownModel as e:
         fail(str(e))
     if args.max_states < 1:
         fail("--max-states must be at least 1")
-    checker = Checker(args.against, ref, fingerprint=args.fingerprint, max_states=args.max_states)
-    raw_stream, size = open_input(args.file)
-    stream = decompressing(raw_stream)
-    if stream is not raw_stream:
-        size = None  # progress counts lines only: the compressed size says little
+    paths = trace_files(args.files)
+    if not paths:
+        fail("no trace files (the directories given are empty)")
+    for p in paths:
+        if p != "-" and not os.access(p, os.R_OK):
+            fail(f"cannot read {p}: {'no such file' if not os.path.exists(p) else 'permission denied'}")
+    options = Options(args.against, args.fingerprint, args.max_states, args.json)
+    models_compared = len(Checker(args.against, fingerprint=args.fingerprint).models)
+
+    def note(msg: str) -> None:
+        if not args.quiet:
+            print(f"vmxaddr check-trace: {msg}", file=sys.stderr)
+
+    try:
+        workers, capped = resolve_jobs(args.jobs)
+    except ParallelError as e:
+        fail(str(e))
+    if capped:
+        note(capped)
+    if "-" in paths and (workers > 1 or args.dask):
+        if args.dask:
+            fail("--dask reads files its workers can open: standard input cannot be sent")
+        note("standard input cannot be split: checking in one process")
+        workers = 1
     out = sys.stdout
-    if args.json:
-        def emit(v: dict[str, Any]) -> None:
-            out.write(json.dumps(v, separators=(",", ":")) + "\n")
-    else:
-        def emit(v: dict[str, Any]) -> None:
-            t = verdict_text(v)
-            if t is not None:
-                out.write(t + "\n")
+    merger = Merger(out.write, many=len(paths) > 1)
+    interrupted = False
     with Progress(None, "check-trace", enabled=not args.quiet, unit="lines") as prog:
         try:
-            summary = check_stream(stream, checker, emit, prog, size)
-        finally:
-            if raw_stream is not sys.stdin.buffer:
-                raw_stream.close()
+            if args.dask:
+                try:
+                    client = dask_client(args.dask)
+                except ParallelError as e:
+                    fail(str(e))
+                with client:
+                    chunks = index_files(plan(paths, True), options, client.submit, note)
+                    window = 2 * max(1, sum(client.nthreads().values()))
+                    for piece in run_pieces(chunks, options, client.submit, window):
+                        merger.add(piece)
+                        prog.update(merger.lines())
+            elif workers > 1:
+                with process_pool(workers) as pool:
+                    chunks = index_files(plan(paths, True), options, pool.submit, note)
+                    for piece in run_pieces(chunks, options, pool.submit, 2 * workers):
+                        merger.add(piece)
+                        prog.update(merger.lines())
+            else:
+                for chunk in plan(paths, False):
+                    piece = check_chunk(chunk, options, out.write, prog)
+                    merger.add(piece)
+                    if piece.interrupted:
+                        interrupted = True
+                        break
+        except KeyboardInterrupt:
+            interrupted = True
+    summary = merger.summary(options, models_compared)
+    summary["interrupted"] = interrupted
+    if summary.get("input_error"):
+        print(f"vmxaddr check-trace: error: {summary['input_error']}", file=sys.stderr)
     if args.json:
-        out.write(json.dumps(summary, separators=(",", ":")) + "\n")
+        out.write(dumps(summary) + "\n")
     else:
         out.write(summary_text(summary) + "\n")
+    if interrupted:
+        print("interrupted: the summary counts the lines checked before ^C", file=sys.stderr)
+        return 130
     return int(summary["exit_status"])
 
 
@@ -156,7 +201,16 @@ def register(sub: Any) -> None:
                        "compute the reference model's address or fault, and which known implementations give the "
                        "answer it recorded. Streams: memory stays flat on multi-gigabyte traces.",
                        epilog=CHECK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("file", metavar="FILE", help="the trace (JSON Lines, docs/trace-format.md); - reads standard input")
+    p.add_argument("files", nargs="+", metavar="FILE|DIR",
+                   help="the trace (JSON Lines, docs/trace-format.md; gzip or zstd compressed too); - reads standard "
+                   "input. Several files, or a directory (its files, recursively, by name), are separate traces "
+                   "with one summary: each verdict then names its file")
+    p.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
+                   help="worker processes (default 1; 0: one per CPU). A large file is split at line boundaries, "
+                   "several files are shared out; the output is the one a single process prints")
+    p.add_argument("--dask", metavar="ADDRESS",
+                   help="check on a Dask cluster (tcp://host:8786; pip install 'vmxaddr[dask]'): the workers must "
+                   "see the files at the same paths. See docs/trace-format.md")
     p.add_argument("--against", default="sdm", metavar="MODEL",
                    help="reference model for the hypervisor verdict (default sdm; `vmxaddr models` lists them)")
     p.add_argument("--fingerprint", choices=("wrong", "all", "none"), default="wrong",
@@ -167,7 +221,8 @@ def register(sub: Any) -> None:
                    help=f"state records kept for state_ref (default {DEFAULT_MAX_STATES}, least recently used dropped)")
     p.add_argument("--json", action="store_true",
                    help="JSON Lines: one verdict object per exit record, one per malformed line, then a summary "
-                   "object (type \"summary\") — a stream rather than one object, so memory stays flat")
+                   "object (type \"summary\"; \"interrupted\": true after ^C) — a stream rather than one object, "
+                   "so memory stays flat")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on standard error")
     p.set_defaults(func=cmd_check)
 

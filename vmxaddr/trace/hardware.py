@@ -21,7 +21,7 @@ from vmxaddr.exitinfo import (
 from vmxaddr.trace.format import MASK64, ExitRecord
 
 
-@lru_cache(maxsize=1 << 14)
+@lru_cache(maxsize=4096)
 def _decode(raw: bytes, code_size: int) -> Instruction | DecodeError:
     try:
         return decode(raw, code_size)
@@ -29,7 +29,7 @@ def _decode(raw: bytes, code_size: int) -> Instruction | DecodeError:
         return e
 
 
-@lru_cache(maxsize=1 << 14)
+@lru_cache(maxsize=4096)
 def _text(instr: Instruction) -> str:
     return instr.text()
 

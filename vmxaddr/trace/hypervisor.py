@@ -81,7 +81,7 @@ def consumer_models(exclude: str | None) -> list[NamedModel]:
     return [NamedModel(m.name, m.function) for m in REGISTRY.values() if m.kind == "consumer" and m.name != exclude]
 
 
-ANSWERS = 1 << 14  # (exit information, state, access) -> answers remembered
+ANSWERS = 8192  # (exit information, state, access) -> answers remembered
 
 
 class Answers:

@@ -27,19 +27,32 @@ class NotJSON(ValueError):
     """The line is not JSON; the message says why (the standard library's words)."""
 
 
-def loads(data: bytes) -> Any:
+def loads_exact(data: bytes) -> tuple[Any, bool]:
+    """The line decoded, and whether msgspec decoded it (then `encode` gives back equal objects
+    equal bytes; the standard library's extras — NaN, lone surrogates — do not survive it)."""
     try:
-        return _decode(data)
+        return _decode(data), True
     except _FAST_ERRORS:
         pass
     except RecursionError:
         raise NotJSON("nested too deeply") from None
     try:
-        return json.loads(data)
+        return json.loads(data), False
     except RecursionError:
         raise NotJSON("nested too deeply") from None
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
         raise NotJSON(str(e)) from None
+
+
+def loads(data: bytes) -> Any:
+    return loads_exact(data)[0]
+
+
+def encode(obj: Any) -> bytes:
+    """Compact JSON bytes, fast (for memo keys: equal objects give equal bytes, key order aside)."""
+    if _encode is not None:
+        return _encode(obj)  # type: ignore[no-any-return]
+    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def dumps(obj: Any) -> str:

@@ -88,13 +88,12 @@ def read_batches(stream: IO[bytes], max_line: int = MAX_LINE, block: int = BLOCK
 
 def check_stream(stream: IO[bytes], checker: Checker, emit: Callable[[dict[str, Any]], None],
                  progress: Progress | None = None, total_bytes: int | None = None,
-                 findings_only: bool = False) -> dict[str, Any]:
+                 findings_only: bool = False, first_line: int = 0) -> dict[str, Any]:
     """Check every line of `stream`; `emit` gets each verdict (with `findings_only`, only those of
     wrong records, malformed and truncated lines). A stream that breaks (InputError, a
     decompression error) ends the check: what came before is checked, and the summary says where."""
     done = 0
-    n = 0
-    last = 0
+    n = last = first_line
     try:
         for lines, final, size in read_batches(stream):
             done += size

@@ -59,7 +59,7 @@ def synth(model: Model, n: int, seed: int = 0, shape: str = "random", wrong: flo
     registers inline, the exit information from the SDM encoder under a random policy.
     shape "realistic": what a guest hypervisor's exits look like — a few states (two per code
     size, defined once), 48 instructions at fixed addresses that recur, four vCPUs, one exit in
-    ten with a register changed inline (from a few values).
+    ten with one of the eight legacy registers changed inline (to one of four values).
     `wrong`: the fraction of exits whose recorded answer is replaced by one no model gives."""
     if shape == "realistic":
         yield from _realistic(model, n, seed, wrong)
@@ -155,13 +155,13 @@ def _realistic(model: Model, n: int, seed: int, wrong: float) -> Iterator[dict[s
             continue
         rip = 0x401000 + 0x40 * len(code) if cs != 64 else 0xFFFFFFFF81000000 + 0x40 * len(code)
         code.append((instr, raw, cs, rip, encode(instr, rip)))
-    values = [_interesting(rng) for _ in range(6)]
+    values = [_interesting(rng) for _ in range(4)]
     for _ in range(n):
         instr, raw, cs, rip, exit = code[min(int(rng.expovariate(1 / 8)), len(code) - 1)]  # a few are hot
         key, st = states[cs][rng.random() < 0.3]
         rec: dict[str, Any] = {"type": "exit", "vcpu": rng.randrange(4), "state_ref": key}
         if rng.random() < 0.1:
-            rec["state"] = {"registers": {REG64[rng.randrange(16)]: _h(rng.choice(values))}}
+            rec["state"] = {"registers": {REG64[rng.randrange(8)]: _h(rng.choice(values))}}
             st = state_from_json(rec["state"], st)
         st = replace(st, rip=rip)
         rec.update(_exit_fields(instr, raw, cs, rip, exit))

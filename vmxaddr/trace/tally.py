@@ -65,9 +65,11 @@ class Tally:
         if self.reference_error is None:
             self.reference_error = hv["missing"][0]
 
-    def merge(self, later: Tally) -> None:
-        """Add the counts of the part of the trace that follows this one."""
-        self.lines = later.lines or self.lines
+    def merge(self, later: Tally, lines: str = "last") -> None:
+        """Add the counts of the part of the trace that follows this one: the next piece of the
+        same file (`lines` "last": the later piece's lines are numbered on from this one's) or the
+        next file ("add")."""
+        self.lines = self.lines + later.lines if lines == "add" else (later.lines or self.lines)
         for name in ("exits", "state_records", "malformed", "wrong", "evicted", "fingerprinted", "wrong_fingerprinted",
                      "reference_errors"):
             setattr(self, name, getattr(self, name) + getattr(later, name))
