@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypedDict
 
 
 class Layout(StrEnum):
@@ -48,7 +49,13 @@ class InstrSpec:
         return self.size64 if code_size == 64 else self.size
 
 
-_VMX = dict(vmx=True, real_mode=False, v8086=False)
+class _Flags(TypedDict):
+    vmx: bool
+    real_mode: bool
+    v8086: bool
+
+
+_VMX: _Flags = {"vmx": True, "real_mode": False, "v8086": False}
 
 # XSAVES/XRSTORS touch a variable-sized area; the legacy region and the XSAVE header (512 + 64
 # bytes, SDM Vol. 1 §13.4) are always accessed, so that is the size checked against the limit.
