@@ -1059,7 +1059,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    from vmxaddr.cli import Parser
+    from vmxaddr.cli import Parser, no_command
 
     p = sub.add_parser("check-trace", help="check a trace of VM exits: processor report, hypervisor answer, fingerprint",
                        description="Check a JSON Lines trace of VM exits caused by VMX-family instructions, record by "
@@ -1110,7 +1110,7 @@ def register(sub: Any) -> None:
     i.add_argument("file", metavar="FILE", help="the log; - reads standard input")
     i.add_argument("-q", "--quiet", action="store_true", help="no count on standard error")
     i.set_defaults(func=cmd_import)
-    t.set_defaults(func=lambda a: (t.print_help(), 2)[1])
+    t.set_defaults(func=lambda a: no_command(t))
 
 
 __all__ = ["Checker", "ExitRecord", "Recorded", "answer_matches", "check_hardware", "check_stream", "import_ftrace",
