@@ -171,7 +171,7 @@ def call(model: Any, exit: ExitInfo, state: CpuState, access: Access, explain: b
          name: str | None = None) -> Result:
     """Run any model (guarded or not) and check its answer: for engines that take models from
     elsewhere than vmxaddr.models.get. Raises ModelError, never anything else the model raised."""
-    g = model if isinstance(model, GuardedModel) else GuardedModel(model, name or getattr(model, "__name__", repr(model)))
+    g = model if isinstance(model, GuardedModel) else GuardedModel(model, name or str(getattr(model, "__name__", model)))
     return g(exit, state, access, explain)
 
 
