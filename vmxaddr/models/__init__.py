@@ -25,16 +25,26 @@ def _native(name: str) -> ModuleType | None:
     the pure-Python module serves. VMXADDR_PURE=1 always picks pure Python."""
     if os.environ.get("VMXADDR_PURE"):
         return None
+    mod, problem = compiled(name)
+    return None if problem else mod
+
+
+def compiled(name: str) -> tuple[ModuleType | None, str | None]:
+    """The compiled copy of vmxaddr/models/<name>.py whatever VMXADDR_PURE says, and why it cannot
+    serve (None when it can): not built, or built from another source (then: reinstall)."""
     try:
         mod = importlib.import_module(f"vmxaddr._native.{name}")
     except ImportError:
-        return None
+        return None, f"models/{name}.py was not compiled (no mypyc or C compiler at install; see setup.py)"
     if not str(getattr(mod, "__file__", "")).endswith((".so", ".pyd")):
-        return None  # the generated copy was never compiled
+        return None, f"models/{name}.py: the generated copy in vmxaddr/_native was never compiled"
     source = Path(__file__).with_name(f"{name}.py").read_bytes()
     if getattr(mod, "SOURCE_SHA256", None) != hashlib.sha256(source).hexdigest():
-        return None  # compiled from an older source: never let a stale build answer
-    return mod
+        # never let a stale build answer
+        return mod, (f"vmxaddr/models/{name}.py changed since its compiled copy was built, so the pure-Python model "
+                     f"runs: reinstall (pip install -e '.[test,oracles]') or rebuild in place "
+                     f"(python setup.py build_ext --inplace)")
+    return mod, None
 
 
 _sdm_native, _kvm_native = _native("sdm"), _native("kvm")
