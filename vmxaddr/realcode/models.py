@@ -156,11 +156,12 @@ def make_model(name: str, load: Callable[[], Library], info: RealCodeInfo,
             out = outcome(explain, OK, None, None, "register-operand", lambda: "register operand: no memory access")
         else:
             r = rule(state, seg, access, False)
-            out = quiet_ok.get(r) if not explain else None
-            if out is None:
-                out = outcome(explain, OK, None, None, r, lambda: "the C code reports no fault")
+            hit = None if explain else quiet_ok.get(r)
+            if hit is None:
+                hit = outcome(explain, OK, None, None, r, lambda: "the C code reports no fault")
                 if not explain:
-                    quiet_ok[r] = out
+                    quiet_ok[r] = hit
+            out = hit
         steps: tuple[Step, ...] = ()
         if explain:
             extra = explain_steps(cell[0], exit, state, access) if explain_steps else []
@@ -181,7 +182,13 @@ def make_model(name: str, load: Callable[[], Library], info: RealCodeInfo,
         model.mnemonics = mnemonics  # type: ignore[attr-defined]
     if limit_check is not None:
         model.limit_check = limit_check  # type: ignore[attr-defined]
-    model.load = lambda: cell[0] if cell else (cell.append(load()) or cell[0])  # type: ignore[attr-defined]
+
+    def load_now() -> Library:
+        if not cell:
+            cell.append(load())
+        return cell[0]
+
+    model.load = load_now  # type: ignore[attr-defined]
     return model
 
 
