@@ -209,7 +209,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     from vmxaddr.models import REGISTRY
 
     if args.json:
-        print_json([{"name": m.name, "kind": m.kind, "summary": m.summary} for m in REGISTRY.values()])
+        print_json([{"name": m.name, "kind": m.kind, "summary": m.summary}
+                    | ({"real_code": m.real_code} if m.real_code else {}) for m in REGISTRY.values()])
         return 0
     width = max(len(n) for n in REGISTRY)
     for kind in ("encoder", "consumer"):
@@ -222,6 +223,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     print(f"compiled (setup.py, mypyc): {', '.join(NATIVE)}" if NATIVE else
           "all models run as pure Python (no native build: see setup.py)")
+    if not any(m.real_code for m in REGISTRY.values()):
+        print("real code: none cached (`vmxaddr sources fetch linux-6.1` adds kvm-linux-6.1; "
+              "also c:FILE.c:FUNCTION and kvm-tree:PATH)")
     return 0
 
 
@@ -258,7 +262,7 @@ COMMANDS: list[Callable[[Any], None]] = [register_core]
 def _optional_commands() -> list[Callable[[Any], None]]:
     found = []
     for modname in ("vmxaddr.diff", "vmxaddr.fuzz", "vmxaddr.crosscheck", "vmxaddr.scan", "vmxaddr.trace",
-                    "vmxaddr.oracles.bochs", "vmxaddr.cross"):
+                    "vmxaddr.oracles.bochs", "vmxaddr.cross", "vmxaddr.realcode.cli"):
         try:
             mod = __import__(modname, fromlist=["register"])
         except ImportError as e:

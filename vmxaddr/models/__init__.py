@@ -59,6 +59,7 @@ class ModelInfo:
     function: Model
     summary: str
     kind: str = "consumer"
+    real_code: dict[str, str] | None = None  # compiled C (vmxaddr.realcode): what, package, version
 
 
 REGISTRY: dict[str, ModelInfo] = {}
@@ -91,11 +92,32 @@ def _register_encoders() -> None:
 _register_encoders()
 
 
+def _register_real_code() -> None:
+    """kvm-linux-6.1 etc., for each release whose Debian source is cached (vmxaddr.realcode)."""
+    from vmxaddr.realcode.models import registered
+
+    for name, fn, summary, info in registered():
+        REGISTRY[name] = ModelInfo(name, fn, summary, "consumer", info.to_json())
+
+
+_register_real_code()
+
+
 class UnknownModel(LookupError):
     pass
 
 
+_REAL_CODE_NAMES = ("kvm-linux-6.1", "kvm-linux-6.12")  # vmxaddr.realcode.models.RELEASES
+
+
 def get(name: str) -> Model:
+    if name.startswith(("c:", "kvm-tree:")) or name in _REAL_CODE_NAMES:
+        from vmxaddr.realcode.models import RealCodeError, resolve
+
+        try:
+            return resolve(name)  # type: ignore[no-any-return]
+        except RealCodeError as e:
+            raise UnknownModel(str(e)) from None
     if name in REGISTRY:
         return REGISTRY[name].function
     if f"encoder/{name}" in REGISTRY:
