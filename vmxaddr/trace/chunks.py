@@ -28,6 +28,7 @@ import os
 import re
 import stat
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -136,9 +137,10 @@ def _boundaries(path: str, size: int, pieces: int) -> list[int]:
     return out
 
 
-def plan(paths: list[str], split: bool, chunk_bytes: int = CHUNK_BYTES) -> list[Chunk]:
+def plan(paths: list[str], split: bool, chunk_bytes: int | None = None) -> list[Chunk]:
     """Chunks of `paths`: a large plain file in pieces of about `chunk_bytes` when `split`, the
     rest whole. The pieces of a file still need `index` before they are checked."""
+    chunk_bytes = chunk_bytes or CHUNK_BYTES
     many = len(paths) > 1
     chunks = []
     for p in paths:
@@ -220,15 +222,16 @@ class _Range:
         return data
 
 
-_CHECKERS: dict[Options, Checker] = {}
+_CHECKERS: dict[tuple[Options, int], Checker] = {}
 _INTERNED: dict[str, list[CpuState]] = {}
 
 
 def _worker_checker(options: Options, states: dict[str, CpuState]) -> Checker:
     """This process's checker for `options` with a fresh table (`states`) and tally, its memos kept."""
-    c = _CHECKERS.get(options)
+    key = (options, threading.get_ident())  # a Dask worker may run tasks in several threads
+    c = _CHECKERS.get(key)
     if c is None:
-        c = _CHECKERS[options] = Checker(options.reference, fingerprint=options.fingerprint,
+        c = _CHECKERS[key] = Checker(options.reference, fingerprint=options.fingerprint,
                                          max_states=options.max_states)
     c.table = StateTable(options.max_states)
     c.tally = Tally()
@@ -278,7 +281,7 @@ def check_chunk(chunk: Chunk, options: Options, out: Callable[[str], Any] | None
     try:
         f = open(chunk.path, "rb") if chunk.path != "-" else sys.stdin.buffer  # noqa: SIM115
     except OSError as e:
-        checker.tally.input_error = f"cannot read {chunk.path}: {e.strerror}"
+        checker.tally.input_error = f"{chunk.path}: cannot read: {e.strerror}"
         return Piece(chunk.label, "", checker.tally, True)
     try:
         if chunk.end is None:
@@ -295,6 +298,8 @@ def check_chunk(chunk: Chunk, options: Options, out: Callable[[str], Any] | None
         if f is not sys.stdin.buffer:
             f.close()
     checker.flush()
+    if checker.tally.input_error is not None:
+        checker.tally.input_error = f"{'standard input' if chunk.path == '-' else chunk.path}: {checker.tally.input_error}"
     return Piece(chunk.label, buf.getvalue(), checker.tally, chunk.last, interrupted)
 
 
@@ -327,8 +332,6 @@ class Merger:
         if self.many:
             self.files.append({"file": label, "lines": f.lines, "truncated_final_line": f.truncated,
                                "input_error": f.input_error})
-            if f.input_error is not None:
-                f.input_error = f"{label}: {f.input_error}"
             f.truncated = None
             self.total.merge(f, lines="add")
         else:
