@@ -38,7 +38,7 @@ from vmxaddr.state import CpuState, StateError
 from vmxaddr.trace.checker import Checker
 from vmxaddr.trace.format import DEFAULT_MAX_STATES, RecordError
 from vmxaddr.trace.jsonline import NotJSON, dumps, loads
-from vmxaddr.trace.reader import check_stream, decompressing
+from vmxaddr.trace.reader import check_stream, decompressing, open_bytes
 from vmxaddr.trace.records import StateTable, parse_state_record
 from vmxaddr.trace.tally import Tally
 from vmxaddr.trace.text import verdict_text
@@ -279,7 +279,7 @@ def check_chunk(chunk: Chunk, options: Options, out: Callable[[str], Any] | None
     emit = writer(options, chunk.label, out or buf.write)
     interrupted = False
     try:
-        f = open(chunk.path, "rb") if chunk.path != "-" else sys.stdin.buffer  # noqa: SIM115
+        f = open_bytes(chunk.path)
     except OSError as e:
         checker.tally.input_error = f"{chunk.path}: cannot read: {e.strerror}"
         return Piece(chunk.label, "", checker.tally, True)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import io
+import errno
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from typing import IO, Any
@@ -108,6 +109,8 @@ def check_stream(stream: IO[bytes], checker: Checker, emit: Callable[[dict[str, 
                 progress.update(n, f"{100 * done / total_bytes:.0f}% of the file" if total_bytes else "")
     except InputError as e:
         checker.tally.input_error = f"after line {n}: {e}"
+    except OSError as e:
+        checker.tally.input_error = f"reading failed after line {n}: {e.strerror or e}"
     except DECOMPRESSION_ERRORS as e:
         where = getattr(stream, "where", None)
         if where is None:
@@ -123,91 +126,102 @@ def _reason(e: BaseException) -> str:
     return text[0].lower() + text[1:] if text else text
 
 
-def open_input(path: str) -> tuple[IO[bytes], int | None]:
-    from vmxaddr.cli import fail
-
+def open_bytes(path: str) -> IO[bytes]:
+    """`path` opened for reading bytes ("-": standard input). A FIFO with no writer reads as empty
+    instead of blocking forever; a directory is an OSError (EISDIR) like any unreadable path."""
     if path == "-":
-        return sys.stdin.buffer, None
+        return sys.stdin.buffer
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        f = open(path, "rb")  # noqa: SIM115 - closed by the caller
-    except OSError as e:
-        fail(f"cannot read {path}: {e.strerror}")
-    try:
-        size = os.fstat(f.fileno()).st_size
-    except OSError:
-        size = None
-    return f, size or None
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
-class _Counting(io.RawIOBase):
-    """A raw stream that counts the bytes read from it (where a compressed stream broke)."""
+def text_lines(stream: IO[bytes], max_line: int = MAX_LINE) -> Iterator[str | None]:
+    """The lines of `stream` as text (undecodable bytes replaced), None for one longer than
+    `max_line` bytes; InputError (from read_batches) when no newline comes in MAX_SKIP bytes."""
+    for lines, final, _ in read_batches(stream, max_line):
+        for b in lines:
+            yield None if b is None else b.decode("utf-8", "replace")
+        if final is not None:
+            yield final.decode("utf-8", "replace")
 
-    def __init__(self, raw: IO[bytes]) -> None:
+
+class Truncated(Exception):
+    """A compressed stream that ends inside a frame (gzip member, zstd frame)."""
+
+
+class _Frames:
+    """Compressed frames one after another (as `cat a.gz b.gz` makes) decompressed, for
+    read_batches. Whatever decompresses before a fault is delivered first; the fault (a
+    decompressor's error, or Truncated when the input ends inside a frame) is raised by the read
+    after it. `where()`: compressed bytes read so far."""
+
+    def __init__(self, raw: IO[bytes], new: Callable[[], Any], what: str) -> None:
         self.raw = raw
-        self.count = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        data = self.raw.read(len(b))
-        n = len(data)
-        b[:n] = data
-        self.count += n
-        return n
-
-
-class ZstdTruncated(Exception):
-    pass
-
-
-class _Zstd(io.RawIOBase):
-    """zstd frames one after another (as `cat a.zst b.zst` makes) decompressed; a stream that
-    ends inside a frame raises ZstdTruncated instead of passing for a short file."""
-
-    def __init__(self, raw: _Counting) -> None:
-        import zstandard
-
-        self.raw = raw
-        self.new = zstandard.ZstdDecompressor().decompressobj
-        self.dobj = self.new()
+        self.new = new
+        self.what = what
+        self.dobj = new()
         self.in_frame = False
         self.pending = b""
+        self.count = 0
+        self.error: BaseException | None = None
 
-    def readable(self) -> bool:
-        return True
+    def where(self) -> int:
+        return self.count
 
-    def readinto(self, b: Any) -> int:
-        while not self.pending:
+    def read(self, n: int = -1) -> bytes:
+        while not self.pending and self.error is None:
             data = self.raw.read(1 << 16)
+            self.count += len(data)
             if not data:
                 if self.in_frame:
-                    raise ZstdTruncated("the zstd stream ends inside a frame (truncated)")
-                return 0
-            while data:
-                self.in_frame = True
-                out = self.dobj.decompress(data)
-                self.pending += out
-                if self.dobj.eof:
-                    data = self.dobj.unused_data
-                    self.dobj = self.new()
-                    self.in_frame = False
-                else:
-                    data = b""
-        n = min(len(b), len(self.pending))
-        b[:n] = self.pending[:n]
-        self.pending = self.pending[n:]
-        return n
+                    self.error = Truncated(f"the {self.what} stream ends inside a frame: truncated")
+                break
+            try:
+                while data:
+                    self.in_frame = True
+                    self.pending += self.dobj.decompress(data)
+                    if self.dobj.eof:
+                        data = self.dobj.unused_data
+                        self.dobj = self.new()
+                        self.in_frame = False
+                    else:
+                        data = b""
+            except Exception as e:  # noqa: BLE001 - zlib.error, ZstdError: raised after the data before it
+                self.error = e
+        if not self.pending:
+            if self.error is not None:
+                raise self.error
+            return b""
+        n = len(self.pending) if n < 0 else n
+        out, self.pending = self.pending[:n], self.pending[n:]
+        return out
 
 
-class _Buffered(io.BufferedReader):
-    where: Callable[[], int]
+class _Gzip(_Frames):
+    def __init__(self, raw: IO[bytes]) -> None:
+        import zlib
+
+        super().__init__(raw, lambda: zlib.decompressobj(wbits=31), "gzip")  # 31: gzip header and CRC-32 checked
+
+
+class _Zstd(_Frames):
+    def __init__(self, raw: IO[bytes]) -> None:
+        import zstandard
+
+        super().__init__(raw, zstandard.ZstdDecompressor().decompressobj, "zstd")
 
 
 def _decompression_errors() -> tuple[type[BaseException], ...]:
     import zlib
 
-    errors: list[type[BaseException]] = [EOFError, zlib.error, ZstdTruncated, OSError]  # gzip.BadGzipFile is an OSError
+    errors: list[type[BaseException]] = [zlib.error, Truncated]
     try:
         import zstandard
 
@@ -220,20 +234,13 @@ def _decompression_errors() -> tuple[type[BaseException], ...]:
 DECOMPRESSION_ERRORS = _decompression_errors()
 
 
-def decompressing(stream: IO[bytes]) -> IO[bytes]:
-    """`stream`, or a reader of its decompressed bytes when it starts like gzip or zstd data
-    (with `where()`: how many compressed bytes were read, to say where a broken stream broke)."""
+def decompressing(stream: IO[bytes]) -> Any:
+    """`stream`, or a reader of its decompressed bytes (with `where()`) when it starts like gzip
+    or zstd data."""
     peek = getattr(stream, "peek", None)
     head = peek(4)[:4] if peek else b""
     if head[:2] == b"\x1f\x8b":
-        import gzip
-
-        counted = _Counting(stream)
-        out: Any = gzip.GzipFile(fileobj=counted)  # type: ignore[arg-type]
-    elif head == b"\x28\xb5\x2f\xfd":
-        counted = _Counting(stream)
-        out = _Buffered(_Zstd(counted), 1 << 16)
-    else:
-        return stream
-    out.where = lambda: counted.count
-    return out  # type: ignore[no-any-return]
+        return _Gzip(stream)
+    if head == b"\x28\xb5\x2f\xfd":
+        return _Zstd(stream)
+    return stream
