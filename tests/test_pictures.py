@@ -31,14 +31,17 @@ _spec.loader.exec_module(pictures_tool)
 
 
 def _boxes(svg_text: str) -> dict[tuple[int, int], dict[str, str]]:
-    """(hi, lo) -> attributes of each bit-field box of a 32-bit field picture (the first row)."""
+    """(hi, lo) -> attributes of each bit-field box (a field split over two rows of a 64-bit
+    picture gives one box per row)."""
     root = ET.fromstring(svg_text)
+    rects = [r for r in root.iter(f"{NS}rect") if r.get("height") == "34"]
+    ys = sorted({float(r.get("y", 0)) for r in rects})
+    width = len(ys) * ROW_BITS  # rows of 32 bits, the highest first
     out = {}
-    for r in root.iter(f"{NS}rect"):
-        if r.get("height") != "34":
-            continue
+    for r in rects:
+        row = ys.index(float(r.get("y", 0)))
         x, w = float(r.get("x", 0)), float(r.get("width", 0))
-        hi = ROW_BITS - 1 - round((x - MARGIN) / CELL)
+        hi = width - 1 - row * ROW_BITS - round((x - MARGIN) / CELL)
         lo = hi - round(w / CELL) + 1
         out[(hi, lo)] = dict(r.attrib)
     return out
