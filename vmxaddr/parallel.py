@@ -90,8 +90,10 @@ def stop_pool(pool: ProcessPoolExecutor) -> None:
         p.join(timeout=5)
 
 
-def dask_client(address: str, timeout: float = DASK_TIMEOUT) -> Any:
-    """A connected `distributed.Client`, or ParallelError with one line saying why not."""
+def dask_client(address: str, timeout: float | None = None) -> Any:
+    """A connected `distributed.Client`, or ParallelError with one line saying why not (after
+    `timeout` seconds, default DASK_TIMEOUT, when nothing answers)."""
+    timeout = DASK_TIMEOUT if timeout is None else timeout
     try:
         from distributed import Client
     except ImportError:

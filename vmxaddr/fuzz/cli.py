@@ -138,7 +138,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         else:
             rep = fuzz(a, b, seed=args.seed, max_examples=args.max_examples, seconds=args.time, policy=policy,
                        hypothesis_examples=args.hypothesis_examples, hypothesis_seconds=args.hypothesis_seconds,
-                       progress=prog, names=(args.model, args.against), encoder=args.encoder)
+                       progress=prog, names=(args.model, args.against), encoder=args.encoder, block_size=BLOCK_SIZE)
     obj = report_json(rep, a, b)
     # The report first: whatever happens to --out, it is not lost.
     if args.json:
