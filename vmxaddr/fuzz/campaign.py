@@ -8,8 +8,8 @@ N cases is always the same blocks, whichever process or Dask worker scans which 
 
 Time (`seconds`) bounds the whole run, shrinking included: cases are generated until
 GENERATE_SHARE of the time once a divergence is known (otherwise until the end), and the rest is
-left to shrinking, which stops at the end too (a class whose shrinking did not start in time keeps
-its first witness, marked "not shrunk: out of time").
+left to shrinking, each class getting an equal share of the time left when its turn comes (a class
+whose shrinking did not start in time keeps its first witness, marked "not shrunk: out of time").
 """
 
 from __future__ import annotations
@@ -202,8 +202,10 @@ def shrink_all(classes: dict[str, ClassReport], a: Model, b: Model, mnemonics: S
         if progress is not None and progress.enabled:
             progress.stream.write(f"shrinking {i + 1}/{len(reps)}: {rep.name}\n")
             progress.stream.flush()
+        # each class its share of the time left, so that the first does not take it all
+        mine = None if end is None else min(end, time.time() + (end - time.time()) / (len(reps) - i))
         try:
-            minimise(rep, a, b, mnemonics, policy, seed, hypothesis_examples, hypothesis_seconds, encoder, end)
+            minimise(rep, a, b, mnemonics, policy, seed, hypothesis_examples, hypothesis_seconds, encoder, mine)
         except KeyboardInterrupt:
             for r in reps[i:]:
                 r.shrunk_by = INTERRUPTED

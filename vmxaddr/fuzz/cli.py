@@ -119,6 +119,8 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     if note and not args.quiet:
         print(f"vmxaddr fuzz: {note}", file=sys.stderr)
     policy = Policy(exit_qual=args.exit_qual)
+    if args.hypothesis_examples > 0:
+        import hypothesis  # noqa: F401 - imported now (about a second), not inside the time --time bounds
     start = time.time()  # --time counts from here: connecting to a cluster is part of the run
     with Progress(args.max_examples, f"fuzz {args.model} vs {args.against}", enabled=not args.quiet) as prog:
         if args.dask or workers > 1:

@@ -71,11 +71,14 @@ def block_task(spec: Spec, index: int, n: int, limits: Limits) -> Block:
 
 
 def shrink_task(spec: Spec, rep: ClassReport, hypothesis_examples: int, hypothesis_seconds: float,
-                end: float | None) -> ClassReport:
+                end: float | None, share: float | None = None) -> ClassReport:
+    """Minimise one class, by `end`, and within `share` seconds from when the task starts."""
     a, b = _models(spec)
     if end is not None and time.time() >= end:
         rep.shrunk_by = OUT_OF_TIME
         return rep
+    if end is not None and share is not None:
+        end = min(end, time.time() + share)
     minimise(rep, a, b, spec.mnemonics, spec.policy, spec.seed, hypothesis_examples, hypothesis_seconds,
              spec.encoder, end)
     return rep
@@ -217,7 +220,9 @@ def _shrink_parallel(spec: Spec, ex: LocalExecutor | DaskExecutor, classes: dict
     say = progress is not None and progress.enabled
     if say and progress is not None:
         progress.stream.write(f"shrinking {len(classes)} class(es) on {ex.workers} worker(s)\n")
-    futures = {ex.submit(shrink_task, spec, rep, hypothesis_examples, hypothesis_seconds, end): rep.name
+    # each class an equal share of the time left, on every worker at once
+    share = None if end is None else max(0.0, end - time.time()) * ex.workers / len(classes)
+    futures = {ex.submit(shrink_task, spec, rep, hypothesis_examples, hypothesis_seconds, end, share): rep.name
                for rep in classes.values()}
     pending = set(futures)
     done_count = 0

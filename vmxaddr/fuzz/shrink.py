@@ -16,6 +16,8 @@ from vmxaddr.fuzz.failures import OutOfTime, guarded_class
 from vmxaddr.fuzz.witness import _complexity, reduced_state
 from vmxaddr.models.base import Model
 
+HYPOTHESIS_MIN = 0.5
+
 
 def minimise(rep: ClassReport, a: Model, b: Model, mnemonics: Sequence[str], policy: Policy, seed: int,
              hypothesis_examples: int, hypothesis_seconds: float = 2.0, encoder: str = "sdm",
@@ -38,8 +40,9 @@ def minimise(rep: ClassReport, a: Model, b: Model, mnemonics: Sequence[str], pol
     ch = ReplayChooser(best)
     witness = gen_case(ch, mnemonics, policy)
     rep.shrunk_by = "replay"
-    if end is not None:
-        hypothesis_seconds = min(hypothesis_seconds, end - time.time())
+    if end is not None:  # hypothesis needs a moment to start: not worth it in the last HYPOTHESIS_MIN seconds
+        left = end - time.time()
+        hypothesis_seconds = min(hypothesis_seconds, left) if left >= HYPOTHESIS_MIN else 0
     if hypothesis_examples > 0 and hypothesis_seconds > 0:
         found = _hypothesis_find(target, a, b, mnemonics, policy, seed, hypothesis_examples, hypothesis_seconds, encoder)
         if found is not None and (_complexity(_reduce(found, a, b, target, encoder))
