@@ -90,9 +90,9 @@ def test_check_finds_broken_links_and_pictures(tmp_path: Path) -> None:
 
 
 def _reading_order() -> list[str]:
-    """docs/index.md's numbered reading order, read independently of the nav hook."""
+    """docs/index.md's reading order (its numbered and bulleted links), read independently of the nav hook."""
     text = (ROOT / "docs" / "index.md").read_text().split("## Reading order", 1)[1].split("\n#", 1)[0]
-    return re.findall(r"^\d+\.\s+\[[^\]]*\]\(([^)#]+)\.md\)", text, re.M)
+    return re.findall(r"^(?:\d+\.|-)\s+\[[^\]]*\]\(([^)#]+)\.md\)", text, re.M)
 
 
 def test_navigation_follows_the_reading_order(site: Path) -> None:

@@ -1,7 +1,7 @@
 """mkdocs hook: the site's navigation is the reading order docs/index.md defines.
 
-docs/index.md's "Reading order" section is a numbered list of links, in groups introduced by a
-line ending in a colon ("What the hypervisor is given:", "The address:", ...). Each group
+docs/index.md's "Reading order" section is a list of links (numbered or bulleted), in groups
+introduced by a paragraph ending in a colon ("What the hypervisor is given:", "The address:", ...). Each group
 becomes a section of the navigation, in that order; a linked `DIR/index.md` becomes a
 subsection with the pages it links in DIR. Pages that index.md links outside the list (the
 browser page) follow. Nothing is listed twice, so the nav cannot drift from index.md.
@@ -13,8 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-_ITEM = re.compile(r"^\d+\.\s+\[[^\]]*\]\(([^)#\s]+\.md)\)")
-_GROUP = re.compile(r"^([A-Z][^\[\]()]*):\s*$")
+_ITEM = re.compile(r"^(?:\d+\.|[-*])\s+\[[^\]]*\]\(([^)#\s]+\.md)\)")
 _LINK = re.compile(r"\]\(([^)#\s:]+\.md)(?:#[^)]*)?\)")
 
 NavItem = str | dict[str, Any]
@@ -27,23 +26,30 @@ def reading_order(docs: Path) -> list[NavItem]:
     nav: list[NavItem] = [{"Start here": "index.md"}]
     group: list[NavItem] | None = None
     listed = {"index.md"}
-    for line in section.split("\n"):
-        g = _GROUP.match(line)
-        if g:
-            group = []
-            nav.append({g.group(1): group})
+    for block in re.split(r"\n\s*\n", section):
+        lines = [ln for ln in block.strip().split("\n") if ln.strip()]
+        if not lines:
             continue
-        m = _ITEM.match(line)
-        if not m:
+        if not _ITEM.match(lines[0]):
+            # A paragraph ending in a colon introduces a group ("The address:"); its name is the
+            # text before any dash ("Beyond the VMX family — the other instructions ...:").
+            words = " ".join(ln.strip() for ln in lines)
+            if words.endswith(":") and "[" not in words:
+                group = []
+                nav.append({words[:-1].split(" — ")[0].strip(): group})
             continue
-        page = m.group(1)
-        entry: NavItem = page
-        listed.add(page)
-        if page.endswith("/index.md"):
-            sub = [page] + _linked_in_dir(docs, page)
-            listed.update(sub)
-            entry = {_title(docs / page): sub}
-        (group if group is not None else nav).append(entry)
+        for line in lines:
+            m = _ITEM.match(line)
+            if not m:
+                continue  # the continuation of an item's text
+            page = m.group(1)
+            entry: NavItem = page
+            listed.add(page)
+            if page.endswith("/index.md"):
+                sub = [page] + _linked_in_dir(docs, page)
+                listed.update(sub)
+                entry = {_title(docs / page): sub}
+            (group if group is not None else nav).append(entry)
     nav = [n for n in nav if not (isinstance(n, dict) and not next(iter(n.values())))]  # a sentence, not a group
     # Pages index.md links outside the reading order (e.g. try.md), in order of first link.
     for page in _LINK.findall(text):
