@@ -41,11 +41,9 @@ def _wrong(rec: Recorded) -> Recorded:
 def covered(model: Model) -> tuple[str, ...]:
     """The instructions `model` says it handles (its `mnemonics` attribute; every one if it has none)."""
     from vmxaddr.gen import MNEMONICS
+    from vmxaddr.models import covers
 
-    says = getattr(model, "mnemonics", None)
-    if says is None:
-        return MNEMONICS
-    return tuple(m for m in MNEMONICS if m in set(says))
+    return tuple(m for m in MNEMONICS if covers(model, m)) or MNEMONICS
 
 
 SHAPES = ("random", "realistic")
