@@ -158,7 +158,8 @@ def plan(paths: list[str], split: bool, chunk_bytes: int | None = None) -> list[
 # -- pass 1: index ---------------------------------------------------------------------------------
 
 def index_chunk(path: str, start: int, end: int) -> tuple[int, list[bytes]]:
-    """(newlines in the range, the lines in it that may be state records, in order)."""
+    """(newlines in the range, its state records, in order: the lines that decode to an object
+    of type "state"; whether each is valid is for `apply_index` to find, in trace order)."""
     with open(path, "rb") as f:
         f.seek(start)
         data = f.read(end - start)
@@ -178,8 +179,14 @@ def index_chunk(path: str, start: int, end: int) -> tuple[int, list[bytes]]:
         a = data.rfind(b"\n", 0, s) + 1
         b = data.find(b"\n", s)
         b = len(data) if b < 0 else b
-        lines.append(data[a:b])
+        line = data[a:b]
         last = b
+        try:
+            obj = loads(line)
+        except NotJSON:
+            continue
+        if isinstance(obj, dict) and obj.get("type") == "state":
+            lines.append(line)
     return data.count(b"\n"), lines
 
 
