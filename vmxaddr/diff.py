@@ -282,8 +282,8 @@ def exit_and_access(ins: Instruction, rip: int, policy: Policy) -> tuple[ExitInf
     policy: they are functions of those alone. The exit qualification is computed each time (the
     displacement, plus RIP for RIP-relative operands). Random undefined bits are a function of
     every byte, so that policy is not memoised."""
-    if policy.undefined_bits == "random":
-        return encode(ins, rip, policy), access_of(ins)
+    if policy.undefined_bits == "random" or policy.apx or ins.rex2:
+        return encode(ins, rip, policy), access_of(ins)  # random bits, or the APX extended field
     if policy is _LAST_POLICY[0]:
         memo = _LAST_POLICY[1]  # hashing a Policy costs more than the lookup it keys
     else:
@@ -298,7 +298,7 @@ def exit_and_access(ins: Instruction, rip: int, policy: Policy) -> tuple[ExitInf
         if len(memo) >= 1 << 16:
             memo.clear()
         hit = memo[key] = (encode_info(ins, policy)[0], access_of(ins))
-    return _new(ExitInfo, (ins.mnemonic, hit[0], exit_qualification(ins, rip, policy), ins.length)), hit[1]
+    return _new(ExitInfo, (ins.mnemonic, hit[0], exit_qualification(ins, rip, policy), ins.length, None, None)), hit[1]
 
 
 _new = tuple.__new__

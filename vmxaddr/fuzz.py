@@ -28,7 +28,7 @@ from vmxaddr.case import Case
 from vmxaddr.decode import DecodeError, decode
 from vmxaddr.diff import case_divergence, divergence, exit_and_access
 from vmxaddr.exitinfo import DEFAULT_POLICY, Policy, reported_segment
-from vmxaddr.gen import MEMORY_MNEMONICS, Chooser, gen_encoding, gen_state, randint
+from vmxaddr.gen import ALL_MNEMONICS, MEMORY_MNEMONICS, Chooser, gen_encoding, gen_state, gen_state_egprs, randint
 from vmxaddr.isa import REG32, REG64
 from vmxaddr.models import UnknownModel, get
 from vmxaddr.models.base import Model, Result
@@ -43,8 +43,10 @@ DEFAULT_SEGMENT = Segment()
 # -- generation -----------------------------------------------------------------------------------
 
 def gen_case(ch: Chooser, mnemonics: Sequence[str], policy: Policy) -> Case:
-    raw, cs = gen_encoding(ch, (16, 32, 64), mnemonics)
+    raw, cs = gen_encoding(ch, (16, 32, 64), mnemonics, rex2=0.3 if policy.apx else 0.0)
     state = gen_state(ch, cs)
+    if policy.apx and cs == 64:  # R16-R31 for the REX2 forms (APX)
+        state = replace(state, egprs=gen_state_egprs(ch))
     if cs == 64 and ch.chance(0.15):
         state = replace(state, lam_sup=ch.chance(0.6), lam_u48=ch.chance(0.3), lam_u57=ch.chance(0.3))
     return Case(decode(raw, cs), state, policy)
@@ -202,7 +204,7 @@ def state_json(st: CpuState, code_size: int) -> dict[str, Any]:
         out["cr3"] = cr3
     if st.rip != base.rip:
         out["rip"] = hex(st.rip)
-    regs = {REG64[i]: hex(v) for i, v in enumerate(st.regs) if v != base.regs[i]}
+    regs = {REG64[i]: hex(v) for i, v in enumerate(st.regs + st.egprs) if v != (base.regs + base.egprs)[i]}
     if regs:
         out["registers"] = regs
     segs = {}
@@ -234,8 +236,8 @@ def command(case: Case, names: Sequence[str], encoder: str = "sdm") -> str:
             parts.append(f"--lam {k}")
     if st.rip != base.rip:
         parts.append(f"--rip {st.rip:#x}")
-    for i, v in enumerate(st.regs):
-        if v != base.regs[i]:
+    for i, v in enumerate(st.regs + st.egprs):
+        if v != (base.regs + base.egprs)[i]:
             name = REG32[i] if cs != 64 and v >> 32 == 0 else REG64[i]
             parts.append(f"--reg {name}={v:#x}")
     for s in ("es", "cs", "ss", "ds", "fs", "gs"):
@@ -246,6 +248,8 @@ def command(case: Case, names: Sequence[str], encoder: str = "sdm") -> str:
     p = case.policy
     if p.exit_qual != "zero-extend":
         parts.append(f"--exit-qual {p.exit_qual}")
+    if p.apx and not case.instruction.rex2:
+        parts.append("--apx")
     parts.append(case.instruction.raw.hex(" ").join("''"))
     return " ".join(parts)
 
@@ -299,11 +303,11 @@ class FuzzReport:
     encoder: str = "sdm"  # what wrote the exit information the model under test got
 
 
-def model_mnemonics(*models: Model) -> tuple[str, ...]:
-    allowed = set(MEMORY_MNEMONICS)
+def model_mnemonics(*models: Model, forms: Sequence[str] = MEMORY_MNEMONICS) -> tuple[str, ...]:
+    allowed = set(forms)
     for m in models:
-        allowed &= set(getattr(m, "mnemonics", MEMORY_MNEMONICS))
-    return tuple(x for x in MEMORY_MNEMONICS if x in allowed)
+        allowed &= set(getattr(m, "mnemonics", forms))
+    return tuple(x for x in forms if x in allowed)
 
 
 def fuzz(a: Model, b: Model, *, seed: int = 0, max_examples: int | None = None, seconds: float | None = None,
@@ -526,12 +530,16 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
 
     if args.encoder not in ENCODERS:
         fail(f"unknown encoder {args.encoder!r} (encoders: {', '.join(ENCODERS)})")
-    policy = Policy(exit_qual=args.exit_qual)
+    apx = args.forms == "all"
+    policy = Policy(exit_qual=args.exit_qual, apx=apx)
+    mnemonics = model_mnemonics(a, b, forms=ALL_MNEMONICS) if apx else None
+    if apx and not mnemonics:
+        fail(f"{args.model} and {args.against} share no instruction to fuzz")
     total = args.max_examples
     with Progress(total, f"fuzz {args.model} vs {args.against}", enabled=not args.quiet) as prog:
         rep = fuzz(a, b, seed=args.seed, max_examples=args.max_examples, seconds=args.time, policy=policy,
                    hypothesis_examples=args.hypothesis_examples, hypothesis_seconds=args.hypothesis_seconds,
-                   progress=prog, names=(args.model, args.against), encoder=args.encoder)
+                   progress=prog, names=(args.model, args.against), encoder=args.encoder, mnemonics=mnemonics)
     obj = report_json(rep, a, b)
     if args.out:
         corpus = {"about": f"Minimal witnesses from `vmxaddr fuzz --model {args.model} --against {args.against} "
@@ -581,6 +589,10 @@ def register(sub: Any) -> None:
     g.add_argument("--time", type=float, metavar="SECONDS", help="stop after this many seconds")
     p.add_argument("--exit-qual", choices=EXIT_QUAL_POLICIES, default="zero-extend",
                    help="exit-qualification bits above the address size (default zero-extend, as hardware)")
+    p.add_argument("--forms", choices=("vmx", "all"), default="vmx",
+                   help="vmx (default): the VMX-family memory forms; all: also INS/OUTS, TPAUSE, UMWAIT, LOADIWKEY "
+                   "and, in 64-bit code, APX REX2 encodings naming R16-R31, with the extended instruction-"
+                   "information field in every exit")
     p.add_argument("--hypothesis-examples", type=int, default=200, metavar="N",
                    help="examples hypothesis may try per class when minimising (0: replay shrinking only)")
     p.add_argument("--hypothesis-seconds", type=float, default=2.0, metavar="S",

@@ -75,6 +75,7 @@ class CpuState:
     lam_u48: bool = False  # CR3.LAM_U48
     lam_u57: bool = False  # CR3.LAM_U57
     regs: tuple[int, ...] = (0,) * 16  # RAX … R15, by instruction-information numbering
+    egprs: tuple[int, ...] = (0,) * 16  # APX's R16 … R31 (register numbers 16 … 31)
     rip: int = 0
     es: Segment = Segment()
     cs: Segment = Segment(type=0xB)
@@ -114,15 +115,23 @@ class CpuState:
         try:
             number, size = reg_number(name)
         except KeyError:
-            raise StateError(f"unknown register {name!r} (use rax…r15, eax…r15d, ax…r15w or rip)") from None
+            raise StateError(f"unknown register {name!r} (use rax…r31, eax…r31d, ax…r31w or rip)") from None
         mask = (1 << size) - 1
         if value < 0:
             value &= mask
         if value > mask:
             raise StateError(f"{name}={value:#x} does not fit in {size} bits")
+        if number >= 16:  # APX extended GPRs
+            egprs = list(self.egprs)
+            egprs[number - 16] = (egprs[number - 16] & ~mask & MASK64) | value
+            return replace(self, egprs=tuple(egprs))
         regs = list(self.regs)
         regs[number] = (regs[number] & ~mask & MASK64) | value
         return replace(self, regs=tuple(regs))
+
+    def reg_value(self, number: int) -> int:
+        """Register `number` 0…31 (16…31: APX's R16…R31)."""
+        return self.regs[number] if number < 16 else self.egprs[number - 16]
 
     def with_segment(self, name: str, **changes: Any) -> CpuState:
         if name not in SEGMENTS:
@@ -141,7 +150,7 @@ class CpuState:
             "cr4": {"la57": self.la57, "lam_sup": self.lam_sup},
             "cr3": {"lam_u48": self.lam_u48, "lam_u57": self.lam_u57},
             "rip": self.rip,
-            "registers": {REG64[i]: v for i, v in enumerate(self.regs)},
+            "registers": {REG64[i]: v for i, v in enumerate(self.regs + (self.egprs if any(self.egprs) else ()))},
             "segments": {s: self.segment(s).to_json() for s in SEGMENTS},
         }
 
@@ -190,7 +199,7 @@ class CpuState:
         if regs:
             values = list(d["regs"])
             items = [(name, v if type(v) is int else parse_int(v, f"registers.{name}")) for name, v in regs.items()]
-            if all(name in _REG64_INDEX and 0 <= n <= MASK64 for name, n in items):
+            if all(_REG64_INDEX.get(name, 16) < 16 and 0 <= n <= MASK64 for name, n in items):
                 for name, n in items:
                     values[_REG64_INDEX[name]] = n
                 d["regs"] = tuple(values)

@@ -27,7 +27,7 @@ def _native(name: str) -> ModuleType | None:
         return None
     try:
         mod = importlib.import_module(f"vmxaddr._native.{name}")
-    except ImportError:
+    except Exception:  # not built, or built from an older source whose module code fails on today's imports
         return None
     if not str(getattr(mod, "__file__", "")).endswith((".so", ".pyd")):
         return None  # the generated copy was never compiled
