@@ -131,6 +131,17 @@ def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2))
 
 
+def write_svg(path: str, svg: object) -> None:
+    """--svg FILE: write the picture (`-`: to stdout, instead of the text)."""
+    if path == "-":
+        sys.stdout.write(str(svg))
+        return
+    try:
+        Path(path).write_text(str(svg))
+    except OSError as e:
+        fail(f"cannot write {path}: {e.strerror}")
+
+
 # -- commands --------------------------------------------------------------------------------
 
 def cmd_decode(args: argparse.Namespace) -> int:
@@ -140,6 +151,13 @@ def cmd_decode(args: argparse.Namespace) -> int:
     case = case_from(args)
     exit = case.exit
     result = case.run(get("sdm"), explain=True)
+    if args.svg:
+        from vmxaddr.pictures import field_picture
+
+        write_svg(args.svg, field_picture(exit.instruction_info, exit.instruction,
+                                          f"{case.instruction.text()}: instruction information {exit.instruction_info:#010x}"))
+        if args.svg == "-":
+            return 0
     if args.json:
         print_json(case_json(case, exit, result))
     else:
@@ -161,6 +179,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
         result = case.run(model, explain=True)
     except InvalidExitInfo as e:
         fail(str(e))
+    if args.svg:
+        from vmxaddr.pictures import explain_picture
+
+        write_svg(args.svg, explain_picture(case, exit, result, args.model))
+        if args.svg == "-":
+            return 0
     if args.json:
         obj = case_json(case, exit, result)
         obj["model"] = args.model
@@ -196,6 +220,8 @@ def register_core(sub: Any) -> None:
                        "instruction-information field a processor reports for it.", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_case_options(p)
+    p.add_argument("--svg", metavar="FILE", help="also draw the instruction-information field, values filled in, "
+                   "as an SVG picture into FILE (- : the picture to stdout instead of the text)")
     p.set_defaults(func=cmd_decode)
     p = sub.add_parser("explain", help="every step from bytes to linear address or fault, with the SDM rules",
                        description="Decode one instruction, encode its VM-exit information as a processor "
@@ -205,6 +231,9 @@ def register_core(sub: Any) -> None:
     add_case_options(p)
     p.add_argument("--model", default="sdm", help="model to run (default sdm; `vmxaddr models` lists them, "
                    "or module.path:function)")
+    p.add_argument("--svg", metavar="FILE", help="also draw the field and the computation as a flow (bytes -> "
+                   "fields -> displacement -> EA -> segment -> linear -> checks -> outcome) into FILE, an SVG "
+                   "picture (- : the picture to stdout instead of the text)")
     p.set_defaults(func=cmd_explain)
     p = sub.add_parser("models", help="list the models", description="List every registered model.")
     p.add_argument("--json", action="store_true")

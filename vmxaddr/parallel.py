@@ -1,0 +1,98 @@
+"""Worker pools and Dask clients for the commands that run in parallel.
+
+- `resolve_jobs(n)`: a `--jobs` value as a worker count. 0 means one per CPU this process may run
+  on; more than that is capped to it (the work is CPU-bound: more processes than cores only add
+  memory, each worker holding its own memos), and the caller gets a note to print; negative is a
+  usage error.
+- `process_pool(n)`: a ProcessPoolExecutor (fork) whose workers ignore ^C (the parent handles it
+  and collects what they finished) and die with their parent, even when the parent is killed
+  (Linux: PR_SET_PDEATHSIG; elsewhere they notice a new parent pid at their next task).
+- `dask_client(address)`: a `distributed.Client` for a running scheduler, or a one-line usage
+  error when Dask is not installed (`pip install 'vmxaddr[dask]'`), the address is malformed, or
+  no scheduler answers there.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing as mp
+import os
+import signal
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+HARD_CAP = 256  # never more workers than this, whatever the machine says
+DASK_TIMEOUT = 10.0  # seconds to wait for a scheduler
+
+
+class ParallelError(Exception):
+    """A bad --jobs or --dask value, or Dask missing: one line for the user."""
+
+
+def cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_jobs(requested: int, option: str = "--jobs") -> tuple[int, str | None]:
+    """(workers, note): 0 → one per CPU; above the CPU count → the CPU count, with a note saying so."""
+    if requested < 0:
+        raise ParallelError(f"{option} must be 0 (one per CPU) or a positive number, not {requested}")
+    limit = min(cpus(), HARD_CAP)
+    if requested == 0:
+        return limit, None
+    if requested > limit:
+        return limit, f"{option} {requested}: using {limit}, the number of CPUs this process may use"
+    return requested, None
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    if not 1 <= workers <= HARD_CAP:
+        raise ParallelError(f"worker count {workers} outside 1..{HARD_CAP}")
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"),
+                               initializer=_die_with_parent, initargs=(os.getpid(),))
+
+
+def dask_client(address: str, timeout: float = DASK_TIMEOUT) -> Any:
+    """A connected `distributed.Client`, or ParallelError with one line saying why not."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ParallelError("--dask needs Dask's distributed scheduler: pip install 'vmxaddr[dask]'") from None
+    if "://" not in address and ":" not in address:
+        raise ParallelError(f"--dask {address!r}: expected a scheduler address such as tcp://host:8786")
+    # Probe first: a Client that fails to connect leaves an object whose finaliser blocks for
+    # seconds at exit and prints a traceback.
+    import asyncio
+
+    from distributed.comm import connect
+
+    async def probe() -> None:
+        comm = await connect(address, timeout=timeout)
+        await comm.close()
+
+    try:
+        asyncio.run(probe())
+        return Client(address, timeout=f"{timeout}s", set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ParallelError(f"cannot reach a Dask scheduler at {address} within {timeout:g} s: {msg}") from None

@@ -1,0 +1,98 @@
+"""The trace format's vocabulary (docs/trace-format.md): keys, exit reasons, and the records a
+line becomes once parsed (`ExitRecord`, with the hypervisor's answer as `Recorded`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from vmxaddr.isa import SPECS
+from vmxaddr.models.base import OK
+from vmxaddr.state import CpuState
+
+MASK64 = (1 << 64) - 1
+MAX_LINE = 1 << 20  # longer lines are reported as malformed and skipped without being held
+DEFAULT_MAX_STATES = 4096
+VECTORS = ("UD", "GP", "SS")
+
+# basic exit reason -> the instructions reporting it (SDM Vol. 3D Appendix C); 46 and 47 are
+# shared, and bits 29:28 of the instruction-information field say which one it was.
+REASON_INSTRUCTIONS: dict[int, tuple[str, ...]] = {}
+for _m, _s in SPECS.items():
+    REASON_INSTRUCTIONS.setdefault(_s.exit_reason, ())
+    REASON_INSTRUCTIONS[_s.exit_reason] += (_m,)
+_IDENTITY = {s.exit_reason: {} for s in SPECS.values() if s.identity is not None}
+for _m, _s in SPECS.items():
+    if _s.identity is not None:
+        _IDENTITY[_s.exit_reason][_s.identity] = _m
+
+# Linux's names for these exit reasons (VMX_EXIT_REASONS in arch/x86/include/uapi/asm/vmx.h),
+# as the kvm_exit / kvm_nested_vmexit tracepoints print them.
+KVM_REASON_NAMES = {"VMCLEAR": 19, "VMPTRLD": 21, "VMPTRST": 22, "VMREAD": 23, "VMWRITE": 25, "VMON": 27,
+                    "GDTR_IDTR": 46, "LDTR_TR": 47, "INVEPT": 50, "INVVPID": 53, "RDRAND": 57, "INVPCID": 58,
+                    "RDSEED": 61, "XSAVES": 63, "XRSTORS": 64}
+
+EXIT_KEYS = frozenset(("type", "exit_reason", "instruction", "rip", "bytes", "code_size", "instruction_info",
+                       "exit_qualification", "length", "state", "state_ref", "result", "vcpu", "source"))
+STATE_KEYS = frozenset(("type", "id", "state", "state_ref", "source"))
+RESULT_KEYS = frozenset(("kind", "vector", "error_code", "linear_address"))
+
+
+class RecordError(ValueError):
+    """A line that is not a valid trace record; the message says why."""
+
+
+# -- records -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What the hypervisor did: went on with `linear_address` (kind "ok") or injected a fault."""
+
+    kind: str
+    vector: str | None = None
+    error_code: int | None = None
+    linear_address: int | None = None
+
+    def short(self) -> str:
+        if self.kind == OK:
+            return "ok" if self.linear_address is None else f"ok {self.linear_address:#x}"
+        code = "" if self.error_code is None else f"({self.error_code})"
+        return f"#{self.vector}{code}"
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"kind": self.kind}
+        if self.kind == OK:
+            if self.linear_address is not None:
+                d["linear_address"] = hex(self.linear_address)
+        else:
+            d["vector"] = self.vector
+            if self.error_code is not None:
+                d["error_code"] = self.error_code
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class ExitRecord:
+    line: int
+    exit_reason: int
+    instruction: str | None  # None: reason 46/47 without the instruction-information field
+    rip: int | None
+    raw: bytes | None
+    code_size: int | None
+    instruction_info: int | None
+    exit_qualification: int | None
+    length: int | None
+    state: CpuState | None
+    state_problem: str | None  # why `state` is None although the record referred to one
+    result: Recorded | None
+
+
+
+def resolve_instruction(exit_reason: int, instruction_info: int | None) -> str | None:
+    names = REASON_INSTRUCTIONS[exit_reason]
+    if len(names) == 1:
+        return names[0]
+    if instruction_info is None:
+        return None
+    return _IDENTITY[exit_reason][instruction_info >> 28 & 3]
+

@@ -1,0 +1,101 @@
+"""The running counts of a check and the summary made from them. A `Tally` of one part of a
+trace merges into the tally of the parts before it (`merge`, in trace order), giving the counts
+one pass over the whole trace gives: this is how --jobs and --dask combine their chunks."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+
+def _category(what: str) -> str:
+    """Group reasons for the summary (bounded: details in parentheses and ids are dropped)."""
+    base = what.split(" (")[0]
+    if base.startswith("state_ref "):
+        return "unknown state_ref"
+    return base
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.lines = 0
+        self.exits = 0
+        self.state_records = 0
+        self.malformed = 0
+        self.truncated: int | None = None
+        self.wrong = 0
+        self.evicted = 0
+        self.counts: dict[str, Counter[str]] = {"hardware": Counter(), "hypervisor": Counter(),
+                                                 "fingerprint": Counter()}
+        self.missing: dict[str, Counter[str]] = {"hardware": Counter(), "hypervisor": Counter()}
+        self.hardware_fields: Counter[str] = Counter()
+        self.model_matches: Counter[str] = Counter()  # over the records fingerprinted
+        self.fingerprinted = 0
+        self.wrong_matches: Counter[str] = Counter()  # over the wrong-hypervisor records
+        self.wrong_fingerprinted = 0
+
+    def add(self, hw: dict[str, Any], hv: dict[str, Any], fp: dict[str, Any], wrong: bool) -> None:
+        """Count one exit record's verdicts."""
+        self.exits += 1
+        self.wrong += wrong
+        self.counts["hardware"][hw["verdict"]] += 1
+        self.counts["hypervisor"][hv["verdict"]] += 1
+        self.counts["fingerprint"][fp["verdict"]] += 1
+        for key, d in (("hardware", hw), ("hypervisor", hv)):
+            for what in d.get("missing", ()):
+                self.missing[key][_category(what)] += 1
+        for d in hw.get("differences", ()):
+            self.hardware_fields[d["field"]] += 1
+
+    def add_fingerprint(self, names: list[str], wrong_hv: bool) -> None:
+        self.fingerprinted += 1
+        self.model_matches.update(names)
+        if wrong_hv:
+            self.wrong_fingerprinted += 1
+            self.wrong_matches.update(names)
+
+    def merge(self, later: Tally) -> None:
+        """Add the counts of the part of the trace that follows this one."""
+        self.lines = later.lines or self.lines
+        for name in ("exits", "state_records", "malformed", "wrong", "evicted", "fingerprinted", "wrong_fingerprinted"):
+            setattr(self, name, getattr(self, name) + getattr(later, name))
+        if later.truncated is not None:
+            self.truncated = later.truncated
+        for key in self.counts:
+            self.counts[key].update(later.counts[key])
+        for key in self.missing:
+            self.missing[key].update(later.missing[key])
+        self.hardware_fields.update(later.hardware_fields)
+        self.model_matches.update(later.model_matches)
+        self.wrong_matches.update(later.wrong_matches)
+
+    def summary(self, reference: str, fingerprint_mode: str, models_compared: int) -> dict[str, Any]:
+        every = sorted(n for n, c in self.model_matches.items() if c == self.fingerprinted) if self.fingerprinted else []
+        every_wrong = (sorted(n for n, c in self.wrong_matches.items() if c == self.wrong_fingerprinted)
+                       if self.wrong_fingerprinted else [])
+        return {
+            "type": "summary",
+            "against": reference,
+            "lines": self.lines,
+            "exit_records": self.exits,
+            "state_records": self.state_records,
+            "wrong_records": self.wrong,
+            "malformed_lines": self.malformed,
+            "truncated_final_line": self.truncated,
+            "states_evicted": self.evicted,
+            "hardware": dict(self.counts["hardware"]),
+            "hardware_fields_differing": dict(self.hardware_fields),
+            "hypervisor": dict(self.counts["hypervisor"]),
+            "not_checkable_because": {k: dict(c) for k, c in self.missing.items()},
+            "fingerprint": {
+                "mode": fingerprint_mode,
+                "records": self.fingerprinted,
+                "matches": dict(self.model_matches.most_common()),
+                "consistent_with_every_record": every,
+                "wrong_records": self.wrong_fingerprinted,
+                "matches_on_wrong_records": dict(self.wrong_matches.most_common()),
+                "consistent_with_every_wrong_record": every_wrong,
+            },
+            "models_compared": models_compared,
+            "exit_status": 1 if self.wrong or self.malformed else 0,
+        }
