@@ -58,7 +58,9 @@ def string_io(data: bytes, code_size: int, i: int, pfx: tuple[int, ...], rex: in
         raise DecodeError("lock", f"LOCK prefix on {mnemonic.upper()} raises #UD")
     spec = SPECS[mnemonic]
     if op & 1:
-        element = 2 if (0x66 in pfx) != (code_size == 16) else 4
+        # 66h selects a word, unless REX.W (or REX2.W) asks for 64 bits, which INS/OUTS turn into
+        # a doubleword (iced-x86 agrees: 66 48 6D is INSD).
+        element = 2 if (0x66 in pfx) != (code_size == 16) and not (rex | rex2) & 8 else 4
     else:
         element = 1
     asize = {16: 32, 32: 16, 64: 32}[code_size] if 0x67 in pfx else code_size

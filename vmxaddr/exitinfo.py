@@ -138,7 +138,8 @@ def encode_info(instr: Instruction, policy: Policy = DEFAULT_POLICY) -> tuple[in
         # OUTS": 9:7 address size, 17:15 segment ("Undefined for VM exits due to execution of
         # INS"), everything else undefined. INS's own segment is ES; that is what is written.
         assert op is not None
-        info = ASZ_CODE[op.address_size] << 7 | SEGMENTS.index(op.segment) << 15
+        seg = reported_segment(instr, policy) if instr.mnemonic == "outs" else op.segment
+        info = ASZ_CODE[op.address_size] << 7 | SEGMENTS.index(seg) << 15
         return info, F_ASZ | (F_SEG if instr.mnemonic == "outs" else 0)
     if op is not None:
         base, index, scale = op.base, op.index, op.scale

@@ -23,7 +23,8 @@ def describe_instruction(case: Case) -> list[str]:
     if op is not None:
         prefix = ""
         if op.segment_prefix and op.segment_prefix != op.segment:
-            prefix = f"; the {op.segment_prefix.upper()} prefix has no effect in 64-bit mode"
+            prefix = (f"; the {op.segment_prefix.upper()} prefix has no effect: INS always writes through ES"
+                      if ins.mnemonic == "ins" else f"; the {op.segment_prefix.upper()} prefix has no effect in 64-bit mode")
         lines.append(f"  memory operand: {op.access_size}-byte {op.access}, {op.address_size}-bit address size, "
                      f"segment {op.segment}{prefix}" + (", RIP-relative" if op.rip_relative else ""))
     elif ins.spec.layout is Layout.LOADIWKEY:
