@@ -52,11 +52,12 @@ BASE_DIFFERS = "segment base differs"
 LINEAR_DIFFERS = "linear address differs"
 CHECKS_DIFFER = "fault checks differ"
 CANONICAL_FIRST_BYTE = "canonical check on the first byte only"
+EGPR_FROM_LEGACY = "R16-R31 read from the 32-bit field (APX extended field ignored)"
 
 CLASSES = (COMPAT_AS_64, REAL_V86_NO_UD, DISPLACEMENT_NOT_SIGN_EXTENDED, ASZ_MASK_ON_LINEAR, REGS_NOT_TRUNCATED,
            SEGMENT_BASE_IN_64, LAM_NOT_UNTAGGED, LAM_UNTAGGED_LINEAR, LAM57_FOUR_LEVEL, NO_CHECKS, FLAT_LIMIT,
            LIMIT_OFF_BY_ONE, LENGTH_FIXED_8, EXPAND_DOWN, TYPE_BEFORE_USABLE, EA_DIFFERS, BASE_DIFFERS,
-           LINEAR_DIFFERS, CHECKS_DIFFER, CANONICAL_FIRST_BYTE)
+           LINEAR_DIFFERS, CHECKS_DIFFER, CANONICAL_FIRST_BYTE, EGPR_FROM_LEGACY)
 
 # The computation's steps in order, with the Result field each one fills.
 STEPS = (("displacement", "displacement"), ("effective-address", "effective_address"),
@@ -132,6 +133,14 @@ def _limit_check(model: Model | None) -> LimitCheck:
     return getattr(model, "limit_check", SDM_LIMIT)
 
 
+def _names_egpr(ext: int) -> bool:
+    """Does the APX extended field (vmxaddr.apx) name a base or index register >= 16?"""
+    from vmxaddr.apx import operand_bits_extended
+
+    _, _, _, index, base = operand_bits_extended(ext)
+    return (index or 0) >= 16 or (base or 0) >= 16
+
+
 def classify(exit: ExitInfo, state: CpuState, access: Access, ra: Result, rb: Result,
              model_a: Model | None = None, model_b: Model | None = None) -> str:
     """Name the divergence between two results for one case (call only when they disagree)."""
@@ -150,6 +159,9 @@ def classify(exit: ExitInfo, state: CpuState, access: Access, ra: Result, rb: Re
         return NO_CHECKS  # the addresses converge; only the checks tell the two apart
     step = first_difference(ra, rb)
     info = exit.instruction_info
+    ext = exit.extended_info
+    if ext is not None and step in ("effective-address", "register-operand") and _names_egpr(ext):
+        return EGPR_FROM_LEGACY
     asz = 16 << (info >> 7 & 3)
     if step == "displacement":
         return DISPLACEMENT_NOT_SIGN_EXTENDED

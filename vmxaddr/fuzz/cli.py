@@ -70,6 +70,9 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     if args.encoder not in ENCODERS:
         fail(f"unknown encoder {args.encoder!r} (encoders: {', '.join(ENCODERS)})")
     apx = args.forms == "all"
+    if apx and args.encoder != "sdm":
+        fail(f"--forms all needs the sdm encoder: {args.encoder} predates APX (REX2) and covers only some of "
+             "the other forms")
     policy = Policy(exit_qual=args.exit_qual, apx=apx)
     mnemonics = model_mnemonics(a, b, forms=ALL_MNEMONICS) if apx else None
     if apx and not mnemonics:

@@ -33,14 +33,14 @@ def reduced_state(case: Case, everything: bool = False) -> CpuState:
     """The case's state with only what the operand reads (base, index, its segment) kept."""
     st = case.state
     base = CpuState.for_code_size(case.instruction.code_size)
-    regs = list(base.regs)
-    for r in (range(16) if everything else used_registers(case)):
-        regs[r] = st.regs[r]
+    regs = list(base.regs + base.egprs)
+    for r in (range(32) if everything else used_registers(case)):
+        regs[r] = st.reg_value(r)
     segs = {s: st.segment(s) for s in (("es", "ss", "ds", "fs", "gs") if everything else used_segments(case))
             if s != "cs"}
     rip = st.rip if (everything or (case.instruction.operand and case.instruction.operand.rip_relative)) else base.rip
     return replace(base, mode=st.mode, cpl=st.cpl, la57=st.la57, lam_sup=st.lam_sup, lam_u48=st.lam_u48,
-                   lam_u57=st.lam_u57, regs=tuple(regs), rip=rip, **segs)
+                   lam_u57=st.lam_u57, regs=tuple(regs[:16]), egprs=tuple(regs[16:]), rip=rip, **segs)
 
 
 def state_json(st: CpuState, code_size: int) -> dict[str, Any]:
