@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import vmxaddr.decode as decode_mod
 from vmxaddr.decode import DecodeError, capstone_view, decode
 
 # From the SDM Vol. 2/3C instruction pages: opcode, mandatory prefix, ModRM.reg, exit reason
@@ -145,12 +146,25 @@ def test_bad_code_size():
         decode(b"\x0f\xc7\x30", 8)
 
 
+# The kinds of DecodeError that mean "these bytes are not a VMX-family instruction we take"; the
+# other kind, "decoder-disagreement", means our decoder and capstone read the bytes differently:
+# a bug, which these properties must not accept. decode_uncached after clearing the guard's memo
+# makes the capstone guard run on every example (it runs once per operand form otherwise).
+REJECTIONS = {"empty", "truncated", "too-long", "lock", "prefix", "not-vmx", "register-form"}
+
+
+def _decode_guarded(raw: bytes, mode: int):
+    decode_mod._GUARDED.clear()
+    return decode_mod.decode_uncached(raw, mode)
+
+
 @settings(max_examples=1500, deadline=None)
 @given(st.binary(min_size=0, max_size=18), st.sampled_from([16, 32, 64]))
 def test_arbitrary_bytes_raise_only_decode_error(raw, mode):
     try:
-        ins = decode(raw, mode)
-    except DecodeError:
+        ins = _decode_guarded(raw, mode)
+    except DecodeError as e:
+        assert e.kind in REJECTIONS, (raw.hex(), mode, e.kind, str(e))
         return
     assert 1 <= ins.length <= 15 and raw.startswith(ins.raw)
 
@@ -160,7 +174,18 @@ def test_arbitrary_bytes_raise_only_decode_error(raw, mode):
        st.sampled_from(["0f78", "0f79", "0fc7", "0f01", "0f00", "0f3880", "0f3882"]),
        st.binary(min_size=6, max_size=6), st.sampled_from([16, 32, 64]))
 def test_prefixed_vmx_bytes_raise_only_decode_error(prefixes, opcode, tail, mode):
+    raw = bytes(prefixes) + bytes.fromhex(opcode) + tail
     try:
-        decode(bytes(prefixes) + bytes.fromhex(opcode) + tail, mode)
-    except DecodeError:
-        pass
+        ins = _decode_guarded(raw, mode)
+    except DecodeError as e:
+        assert e.kind in REJECTIONS, (raw.hex(), mode, e.kind, str(e))
+        return
+    assert ins.length <= 15 and raw.startswith(ins.raw) and len(prefixes) < ins.length
+
+
+def test_a_decoder_disagreement_is_not_a_rejection(monkeypatch):
+    # the properties above fail on a disagreement: make capstone read a different base
+    monkeypatch.setattr(decode_mod, "_capstone_shape", lambda raw, cs: (3, "ebx", None, 1))
+    with pytest.raises(DecodeError) as e:
+        _decode_guarded(bytes.fromhex("0fc730"), 32)  # VMPTRLD [EAX]
+    assert e.value.kind == "decoder-disagreement" and e.value.kind not in REJECTIONS

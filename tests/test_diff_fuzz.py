@@ -66,11 +66,6 @@ def test_register_truncation_fix_has_no_observable_effect():
     assert rep.classes == {}
 
 
-def test_kvm_current_equals_kvm_b39bd520():
-    rep = fuzz(get("kvm-current"), get("kvm-b39bd520"), seed=2, max_examples=1000, hypothesis_examples=0, shrink=False)
-    assert rep.classes == {}
-
-
 def test_kvm_current_differs_from_sdm_only_as_documented():
     rep = fuzz(get("kvm-current"), get("sdm"), seed=1, max_examples=6000, hypothesis_examples=0, shrink=False)
     assert set(rep.classes) <= DOCUMENTED, set(rep.classes) - DOCUMENTED

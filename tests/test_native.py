@@ -1,9 +1,12 @@
 """The compiled models (setup.py, mypyc) answer exactly as the pure-Python ones, and a build
-made from another source is never used."""
+made from another source is never used. Passes under VMXADDR_PURE=1 too (the compiled copies
+are then loaded directly, and the registry must hold the pure-Python models); after an edit to
+models/sdm.py or kvm.py it fails saying to reinstall."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 
 import pytest
@@ -26,12 +29,21 @@ def _outcome_of(model, exit, state, access, explain):
         return ("invalid", str(e))
 
 
-@pytest.mark.skipif(not M.NATIVE, reason="the models were not compiled (no mypyc or C compiler at install)")
+def _compiled_or_skip(name: str):
+    mod, problem = M.compiled(name)
+    if mod is None:
+        pytest.skip(problem)  # fails under CI=true (tests/ci_policy.py)
+    if problem:
+        pytest.fail(problem)
+    return mod
+
+
 def test_native_models_answer_as_the_pure_ones():
-    assert set(M.NATIVE) == {"sdm", "kvm"}
-    assert M.get("sdm") is not sdm_pure.sdm and M.get("sdm").__module__ == "vmxaddr._native.sdm"
-    natives = {name: M.get(name) for name in kvm_pure.REGISTERED} | {"sdm": M.get("sdm")}
+    sdm_c, kvm_c = _compiled_or_skip("sdm"), _compiled_or_skip("kvm")
+    assert sdm_c.sdm is not sdm_pure.sdm and sdm_c.sdm.__module__ == "vmxaddr._native.sdm"
+    natives = {name: f for name, (f, _) in kvm_c.REGISTERED.items()} | {"sdm": sdm_c.sdm}
     pures = {name: f for name, (f, _) in kvm_pure.REGISTERED.items()} | {"sdm": sdm_pure.sdm}
+    assert natives.keys() == pures.keys()
     ch = RandomChooser(random.Random(11))
     for i in range(1500):
         policy = gen_policy(ch) if i % 3 == 0 else Policy()
@@ -43,15 +55,31 @@ def test_native_models_answer_as_the_pure_ones():
                     _outcome_of(pures[name], exit, case.state, access, explain), (name, case.instruction.raw.hex())
 
 
+def test_the_registry_runs_what_the_environment_asks():
+    if os.environ.get("VMXADDR_PURE"):
+        assert M.NATIVE == () and M.get("sdm") is sdm_pure.sdm
+        assert M.get("kvm-current") is kvm_pure.REGISTERED["kvm-current"][0]
+    else:
+        usable = tuple(n for n in ("sdm", "kvm") if M.compiled(n)[1] is None)
+        assert M.NATIVE == usable
+        if "sdm" in usable:
+            assert M.get("sdm").__module__ == "vmxaddr._native.sdm"
+
+
 def test_a_build_from_another_source_is_not_used(monkeypatch, tmp_path):
     # _native() compares the compiled copy's SOURCE_SHA256 with the source beside the package
+    monkeypatch.delenv("VMXADDR_PURE", raising=False)
+
     class Fake:
         __file__ = str(tmp_path / "sdm.cpython-311-x86_64-linux-gnu.so")
         SOURCE_SHA256 = hashlib.sha256(b"an older sdm.py").hexdigest()
 
     monkeypatch.setattr(M.importlib, "import_module", lambda name: Fake)
     assert M._native("sdm") is None
+    # the message tells the user what to do, not a bare set comparison
+    problem = M.compiled("sdm")[1]
+    assert problem and "models/sdm.py changed" in problem and "reinstall" in problem
     Fake.SOURCE_SHA256 = hashlib.sha256((M.Path(M.__file__).with_name("sdm.py")).read_bytes()).hexdigest()
-    assert M._native("sdm") is Fake
+    assert M._native("sdm") is Fake and M.compiled("sdm") == (Fake, None)
     monkeypatch.setenv("VMXADDR_PURE", "1")
     assert M._native("sdm") is None

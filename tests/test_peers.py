@@ -22,7 +22,6 @@ from vmxaddr.encoders import ENCODERS, bochs_2_7, get_encoder, vbox_iem
 from vmxaddr.exitinfo import Policy, encode
 from vmxaddr.gen import RandomChooser, gen_encoding, gen_state
 from vmxaddr.models import REGISTRY, UnknownModel, get, sdm
-from vmxaddr.models.base import Access
 from vmxaddr.models.xen import MNEMONICS, XEN, Quirks, classify, xen_c447b730, xen_model
 from vmxaddr.pipeline import CONSUMER, CONSUMER_UNDEFINED, ENCODER, agree, cross
 from vmxaddr.state import CpuState
@@ -47,9 +46,17 @@ def test_registry_lists_both_kinds():
     assert set(ENCODERS) >= {"sdm", "bochs-2.7", "vbox-iem"}
 
 
-def test_sdm_encoder_is_exitinfo_encode():
-    i = ins("0f 78 45 d8", 32)
-    assert get_encoder("sdm")(i, 0x1000, SX) == encode(i, 0x1000, SX)
+def test_sdm_encoder_by_hand():
+    # VMREAD [EBP-0x28], EAX in 32-bit code (0F 78 /r, ModRM 45: mod 01, reg 000 = EAX, r/m 101 = EBP,
+    # disp8 D8). SDM Vol. 3C §28.2.5, VMREAD/VMWRITE layout: reg2 (31:28) EAX = 0; base (26:23)
+    # EBP = 5 -> 0x02800000; index invalid (22) -> 0x00400000; segment (17:15) SS (EBP's default,
+    # Vol. 1 §3.7.4) = 2 -> 0x00010000; address size (9:7) 32-bit = 1 -> 0x80; bit 10 = 0 (memory).
+    # Undefined bits zero under the policy: 0x02c10080. Exit qualification (§28.2.1): the
+    # displacement -0x28, here sign-extended to 64 bits by the policy: 0xffffffffffffffd8. Length 4.
+    e = get_encoder("sdm")(ins("0f 78 45 d8", 32), 0x1000, SX)
+    assert (e.instruction_info, e.exit_qualification, e.length) == (0x02C10080, 0xFFFFFFFFFFFFFFD8, 4)
+    e = get_encoder("sdm")(ins("0f 78 45 d8", 32), 0x1000, ZX)  # zero-extended from the address size
+    assert (e.instruction_info, e.exit_qualification) == (0x02C10080, 0xFFFFFFD8)
 
 
 # -- bochs-2.7 --------------------------------------------------------------------------------------
@@ -365,10 +372,15 @@ def test_witness_command_reproduces(w, capsys):
     assert (out["side"], out["class"]) == (w["side"], w["class"])
 
 
-def test_every_encoder_access_is_unchanged():
-    # The encoders report; they never change what the instruction accesses.
-    i = ins("0f c7 30", 32)
-    assert Case(i, CpuState.for_code_size(32)).access == Access(8, False)
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_every_encoder_reports_the_defined_fields_of_vmptrld_eax(name):
+    # VMPTRLD [EAX] in 32-bit code (0F C7 /6, ModRM 30: mod 00, reg 110, r/m 000 = EAX). SDM Vol. 3C
+    # §28.2.5, the VMCLEAR/VMPTRLD/VMPTRST/VMXON layout defines: address size (9:7) 32-bit = 1 ->
+    # 0x80; segment (17:15) DS = 3 -> 0x18000; index invalid (22) -> 0x400000; base (26:23) EAX = 0,
+    # base valid (27 = 0). Together 0x00418080 on the mask 0x0fc38380 (the other bits are undefined:
+    # each encoder may fill them). Exit qualification: displacement 0. Length 3.
+    e = ENCODERS[name].function(ins("0f c7 30", 32), 0x1000, ZX)
+    assert (e.instruction_info & 0x0FC38380, e.exit_qualification, e.length) == (0x00418080, 0, 3)
 
 
 # -- diff and fuzz with --encoder ---------------------------------------------------------------------

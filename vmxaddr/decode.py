@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from vmxaddr import rex2 as rex2_mod
-from vmxaddr.capstone_guard import _capstone_guard, _capstone_shape, capstone_view
+from vmxaddr.capstone_guard import _capstone_guard, _capstone_shape, capstone_guard_on, capstone_view
 from vmxaddr.decode_other import clear_memo as clear_other_memo
 from vmxaddr.decode_other import loadiwkey, string_io, waitpkg
 from vmxaddr.instruction import DecodeError, Instruction, MemoryOperand
@@ -386,4 +386,5 @@ def _zero_disp(raw: bytes, op: MemoryOperand) -> bytes:
 
 
 REGISTER_NAMES = REG64 + REG32 + REG16
-__all__ = ["DecodeError", "Instruction", "MemoryOperand", "decode", "parse_hex", "capstone_view", "SEGMENTS"]
+__all__ = ["DecodeError", "Instruction", "MemoryOperand", "decode", "parse_hex", "capstone_view", "capstone_guard_on",
+           "SEGMENTS"]
