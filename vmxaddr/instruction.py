@@ -12,7 +12,7 @@ class DecodeError(ValueError):
     """Bytes that are not a VMX-family instruction this library can decode.
 
     `kind` is one of: "mode", "empty", "truncated", "too-long", "lock", "prefix", "not-vmx",
-    "register-form", "decoder-disagreement".
+    "register-form", "rex2" (an APX REX2 prefix where it is #UD), "decoder-disagreement".
     """
 
     def __init__(self, kind: str, message: str) -> None:

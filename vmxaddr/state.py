@@ -386,7 +386,9 @@ def check_state(st: CpuState) -> CpuState:
         check_int(getattr(st, flag), flag, *FLAG_RANGE)
     if len(st.regs) != 16:
         raise StateError(f"registers: expected 16 values, got {len(st.regs)}")
-    for name, v in zip(REG64, st.regs, strict=True):
+    if len(st.egprs) != 16:
+        raise StateError(f"R16-R31: expected 16 values, got {len(st.egprs)}")
+    for name, v in zip(REG64, st.regs + st.egprs, strict=True):
         check_int(v, name, 0, MASK64)
     for sname in SEGMENTS:
         seg = st.segment(sname)

@@ -167,7 +167,7 @@ def sdm(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) 
                           f"{'IN' if q >> 3 & 1 else 'OUT'}, string, {'REP, ' if q >> 5 & 1 else ''}port {q >> 16 & 0xFFFF:#x}; "
                           f"{what}", None))
         steps.append(Step("effective-address", "effective-address",
-                          f"address size {asz} bits (bits 9:7 = {code}): EA = {names[base]} = {ea:#x} (the first "
+                          f"address size {asz} bits (bits 9:7 = {code}): EA = {names[string_base]} = {ea:#x} (the first "
                           "element: RFLAGS.DF only moves the next ones)", ea))
     elif steps is not None:
         if ext is not None:
