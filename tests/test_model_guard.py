@@ -40,6 +40,9 @@ def bad_vector(exit, state, access): return Result(Outcome("fault", "XX"))
 def bad_outcome(exit, state, access): return Result("ok")
 def bad_segment(exit, state, access): return sdm(exit, state, access)._replace(segment="qs")
 def good(exit, state, access): return sdm(exit, state, access)
+def _classify_raises(*args): raise LookupError("no class")
+def differs(exit, state, access): return Result(Outcome("fault", "UD"))
+differs.classify = _classify_raises
 def good_explain(exit, state, access, explain=False): return sdm(exit, state, access, explain)
 '''
 
@@ -195,3 +198,13 @@ def test_unknown_model_is_still_unknown():
     with pytest.raises(UnknownModel):
         get("nope")
     assert Access(4, True).kind == "write"
+
+
+def test_a_models_classify_is_guarded_too(usermods, capsys):
+    """diff and cross ask a model's own `classify` to name a divergence; if it raises, that is one
+    line too. #UD from `differs` vs the SDM's ok for VMREAD in protected mode: a divergence."""
+    for argv in (["diff", "--models", "sdm,g13models:differs", "--mode", "32", HEX],
+                 ["cross", "--model", "g13models:differs", "--mode", "32", HEX]):
+        code, out, err = run(argv, capsys)
+        assert code == 2 and err.count("\n") == 1, (argv, err)
+        assert "model g13models:differs classify() raised LookupError: no class" in err, err

@@ -18,7 +18,18 @@ COMMANDS = [
     ["explain", *CASE], ["explain", "--json", *CASE], ["decode", *CASE],
     ["diff", "--models", "sdm,xen-c447b730", *CASE], ["cross", "--model", "xen-c447b730", *CASE], ["models"],
     ["trace", "synth", "--model", "sdm", "-n", "50", "--seed", "1"],
+    ["check-trace", "--quiet", "{trace}"], ["check-trace", "--quiet", "--json", "{trace}"],
 ]
+
+
+@pytest.fixture(scope="module")
+def trace(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 40-record trace as the sdm model handles it (for the check-trace rows)."""
+    path = tmp_path_factory.mktemp("out") / "sample.jsonl"
+    with open(path, "w") as f:
+        subprocess.run([sys.executable, "-m", "vmxaddr.cli", "trace", "synth", "--model", "sdm", "-n", "40",
+                        "--seed", "13"], stdout=f, stderr=subprocess.DEVNULL, check=True, timeout=120, cwd=ROOT)
+    return str(path)
 
 
 def vmxaddr(args: list[str], stdout: object = subprocess.PIPE, **env: str) -> subprocess.CompletedProcess[str]:
@@ -28,7 +39,8 @@ def vmxaddr(args: list[str], stdout: object = subprocess.PIPE, **env: str) -> su
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
 @pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a[:2]))
-def test_full_disk_on_stdout_is_one_line(args):
+def test_full_disk_on_stdout_is_one_line(args, trace):
+    args = [a.replace("{trace}", trace) for a in args]
     with open("/dev/full", "w") as full:
         p = vmxaddr(args, stdout=full)
     assert p.returncode == 2, p.stderr
@@ -38,7 +50,8 @@ def test_full_disk_on_stdout_is_one_line(args):
 
 
 @pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a[:2]))
-def test_ascii_stdout_encoding(args):
+def test_ascii_stdout_encoding(args, trace):
+    args = [a.replace("{trace}", trace) for a in args]
     p = vmxaddr(args, PYTHONIOENCODING="ascii")
     assert p.returncode == 0, p.stderr
     assert "Traceback" not in p.stderr

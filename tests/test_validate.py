@@ -69,6 +69,19 @@ def test_out_of_range_option_is_one_line(opts, field, allowed, capsys):
     assert out == ""
 
 
+@pytest.mark.parametrize("value", ["4", "-1", "0x10", "three", str(1 << 64)])
+def test_cpl_goes_through_the_validator(value, capsys):
+    code, _, err = run(BASE + ["--cpl", value, HEX], capsys)
+    one_line_error(code, err, "--cpl")
+    assert "allowed 0…3" in err or "decimal or 0x" in err
+
+
+def test_cpl_3_gives_gp0(capsys):
+    """VMREAD at CPL 3: #GP(0) (SDM Vol. 3C, VMREAD "Operation": ELSIF CPL > 0 THEN #GP(0))."""
+    code, out, _ = run(["explain", "--json", "--mode", "32", "--cpl", "0x3", HEX], capsys)
+    assert code == 0 and json.loads(out)["outcome"]["vector"] == "GP"
+
+
 @pytest.mark.parametrize("opts", [
     ["--seg", "ds.limit=0xffffffff", "--seg", "ds.type=15", "--seg", "ds.dpl=3", "--seg", "fs.selector=0xffff"],
     ["--rip", "0xffffffffffffffff"], ["--seg", "gs.base=0xffffffffffffffff"],

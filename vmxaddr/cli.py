@@ -11,6 +11,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -18,7 +19,7 @@ from vmxaddr.case import Case, case_json
 from vmxaddr.decode import DecodeError, parse_hex
 from vmxaddr.exitinfo import EXIT_QUAL_POLICIES, IGNORED_SEGMENT_POLICIES, SI_DI_POLICIES, UNDEFINED_BITS_POLICIES, Policy
 from vmxaddr.models.base import InvalidExitInfo
-from vmxaddr.state import MODES, CpuState, StateError, read_state_file
+from vmxaddr.state import CPL_RANGE, MODES, CpuState, StateError, check_int, read_state_file
 
 EPILOG = """examples:
   vmxaddr explain --mode 32 --reg ebp=0x1000 0f7845d8
@@ -52,7 +53,7 @@ def add_case_options(p: argparse.ArgumentParser, hex_arg: bool = True) -> None:
                    "the other options are applied on top of it")
     p.add_argument("--cpu-mode", choices=MODES, help="processor mode, for the #UD rules "
                    "(default: protected, or 64-bit with --mode 64)")
-    p.add_argument("--cpl", type=int, choices=(0, 1, 2, 3), help="current privilege level (default 0)")
+    p.add_argument("--cpl", metavar="0-3", help="current privilege level, 0…3 (default 0)")
     p.add_argument("--la57", action="store_true", help="CR4.LA57 = 1: 57-bit canonical addresses")
     p.add_argument("--rip", help="address of the instruction (for RIP-relative operands)")
     p.add_argument("--reg", action="append", default=[], metavar="NAME=VALUE",
@@ -102,7 +103,7 @@ def state_from(args: argparse.Namespace) -> CpuState:
                 fail(f"--mode {args.mode} contradicts --cpu-mode {args.cpu_mode}, which runs "
                      f"{_code_sizes(args.cpu_mode)} code")
         if args.cpl is not None:
-            st = CpuState.from_json({"cpl": args.cpl}, st)
+            st = replace(st, cpl=check_int(args.cpl.strip(), "--cpl", *CPL_RANGE))
         if args.la57:
             st = CpuState.from_json({"cr4": {"la57": 1}}, st)
         if args.rip is not None:
@@ -182,13 +183,15 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from vmxaddr.explain import explain_text
-    from vmxaddr.models import UnknownModel, get
+    from vmxaddr.models import UnknownModel, covers, get, not_covered
 
     case = case_from(args)
     try:
         model = get(args.model)
     except UnknownModel as e:
         fail(str(e))
+    if not covers(model, case.instruction.mnemonic):
+        fail(not_covered(args.model, model, case.instruction.mnemonic))
     exit = case.exit
     try:
         result = case.run(model, explain=True)
@@ -217,10 +220,10 @@ def cmd_models(args: argparse.Namespace) -> int:
                     | ({"real_code": m.real_code} if m.real_code else {}) for m in REGISTRY.values()])
         return 0
     width = max(len(n) for n in REGISTRY)
-    for kind in ("encoder", "consumer"):
+    for kind in ("encoder", "consumer", "alias"):
         ms = [m for m in REGISTRY.values() if m.kind == kind]
         if ms:
-            print(f"{kind}s:")
+            print("aliases (old names):" if kind == "alias" else f"{kind}s:")
             for m in ms:
                 print(f"  {m.name:<{width}}  {m.summary}")
     from vmxaddr.models import NATIVE

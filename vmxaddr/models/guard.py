@@ -129,9 +129,10 @@ class GuardedModel:
         self._explain = params is None or "explain" in params or any(
             p.kind is p.VAR_KEYWORD for p in params.values())
         # Attributes other engines read from a model (classify, limit_check, mnemonics, …).
+        # A callable one (a model's own `classify`) is guarded too.
         for attr, v in getattr(function, "__dict__", {}).items():
             if not attr.startswith("__"):
-                setattr(self, attr, v)
+                setattr(self, attr, GuardedHelper(v, name, attr) if callable(v) and not isinstance(v, type) else v)
 
     def __repr__(self) -> str:
         return f"<model {self.name}>"
@@ -150,6 +151,26 @@ class GuardedModel:
         if problem is not None:
             raise ModelError(self.name, problem, describe_case(exit, state))
         return r  # type: ignore[no-any-return]
+
+
+class GuardedHelper:
+    """A callable attribute of a user's model (e.g. `classify`), behind the same guard: what it
+    raises becomes ModelError("<model>", "<attr> raised …"). It must return a str when called."""
+
+    def __init__(self, function: Any, model: str, attr: str) -> None:
+        self.function, self.model, self.attr = function, model, attr
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            v = self.function(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # noqa: BLE001 - as GuardedModel.__call__
+            case = describe_case(args[0], args[1]) if len(args) >= 2 else ""
+            raise ModelError(self.model, f"{self.attr}() {describe_exception(e)}", case, e) from None
+        if self.attr == "classify" and not isinstance(v, str):
+            raise ModelError(self.model, f"classify() returned a {type(v).__name__}, not a str")
+        return v
 
 
 def _parameters(function: Any) -> Any:
