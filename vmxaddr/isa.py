@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypedDict
 
 
 class Layout(StrEnum):
@@ -37,12 +38,24 @@ class InstrSpec:
     real_mode: bool = True  # may execute (and so exit) in real-address mode
     v8086: bool = True  # may execute in virtual-8086 mode
     privileged: bool = False  # CPL 0 only; checked before the VM exit (not a VMX instruction)
+    # The fault where the instruction is not recognized in virtual-8086 mode (v8086=False): #UD
+    # for most, #GP(0) for INVPCID (its page's "Virtual-8086 Mode Exceptions").
+    v8086_fault: str = "UD"
+    # The linear address must be a multiple of this (#GP(0) "regardless of segment" otherwise);
+    # checked after the VM exit, so by the hypervisor (docs/ud-and-cpl.md).
+    align: int = 1
 
     def access_size(self, code_size: int) -> int:
         return self.size64 if code_size == 64 else self.size
 
 
-_VMX = dict(vmx=True, real_mode=False, v8086=False)
+class _Flags(TypedDict):
+    vmx: bool
+    real_mode: bool
+    v8086: bool
+
+
+_VMX: _Flags = {"vmx": True, "real_mode": False, "v8086": False}
 
 # XSAVES/XRSTORS touch a variable-sized area; the legacy region and the XSAVE header (512 + 64
 # bytes, SDM Vol. 1 §13.4) are always accessed, so that is the size checked against the limit.
@@ -59,10 +72,10 @@ SPECS: dict[str, InstrSpec] = {
         InstrSpec("vmwrite", 25, Layout.VMREAD, "read", 4, 8, "optional", **_VMX),
         InstrSpec("invept", 50, Layout.INV, "read", 16, 16, "required", **_VMX),
         InstrSpec("invvpid", 53, Layout.INV, "read", 16, 16, "required", **_VMX),
-        # INVPCID is not a VMX instruction: valid in real mode, #UD in virtual-8086 mode, and its
-        # CPL check comes before the VM exit (SDM Vol. 2 INVPCID).
+        # INVPCID is not a VMX instruction: valid in real mode, #GP(0) in virtual-8086 mode ("not
+        # recognized"), and its CPL check comes before the VM exit (SDM Vol. 2 INVPCID).
         InstrSpec("invpcid", 58, Layout.INV, "read", 16, 16, "required", False, v8086=False,
-                  privileged=True),
+                  privileged=True, v8086_fault="GP"),
         # Descriptor-table group: 6-byte operand (10 in 64-bit mode); exit only with
         # "descriptor-table exiting".
         InstrSpec("sgdt", 46, Layout.DT, "write", 6, 10, "required", False, identity=0),
@@ -74,10 +87,10 @@ SPECS: dict[str, InstrSpec] = {
         InstrSpec("str", 47, Layout.LDT, "write", 2, 2, "optional", False, 1, False, False),
         InstrSpec("lldt", 47, Layout.LDT, "read", 2, 2, "optional", False, 2, False, False, True),
         InstrSpec("ltr", 47, Layout.LDT, "read", 2, 2, "optional", False, 3, False, False, True),
-        InstrSpec("xsaves", 63, Layout.VMPTR, "write", 576, 576, "required", False, v8086=False,
-                  privileged=True),
-        InstrSpec("xrstors", 64, Layout.VMPTR, "read", 576, 576, "required", False, v8086=False,
-                  privileged=True),
+        # XSAVES/XRSTORS: virtual-8086 mode has "the same exceptions as in protected mode", so
+        # CPL 3 > 0 gives #GP(0); the area must be 64-byte aligned (SDM Vol. 2 XSAVES, XRSTORS).
+        InstrSpec("xsaves", 63, Layout.VMPTR, "write", 576, 576, "required", False, privileged=True, align=64),
+        InstrSpec("xrstors", 64, Layout.VMPTR, "read", 576, 576, "required", False, privileged=True, align=64),
         InstrSpec("rdrand", 57, Layout.RDRAND, None, 0, 0, "none", False),
         InstrSpec("rdseed", 61, Layout.RDRAND, None, 0, 0, "none", False),
     )

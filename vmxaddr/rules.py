@@ -18,18 +18,23 @@ class Rule:
 
 
 RULES: dict[str, Rule] = {r.id: r for r in (
-    Rule("mode", "VMX instructions exist only in protected and 64-bit mode",
+    Rule("mode", "An instruction not recognized in the current mode faults before any VM exit",
          "SDM Vol. 3C, VMX Instruction Reference (Operation of VMPTRLD etc.: #UD if CR0.PE = 0, "
-         "RFLAGS.VM = 1, or IA32_EFER.LMA = 1 and CS.L = 0)",
+         "RFLAGS.VM = 1, or IA32_EFER.LMA = 1 and CS.L = 0); Vol. 2, the Real-Address and "
+         "Virtual-8086 Mode Exceptions of INVPCID, LLDT, LTR, SLDT, STR",
          "In real-address, virtual-8086 and compatibility mode a VMX instruction raises #UD; it "
          "never reaches the hypervisor from hardware. SLDT/STR/LLDT/LTR are #UD in real and "
-         "virtual-8086 mode, INVPCID and XSAVES/XRSTORS in virtual-8086 mode."),
-    Rule("cpl", "CPL > 0 raises #GP(0) after the VM exit, so the hypervisor checks it",
+         "virtual-8086 mode; INVPCID raises #GP(0) in virtual-8086 mode (not recognized there: a "
+         "privilege-based fault, so also before the exit). Derivation: docs/ud-and-cpl.md."),
+    Rule("cpl", "CPL > 0 raises #GP(0): after the VM exit for a VMX instruction (the hypervisor "
+         "checks it), before it for LGDT, LIDT, LLDT, LTR, INVPCID, XSAVES, XRSTORS",
          "SDM Vol. 3C, VMX Instruction Reference (… ELSIF in VMX non-root operation THEN VM exit; "
-         "ELSIF CPL > 0 THEN #GP(0)); Vol. 3C 'Relative Priority of Faults and VM Exits'",
+         "ELSIF CPL > 0 THEN #GP(0)); Vol. 3C 'Relative Priority of Faults and VM Exits'; Vol. 2, "
+         "the privileged instructions' Protected Mode Exceptions",
          "For VMX instructions the VM exit comes before the privilege check, so an emulating "
          "hypervisor must raise #GP(0) when CPL > 0. Privileged non-VMX instructions (LGDT, "
-         "LIDT, LLDT, LTR, INVPCID, XSAVES, XRSTORS) check CPL before the exit."),
+         "LIDT, LLDT, LTR, INVPCID, XSAVES, XRSTORS) check CPL before the exit; in virtual-8086 "
+         "mode (CPL 3) LGDT, LIDT, XSAVES and XRSTORS therefore raise #GP(0)."),
     Rule("register-operand", "A register operand has no memory address",
          "SDM Vol. 3C, 'Information for VM Exits Due to Instruction Execution' (bit 10, Mem/Reg)",
          "When bit 10 says register, the memory fields are undefined and there is nothing to "
@@ -79,6 +84,16 @@ RULES: dict[str, Rule] = {r.id: r for r in (
          "Expand-up: the last byte, offset + size - 1, must not exceed the limit. Expand-down: "
          "valid offsets run from limit + 1 to 0xFFFF (B = 0) or 0xFFFFFFFF (B = 1). A violation "
          "raises #SS(0) through SS, #GP(0) otherwise."),
+    Rule("alignment", "XSAVES/XRSTORS need a 64-byte-aligned operand",
+         "SDM Vol. 2, XSAVES and XRSTORS (Protected, Real-Address and 64-Bit Mode Exceptions: #GP(0) "
+         "'If a memory operand is not aligned on a 64-byte boundary, regardless of segment'); Vol. 3C "
+         "'Relative Priority of Faults and VM Exits'; Vol. 3A 'Priority Among Simultaneous Exceptions "
+         "and Interrupts'",
+         "The linear address of the XSAVE area must be a multiple of 64, else #GP(0), even through SS. "
+         "The check comes after the VM exit, so an emulating hypervisor must make it. The SDM leaves "
+         "its order against the segment checks to the implementation; vmxaddr makes the usability, "
+         "type, limit and canonical checks first, so a misaligned operand that also fails an SS "
+         "check gives #SS(0)."),
     Rule("flat", "At a 4-GiB limit the limit fault is implementation-specific",
          "SDM Vol. 3A, Protection: 'Limit Checking' (\"When the effective limit is FFFFFFFFH "
          "(4 GBytes), these accesses may or may not cause the indicated exceptions\")",

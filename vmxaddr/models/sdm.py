@@ -1,9 +1,11 @@
 """The reference model: the SDM's rules, applied to what the hypervisor sees.
 
 Order of the computation (each step names its rule in vmxaddr.rules):
-  mode (#UD) -> CPL (#GP) -> register operand? -> displacement from the exit qualification ->
-  effective address in the address size -> segment -> linear address (64-bit mode: FS/GS base
-  only, canonical check; otherwise base + EA mod 2^32, then usability, type and limit checks).
+  mode (#UD, or INVPCID's #GP(0) in virtual-8086 mode) -> CPL (#GP) -> register operand? ->
+  displacement from the exit qualification -> effective address in the address size -> segment ->
+  linear address (64-bit mode: FS/GS base only, canonical check; otherwise base + EA mod 2^32,
+  then usability, type and limit checks) -> alignment (XSAVES/XRSTORS: 64 bytes).
+The derivation of every fault, instruction by instruction, is docs/ud-and-cpl.md.
 """
 
 from __future__ import annotations
@@ -71,12 +73,17 @@ _HAS_MEMREG = frozenset(m for m, sp in SPECS.items() if sp.layout in (Layout.VMR
 _NO_MEMORY = frozenset(m for m, sp in SPECS.items() if sp.layout is Layout.RDRAND)
 # VMX instructions and the privileged others: CPL > 0 is #GP(0).
 _CPL_CHECKED = frozenset(m for m, sp in SPECS.items() if sp.vmx or sp.privileged)
-# Per mode, the instructions that raise #UD there: VMX instructions outside protected and 64-bit
-# mode, SLDT & co. in real and virtual-8086 mode, INVPCID and XSAVES/XRSTORS in virtual-8086 mode.
-_UD_IN = {mode: frozenset(m for m, sp in SPECS.items()
-                          if (sp.vmx and mode in ("real", "virtual-8086", "compatibility"))
-                          or (mode == "real" and not sp.real_mode) or (mode == "virtual-8086" and not sp.v8086))
-          for mode in MODES}
+# Per mode, the instructions not recognized there and the fault they raise (each page's mode
+# exceptions): VMX instructions #UD outside protected and 64-bit mode, SLDT & co. #UD in real and
+# virtual-8086 mode, INVPCID #GP(0) in virtual-8086 mode. (XSAVES/XRSTORS are recognized in
+# virtual-8086 mode: "same exceptions as in protected mode", so the CPL check gives #GP(0).)
+_MODE_FAULT: dict[str, dict[str, str]] = {
+    mode: {m: sp.v8086_fault if mode == "virtual-8086" else "UD" for m, sp in SPECS.items()
+           if (sp.vmx and mode in ("real", "virtual-8086", "compatibility"))
+           or (mode == "real" and not sp.real_mode) or (mode == "virtual-8086" and not sp.v8086)}
+    for mode in MODES}
+# Instructions whose operand must be aligned (linear address mod align = 0), after every segment check.
+_ALIGN: dict[str, int] = {m: sp.align for m, sp in SPECS.items() if sp.align > 1}
 
 
 def _done(steps: list[Step] | None, outcome: Outcome, ea: int | None = None, linear: int | None = None,
@@ -91,9 +98,15 @@ def sdm(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) 
     mode = state.mode
     info = exit.instruction_info
 
-    # Mode: #UD comes before any VM exit; a hypervisor sees it only from a buggy processor model.
-    if ins in _UD_IN[mode]:
-        return _done(steps, outcome(explain, FAULT, "UD", None, "mode", lambda: f"{ins.upper()} raises #UD in {mode} mode"))
+    # Mode: #UD, and the #GP(0) of a privileged instruction not recognized in virtual-8086 mode,
+    # come before any VM exit (Vol. 3C "Relative Priority of Faults and VM Exits"); a hypervisor
+    # sees them only from a buggy processor model.
+    not_here = _MODE_FAULT[mode].get(ins)
+    if not_here is not None:
+        if not_here == "UD":
+            return _done(steps, outcome(explain, FAULT, "UD", None, "mode", lambda: f"{ins.upper()} raises #UD in {mode} mode"))
+        return _done(steps, outcome(explain, FAULT, not_here, 0, "mode",
+                                    lambda: f"{ins.upper()} is not recognized in {mode} mode: #{not_here}(0)"))
     if steps is not None:
         steps.append(Step("mode", "mode", f"{mode} mode: {ins.upper()} may execute here", mode))
     if ins in _CPL_CHECKED:
@@ -174,10 +187,16 @@ def sdm(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) 
             return _done(steps, outcome(explain, FAULT, vector, 0, "canonical",
                                 lambda: f"{which()}{bad:#x} is not canonical ({bits}-bit); through {seg.upper()}: #{vector}(0)"),
                         ea, linear, seg, disp, sbase)
+        if steps is not None:
+            steps.append(Step("canonical", "canonical", f"{linear:#x} … {last:#x} is canonical "
+                              f"({57 if state.la57 else 48}-bit addresses): no fault"))
+        align = _ALIGN.get(ins)
+        if align is not None:
+            misaligned = _alignment(explain, steps, ins, linear, align)
+            if misaligned is not None:
+                return _done(steps, misaligned, ea, linear, seg, disp, sbase)
         if steps is None:
             return _new(Result, (OK_CANONICAL, ea, linear, seg, disp, sbase, ()))
-        steps.append(Step("canonical", "canonical", f"{linear:#x} … {last:#x} is canonical "
-                          f"({57 if state.la57 else 48}-bit addresses): no fault"))
         return _done(steps, OK_CANONICAL, ea, linear, seg, disp, sbase)
 
     s = getattr(state, seg)
@@ -213,15 +232,42 @@ def sdm(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) 
             if steps is not None:
                 steps.append(Step("limit", "limit", f"expand-down {seg}: {ea:#x}…{last:#x} lies within "
                                   f"{limit + 1:#x}…{upper:#x}: no fault"))
-            return _done(steps, OK_LIMIT, *kw)
+            return _done(steps, _aligned_or(explain, steps, ins, linear, OK_LIMIT), *kw)
     if last > limit:
         if limit == MASK32:
-            return _done(steps, outcome(explain, IMPL, vector, 0, "flat",
-                                lambda: f"{seg} limit is 0xffffffff and the access {ea:#x}…{last:#x} crosses it: "
-                                f"may or may not raise #{vector}(0)"), *kw)
+            # The limit fault may or may not come; a misaligned XSAVES/XRSTORS faults either way.
+            flat = outcome(explain, IMPL, vector, 0, "flat",
+                           lambda: f"{seg} limit is 0xffffffff and the access {ea:#x}…{last:#x} crosses it: "
+                           f"may or may not raise #{vector}(0)")
+            return _done(steps, _aligned_or(explain, steps, ins, linear, flat), *kw)
         return _done(steps, outcome(explain, FAULT, vector, 0, "limit",
                             lambda: f"last byte {ea:#x} + {access.size} - 1 = {last:#x} > {seg} limit {limit:#x}: #{vector}(0)"), *kw)
+    if steps is not None:
+        steps.append(Step("limit", "limit", f"last byte {ea:#x} + {access.size} - 1 = {last:#x} <= {seg} limit {limit:#x}: no fault"))
+    if ins in _ALIGN:
+        return _done(steps, _aligned_or(explain, steps, ins, linear, OK_LIMIT), *kw)
     if steps is None:
         return _new(Result, (OK_LIMIT, ea, linear, seg, disp, sbase, ()))
-    steps.append(Step("limit", "limit", f"last byte {ea:#x} + {access.size} - 1 = {last:#x} <= {seg} limit {limit:#x}: no fault"))
     return _done(steps, OK_LIMIT, *kw)
+
+
+def _alignment(explain: bool, steps: list[Step] | None, ins: str, linear: int, align: int) -> Outcome | None:
+    """#GP(0) "regardless of segment" when the linear address is not a multiple of `align`
+    (SDM Vol. 2 XSAVES/XRSTORS), else None (with a step when explaining). It comes after the VM
+    exit, so the hypervisor must make it; vmxaddr makes it after the segment checks (the SDM
+    leaves that order to the implementation: docs/ud-and-cpl.md)."""
+    rest = linear & (align - 1)
+    if rest:
+        return outcome(explain, FAULT, "GP", 0, "alignment",
+                       lambda: f"linear address {linear:#x} is not a multiple of {align} ({linear:#x} mod {align} = "
+                       f"{rest:#x}): {ins.upper()} raises #GP(0), whatever the segment")
+    if steps is not None:
+        steps.append(Step("alignment", "alignment", f"linear address {linear:#x} is a multiple of {align}: no fault"))
+    return None
+
+
+def _aligned_or(explain: bool, steps: list[Step] | None, ins: str, linear: int, otherwise: Outcome) -> Outcome:
+    align = _ALIGN.get(ins)
+    if align is None:
+        return otherwise
+    return _alignment(explain, steps, ins, linear, align) or otherwise

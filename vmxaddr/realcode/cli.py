@@ -1,0 +1,80 @@
+"""`vmxaddr sources fetch NAME` and `vmxaddr sources list`: Debian's hypervisor sources in the cache."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from vmxaddr.realcode import sources
+
+EPILOG = """examples:
+  vmxaddr sources fetch linux-6.1
+      download Debian's linux-source-6.1 (about 140 MB, deleted after use), keep nested.c and vmx.c
+  vmxaddr sources fetch linux-6.1 && vmxaddr fuzz --model kvm-linux-6.1 --against sdm --time 30
+      the shipping get_vmx_mem_address(), compiled, against the SDM
+  vmxaddr sources list --json
+      what is cached: package, version, SHA-256 of each download and file
+
+The cache is $VMXADDR_CACHE (default ~/.cache/vmxaddr). Fetching uses apt-get download (binary
+packages, from the suites apt is configured with) or apt-get source --download-only with a private
+configuration under the cache (the system's apt configuration is never changed).
+"""
+
+
+def cmd_sources(args: argparse.Namespace) -> int:
+    from vmxaddr.cli import fail, print_json
+
+    if args.action == "list":
+        got = {f.name: f for f in sources.cached()}
+        if args.json:
+            print_json({"cache": str(sources.cache_dir()),
+                        "sources": [{"name": n, "package": s.package, "cached": n in got,
+                                     **({"fetched": got[n].to_json()} if n in got else {})}
+                                    for n, s in sources.SOURCES.items()]})
+            return 0
+        print(f"cache: {sources.cache_dir()}")
+        for n, s in sources.SOURCES.items():
+            f = got.get(n)
+            state = f"{f.package} {f.version}" + ("" if f.pinned else " (not the pinned version)") if f else "not fetched"
+            print(f"  {n:<12} {state:<40} {s.summary}")
+        return 0
+    if not args.name:
+        fail("give the source to fetch: " + ", ".join(sources.SOURCES))
+    out = []
+    for name in args.name:
+        if name not in sources.SOURCES:
+            fail(f"unknown source {name!r} (known: {', '.join(sources.SOURCES)})")
+        t0 = time.monotonic()
+        try:
+            f = sources.fetch(name, progress=None if args.quiet else _say(name), force=args.force)
+        except sources.SourceError as e:
+            fail(f"{name}: {e}")
+        out.append(f)
+        if not args.json:
+            dl = ", ".join(f"{k} sha256 {v}" for k, v in f.downloads.items())
+            print(f"{name}: {f.package} {f.version}{'' if f.pinned else ' (newest offered; not the pinned version)'} "
+                  f"in {f.root} ({time.monotonic() - t0:.1f} s; download {f.seconds.get('download', 0):.1f} s, "
+                  f"unpack {f.seconds.get('extract', 0):.1f} s)\n  {dl}")
+    if args.json:
+        print_json([f.to_json() for f in out])
+    return 0
+
+
+def _say(name: str) -> Callable[[str], None]:
+    return lambda m: print(f"{name}: {m}", file=sys.stderr)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("sources", help="fetch hypervisor sources from Debian's archive; list the cache",
+                       description="Fetch the hypervisor sources the real-code models compile (kvm-linux-6.1, "
+                       "kvm-linux-6.12, ...) into the cache, or list what is cached.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=("fetch", "list"))
+    p.add_argument("name", nargs="*", help=f"with fetch: {', '.join(sources.SOURCES)}")
+    p.add_argument("--force", action="store_true", help="fetch again even if cached")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--json", action="store_true", help="print JSON (package, version, SHA-256 of what was used)")
+    p.set_defaults(func=cmd_sources)

@@ -1,0 +1,312 @@
+"""Compiled C as vmxaddr models: the real KVM code of Debian's kernels, a KVM tree of your own,
+and any adapter written against vmxaddr.h.
+
+    kvm-linux-6.1, kvm-linux-6.12   get_vmx_mem_address() from Debian's linux-source packages
+                                    (registered when `vmxaddr sources fetch linux-6.1` cached them)
+    kvm-tree:PATH                   the same function from a Linux tree (or its nested.c)
+    c:FILE.c:FUNCTION               a vmxaddr.h adapter, compiled here
+    c:LIB.so:FUNCTION               a vmxaddr.h adapter you built (with VMXADDR_EXPORT_LAYOUT)
+
+Each is a function model(exit, state, access, explain=False) -> Result like the Python models.
+What the C answers is the outcome (the vector and error code it would inject, or no fault) and
+the addresses it reports. The KVM function reports only its linear address (through *ret) and
+the segment it read; its effective address and segment base are not observable, so they are
+None. The rule of an outcome (which check fired: type, unusable, limit, canonical) is attributed
+from the state by the same conditions the KVM code tests, for the differential engine's
+classifier; the vector and the address are always the C's own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from vmxaddr.exitinfo import ExitInfo
+from vmxaddr.isa import REG64, SEGMENTS
+from vmxaddr.models.base import FAULT, OK, Access, Outcome, Result, Step, outcome
+from vmxaddr.models.kvm import MNEMONICS, LimitCheck
+from vmxaddr.realcode import sources
+from vmxaddr.realcode.bridge import (
+    HAVE_DISPLACEMENT,
+    HAVE_EA,
+    HAVE_ERROR_CODE,
+    HAVE_LINEAR,
+    HAVE_SEGMENT,
+    HAVE_SEGMENT_BASE,
+    STATUS_FAULT,
+    STATUS_NO_MEMORY,
+    Library,
+    vector_name,
+)
+from vmxaddr.realcode.build import SHIM_DIR, BuildError, build_library, build_source
+from vmxaddr.realcode.extract import Extracted, ExtractError, find_function, mask
+from vmxaddr.state import CpuState
+
+MASK32 = 0xFFFFFFFF
+_new = tuple.__new__
+
+
+class RealCodeError(LookupError):
+    """A real-code model that cannot be built or loaded; the message is for a person (may span
+    lines: unresolved identifiers are listed one per line)."""
+
+
+# -- KVM -----------------------------------------------------------------------------------------
+
+NESTED_C = "arch/x86/kvm/vmx/nested.c"
+VMX_C = "arch/x86/kvm/vmx/vmx.c"
+KVM_FUNCTION = "get_vmx_mem_address"
+# Functions of the tree that get_vmx_mem_address() may call, and the file defining them.
+KVM_TREE_HELPERS = {"vmx_get_untagged_addr": VMX_C}
+# What reading the code of both releases shows about the limit check (for the classifier):
+# flat segments skipped, last byte = off + len - 1, the real length, expand-down unknown.
+KVM_LIMIT_CHECK = LimitCheck(fixed_length=None, off_by_one=False, flat_skip=True, expand_down=False)
+
+RELEASES = {"kvm-linux-6.1": "linux-6.1", "kvm-linux-6.12": "linux-6.12"}
+
+
+def kvm_parts(nested: Path, vmx: Path | None) -> list[Extracted]:
+    """get_vmx_mem_address() from `nested`, preceded by the tree functions it calls."""
+    try:
+        text = nested.read_text(errors="replace")
+    except OSError as e:
+        raise RealCodeError(f"cannot read {nested}: {e.strerror}") from None
+    main = find_function(text, KVM_FUNCTION, str(nested))
+    body = mask(main.text)
+    parts: list[Extracted] = []
+    for helper, _file in KVM_TREE_HELPERS.items():
+        if re.search(rf"\b{helper}\s*\(", body):
+            if vmx is None or not vmx.is_file():
+                raise RealCodeError(f"{KVM_FUNCTION}() in {nested} calls {helper}(), defined in vmx.c, "
+                                    f"which is not beside it ({vmx})")
+            parts.append(find_function(vmx.read_text(errors="replace"), helper, str(vmx)))
+    return parts + [main]
+
+
+def build_kvm(nested: Path, vmx: Path | None, what: str) -> Path:
+    parts = kvm_parts(nested, vmx)
+    return build_library(parts, ("kvm.h",), "kvm_adapter.c", what, extra="VMXADDR_EXPORT_LAYOUT;\n")
+
+
+def _kvm_rule(state: CpuState, seg: str | None, access: Access, fault: bool) -> str:
+    """Which of get_vmx_mem_address()'s checks decided, by the conditions it tests: in long mode
+    (EFER.LMA) the canonical check; else type, then usability, then the limit (skipped on flat
+    segments)."""
+    mode = state.mode
+    if mode == "64-bit" or mode == "compatibility":
+        return "canonical"
+    if seg is None:
+        return "register-operand"
+    s = getattr(state, seg)
+    t = s.type
+    if fault:
+        if (access.write and (t & 0xA == 0 or t & 8)) or (not access.write and t & 0xA == 8):
+            return "type"
+        if s.unusable:
+            return "unusable"
+        return "limit"
+    if s.base == 0 and s.limit == MASK32 and (t & 8 or not t & 4):
+        return "flat"
+    return "limit"
+
+
+def _generic_rule(state: CpuState, seg: str | None, access: Access, fault: bool) -> str:
+    return "c-adapter"
+
+
+@dataclass(frozen=True)
+class RealCodeInfo:
+    """What a real-code model runs, for `vmxaddr models` and explain."""
+
+    what: str  # e.g. "get_vmx_mem_address() of Debian linux-source-6.1 6.1.176-1"
+    source: str = ""  # the sources name (linux-6.1), if from the cache
+    package: str = ""
+    version: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {"what": self.what, "source": self.source, "package": self.package, "version": self.version}
+
+
+def make_model(name: str, load: Callable[[], Library], info: RealCodeInfo,
+               rule: Callable[[CpuState, str | None, Access, bool], str] = _generic_rule,
+               explain_steps: Callable[[Library, ExitInfo, CpuState, Access], list[Step]] | None = None,
+               mnemonics: tuple[str, ...] | None = None, limit_check: LimitCheck | None = None) -> Any:
+    """A model function over the library `load()` returns (loaded at the first call)."""
+    cell: list[Library] = []
+    quiet_ok: dict[str, Outcome] = {}
+
+    def model(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) -> Result:
+        if not cell:
+            cell.append(load())
+        status, vector, err, valid, ea, la, sbase, disp, segno, _r = cell[0].call(exit, state, access)
+        seg = SEGMENTS[segno] if valid & HAVE_SEGMENT and segno < 6 else None
+        if status == STATUS_FAULT:
+            v = vector_name(vector)
+            code = err if valid & HAVE_ERROR_CODE else None
+            if seg is None:  # before any address: the CPL check (#GP) or a register operand (#UD)
+                r = "cpl" if v == "GP" else "register-operand" if v == "UD" else "c-adapter"
+            else:
+                r = rule(state, seg, access, True)
+            out = outcome(explain, FAULT, v, code, r, lambda: f"the C code injects #{v}" + ("" if code is None else f"({code})"))
+        elif status == STATUS_NO_MEMORY:
+            out = outcome(explain, OK, None, None, "register-operand", lambda: "register operand: no memory access")
+        else:
+            r = rule(state, seg, access, False)
+            hit = None if explain else quiet_ok.get(r)
+            if hit is None:
+                hit = outcome(explain, OK, None, None, r, lambda: "the C code reports no fault")
+                if not explain:
+                    quiet_ok[r] = hit
+            out = hit
+        steps: tuple[Step, ...] = ()
+        if explain:
+            extra = explain_steps(cell[0], exit, state, access) if explain_steps else []
+            text = f"{info.what} answers " + (out.short() if status != STATUS_NO_MEMORY else "register operand")
+            if valid & HAVE_LINEAR:
+                text += f", linear address {la:#x}"
+            if seg is not None:
+                text += f", segment {seg}"
+            steps = (Step("real-code", "real-code", text, la if valid & HAVE_LINEAR else None), *extra)
+        return _new(Result, (out, ea if valid & HAVE_EA else None, la if valid & HAVE_LINEAR else None, seg,
+                             disp if valid & HAVE_DISPLACEMENT else None, sbase if valid & HAVE_SEGMENT_BASE else None,
+                             steps))
+
+    model.__name__ = model.__qualname__ = name.replace("-", "_").replace(":", "_").replace("/", "_").replace(".", "_")
+    model.__doc__ = f"Real code: {info.what} (vmxaddr.realcode)."
+    model.real_code = info  # type: ignore[attr-defined]
+    if mnemonics is not None:
+        model.mnemonics = mnemonics  # type: ignore[attr-defined]
+    if limit_check is not None:
+        model.limit_check = limit_check  # type: ignore[attr-defined]
+
+    def load_now() -> Library:
+        if not cell:
+            cell.append(load())
+        return cell[0]
+
+    model.load = load_now  # type: ignore[attr-defined]
+    return model
+
+
+def _kvm_explain(lib: Library, exit: ExitInfo, state: CpuState, access: Access) -> list[Step]:
+    import ctypes
+
+    fn = getattr(lib.dll, "vmxaddr_kvm_explain", None)
+    if fn is None:
+        return []
+    b = lib.buffers()
+    b.load(exit, state, access)
+    line, queued, regs = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+    if not fn(b.c_exit, b.c_state, b.c_access, b.c_out, ctypes.byref(line), ctypes.byref(queued), ctypes.byref(regs)):
+        return []
+    read = [REG64[i] for i in range(16) if regs.value >> i & 1]
+    text = f"{KVM_FUNCTION}() read {', '.join(read) if read else 'no register'} (kvm_register_read)"
+    if queued.value:
+        text += f"; it queued the exception at line {line.value} of nested.c ({queued.value} call)"
+    else:
+        text += "; it queued no exception"
+    return [Step("real-code", "real-code", text)]
+
+
+def _kvm_model(name: str, load: Callable[[], Library], info: RealCodeInfo) -> Any:
+    return make_model(name, load, info, _kvm_rule, _kvm_explain, MNEMONICS, KVM_LIMIT_CHECK)
+
+
+def _load_kvm(nested: Path, vmx: Path | None, what: str) -> Library:
+    try:
+        return Library(build_kvm(nested, vmx, what), "vmxaddr_kvm")
+    except (BuildError, ExtractError, RuntimeError) as e:
+        raise RealCodeError(str(e)) from None
+
+
+@cache
+def release_model(name: str) -> Any:
+    """kvm-linux-6.1 / kvm-linux-6.12 from the cache (not built until first called or `.load()`)."""
+    source = RELEASES[name]
+    f = sources.lookup(source)
+    if f is None:
+        raise RealCodeError(f"{name} runs Debian's {sources.SOURCES[source].package}, which is not in the cache "
+                            f"({sources.cache_dir()}): run `vmxaddr sources fetch {source}` first")
+    info = RealCodeInfo(f"{KVM_FUNCTION}() of Debian {f.package} {f.version}", source, f.package, f.version)
+    return _kvm_model(name, lambda: _load_kvm(f.path(NESTED_C), f.path(VMX_C), f"{name} ({f.package} {f.version})"),
+                      info)
+
+
+def registered() -> list[tuple[str, Any, str, RealCodeInfo]]:
+    """(name, model, summary, info) for each release whose source is cached."""
+    out = []
+    for name, source in RELEASES.items():
+        if sources.lookup(source) is None:
+            continue
+        m = release_model(name)
+        info: RealCodeInfo = m.real_code
+        out.append((name, m, f"real code: {info.what}, compiled with vmxaddr's shim", info))
+    return out
+
+
+@cache
+def tree_model(path: str) -> Any:
+    p = Path(path).expanduser()
+    if p.is_dir():
+        nested, vmx = p / NESTED_C, p / VMX_C
+    else:
+        nested, vmx = p, p.with_name("vmx.c")
+    if not nested.is_file():
+        raise RealCodeError(f"kvm-tree:{path}: no {nested} (give a Linux tree or its arch/x86/kvm/vmx/nested.c)")
+    info = RealCodeInfo(f"{KVM_FUNCTION}() of {nested}")
+    m = _kvm_model(f"kvm-tree:{path}", lambda: _load_kvm(nested, vmx if vmx.is_file() else None, f"kvm-tree:{path}"), info)
+    m.load()
+    return m
+
+
+# -- user adapters -------------------------------------------------------------------------------
+
+def build_adapter(c_file: Path) -> Path:
+    """Compile a vmxaddr.h adapter (with the layout export added, unless it has its own)."""
+    try:
+        text = c_file.read_text(errors="replace")
+    except OSError as e:
+        raise RealCodeError(f"cannot read {c_file}: {e.strerror}") from None
+    layout = "" if "VMXADDR_EXPORT_LAYOUT" in mask(text) else '#include "vmxaddr.h"\nVMXADDR_EXPORT_LAYOUT;\n'
+    source = layout or "/* the adapter exports its own layout */\n"
+    try:
+        return build_source(source, str(c_file), (SHIM_DIR, c_file.resolve().parent), (c_file.resolve(),))
+    except BuildError as e:
+        raise RealCodeError(str(e)) from None
+
+
+@cache
+def c_model(spec: str) -> Any:
+    """`c:FILE.c:FUNCTION` or `c:LIB.so:FUNCTION`."""
+    body = spec[2:]
+    file, sep, function = body.rpartition(":")
+    if not sep or not file or not re.fullmatch(r"[A-Za-z_]\w*", function):
+        raise RealCodeError(f"{spec!r}: expected c:FILE.c:FUNCTION or c:LIB.so:FUNCTION")
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise RealCodeError(f"{spec}: no file {path}")
+    lib_path = path if path.suffix == ".so" or ".so." in path.name else build_adapter(path)
+    info = RealCodeInfo(f"{function}() of {path}")
+    try:
+        lib = Library(lib_path, function)
+    except RuntimeError as e:
+        raise RealCodeError(f"{spec}: {e}") from None
+    return make_model(spec, lambda: lib, info)
+
+
+def resolve(name: str) -> Any:
+    """The real-code model `name` (built and loaded now, so that errors come before any case)."""
+    try:
+        if name.startswith("c:"):
+            return c_model(name)
+        if name.startswith("kvm-tree:"):
+            return tree_model(name[len("kvm-tree:"):])
+        m = release_model(name)
+        m.load()
+        return m
+    except ExtractError as e:
+        raise RealCodeError(str(e)) from None
