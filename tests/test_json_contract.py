@@ -34,6 +34,7 @@ CONTRACT: dict[tuple[str, ...], tuple[str, list[str]]] = {
     ("fuzz",): (OBJECT, ["--model", "kvm-f9eb4af6", "--max-examples", "200", "--hypothesis-examples", "0", "--quiet"]),
     ("crosscheck",): (OBJECT, ["--oracle", "iced", "-n", "50", "--quiet"]),
     ("scan",): (OBJECT, ["{elf}"]),
+    ("sources",): (OBJECT, ["list"]),  # `sources fetch` downloads: see test_sources_fetch_json_is_one_object
     ("check-trace",): (LINES, [str(DATA / "good.jsonl"), "--quiet"]),
     ("trace", "synth"): (LINES, ["--model", "sdm", "-n", "20", "--quiet"]),
     ("trace", "import"): (LINES, ["--from", "ftrace", str(DATA / "kvm_exit.txt"), "--quiet"]),
@@ -96,3 +97,20 @@ def test_readme_states_the_contract() -> None:
     for path, (kind, _) in CONTRACT.items():
         if kind == LINES:
             assert f"`vmxaddr {' '.join(path)}`" in readme.split("## JSON output", 1)[1].split("\n## ", 1)[0], path
+
+
+def test_sources_fetch_json_is_one_object(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from vmxaddr.realcode import sources
+
+    name = next(iter(sources.SOURCES))
+
+    class Fetched:
+        package, version, pinned, root, downloads, seconds = "pkg", "1", True, "/tmp", {}, {}
+
+        def to_json(self) -> dict[str, str]:
+            return {"name": name, "package": "pkg"}
+
+    monkeypatch.setattr(sources, "fetch", lambda *a, **k: Fetched())
+    assert main(["sources", "fetch", name, "--quiet", "--json"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert isinstance(obj, dict) and obj["fetched"] == [{"name": name, "package": "pkg"}]
