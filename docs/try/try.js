@@ -87,15 +87,17 @@ function compute() {
 }
 
 async function boot() {
-  const pyodide = await loadPyodide({ indexURL: new URL("pyodide/", here).href });
-  timings.pyodide = performance.now();
-  const [zip, rules] = await Promise.all([
+  // vmxaddr and the rule map download while Python starts.
+  const files = Promise.all([
     fetch(new URL("vmxaddr.zip", here)).then((r) => {
       if (!r.ok) throw new Error(`vmxaddr.zip: HTTP ${r.status}`);
       return r.arrayBuffer();
     }),
     fetch(new URL("rules.json", here)).then((r) => (r.ok ? r.json() : {})),
   ]);
+  const pyodide = await loadPyodide({ indexURL: new URL("pyodide/", here).href });
+  timings.pyodide = performance.now();
+  const [zip, rules] = await files;
   rulePages = rules;
   pyodide.unpackArchive(zip, "zip", { extractDir: "/home/pyodide/vmxaddr-site" });
   pyodide.runPython("import sys; sys.path.insert(0, '/home/pyodide/vmxaddr-site')");
