@@ -40,11 +40,11 @@ OUT_OF_TIME = "not shrunk: out of time"
 NOT_SHRUNK = "not shrunk"
 
 
-def model_mnemonics(*models: Model) -> tuple[str, ...]:
-    allowed = set(MEMORY_MNEMONICS)
+def model_mnemonics(*models: Model, forms: Sequence[str] = MEMORY_MNEMONICS) -> tuple[str, ...]:
+    allowed = set(forms)
     for m in models:
-        allowed &= set(getattr(m, "mnemonics", MEMORY_MNEMONICS))
-    return tuple(x for x in MEMORY_MNEMONICS if x in allowed)
+        allowed &= set(getattr(m, "mnemonics", forms))
+    return tuple(x for x in forms if x in allowed)
 
 
 def block_seed(seed: int, block: int) -> int:
