@@ -133,6 +133,8 @@ class Checker:
             if not isinstance(obj, dict):
                 raise RecordError(f"a record must be a JSON object, not {type(obj).__name__}")
             kind = obj.get("type", "exit")
+            if kind == "summary":
+                return None  # the last line of `trace synth/import --json`: counts, nothing to check
             ref = ref_of(obj)
             base = None if ref is None else self.table.states.get(ref)  # before parsing: a record may redefine it
             if kind == "state":
@@ -153,7 +155,7 @@ class Checker:
                             self.records.clear()
                         self.records[rkey] = shape
             else:
-                raise RecordError(f"type must be \"exit\" or \"state\", not {kind!r}")
+                raise RecordError(f"type must be \"exit\", \"state\" or \"summary\", not {kind!r}")
         except RecordError as e:
             return self._malformed(line, str(e))
         except (StateError, RecursionError) as e:
