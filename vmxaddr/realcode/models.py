@@ -19,15 +19,16 @@ classifier; the vector and the address are always the C's own.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from vmxaddr.exitinfo import ExitInfo
+from vmxaddr.exitinfo import ExitInfo, operand_bits
 from vmxaddr.isa import REG64, SEGMENTS
-from vmxaddr.models.base import FAULT, OK, Access, Outcome, Result, Step, outcome
+from vmxaddr.models.base import FAULT, OK, Access, InvalidExitInfo, Result, Step, outcome
 from vmxaddr.models.kvm import MNEMONICS, LimitCheck
 from vmxaddr.realcode import sources
 from vmxaddr.realcode.bridge import (
@@ -37,9 +38,12 @@ from vmxaddr.realcode.bridge import (
     HAVE_LINEAR,
     HAVE_SEGMENT,
     HAVE_SEGMENT_BASE,
+    RESULT,
     STATUS_FAULT,
     STATUS_NO_MEMORY,
     Library,
+    function_pointer,
+    marshaller,
     vector_name,
 )
 from vmxaddr.realcode.build import SHIM_DIR, BuildError, build_library, build_source
@@ -48,6 +52,9 @@ from vmxaddr.state import CpuState
 
 MASK32 = 0xFFFFFFFF
 _new = tuple.__new__
+
+
+_NO_PLAN: tuple[int, int | None, int | None, int] = (0, None, None, 0)
 
 
 class RealCodeError(LookupError):
@@ -131,19 +138,75 @@ class RealCodeInfo:
         return {"what": self.what, "source": self.source, "package": self.package, "version": self.version}
 
 
+def _plan(plans: dict[int, tuple[int, int | None, int | None, int]], info: int) -> tuple[int, int | None, int | None, int]:
+    """(segment number, base register, index register, mask of the registers it names) of an
+    instruction-information value, memoised."""
+    if len(plans) >= 1 << 16:
+        plans.clear()
+    _sc, _asz, seg_no, index, base = operand_bits(info)
+    allowed = (0 if base is None else 1 << base) | (0 if index is None else 1 << index)
+    plan = plans[info] = (seg_no, base, index, allowed)
+    return plan
+
+
+def _call_ctypes(lib: Library, exit: ExitInfo, state: CpuState, access: Access, operand_only: bool,
+                 plan: tuple[int, int | None, int | None, int]) -> tuple[int, ...]:
+    """The pure-ctypes path (bridge._Buffers): used when the marshaller cannot be built."""
+    b = lib.main if threading.get_ident() == lib.owner else lib.buffers()
+    if operand_only:
+        b.load_operand(exit, state, access, plan[0], plan[1], plan[2])
+    else:
+        b.load(exit, state, access)
+    lib.fn(b.c_exit, b.c_state, b.c_access, b.c_out)
+    return RESULT.unpack_from(b.out)
+
+
 def make_model(name: str, load: Callable[[], Library], info: RealCodeInfo,
                rule: Callable[[CpuState, str | None, Access, bool], str] = _generic_rule,
                explain_steps: Callable[[Library, ExitInfo, CpuState, Access], list[Step]] | None = None,
-               mnemonics: tuple[str, ...] | None = None, limit_check: LimitCheck | None = None) -> Any:
-    """A model function over the library `load()` returns (loaded at the first call)."""
+               mnemonics: tuple[str, ...] | None = None, limit_check: LimitCheck | None = None,
+               operand_only: bool = False) -> Any:
+    """A model function over the library `load()` returns (loaded at the first call).
+
+    `operand_only`: the library's shim reports, in the result's reserved word, each register it
+    read (bits 15:0) and, in `segment`, the segment it read (kvm.h does); the bridge then passes
+    only the operand's base, index and segment, and any other read is an error, not a silent
+    use of stale values."""
     cell: list[Library] = []
-    quiet_ok: dict[str, Outcome] = {}
+    fast: list[Any] = []  # (marshaller call, function pointer) once loaded, if the marshaller is there
+    quiet_ok = outcome(False, OK, None, None, "real-code", str)
+    plans: dict[int, tuple[int, int | None, int | None, int]] = {}
+
+    def load_now() -> Library:
+        if not cell:
+            lib = load()
+            m = marshaller()
+            if m is not None:
+                fast[:] = [m, function_pointer(lib.fn)]
+            cell.append(lib)
+        return cell[0]
 
     def model(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) -> Result:
         if not cell:
-            cell.append(load())
-        status, vector, err, valid, ea, la, sbase, disp, segno, _r = cell[0].call(exit, state, access)
-        seg = SEGMENTS[segno] if valid & HAVE_SEGMENT and segno < 6 else None
+            load_now()
+        plan = _NO_PLAN
+        if operand_only:
+            plan = plans.get(exit.instruction_info) or _plan(plans, exit.instruction_info)
+        if fast:
+            raw = fast[0](fast[1], exit, state, access, operand_only)
+        else:
+            raw = _call_ctypes(cell[0], exit, state, access, operand_only, plan)
+        status, vector, err, valid, ea, la, sbase, disp, segno, reads = raw
+        if valid & HAVE_SEGMENT:
+            if segno > 5:
+                raise InvalidExitInfo(f"{info.what} read segment register {segno} (TR/LDTR), which vmxaddr's "
+                                      "state does not hold: the segment field (bits 17:15) is 0...5 on hardware")
+            seg: str | None = SEGMENTS[segno]
+        else:
+            seg = None
+        if operand_only and (reads & ~plan[3] or (seg is not None and segno != plan[0])):
+            raise RealCodeError(f"{info.what} read state outside the operand (registers {reads & ~plan[3]:#x}, "
+                                f"segment {segno}): the bridge did not pass it")
         if status == STATUS_FAULT:
             v = vector_name(vector)
             code = err if valid & HAVE_ERROR_CODE else None
@@ -154,14 +217,10 @@ def make_model(name: str, load: Callable[[], Library], info: RealCodeInfo,
             out = outcome(explain, FAULT, v, code, r, lambda: f"the C code injects #{v}" + ("" if code is None else f"({code})"))
         elif status == STATUS_NO_MEMORY:
             out = outcome(explain, OK, None, None, "register-operand", lambda: "register operand: no memory access")
+        elif explain:
+            out = outcome(True, OK, None, None, rule(state, seg, access, False), lambda: "the C code reports no fault")
         else:
-            r = rule(state, seg, access, False)
-            hit = None if explain else quiet_ok.get(r)
-            if hit is None:
-                hit = outcome(explain, OK, None, None, r, lambda: "the C code reports no fault")
-                if not explain:
-                    quiet_ok[r] = hit
-            out = hit
+            out = quiet_ok  # which check passed matters to nobody when nothing faults (vmxaddr.diff.classify)
         steps: tuple[Step, ...] = ()
         if explain:
             extra = explain_steps(cell[0], exit, state, access) if explain_steps else []
@@ -182,13 +241,8 @@ def make_model(name: str, load: Callable[[], Library], info: RealCodeInfo,
         model.mnemonics = mnemonics  # type: ignore[attr-defined]
     if limit_check is not None:
         model.limit_check = limit_check  # type: ignore[attr-defined]
-
-    def load_now() -> Library:
-        if not cell:
-            cell.append(load())
-        return cell[0]
-
     model.load = load_now  # type: ignore[attr-defined]
+    model.marshalled = lambda: bool(fast)  # type: ignore[attr-defined]
     return model
 
 
@@ -213,7 +267,7 @@ def _kvm_explain(lib: Library, exit: ExitInfo, state: CpuState, access: Access) 
 
 
 def _kvm_model(name: str, load: Callable[[], Library], info: RealCodeInfo) -> Any:
-    return make_model(name, load, info, _kvm_rule, _kvm_explain, MNEMONICS, KVM_LIMIT_CHECK)
+    return make_model(name, load, info, _kvm_rule, _kvm_explain, MNEMONICS, KVM_LIMIT_CHECK, operand_only=True)
 
 
 def _load_kvm(nested: Path, vmx: Path | None, what: str) -> Library:

@@ -26,6 +26,7 @@ int vmxaddr_kvm(const struct vmxaddr_exit *exit, const struct vmxaddr_state *sta
 	gva_t gva = 0;
 	int r;
 
+	*out = (struct vmxaddr_result){ 0 };  /* (vmxaddr zeroes it too; this adapter does not rely on that) */
 	if (state->cpl > 0) {
 		out->status = VMXADDR_FAULT;
 		out->vector = GP_VECTOR;
@@ -40,7 +41,9 @@ int vmxaddr_kvm(const struct vmxaddr_exit *exit, const struct vmxaddr_state *sta
 	}
 	r = get_vmx_mem_address(&vcpu, exit->exit_qualification, exit->instruction_info,
 	                        access->write != 0, (int)access->size, &gva);
-	out->reserved0 = (u32)r;  /* the function's return value, for vmxaddr's consistency check */
+	(void)r;  /* 1 when an exception was queued: the slot says which */
+	/* which registers the function read: vmxaddr passes only the operand's (vmxaddr.realcode.bridge) */
+	out->reserved0 = (u32)vcpu.registers_read;
 	if (vcpu.segment_read >= 0) {
 		out->segment = (u32)vcpu.segment_read;
 		out->valid |= VMXADDR_HAVE_SEGMENT;
