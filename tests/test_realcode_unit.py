@@ -283,3 +283,32 @@ def test_c_adapter_from_source(tmp_path):
 
     r = Case(ins, st).run(m)
     assert r.outcome.kind == "ok" and r.linear_address == 0x1008
+
+
+# -- the documented example: a planted bug, found and shrunk in one command -----------------------
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "examples" / "tinyvmx.c"
+
+
+def test_example_adapter_planted_bug_is_the_only_class(tmp_path):
+    """docs/examples/tinyvmx.c follows the SDM except that it adds the DS/ES/SS/CS base in 64-bit
+    mode (SDM Vol. 1 §3.4.2.1: only FS and GS keep a base there). Fuzzing finds that class and no
+    other; with the one line corrected, nothing."""
+    need_cc()
+    from vmxaddr.diff import SEGMENT_BASE_IN_64
+    from vmxaddr.fuzz import fuzz
+    from vmxaddr.models import get
+
+    model = get(f"c:{EXAMPLE}:tinyvmx_operand")
+    assert "vmxon" in model.mnemonics and "xsaves" not in model.mnemonics  # its vmxaddr_mnemonics
+    rep = fuzz(model, get("sdm"), seed=3, max_examples=2000, hypothesis_examples=0)
+    assert set(rep.classes) == {SEGMENT_BASE_IN_64}
+    w = rep.classes[SEGMENT_BASE_IN_64].witness
+    assert w.instruction.code_size == 64 and w.state.segment(w.instruction.operand.segment).base != 0
+    fixed = tmp_path / "tinyvmx_fixed.c"
+    text = EXAMPLE.read_text()
+    planted = "base = s->base;  /* PLANTED BUG"
+    assert planted in text
+    fixed.write_text(text.replace(planted, "base = seg >= VMXADDR_FS ? s->base : 0;  /* fixed"))
+    rep = fuzz(get(f"c:{fixed}:tinyvmx_operand"), get("sdm"), seed=3, max_examples=2000, hypothesis_examples=0)
+    assert not rep.classes, list(rep.classes)

@@ -320,13 +320,14 @@ def tree_model(path: str) -> Any:
 # -- user adapters -------------------------------------------------------------------------------
 
 def build_adapter(c_file: Path) -> Path:
-    """Compile a vmxaddr.h adapter (with the layout export added, unless it has its own)."""
+    """Compile a vmxaddr.h adapter, with the layout export added (a weak symbol: the adapter may
+    export it too)."""
     try:
         text = c_file.read_text(errors="replace")
     except OSError as e:
         raise RealCodeError(f"cannot read {c_file}: {e.strerror}") from None
-    layout = "" if "VMXADDR_EXPORT_LAYOUT" in mask(text) else '#include "vmxaddr.h"\nVMXADDR_EXPORT_LAYOUT;\n'
-    source = layout or "/* the adapter exports its own layout */\n"
+    del text  # (read to fail early; the compiler reads it again)
+    source = '#include "vmxaddr.h"\nVMXADDR_EXPORT_LAYOUT;  /* weak: the adapter may have its own */\n'
     try:
         return build_source(source, str(c_file), (SHIM_DIR, c_file.resolve().parent), (c_file.resolve(),))
     except BuildError as e:
@@ -349,7 +350,26 @@ def c_model(spec: str) -> Any:
         lib = Library(lib_path, function)
     except RuntimeError as e:
         raise RealCodeError(f"{spec}: {e}") from None
-    return make_model(spec, lambda: lib, info)
+    return make_model(spec, lambda: lib, info, mnemonics=adapter_mnemonics(lib, spec))
+
+
+def adapter_mnemonics(lib: Library, spec: str) -> tuple[str, ...] | None:
+    """The adapter's `vmxaddr_mnemonics` (vmxaddr.h), if it exports one."""
+    import ctypes
+
+    from vmxaddr.isa import SPECS
+
+    try:
+        raw = ctypes.c_char_p.in_dll(lib.dll, "vmxaddr_mnemonics")
+    except ValueError:
+        return None
+    # a `const char name[]` is the bytes at the symbol's address, not a pointer to them
+    text = ctypes.string_at(ctypes.addressof(raw)).decode(errors="replace")
+    names = tuple(n.strip().lower() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n not in SPECS]
+    if bad or not names:
+        raise RealCodeError(f"{spec}: vmxaddr_mnemonics names unknown instructions {bad} (known: {', '.join(SPECS)})")
+    return names
 
 
 def resolve(name: str) -> Any:
