@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the system packages the Bochs oracle needs (issue 8).
+# Install the system packages the Bochs oracle needs (issue 8) and the site's browser test (issue 17).
 # Idempotent; run as root (CI runs as root). Debian bookworm's bochs 2.7 is built
 # with VMX but without the `nogui` display library; the oracle uses `term` (bochs-term)
 # on a pseudo-terminal. Listing bochs-term with bochs also keeps apt from pulling bochs-wx.
@@ -11,9 +11,13 @@ command -v bochs >/dev/null 2>&1 || need+=(bochs)
 ls /usr/lib/*/bochs/plugins/libbx_term_gui.so* >/dev/null 2>&1 || need+=(bochs-term)
 [ -e /usr/share/bochs/BIOS-bochs-latest ] || need+=(bochsbios)
 command -v as >/dev/null 2>&1 && command -v ld >/dev/null 2>&1 && command -v objcopy >/dev/null 2>&1 || need+=(binutils)
+# the site's in-browser page (issue 17): Chromium drives it in tests/test_site.py; npm fetches Pyodide
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 
 if [ ${#need[@]} -eq 0 ]; then
-    echo "system-deps: bochs, bochs-term, bochsbios and binutils already installed"
+    echo "system-deps: bochs, bochs-term, bochsbios, binutils, chromium, chromium-driver and npm already installed"
     exit 0
 fi
 

@@ -58,7 +58,7 @@ def test_state_file(tmp_path, capsys):
     (["explain", "--mode", "32", "90"], "cannot decode"),
     (["explain", "--mode", "32", "--reg", "ebp", "0f7845d8"], "NAME=VALUE"),
     (["explain", "--mode", "32", "--reg", "xyz=1", "0f7845d8"], "unknown register"),
-    (["explain", "--mode", "32", "--reg", "ebp=0x100000000", "0f7845d8"], "does not fit"),
+    (["explain", "--mode", "32", "--reg", "ebp=0x100000000", "0f7845d8"], "out of range"),
     (["explain", "--mode", "32", "--seg", "qs.base=1", "0f7845d8"], "unknown segment"),
     (["explain", "--mode", "32", "--seg", "ds.color=1", "0f7845d8"], "unknown segment field"),
     (["explain", "--mode", "32", "--state", "/nonexistent.json", "0f7845d8"], "cannot read"),

@@ -3,6 +3,8 @@ otherwise (vmxaddr.decode)."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from vmxaddr import decode as D
@@ -79,3 +81,25 @@ def test_guard_runs_once_per_form_and_can_fail(monkeypatch):
         D.decode_uncached(bytes.fromhex("0fc730"), 32)
     assert e.value.kind == "decoder-disagreement" and "base ebx vs eax" in str(e.value)
     D._GUARDED.clear()
+
+
+def test_guard_is_on_where_capstone_imports():
+    # capstone is a dependency: off only in the browser (Pyodide), never silently here.
+    D.capstone_guard_on.cache_clear()
+    assert D.capstone_guard_on()
+
+
+def test_guard_off_without_capstone(monkeypatch):
+    # Where capstone cannot be imported (Pyodide), vmxaddr's decoder answers alone:
+    # VMREAD [EBP-0x28], EAX still decodes, and the guard is never asked.
+    monkeypatch.setitem(sys.modules, "capstone", None)  # makes `import capstone` raise ImportError
+    monkeypatch.setattr(D, "_capstone_shape", lambda raw, cs: pytest.fail("guard ran without capstone"))
+    D.capstone_guard_on.cache_clear()
+    try:
+        assert not D.capstone_guard_on()
+        D._GUARDED.clear()
+        ins = D.decode_uncached(bytes.fromhex("0f7845d8"), 32)
+        assert ins.mnemonic == "vmread" and ins.operand is not None and ins.operand.displacement == -0x28
+    finally:
+        D.capstone_guard_on.cache_clear()
+        D._GUARDED.clear()

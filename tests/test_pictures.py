@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from vmxaddr.cli import main
+from vmxaddr.exitinfo import InfoField
 from vmxaddr.isa import Layout
-from vmxaddr.pictures import CELL, MARGIN, ROW_BITS, layout_picture, layouts
+from vmxaddr.pictures import CELL, MARGIN, ROW_BITS, across_layouts_picture, field_picture, layout_picture, layouts
 
 ROOT = Path(__file__).resolve().parents[1]
 NS = "{http://www.w3.org/2000/svg}"
@@ -31,14 +32,17 @@ _spec.loader.exec_module(pictures_tool)
 
 
 def _boxes(svg_text: str) -> dict[tuple[int, int], dict[str, str]]:
-    """(hi, lo) -> attributes of each bit-field box of a 32-bit field picture (the first row)."""
+    """(hi, lo) -> attributes of each bit-field box (a field split over two rows of a 64-bit
+    picture gives one box per row)."""
     root = ET.fromstring(svg_text)
+    rects = [r for r in root.iter(f"{NS}rect") if r.get("height") == "34"]
+    ys = sorted({float(r.get("y", 0)) for r in rects})
+    width = len(ys) * ROW_BITS  # rows of 32 bits, the highest first
     out = {}
-    for r in root.iter(f"{NS}rect"):
-        if r.get("height") != "34":
-            continue
+    for r in rects:
+        row = ys.index(float(r.get("y", 0)))
         x, w = float(r.get("x", 0)), float(r.get("width", 0))
-        hi = ROW_BITS - 1 - round((x - MARGIN) / CELL)
+        hi = width - 1 - row * ROW_BITS - round((x - MARGIN) / CELL)
         lo = hi - round(w / CELL) + 1
         out[(hi, lo)] = dict(r.attrib)
     return out
@@ -47,9 +51,9 @@ def _boxes(svg_text: str) -> dict[tuple[int, int], dict[str, str]]:
 def _digits(svg_text: str) -> str:
     """The bit values drawn in the boxes, most significant first (bold 13-pixel text)."""
     root = ET.fromstring(svg_text)
-    cells = [(float(t.get("x", 0)), t.text or "") for t in root.iter(f"{NS}text")
+    cells = [(float(t.get("y", 0)), float(t.get("x", 0)), t.text or "") for t in root.iter(f"{NS}text")
              if t.get("font-size") == "13" and t.get("font-weight") == "bold" and t.text in ("0", "1")]
-    return "".join(d for _x, d in sorted(cells))
+    return "".join(d for _y, _x, d in sorted(cells))
 
 
 def test_docs_pictures_are_fresh() -> None:
@@ -136,3 +140,24 @@ def test_svg_to_stdout_and_unwritable_file(tmp_path: Path, capsys: pytest.Captur
     assert main(["decode", "--mode", "32", "--svg", str(tmp_path / "no" / "x.svg"), "0f7845d8"]) == 2
     err = capsys.readouterr().err
     assert re.fullmatch(r"vmxaddr decode: error: cannot write .*x\.svg: No such file or directory\n", err)
+
+
+def _wide_fields(x: int, instruction: str) -> list[InfoField]:
+    """A made-up 64-bit field for the drawing: 63:40 reserved, 39:24 'wide' (crossing the row
+    boundary at bit 32), 23 'flag', 22:0 reserved; 'wide' is undefined when 'flag' is 1."""
+    flag = bool(x >> 23 & 1)
+    return [InfoField("reserved", 63, 40, x >> 40, "", False),
+            InfoField("wide", 39, 24, x >> 24 & 0xFFFF, hex(x >> 24 & 0xFFFF), not flag),
+            InfoField("flag", 23, 23, int(flag), str(int(flag)), True),
+            InfoField("reserved", 22, 0, x & 0x7FFFFF, "", False)]
+
+
+def test_a_64_bit_field_is_drawn_in_two_rows() -> None:
+    svg = str(across_layouts_picture(_wide_fields, "wide", "made up"))
+    boxes = _boxes(svg)
+    # 'wide' (39:24) is split at the row boundary into 39:32 (second half of row 1) and 31:24.
+    assert sorted(boxes) == [(22, 0), (23, 23), (31, 24), (39, 32), (63, 40)]
+    assert boxes[(39, 32)]["stroke-dasharray"] == "4,3"  # conditional, in every layout
+    assert boxes[(63, 40)]["fill"] == "url(#hatch-undefined)"
+    valued = str(field_picture(0x12_3456_0000_0000 | 0xABCD << 24, "vmread", "v", _wide_fields))
+    assert _digits(valued) == format(0x12_3456_0000_0000 | 0xABCD << 24, "064b")

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import codecs
+import errno
+import io
 import json
+import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -13,7 +19,7 @@ from vmxaddr.case import Case, case_json
 from vmxaddr.decode import DecodeError, parse_hex
 from vmxaddr.exitinfo import EXIT_QUAL_POLICIES, IGNORED_SEGMENT_POLICIES, SI_DI_POLICIES, UNDEFINED_BITS_POLICIES, Policy
 from vmxaddr.models.base import InvalidExitInfo
-from vmxaddr.state import MODES, CpuState, StateError, parse_int
+from vmxaddr.state import CPL_RANGE, MODES, CpuState, StateError, check_int, read_state_file
 
 EPILOG = """examples:
   vmxaddr explain --mode 32 --reg ebp=0x1000 0f7845d8
@@ -47,7 +53,7 @@ def add_case_options(p: argparse.ArgumentParser, hex_arg: bool = True) -> None:
                    "the other options are applied on top of it")
     p.add_argument("--cpu-mode", choices=MODES, help="processor mode, for the #UD rules "
                    "(default: protected, or 64-bit with --mode 64)")
-    p.add_argument("--cpl", type=int, choices=(0, 1, 2, 3), help="current privilege level (default 0)")
+    p.add_argument("--cpl", metavar="0-3", help="current privilege level, 0…3 (default 0)")
     p.add_argument("--la57", action="store_true", help="CR4.LA57 = 1: 57-bit canonical addresses")
     p.add_argument("--rip", help="address of the instruction (for RIP-relative operands)")
     p.add_argument("--reg", action="append", default=[], metavar="NAME=VALUE",
@@ -75,40 +81,50 @@ def policy_from(args: argparse.Namespace) -> Policy:
 
 
 def state_from(args: argparse.Namespace) -> CpuState:
+    """The CPU state the case options describe, every value checked by the validator in
+    vmxaddr.state (ranges in docs/state-format.md); StateError becomes a one-line UsageError."""
     try:
         st = CpuState.for_code_size(int(args.mode)) if args.mode else None
         if args.state:
-            try:
-                text = Path(args.state).read_text()
-            except OSError as e:
-                fail(f"cannot read state file {args.state}: {e.strerror}")
-            st = CpuState.loads(text, st)
+            st = CpuState.loads(read_state_file(args.state), st, what=f"state file {args.state}")
             if args.mode and st.code_size != int(args.mode):
                 fail(f"--mode {args.mode} contradicts the state file, whose code is {st.code_size}-bit")
         if st is None:
             fail("give --mode 16, 32 or 64 (or a --state file)")
         if args.cpu_mode:
             st = CpuState.from_json({"mode": args.cpu_mode}, st)
+            if args.mode and st.code_size != int(args.mode):
+                # Refused, not reinterpreted: 64-bit code runs only in 64-bit mode, and
+                # virtual-8086 mode runs only 16-bit code (SDM Vol. 3A §2.2 "Modes of Operation").
+                fail(f"--mode {args.mode} contradicts --cpu-mode {args.cpu_mode}, which runs "
+                     f"{_code_sizes(args.cpu_mode)} code")
         if args.cpl is not None:
-            st = CpuState.from_json({"cpl": args.cpl}, st)
+            st = replace(st, cpl=check_int(args.cpl.strip(), "--cpl", *CPL_RANGE))
         if args.la57:
             st = CpuState.from_json({"cr4": {"la57": 1}}, st)
         if args.rip is not None:
-            st = CpuState.from_json({"rip": args.rip}, st)
+            st = st.with_reg("rip", args.rip.strip(), "--rip")
         for item in args.reg:
             name, eq, value = item.partition("=")
             if not eq:
                 fail(f"--reg {item!r}: expected NAME=VALUE, e.g. ebp=0x1000")
-            st = st.with_reg(name.strip(), parse_int(value.strip(), f"--reg {name}"))
+            st = st.with_reg(name.strip(), value.strip(), f"--reg {name.strip()}")
         for item in args.seg:
             lhs, eq, value = item.partition("=")
             seg, dot, fld = lhs.partition(".")
             if not eq or not dot:
                 fail(f"--seg {item!r}: expected SEG.FIELD=VALUE, e.g. fs.base=0x100000000")
-            st = CpuState.from_json({"segments": {seg.strip().lower(): {fld.strip().lower(): value.strip()}}}, st)
+            st = st.with_segment(seg.strip().lower(), what=f"--seg {seg.strip().lower()}", **{fld.strip().lower(): value.strip()})
+        if args.mode and st.code_size != int(args.mode):
+            fail(f"--mode {args.mode} contradicts --seg cs.db, which makes the code {st.code_size}-bit")
     except StateError as e:
         fail(str(e))
     return st
+
+
+def _code_sizes(cpu_mode: str) -> str:
+    return {"64-bit": "64-bit", "virtual-8086": "16-bit", "compatibility": "16- or 32-bit",
+            "protected": "16- or 32-bit", "real": "16- or 32-bit"}[cpu_mode]
 
 
 def case_from(args: argparse.Namespace) -> Case:
@@ -264,25 +280,98 @@ def build_parser() -> argparse.ArgumentParser:
                     "VM exit and turned into an effective address, a linear address or a fault — by the "
                     "Intel SDM, and by hypervisors that got it wrong.", epilog=EPILOG,
                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="on an error, also print the Python traceback "
+                        "(e.g. of a --model package.module:function that raised); may be given anywhere")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for reg in COMMANDS + _optional_commands():
         reg(sub)
     return parser
 
 
+def no_command(parser: argparse.ArgumentParser) -> int:
+    """`vmxaddr` or `vmxaddr trace` without a subcommand: usage and one error line on stderr, exit 2."""
+    sys.stderr.write(parser.format_usage())
+    sys.stderr.write(f"{parser.prog}: error: give a command (see {parser.prog} --help)\n")
+    return 2
+
+
+# Characters the text output uses, for a terminal or pipe whose encoding lacks them
+# (PYTHONIOENCODING=ascii, LANG=C on an old system): a readable ASCII stand-in, else \uXXXX.
+_ASCII = {"—": "--", "–": "-", "…": "...", "×": "x", "≤": "<=", "≥": ">=", "≠": "!=", "→": "->", "←": "<-",
+          "‘": "'", "’": "'", "“": '"', "”": '"', "·": ".", "§": "S", "²": "^2", "−": "-"}
+
+
+def _stand_in(err: UnicodeError) -> tuple[str, int]:
+    assert isinstance(err, UnicodeEncodeError)
+    chunk = err.object[err.start:err.end]
+    return "".join(_ASCII.get(c, c.encode("ascii", "backslashreplace").decode()) for c in chunk), err.end
+
+
+codecs.register_error("vmxaddr-ascii", _stand_in)
+
+
+def _robust_streams() -> None:
+    """Text that the output encoding cannot hold is replaced, never a UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors in ("strict", "backslashreplace"):
+            try:
+                stream.reconfigure(errors="vmxaddr-ascii")
+            except (ValueError, OSError):  # pragma: no cover - a detached or closed stream
+                pass
+
+
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EPIPE}
+
+
+def _silence_stdout() -> None:
+    """After a failed write, point stdout at /dev/null so the interpreter's final flush of what
+    is still buffered does not fail a second time (and print a traceback at exit)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, io.UnsupportedOperation):  # not a real file (a test's capture)
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; the exit statuses are listed in docs/state-format.md."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:cut]
+    if debug:
+        argv = [a for i, a in enumerate(argv) if a != "--debug" or i >= cut]
+    _robust_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+        return no_command(parser)
+    from vmxaddr.models.guard import ModelError
+
+    name = f"vmxaddr {args.command}"
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a full disk must be reported here, not at interpreter exit
+        return code
     except UsageError as e:
-        print(f"vmxaddr {args.command}: error: {e}", file=sys.stderr)
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return 2
+    except ModelError as e:
+        if debug and e.details:
+            sys.stderr.write(e.details)
+        print(f"{name}: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:
+        _silence_stdout()
         return 0
+    except OSError as e:
+        if e.errno not in _WRITE_ERRORS or e.filename is not None:
+            raise
+        _silence_stdout()
+        if debug:
+            traceback.print_exc()
+        print(f"{name}: error: cannot write the output: {e.strerror}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

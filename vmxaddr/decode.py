@@ -520,7 +520,22 @@ def _capstone_shape(raw: bytes, code_size: int) -> tuple[int, str | None, str | 
     return (v["length"], m["base"], index, m["scale"])
 
 
+@cache
+def capstone_guard_on() -> bool:
+    """Does the capstone guard run? Only where capstone cannot be imported is it off: in the
+    browser under Pyodide, which has no build of capstone, vmxaddr's own decoder answers alone
+    (the site's page says so). capstone is a dependency everywhere else, and
+    tests/test_decode_guard.py fails if it is off there."""
+    try:
+        import capstone  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _capstone_guard(shape_raw: bytes, code_size: int, instr: Instruction) -> None:
+    if not capstone_guard_on():
+        return
     got = _capstone_shape(shape_raw, code_size)
     if got is None:
         # Known: capstone 5 cannot decode INVEPT/INVVPID/INVPCID in 16-bit code (66 0F 38 8x).
@@ -546,4 +561,5 @@ def _capstone_guard(shape_raw: bytes, code_size: int, instr: Instruction) -> Non
 
 
 REGISTER_NAMES = REG64 + REG32 + REG16
-__all__ = ["DecodeError", "Instruction", "MemoryOperand", "decode", "parse_hex", "capstone_view", "SEGMENTS"]
+__all__ = ["DecodeError", "Instruction", "MemoryOperand", "decode", "parse_hex", "capstone_view", "capstone_guard_on",
+           "SEGMENTS"]

@@ -19,6 +19,7 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -53,7 +54,7 @@ def resolve_jobs(requested: int, option: str = "--jobs") -> tuple[int, str | Non
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(parent: int) -> None:
+def _die_with_parent(parent: int, then: Callable[..., None] | None = None, args: tuple[Any, ...] = ()) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         try:
@@ -63,17 +64,36 @@ def _die_with_parent(parent: int) -> None:
             pass
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
+    if then is not None:
+        then(*args)
 
 
-def process_pool(workers: int) -> ProcessPoolExecutor:
+def process_pool(workers: int, initializer: Callable[..., None] | None = None,
+                 initargs: tuple[Any, ...] = ()) -> ProcessPoolExecutor:
+    """A fork pool of `workers` processes; `initializer(*initargs)` runs in each after the setup
+    above (with fork, initargs may hold multiprocessing objects such as an Event)."""
     if not 1 <= workers <= HARD_CAP:
         raise ParallelError(f"worker count {workers} outside 1..{HARD_CAP}")
     return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"),
-                               initializer=_die_with_parent, initargs=(os.getpid(),))
+                               initializer=_die_with_parent, initargs=(os.getpid(), initializer, initargs))
 
 
-def dask_client(address: str, timeout: float = DASK_TIMEOUT) -> Any:
-    """A connected `distributed.Client`, or ParallelError with one line saying why not."""
+def stop_pool(pool: ProcessPoolExecutor) -> None:
+    """End a pool now: cancel what has not started and kill the workers (for ^C, when their
+    current tasks are not wanted; shutdown() alone would wait for them)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    for p in procs:
+        p.join(timeout=5)
+
+
+def dask_client(address: str, timeout: float | None = None) -> Any:
+    """A connected `distributed.Client`, or ParallelError with one line saying why not (after
+    `timeout` seconds, default DASK_TIMEOUT, when nothing answers)."""
+    timeout = DASK_TIMEOUT if timeout is None else timeout
     try:
         from distributed import Client
     except ImportError:

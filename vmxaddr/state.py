@@ -8,6 +8,9 @@ DPL, P, D/B, G, L) and the "unusable" bit.
 from __future__ import annotations
 
 import json
+import os
+import re
+import stat
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -52,18 +55,149 @@ class Segment:
 _SEG_FIELDS = {f.name for f in fields(Segment)}
 
 
+# -- the validator ------------------------------------------------------------------------------
+# One set of ranges for every surface (--reg, --seg, --rip, --cpl, --state files, trace records):
+# the widths of the VMCS guest-state fields (SDM Vol. 3C §25.4.1 "Guest Register State": selector
+# 16 bits, base address 64 bits, segment limit 32 bits, access rights with the type in bits 3:0,
+# S bit 4, DPL bits 6:5, P bit 7, L bit 13, D/B bit 14, G bit 15, "segment unusable" bit 16; RIP
+# and the general-purpose registers 64 bits) and the CPL, 0…3 (Vol. 3A §5.5 "Privilege Levels").
+SEGMENT_RANGES: dict[str, tuple[int, int]] = {
+    "base": (0, MASK64), "limit": (0, 0xFFFFFFFF), "type": (0, 15), "s": (0, 1), "dpl": (0, 3),
+    "p": (0, 1), "db": (0, 1), "g": (0, 1), "l": (0, 1), "unusable": (0, 1), "selector": (0, 0xFFFF),
+}
+FLAG_RANGE = (0, 1)  # one-bit fields and the CR4/CR3 flags: 0/1 or false/true
+RIP_RANGE = (0, MASK64)
+CPL_RANGE = (0, 3)
+MAX_NUMBER_CHARS = 64
+"""Longest integer string accepted ("0x" and 16 hex digits, with room for underscores): a longer
+one is refused before it is converted (a million-digit value is not parsed, let alone kept)."""
+MAX_STATE_BYTES = 1 << 20
+"""Largest --state file read (1 MiB; a state is a few hundred bytes)."""
+
+_INT_TEXT = re.compile(r"-?(?:0[xX](?=_*[0-9a-fA-F])[0-9a-fA-F_]+|0|[1-9][0-9_]*)")
+
+
+class BigNumber:
+    """A JSON number with more digits than any field can hold, kept unconverted (`json_loads`)."""
+
+    __slots__ = ("digits",)
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"a {self.digits}-digit number"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str) and len(value) > 24:
+        return f"{value[:20]!r}… ({len(value)} characters)"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 80:
+        return f"a {len(str(abs(value)))}-digit number"
+    return repr(value)
+
+
+def _range_text(lo: int, hi: int) -> str:
+    if (lo, hi) == (0, 1):
+        return "0 or 1 (or false/true)"
+    return f"{lo if lo >= 0 else hex(lo)}…{hi:#x}" if hi >= 0xFFFF else f"{lo}…{hi}"
+
+
 def parse_int(value: Any, what: str) -> int:
-    """An integer from JSON or the command line: int, decimal or 0x-hex string, or bool."""
+    """An integer from JSON or the command line: an int, a bool (1/0), or a string in decimal or
+    0x hexadecimal, underscores allowed ("0xffff_8000_0000_0000"). Other forms (0o, 0b, floats,
+    signs other than a leading "-", leading zeros) and strings over MAX_NUMBER_CHARS are refused."""
+    if type(value) is int:
+        return value
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
-        return value
+        return int(value)
+    if isinstance(value, BigNumber):
+        raise StateError(f"{what}: {value!r} is out of range (allowed at most 64 bits)")
     if isinstance(value, str):
-        try:
+        if len(value) > MAX_NUMBER_CHARS:
+            raise StateError(f"{what}: {_show(value)} is too long for a 64-bit value")
+        if _INT_TEXT.fullmatch(value):
             return int(value.replace("_", ""), 0)
-        except ValueError:
-            pass
-    raise StateError(f"{what}: expected an integer (e.g. 4096 or 0x1000), got {value!r}")
+    raise StateError(f"{what}: expected an integer in decimal or 0x hexadecimal (e.g. 4096 or 0x1000), "
+                     f"got {_show(value)}")
+
+
+def check_int(value: Any, what: str, lo: int, hi: int) -> int:
+    """`value` (as parse_int reads it) if lo <= value <= hi; else StateError naming `what` and the
+    allowed range. The one range check behind every surface; trace records use it too."""
+    if isinstance(value, BigNumber):
+        raise StateError(f"{what}: {value!r} is out of range (allowed {_range_text(lo, hi)})")
+    if (lo, hi) == FLAG_RANGE and isinstance(value, str) and value.lower() in ("true", "false"):
+        return int(value.lower() == "true")  # a one-bit field: --seg ds.unusable=true
+    n = value if type(value) is int else parse_int(value, what)
+    if lo <= n <= hi:
+        return n
+    raise StateError(f"{what}: {_show(value)} is out of range (allowed {_range_text(lo, hi)})")
+
+
+def _json_int(text: str) -> int | BigNumber:
+    return int(text) if len(text) <= MAX_NUMBER_CHARS else BigNumber(len(text.lstrip("-")))
+
+
+def json_loads(text: str | bytes, what: str = "state") -> Any:
+    """JSON text as `json.loads` reads it, bounded: numbers longer than MAX_NUMBER_CHARS become
+    BigNumber (refused by the validator, naming the field) instead of being converted, and
+    nesting too deep for the parser, bytes that are not UTF-8, or invalid JSON give StateError."""
+    if isinstance(text, bytes | bytearray):
+        text = decode_utf8(bytes(text), what)
+    try:
+        return json.loads(text, parse_int=_json_int)
+    except json.JSONDecodeError as e:
+        raise StateError(f"{what} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise StateError(f"{what} is nested too deeply to be a CPU state") from None
+    except ValueError as e:  # e.g. a float the parser cannot take
+        raise StateError(f"{what} is not valid JSON: {e}") from None
+
+
+def decode_utf8(data: bytes, what: str) -> str:
+    """UTF-8 text (a leading byte-order mark is dropped); StateError, saying what was found, if not."""
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff") or (len(data) > 1 and (data[0] == 0) != (data[1] == 0)):
+        raise StateError(f"{what} is UTF-16 (or other non-UTF-8) text: save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise StateError(f"{what} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start})") from None
+
+
+def read_state_file(path: str, limit: int = MAX_STATE_BYTES) -> str:
+    """The text of a --state file, read without blocking on a FIFO with no writer and without
+    reading more than `limit` bytes (/dev/zero, a huge file): StateError on any problem."""
+    what = f"state file {path}"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise StateError(f"cannot read {what}: {e.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise StateError(f"cannot read {what}: it is a directory")
+        os.set_blocking(fd, True)  # a FIFO opened without a writer now reads as empty, not forever
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 16, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise StateError(f"cannot read {what}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise StateError(f"{what} is larger than {limit // 1024} KiB: not a CPU state")
+    data = b"".join(chunks)
+    if not data.strip():
+        raise StateError(f"{what} is empty" + ("" if stat.S_ISREG(mode) else " (nothing was written to it)"))
+    return decode_utf8(data, what)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,31 +241,35 @@ class CpuState:
     def reg(self, number: int) -> int:
         return self.regs[number]
 
-    def with_reg(self, name: str, value: int) -> CpuState:
-        """Set a register by any of its names; a 32- or 16-bit name sets the low bits only."""
+    def with_reg(self, name: str, value: Any, what: str | None = None) -> CpuState:
+        """Set a register by any of its names; a 32- or 16-bit name sets the low bits only.
+        `what` names the setting in an error (default: the register's name)."""
         if name.lower() == "rip":
-            return replace(self, rip=value & MASK64)
+            return replace(self, rip=check_int(value, what or name, *RIP_RANGE))
         try:
             number, size = reg_number(name)
         except KeyError:
             raise StateError(f"unknown register {name!r} (use rax…r15, eax…r15d, ax…r15w or rip)") from None
         mask = (1 << size) - 1
-        if value < 0:
-            value &= mask
-        if value > mask:
-            raise StateError(f"{name}={value:#x} does not fit in {size} bits")
+        # A negative value is taken in two's complement of the register's width (docs/state-format.md).
+        value = check_int(value, what or name, -(1 << (size - 1)), mask) & mask
         regs = list(self.regs)
         regs[number] = (regs[number] & ~mask & MASK64) | value
         return replace(self, regs=tuple(regs))
 
-    def with_segment(self, name: str, **changes: Any) -> CpuState:
+    def with_segment(self, name: str, what: str | None = None, **changes: Any) -> CpuState:
+        """Change fields of one segment; each value is checked against SEGMENT_RANGES. `what`
+        names the segment in an error (default: its name)."""
         if name not in SEGMENTS:
             raise StateError(f"unknown segment {name!r} (use es, cs, ss, ds, fs or gs)")
         bad = set(changes) - _SEG_FIELDS
         if bad:
             raise StateError(f"unknown segment field {sorted(bad)[0]!r} "
                              f"(fields: {', '.join(sorted(_SEG_FIELDS))})")
-        return replace(self, **{name: replace(self.segment(name), **changes)})  # type: ignore[arg-type]
+        checked = {k: check_int(v, f"{what or name}.{k}", *SEGMENT_RANGES[k]) for k, v in changes.items()}
+        if "unusable" in checked:
+            checked["unusable"] = bool(checked["unusable"])
+        return replace(self, **{name: replace(self.segment(name), **checked)})  # type: ignore[arg-type]
 
     # -- JSON -----------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -158,21 +296,18 @@ class CpuState:
         for k in obj:
             if k not in known:
                 raise StateError(f"unknown key {k!r} in CPU state (known: {', '.join(sorted(known))})")
-        st = cls.for_code_size(parse_int(obj["code_size"], "code_size")) if "code_size" in obj else (base or cls.for_code_size(32))
+        st = cls.for_code_size(check_int(obj["code_size"], "code_size", 16, 64)) if "code_size" in obj else (base or cls.for_code_size(32))
         d: dict[str, Any] = {f: getattr(st, f) for f in _STATE_FIELDS}
         if "mode" in obj:
             mode = obj["mode"]
-            if mode not in MODES:
+            if not isinstance(mode, str) or mode not in MODES:
                 raise StateError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
             d["mode"] = mode
             if mode == "64-bit":
                 cs = d["cs"]
                 d["cs"] = Segment(cs.base, cs.limit, cs.type, cs.s, cs.dpl, cs.p, 0, cs.g, 1, cs.unusable, cs.selector)
         if "cpl" in obj:
-            cpl = parse_int(obj["cpl"], "cpl")
-            if not 0 <= cpl <= 3:
-                raise StateError(f"cpl must be 0…3, not {cpl}")
-            d["cpl"] = cpl
+            d["cpl"] = check_int(obj["cpl"], "cpl", *CPL_RANGE)
         for group, keys in (("cr4", ("la57", "lam_sup")), ("cr3", ("lam_u48", "lam_u57"))):
             part = obj.get(group, {})
             if not isinstance(part, dict):
@@ -180,17 +315,18 @@ class CpuState:
             for k, v in part.items():
                 if k not in keys:
                     raise StateError(f"unknown {group} bit {k!r} (known: {', '.join(keys)})")
-                d[k] = bool(parse_int(v, f"{group}.{k}"))
+                d[k] = bool(check_int(v, f"{group}.{k}", *FLAG_RANGE))
         if "rip" in obj:
-            d["rip"] = parse_int(obj["rip"], "rip") & MASK64
+            d["rip"] = check_int(obj["rip"], "rip", *RIP_RANGE)
         regs = obj.get("registers", {})
         if not isinstance(regs, dict):
             raise StateError("registers must be an object such as {\"rbp\": \"0x1000\"}")
         ordered: list[tuple[str, int]] | None = None
         if regs:
             values = list(d["regs"])
-            items = [(name, v if type(v) is int else parse_int(v, f"registers.{name}")) for name, v in regs.items()]
-            if all(name in _REG64_INDEX and 0 <= n <= MASK64 for name, n in items):
+            items = [(name, v if type(v) is int else check_int(v, f"registers.{name}", -(1 << 63), MASK64))
+                     for name, v in regs.items()]
+            if all(name in _REG64_INDEX and 0 <= n <= MASK64 for name, n in items):  # the common case
                 for name, n in items:
                     values[_REG64_INDEX[name]] = n
                 d["regs"] = tuple(values)
@@ -208,7 +344,8 @@ class CpuState:
             for k, v in sv.items():
                 if k not in _SEG_FIELDS:
                     raise StateError(f"unknown segment field {k!r} (fields: {', '.join(sorted(_SEG_FIELDS))})")
-                vals[k] = v if type(v) is int else parse_int(v, f"segments.{sname}.{k}")
+                lo, hi = SEGMENT_RANGES[k]
+                vals[k] = v if type(v) is int and lo <= v <= hi else check_int(v, f"segments.{sname}.{k}", lo, hi)
             if "unusable" in vals:
                 vals["unusable"] = bool(vals["unusable"])
             if len(vals) < len(_SEG_FIELDS):  # a partial segment: the rest from the base state
@@ -217,19 +354,36 @@ class CpuState:
             d[sname] = Segment(**vals)
         out = cls(**d)
         for name, n in ordered or ():
-            out = out.with_reg(name, n)
+            out = out.with_reg(name, n, f"registers.{name}")
         return out
 
     @classmethod
-    def loads(cls, text: str, base: CpuState | None = None) -> CpuState:
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise StateError(f"not valid JSON: {e}") from None
-        return cls.from_json(obj, base)
+    def loads(cls, text: str | bytes, base: CpuState | None = None, what: str = "state") -> CpuState:
+        """A state from JSON text: bounded (json_loads) and validated (from_json)."""
+        return cls.from_json(json_loads(text, what), base)
 
 
 _STATE_FIELDS = tuple(f.name for f in fields(CpuState))
+
+
+def check_state(st: CpuState) -> CpuState:
+    """`st` if every field is in the validator's range (for a state built in Python rather than
+    read by `CpuState.from_json`, which checks as it reads); else StateError naming the field."""
+    if st.mode not in MODES:
+        raise StateError(f"mode must be one of {', '.join(MODES)}, not {st.mode!r}")
+    check_int(st.cpl, "cpl", *CPL_RANGE)
+    check_int(st.rip, "rip", *RIP_RANGE)
+    for flag in ("la57", "lam_sup", "lam_u48", "lam_u57"):
+        check_int(getattr(st, flag), flag, *FLAG_RANGE)
+    if len(st.regs) != 16:
+        raise StateError(f"registers: expected 16 values, got {len(st.regs)}")
+    for name, v in zip(REG64, st.regs, strict=True):
+        check_int(v, name, 0, MASK64)
+    for sname in SEGMENTS:
+        seg = st.segment(sname)
+        for k, (lo, hi) in SEGMENT_RANGES.items():
+            check_int(getattr(seg, k), f"segments.{sname}.{k}", lo, hi)
+    return st
 _REG64_INDEX = {n: i for i, n in enumerate(REG64)}
 
 

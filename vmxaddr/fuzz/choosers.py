@@ -107,10 +107,24 @@ def _candidates(v: int) -> list[int]:
     return seen
 
 
+class OutOfTime(BaseException):
+    """Raised by a shrinker's predicate when its time is up (a BaseException, so that neither
+    hypothesis nor the guards of vmxaddr.fuzz.failures take it for a model's failure)."""
+
+
 def shrink_choices(log: Sequence[int], holds: Callable[[Sequence[int]], list[int] | None], budget: int = 4000) -> list[int]:
     """Greedy shrinking of a choice sequence: try each position with simpler values (and the tail
-    cut off) while `holds` (which returns the played sequence, or None) keeps accepting."""
+    cut off) while `holds` (which returns the played sequence, or None) keeps accepting. `holds`
+    may raise OutOfTime: the best sequence so far is the answer."""
     best = list(log)
+    try:
+        _shrink(best, holds, budget)
+    except OutOfTime:
+        pass
+    return best
+
+
+def _shrink(best: list[int], holds: Callable[[Sequence[int]], list[int] | None], budget: int) -> None:
     improved = True
     while improved and budget > 0:
         improved = False
@@ -119,17 +133,16 @@ def shrink_choices(log: Sequence[int], holds: Callable[[Sequence[int]], list[int
                 budget -= 1
                 got = holds(best[:cut])
                 if got is not None and got != best:
-                    best, improved = got, True
+                    best[:], improved = got, True
         i = 0
         while i < len(best) and budget > 0:
             for c in _candidates(best[i]):
                 budget -= 1
                 got = holds(best[:i] + [c] + best[i + 1:])
                 if got is not None and _simpler(got, best):
-                    best, improved = got, True
+                    best[:], improved = got, True
                     break
             i += 1
-    return best
 
 
 def _simpler(a: Sequence[int], b: Sequence[int]) -> bool:

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from vmxaddr.exitinfo import Policy
-from vmxaddr.fuzz.campaign import fuzz
+from vmxaddr.fuzz.campaign import BLOCK_SIZE, fuzz, model_mnemonics
 from vmxaddr.fuzz.classes import FuzzReport
+from vmxaddr.fuzz.failures import resolve
 from vmxaddr.fuzz.witness import command, witness_json
-from vmxaddr.models import UnknownModel, get
+from vmxaddr.models import UnknownModel
 from vmxaddr.models.base import Model
+from vmxaddr.parallel import ParallelError, dask_client, resolve_jobs
 from vmxaddr.progress import Progress
 
 
@@ -21,7 +26,7 @@ def report_json(rep: FuzzReport, a: Model, b: Model) -> dict[str, Any]:
     classes = []
     for c in rep.classes.values():
         w = c.witness
-        item: dict[str, Any] = {"name": c.name, "count": c.count, "first_case": c.first_case,
+        item: dict[str, Any] = {"name": c.name, "count": c.count, "first_case": c.first_case, "first_seed": c.first_seed,
                                 "first_seconds": round(c.first_seconds, 4)}
         if w is not None:
             item["witness"] = witness_json(w, names, (b, a), c.name, rep.encoder)
@@ -30,20 +35,27 @@ def report_json(rep: FuzzReport, a: Model, b: Model) -> dict[str, Any]:
         classes.append(item)
     return {"model": rep.model, "against": rep.against, "encoder": rep.encoder, "seed": rep.seed, "cases": rep.cases,
             "seconds": round(rep.seconds, 3), "cases_per_second": round(rep.cases / max(rep.seconds, 1e-9)),
+            "interrupted": rep.interrupted, "workers": rep.workers, "where": rep.where, "block_size": rep.block_size,
             "classes": classes}
 
 
 def report_text(rep: FuzzReport) -> str:
     rate = rep.cases / max(rep.seconds, 1e-9)
     on = f" on {rep.encoder}'s exit information" if rep.encoder != "sdm" else ""
-    out = [f"fuzz {rep.model}{on} against {rep.against} (seed {rep.seed}): {rep.cases} cases in {rep.seconds:.1f} s "
+    par = "" if rep.workers == 1 and rep.where == "local" else \
+        f", {rep.workers} worker(s){'' if rep.where == 'local' else ' on ' + rep.where}"
+    out = [f"fuzz {rep.model}{on} against {rep.against} (seed {rep.seed}{par}): {rep.cases} cases in {rep.seconds:.1f} s "
            f"({rate:,.0f}/s), {len(rep.classes)} divergence class(es)"]
+    if rep.interrupted:
+        out.append("  INTERRUPTED: the classes found so far")
     if not rep.classes:
         out.append("  no divergence")
     for c in sorted(rep.classes.values(), key=lambda c: c.first_case):
         out.append(f"\n  {c.name}: {c.count} case(s); first at case {c.first_case} after {c.first_seconds:.3f} s")
         if c.witness is not None:
-            out.append(f"    minimal witness ({c.shrunk_by}): {command(c.witness, [rep.against, rep.model], rep.encoder)}")
+            what = f"minimal witness ({c.shrunk_by})" if c.shrunk_by in ("replay", "hypothesis") else \
+                f"first witness ({c.shrunk_by or 'not shrunk'})"
+            out.append(f"    {what}: {command(c.witness, [rep.against, rep.model], rep.encoder)}")
     return "\n".join(out)
 
 
@@ -51,44 +63,106 @@ def _get(name: str) -> Model:
     from vmxaddr.cli import fail
 
     try:
-        return get(name)
+        return resolve(name)
     except UnknownModel as e:
         fail(str(e))
+    except (Exception, SystemExit) as e:  # a user's module that fails on import
+        fail(f"cannot load model {name!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": "))
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Every number refused before anything runs (one line each)."""
+    from vmxaddr.cli import fail
+
+    if args.max_examples is not None and args.max_examples < 1:
+        fail("--max-examples must be at least 1")
+    if args.time is not None and not (math.isfinite(args.time) and args.time > 0):
+        fail(f"--time must be a positive number of seconds, not {args.time}")
+    if args.hypothesis_examples < 0:
+        fail(f"--hypothesis-examples must be 0 or more, not {args.hypothesis_examples}")
+    if not (math.isfinite(args.hypothesis_seconds) and args.hypothesis_seconds >= 0):
+        fail(f"--hypothesis-seconds must be 0 or a positive number, not {args.hypothesis_seconds}")
+
+
+def check_out(path: str) -> None:
+    """Fail now, not after the run, if `path` cannot be written: try it (a new file is removed again)."""
+    from vmxaddr.cli import fail
+
+    p = Path(path)
+    if p.is_dir():
+        fail(f"--out {path}: is a directory; give a file name")
+    existed = p.exists()
+    try:
+        with open(p, "a"):
+            pass
+    except OSError as e:
+        fail(f"--out {path}: cannot write it: {e.strerror}")
+    if not existed:
+        p.unlink(missing_ok=True)
 
 
 def cmd_fuzz(args: argparse.Namespace) -> int:
     from vmxaddr.cli import fail, print_json
 
-    a, b = _get(args.model), _get(args.against)
-    if args.max_examples is not None and args.max_examples < 1:
-        fail("--max-examples must be at least 1")
-    if args.time is not None and args.time <= 0:
-        fail("--time must be positive")
+    check_options(args)
+    try:
+        workers, note = resolve_jobs(args.jobs)
+    except ParallelError as e:
+        fail(str(e))
     from vmxaddr.encoders import ENCODERS
 
     if args.encoder not in ENCODERS:
         fail(f"unknown encoder {args.encoder!r} (encoders: {', '.join(ENCODERS)})")
-    policy = Policy(exit_qual=args.exit_qual)
-    total = args.max_examples
-    with Progress(total, f"fuzz {args.model} vs {args.against}", enabled=not args.quiet) as prog:
-        rep = fuzz(a, b, seed=args.seed, max_examples=args.max_examples, seconds=args.time, policy=policy,
-                   hypothesis_examples=args.hypothesis_examples, hypothesis_seconds=args.hypothesis_seconds,
-                   progress=prog, names=(args.model, args.against), encoder=args.encoder)
-    obj = report_json(rep, a, b)
+    a, b = _get(args.model), _get(args.against)
     if args.out:
-        corpus = {"about": f"Minimal witnesses from `vmxaddr fuzz --model {args.model} --against {args.against} "
-                  f"--seed {args.seed}` (format: corpus/README.md, plus models and each model's answer).",
-                  "models": [args.against, args.model],
-                  "cases": [c["witness"] for c in obj["classes"] if "witness" in c]}
-        try:
-            Path(args.out).write_text(json.dumps(corpus, indent=2) + "\n")
-        except OSError as e:
-            fail(f"cannot write {args.out}: {e.strerror}")
+        check_out(args.out)
+    if note and not args.quiet:
+        print(f"vmxaddr fuzz: {note}", file=sys.stderr)
+    policy = Policy(exit_qual=args.exit_qual)
+    if args.hypothesis_examples > 0:
+        import hypothesis  # noqa: F401 - imported now (about a second), not inside the time --time bounds
+    start = time.time()  # --time counts from here: connecting to a cluster is part of the run
+    with Progress(args.max_examples, f"fuzz {args.model} vs {args.against}", enabled=not args.quiet) as prog:
+        if args.dask or workers > 1:
+            from vmxaddr.fuzz.runner import DaskExecutor, LocalExecutor, Spec, WorkerError, fuzz_parallel
+
+            try:
+                ex = DaskExecutor(dask_client(args.dask), args.dask) if args.dask else LocalExecutor(workers)
+            except ParallelError as e:
+                fail(str(e))
+            spec = Spec(args.model, args.against, args.encoder, policy, model_mnemonics(a, b), args.seed, BLOCK_SIZE)
+            try:
+                rep = fuzz_parallel(spec, ex, max_examples=args.max_examples if args.time is None else None,
+                                    seconds=args.time, hypothesis_examples=args.hypothesis_examples,
+                                    hypothesis_seconds=args.hypothesis_seconds, progress=prog, start=start)
+            except WorkerError as e:
+                fail(str(e))
+        else:
+            rep = fuzz(a, b, seed=args.seed, max_examples=args.max_examples, seconds=args.time, policy=policy,
+                       hypothesis_examples=args.hypothesis_examples, hypothesis_seconds=args.hypothesis_seconds,
+                       progress=prog, names=(args.model, args.against), encoder=args.encoder, block_size=BLOCK_SIZE)
+    obj = report_json(rep, a, b)
+    # The report first: whatever happens to --out, it is not lost.
     if args.json:
         print_json(obj)
     else:
         print(report_text(rep))
-    return 0
+    status = 130 if rep.interrupted else 0
+    if args.out:
+        corpus = {"about": f"Minimal witnesses from `vmxaddr fuzz --model {args.model} --against {args.against} "
+                  f"--seed {args.seed}` (format: corpus/README.md, plus models and each model's answer)."
+                  + (" INTERRUPTED: the classes found so far, not shrunk." if rep.interrupted else ""),
+                  "models": [args.against, args.model],
+                  "cases": [c["witness"] for c in obj["classes"] if "witness" in c]}
+        try:
+            with open(args.out, "w") as f:
+                f.write(json.dumps(corpus, indent=2) + "\n")
+        except OSError as e:
+            sys.stdout.flush()
+            print(f"vmxaddr fuzz: error: cannot write {args.out}: {e.strerror} (the report above has every witness)",
+                  file=sys.stderr)
+            return status or 1
+    return status
 
 
 EPILOG = """examples:
@@ -100,6 +174,17 @@ EPILOG = """examples:
       today's KVM as L1 on VirtualBox's nested VMX (IEM), compared with real hardware
   vmxaddr fuzz --model mypkg.port:get_address --against sdm --time 30 --out witnesses.json
       your own port; witnesses written as a corpus file
+  vmxaddr fuzz --model kvm-f9eb4af6 --against sdm --max-examples 1000000 --jobs 0
+      every CPU; the same report as --jobs 1
+  vmxaddr fuzz --model kvm-f9eb4af6 --against sdm --time 3600 --dask tcp://scheduler:8786
+      on a Dask cluster (docs/differential.md: starting one)
+
+A model that raises (RecursionError, SystemExit, ...) or answers something that is not a Result
+is a finding: its own class ("model under test raised ..."), counted and shrunk like a divergence.
+^C prints the classes found so far, marked as interrupted (and writes them to --out).
+
+exit status: 0 done (divergences or not), 1 --out could not be written at the end (the report is
+printed anyway), 2 bad usage, 130 interrupted
 """
 
 
@@ -120,14 +205,24 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same run (default 0)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--max-examples", type=int, help="stop after this many cases (default 10000 unless --time)")
-    g.add_argument("--time", type=float, metavar="SECONDS", help="stop after this many seconds")
+    g.add_argument("--time", type=float, metavar="SECONDS",
+                   help="bound on the whole run, shrinking included: cases are generated until 3/4 of SECONDS once a "
+                   "divergence is known (until the end otherwise), the rest shrinks; a class whose shrinking has "
+                   "not started by then keeps its first witness (\"not shrunk: out of time\")")
     p.add_argument("--exit-qual", choices=EXIT_QUAL_POLICIES, default="zero-extend",
                    help="exit-qualification bits above the address size (default zero-extend, as hardware)")
     p.add_argument("--hypothesis-examples", type=int, default=200, metavar="N",
                    help="examples hypothesis may try per class when minimising (0: replay shrinking only)")
     p.add_argument("--hypothesis-seconds", type=float, default=2.0, metavar="S",
                    help="time hypothesis may spend per class (default 2; its shrinking has no bound of its own)")
-    p.add_argument("--out", metavar="FILE", help="write the witnesses as a corpus JSON file")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="worker processes (default 1; 0: one per CPU; capped at the CPU count). The cases come in "
+                   f"seed blocks of {BLOCK_SIZE:,}, so the report is the same whatever N")
+    w.add_argument("--dask", metavar="ADDRESS",
+                   help="run the seed blocks and the shrinking on a Dask cluster (e.g. tcp://host:8786; needs "
+                   "pip install 'vmxaddr[dask]', and vmxaddr, plus any module.path:function model, on every worker)")
+    p.add_argument("--out", metavar="FILE", help="write the witnesses as a corpus JSON file (checked before the run)")
+    p.add_argument("--quiet", action="store_true", help="nothing on stderr but errors")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_fuzz)

@@ -9,19 +9,26 @@ from collections.abc import Sequence
 
 from vmxaddr.case import Case
 from vmxaddr.decode import DecodeError, decode
-from vmxaddr.diff import case_divergence
 from vmxaddr.exitinfo import Policy
 from vmxaddr.fuzz.choosers import ReplayChooser, gen_case, shrink_choices
 from vmxaddr.fuzz.classes import ClassReport
+from vmxaddr.fuzz.failures import OutOfTime, guarded_class
 from vmxaddr.fuzz.witness import _complexity, reduced_state
 from vmxaddr.models.base import Model
 
+HYPOTHESIS_MIN = 0.5
+
 
 def minimise(rep: ClassReport, a: Model, b: Model, mnemonics: Sequence[str], policy: Policy, seed: int,
-             hypothesis_examples: int, hypothesis_seconds: float = 2.0, encoder: str = "sdm") -> None:
+             hypothesis_examples: int, hypothesis_seconds: float = 2.0, encoder: str = "sdm",
+             end: float | None = None) -> None:
+    """Replace rep.witness by a minimal case of its class; by `end` (time.time()) if given, each
+    step then keeping the smallest case it had found when the time ran out."""
     target = rep.name
 
     def holds(values: Sequence[int]) -> list[int] | None:
+        if end is not None and time.time() >= end:
+            raise OutOfTime
         ch = ReplayChooser(values)
         try:
             case = gen_case(ch, mnemonics, policy)
@@ -33,7 +40,10 @@ def minimise(rep: ClassReport, a: Model, b: Model, mnemonics: Sequence[str], pol
     ch = ReplayChooser(best)
     witness = gen_case(ch, mnemonics, policy)
     rep.shrunk_by = "replay"
-    if hypothesis_examples > 0:
+    if end is not None:  # hypothesis needs a moment to start: not worth it in the last HYPOTHESIS_MIN seconds
+        left = end - time.time()
+        hypothesis_seconds = min(hypothesis_seconds, left) if left >= HYPOTHESIS_MIN else 0
+    if hypothesis_examples > 0 and hypothesis_seconds > 0:
         found = _hypothesis_find(target, a, b, mnemonics, policy, seed, hypothesis_examples, hypothesis_seconds, encoder)
         if found is not None and (_complexity(_reduce(found, a, b, target, encoder))
                                   < _complexity(_reduce(witness, a, b, target, encoder))):
@@ -42,7 +52,7 @@ def minimise(rep: ClassReport, a: Model, b: Model, mnemonics: Sequence[str], pol
 
 
 def _class(case: Case, a: Model, b: Model, encoder: str = "sdm") -> str | None:
-    return case_divergence(case, a, b, encoder)
+    return guarded_class(case, a, b, encoder)
 
 
 def _reduce(case: Case, a: Model, b: Model, target: str, encoder: str = "sdm") -> Case:
@@ -71,10 +81,6 @@ def _drop_prefixes(case: Case, a: Model, b: Model, target: str, encoder: str) ->
     return case
 
 
-class _OutOfTime(BaseException):
-    pass
-
-
 def _hypothesis_find(target: str, a: Model, b: Model, mnemonics: Sequence[str], policy: Policy, seed: int,
                      max_examples: int, seconds: float = 2.0, encoder: str = "sdm") -> Case | None:
     """hypothesis.find for a case of class `target`, within `seconds`: hypothesis's shrinking has
@@ -97,7 +103,7 @@ def _hypothesis_find(target: str, a: Model, b: Model, mnemonics: Sequence[str], 
         # Out of time: stop with a BaseException, which hypothesis lets through (an Exception it
         # would take for a failure of the test and try to shrink).
         if time.monotonic() > deadline:
-            raise _OutOfTime
+            raise OutOfTime
         ok = _class(c, a, b, encoder) == target
         if ok:
             best.append(c)
@@ -108,5 +114,5 @@ def _hypothesis_find(target: str, a: Model, b: Model, mnemonics: Sequence[str], 
                     settings=settings(database=None, max_examples=max_examples, deadline=None,
                                       suppress_health_check=list(HealthCheck)),
                     random=random.Random(seed))
-    except (_OutOfTime, NoSuchExample, Exception):  # not found or out of time: the smallest success so far
+    except (OutOfTime, NoSuchExample, Exception):  # not found or out of time: the smallest success so far
         return best[-1] if best else None

@@ -134,6 +134,7 @@ def _complexity(case: Case) -> tuple[int, ...]:
 
 def witness_json(w: Case, names: Sequence[str], models: Sequence[Model], name: str, encoder: str = "sdm") -> dict[str, Any]:
     from vmxaddr.encoders import get_encoder
+    from vmxaddr.fuzz.failures import guarded_answer
 
     cs = w.instruction.code_size
     exit = w.exit
@@ -142,7 +143,7 @@ def witness_json(w: Case, names: Sequence[str], models: Sequence[Model], name: s
         "id": f"{names[1]}-vs-{names[0]}-" + "-".join(name.replace("/", " ").replace(":", " ").split()[:6]),
         "bytes": w.instruction.raw.hex(" "), "mode": cs, "state": state_json(w.state, cs),
         "models": list(names), "class": name,
-        "answers": {n: answer(m(e, w.state, w.access)) for n, m, e in zip(names, models, exits, strict=True)},
+        "answers": {n: guarded_answer(m, e, w, answer) for n, m, e in zip(names, models, exits, strict=True)},
     }
     if encoder != "sdm":
         obj["encoder"] = encoder

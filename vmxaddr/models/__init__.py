@@ -123,15 +123,36 @@ def get(name: str) -> Model:
     if f"encoder/{name}" in REGISTRY:
         raise UnknownModel(f"{name!r} is an encoder (it writes the exit information); give it as --encoder {name}")
     if ":" in name:
-        mod, _, fn = name.partition(":")
-        try:
-            f = getattr(importlib.import_module(mod), fn)
-        except (ImportError, AttributeError) as e:
-            raise UnknownModel(f"cannot load model {name!r}: {e}") from None
-        if not callable(f):
-            raise UnknownModel(f"{name!r} is not callable")
-        return f  # type: ignore[no-any-return]
+        return _load_user_model(name)
     raise UnknownModel(f"unknown model {name!r}; `vmxaddr models` lists them, or give module.path:function")
+
+
+def _load_user_model(name: str) -> Model:
+    """`package.module:function`, imported and guarded (vmxaddr.models.guard): whatever the
+    import or the function does becomes a one-line UnknownModel or ModelError."""
+    from vmxaddr.models.guard import ModelError, describe_exception, guarded, one_line
+
+    mod, _, fn = (part.strip() for part in name.partition(":"))
+    if not mod or not fn:
+        raise UnknownModel(f"model {name!r}: give package.module:function, both parts non-empty")
+    try:
+        module = importlib.import_module(mod)
+    except KeyboardInterrupt:
+        raise
+    except ModuleNotFoundError as e:
+        raise UnknownModel(f"cannot load model {name!r}: no module named {e.name!r}") from None
+    except BaseException as e:  # noqa: BLE001 - a user's module may raise anything, SystemExit too
+        raise UnknownModel(f"cannot load model {name!r}: importing {mod} {describe_exception(e)}") from e
+    try:
+        f = getattr(module, fn)
+    except AttributeError:
+        raise UnknownModel(f"cannot load model {name!r}: module {mod} has no {fn!r}") from None
+    if not callable(f):
+        raise UnknownModel(f"cannot load model {name!r}: it is a {type(f).__name__}, not a function") from None
+    try:
+        return guarded(f, name)  # type: ignore[return-value]
+    except ModelError as e:
+        raise UnknownModel(one_line(str(e), 300)) from None
 
 
 __all__ = ["FAULT", "IMPL", "OK", "Access", "Model", "Outcome", "Result", "Step", "REGISTRY", "get", "register", "sdm"]

@@ -146,7 +146,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    from vmxaddr.cli import Parser
+    from vmxaddr.cli import Parser, no_command
 
     p = sub.add_parser("check-trace", help="check a trace of VM exits: processor report, hypervisor answer, fingerprint",
                        description="Check a JSON Lines trace of VM exits caused by VMX-family instructions, record by "
@@ -205,6 +205,6 @@ def register(sub: Any) -> None:
                 raise
             continue
         mod.register_trace(tsub)
-    t.set_defaults(func=lambda a: (t.print_help(), 2)[1])
+    t.set_defaults(func=lambda a: no_command(t))
 
 

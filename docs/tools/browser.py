@@ -1,0 +1,86 @@
+"""Serve a built site on localhost and drive Debian's headless Chromium over it (chromedriver,
+through selenium). Shared by tests/test_site.py and benchmarks/site.py."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+# Headless, and no background connections: this machine's network is closed, and the page
+# must load everything from the local server anyway.
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--window-size=1280,2400")
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript",
+                      ".wasm": "application/wasm", ".svg": "image/svg+xml"}
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serve(directory: Path) -> Iterator[str]:
+    """http://127.0.0.1:PORT serving `directory`, for the duration of the block."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(directory)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def chromium(profile: Path | None = None) -> Iterator[Any]:
+    """A selenium driver for Debian's Chromium with a fresh profile (or `profile`)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    with tempfile.TemporaryDirectory(prefix="vmxaddr-chromium-") as tmp:
+        opts = Options()
+        opts.binary_location = CHROMIUM
+        for flag in FLAGS:
+            opts.add_argument(flag)
+        opts.add_argument(f"--user-data-dir={profile or tmp}")
+        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+        try:
+            yield driver
+        finally:
+            driver.quit()
+
+
+def wait_for(driver: Any, script: str, timeout: float) -> Any:
+    """Poll `script` (a JavaScript function body) until it returns something true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = driver.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.05)
+    status = driver.execute_script("var s = document.getElementById('vx-status'); return s && s.textContent")
+    raise TimeoutError(f"timed out after {timeout} s waiting for: {script} (page says: {status})")
+
+
+def first_answer(driver: Any, url: str, timeout: float = 120) -> dict[str, float]:
+    """Open the Try page at `url` and wait for its first answer; the page's timings (ms since
+    navigation start: Pyodide loaded, vmxaddr imported, first answer shown)."""
+    driver.get(url)
+    timings = wait_for(driver, "return window.vmxaddrTimings && (window.vmxaddrTimings.firstAnswer !== undefined"
+                               " || window.vmxaddrTimings.error) && window.vmxaddrTimings", timeout)
+    if "error" in timings:
+        raise RuntimeError(f"the page failed: {timings['error']}")
+    return dict(timings)

@@ -1,0 +1,137 @@
+// The in-browser page (docs/try.md): vmxaddr itself, under Pyodide, from files this site ships.
+// docs/tools/build_site.py puts the Pyodide runtime in try/pyodide/ and vmxaddr in try/vmxaddr.zip.
+import { loadPyodide } from "./pyodide/pyodide.mjs";
+
+const here = new URL("./", import.meta.url);
+const $ = (id) => document.getElementById(id);
+// Read by tests/test_site.py: milliseconds since the page's navigation started (performance.now()).
+const timings = (window.vmxaddrTimings = {});
+let answer = null;
+let rulePages = {};
+let answers = 0;
+
+function status(text) {
+  $("vx-status").textContent = text;
+}
+
+function form() {
+  const data = {};
+  for (const el of $("vx-form").elements) {
+    if (el.name) data[el.name] = el.value;
+  }
+  return data;
+}
+
+function ruleLink(rule) {
+  const page = rulePages[rule];
+  const code = document.createElement("span");
+  code.className = "vx-rule";
+  code.textContent = `[${rule}]`;
+  if (!page) return code;
+  const a = document.createElement("a");
+  a.href = page;
+  a.appendChild(code);
+  return a;
+}
+
+function show(result) {
+  answers += 1;
+  $("vx-answer").dataset.count = String(answers);
+  $("vx-error").hidden = result.ok;
+  $("vx-answer").hidden = !result.ok;
+  if (!result.ok) {
+    $("vx-error").textContent = result.error + (result.command ? `\n\n${result.command}` : "");
+    $("vx-answer").dataset.state = "error";
+    return;
+  }
+  $("vx-ea").textContent = result.effective_address ?? "—";
+  $("vx-la").textContent = result.linear_address ?? "—";
+  $("vx-info").textContent = result.instruction_info;
+  $("vx-qual").textContent = result.exit_qualification;
+  const o = result.outcome;
+  $("vx-outcome").textContent = o.verdict + (o.reason ? `: ${o.reason}` : "") + (o.rule ? ` [${o.rule}]` : "");
+  $("vx-outcome").className = `vx-${o.kind}`;
+  $("vx-command").textContent = result.command;
+  $("vx-decode").textContent = result.decode;
+  // The pictures are SVG that vmxaddr.pictures wrote, every text in it escaped.
+  $("vx-field").innerHTML = result.field_svg;
+  $("vx-flow").innerHTML = result.flow_svg;
+  const steps = $("vx-steps");
+  steps.replaceChildren();
+  const items = result.steps.map((s) => [s.rule, s.text, s.title, s.source]);
+  if (o.reason && o.rule) items.push([o.rule, `${o.verdict}: ${o.reason}`, o.title, ""]);
+  for (const [rule, text, title, source] of items) {
+    const li = document.createElement("li");
+    li.appendChild(ruleLink(rule));
+    li.appendChild(document.createTextNode(` ${text}`));
+    if (title) {
+      const src = document.createElement("span");
+      src.className = "vx-source";
+      src.textContent = title + (source ? ` — ${source}` : "");
+      li.appendChild(src);
+    }
+    steps.appendChild(li);
+  }
+  $("vx-answer").dataset.state = "answered";
+}
+
+function compute() {
+  if (!answer) return;
+  const started = performance.now();
+  const result = JSON.parse(answer(JSON.stringify(form())));
+  show(result);
+  const ms = performance.now() - started;
+  if (timings.firstAnswer === undefined) timings.firstAnswer = performance.now();
+  timings.lastCompute = ms;
+  status(`Computed by vmxaddr in your browser (${ms.toFixed(0)} ms; Python started in ${(timings.ready / 1000).toFixed(1)} s).`);
+}
+
+async function boot() {
+  // vmxaddr and the rule map download while Python starts.
+  const files = Promise.all([
+    fetch(new URL("vmxaddr.zip", here)).then((r) => {
+      if (!r.ok) throw new Error(`vmxaddr.zip: HTTP ${r.status}`);
+      return r.arrayBuffer();
+    }),
+    fetch(new URL("rules.json", here)).then((r) => (r.ok ? r.json() : {})),
+  ]);
+  const pyodide = await loadPyodide({ indexURL: new URL("pyodide/", here).href });
+  timings.pyodide = performance.now();
+  const [zip, rules] = await files;
+  rulePages = rules;
+  pyodide.unpackArchive(zip, "zip", { extractDir: "/home/pyodide/vmxaddr-site" });
+  pyodide.runPython("import sys; sys.path.insert(0, '/home/pyodide/vmxaddr-site')");
+  const web = pyodide.pyimport("vmxaddr.web");
+  answer = web.answer;
+  const guardOn = pyodide.pyimport("vmxaddr.decode").capstone_guard_on();
+  if (!guardOn) {
+    $("vx-guard").hidden = false;
+    $("vx-guard").textContent =
+      "The capstone guard is off: capstone, the independent decoder that the command line checks " +
+      "every operand form against, cannot run in the browser, so vmxaddr's own decoder answers alone here.";
+  }
+  const select = $("vx-model");
+  for (const [name, summary] of JSON.parse(web.models())) {
+    if (name === "sdm") continue;
+    const opt = document.createElement("option");
+    opt.value = name;
+    opt.textContent = name;
+    opt.title = summary;
+    select.appendChild(opt);
+  }
+  timings.ready = performance.now();
+  $("vx-go").disabled = false;
+  compute();
+}
+
+$("vx-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  compute();
+});
+for (const id of ["vx-mode", "vx-cpl", "vx-cpu-mode", "vx-model", "vx-exit-qual"]) {
+  $(id).addEventListener("change", compute);
+}
+boot().catch((err) => {
+  timings.error = String(err);
+  status(`vmxaddr could not start in this browser: ${err}`);
+});
