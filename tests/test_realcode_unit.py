@@ -129,7 +129,10 @@ int get_vmx_mem_address(struct kvm_vcpu *vcpu, unsigned long exit_qualification,
 {
 	struct kvm_segment s;
 	int base_reg = (vmx_instruction_info >> 23) & 0xf;
-	gva_t off = (gva_t)sign_extend64(exit_qualification, 15) + kvm_register_read(vcpu, base_reg);
+	gva_t off = (gva_t)sign_extend64(exit_qualification, 15);
+
+	if (!(vmx_instruction_info & (1u << 27)))
+		off += kvm_register_read(vcpu, base_reg);
 
 	vmx_get_segment(vcpu, &s, (vmx_instruction_info >> 15) & 7);
 	*ret = s.base + off;
@@ -224,6 +227,22 @@ def test_bridge_rewrites_what_changed_between_cases(tmp_path):
         assert lib.call(exit, a, Access(8, False))[5] == 0x1010
 
 
+def test_a_read_outside_the_operand_is_an_error_not_a_stale_value(tmp_path):
+    """The KVM models pass only the operand's registers; kvm.h reports every register read, so a
+    function reading another one (here RAX, named by no operand field) is stopped."""
+    need_cc()
+    from vmxaddr.realcode import models as rm
+
+    text = STANDIN.replace("off += kvm_register_read(vcpu, base_reg);", "off += kvm_register_read(vcpu, 0);")
+    path = build.build_library([find_function(text, "get_vmx_mem_address", "reads.c")], ("kvm.h",), "kvm_adapter.c",
+                               "reads", extra="VMXADDR_EXPORT_LAYOUT;\n")
+    m = rm.make_model("reads", lambda: Library(path, "vmxaddr_kvm"), rm.RealCodeInfo("reads"), operand_only=True)
+    st = CpuState.for_code_size(32)
+    with pytest.raises(rm.RealCodeError, match="outside the operand"):
+        m(ExitInfo("vmptrld", INFO, 0), st, Access(8, False))  # base RBP, but RAX read
+    assert m(ExitInfo("vmptrld", 0 << 23 | 2 << 15 | 1 << 22, 0), st, Access(8, False)).outcome.kind == "ok"
+
+
 def test_build_is_cached_by_content(tmp_path):
     need_cc()
     part = find_function(STANDIN, "get_vmx_mem_address", "standin.c")
@@ -312,3 +331,38 @@ def test_example_adapter_planted_bug_is_the_only_class(tmp_path):
     fixed.write_text(text.replace(planted, "base = seg >= VMXADDR_FS ? s->base : 0;  /* fixed"))
     rep = fuzz(get(f"c:{fixed}:tinyvmx_operand"), get("sdm"), seed=3, max_examples=2000, hypothesis_examples=0)
     assert not rep.classes, list(rep.classes)
+
+
+def test_marshaller_and_ctypes_paths_agree(tmp_path, monkeypatch):
+    """The compiled marshaller (shim/marshal.c) and the pure-ctypes path fill the same structures:
+    on generated cases, the stand-in and the example adapter answer the same through both."""
+    need_cc()
+    import random
+
+    from vmxaddr.diff import exit_and_access
+    from vmxaddr.fuzz import gen_case
+    from vmxaddr.gen import RandomChooser
+    from vmxaddr.models.kvm import MNEMONICS
+    from vmxaddr.realcode import models as rm
+    from vmxaddr.realcode.bridge import marshaller
+
+    assert marshaller() is not None  # a compiler and Python.h are here (the same as setup.py's build)
+    part = find_function(STANDIN, "get_vmx_mem_address", "standin.c")
+    path = build.build_library([part], ("kvm.h",), "kvm_adapter.c", "the stand-in", extra="VMXADDR_EXPORT_LAYOUT;\n")
+    info = rm.RealCodeInfo("the stand-in")
+    fast = rm.make_model("standin", lambda: Library(path, "vmxaddr_kvm"), info, operand_only=True)
+    full = rm.make_model("standin-full", lambda: Library(path, "vmxaddr_kvm"), info)
+    example = rm.c_model(f"c:{EXAMPLE}:tinyvmx_operand")
+    monkeypatch.setattr(rm, "marshaller", lambda: None)
+    slow = rm.make_model("standin-slow", lambda: Library(path, "vmxaddr_kvm"), info, operand_only=True)
+    slow_full = rm.make_model("standin-slow-full", lambda: Library(path, "vmxaddr_kvm"), info)
+    lib = Library(build.build_source('#include "vmxaddr.h"\nVMXADDR_EXPORT_LAYOUT;\n', "example",
+                                     (build.SHIM_DIR, EXAMPLE.parent), (EXAMPLE,)), "tinyvmx_operand")
+    slow_example = rm.make_model("example-slow", lambda: lib, info)
+    ch = RandomChooser(random.Random(5))
+    for _ in range(3000):
+        case = gen_case(ch, MNEMONICS, case_policy := __import__("vmxaddr.exitinfo").exitinfo.DEFAULT_POLICY)
+        exit, access = exit_and_access(case.instruction, case.state.rip, case_policy)
+        answers = [m(exit, case.state, access)[:6] for m in (fast, full, slow, slow_full)]
+        assert all(a == answers[0] for a in answers), (case.instruction.raw.hex(), answers)
+        assert example(exit, case.state, access)[:6] == slow_example(exit, case.state, access)[:6]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ from vmxaddr.realcode.bridge import (
 )
 from vmxaddr.realcode.build import SHIM_DIR, BuildError, build_library, build_source
 from vmxaddr.realcode.extract import Extracted, ExtractError, find_function, mask
+from vmxaddr.realcode.registry import KVM_FUNCTION, KVM_LIMIT_CHECK, RELEASES, RealCodeInfo, release_info
 from vmxaddr.state import CpuState
 
 MASK32 = 0xFFFFFFFF
@@ -66,14 +66,8 @@ class RealCodeError(LookupError):
 
 NESTED_C = "arch/x86/kvm/vmx/nested.c"
 VMX_C = "arch/x86/kvm/vmx/vmx.c"
-KVM_FUNCTION = "get_vmx_mem_address"
 # Functions of the tree that get_vmx_mem_address() may call, and the file defining them.
 KVM_TREE_HELPERS = {"vmx_get_untagged_addr": VMX_C}
-# What reading the code of both releases shows about the limit check (for the classifier):
-# flat segments skipped, last byte = off + len - 1, the real length, expand-down unknown.
-KVM_LIMIT_CHECK = LimitCheck(fixed_length=None, off_by_one=False, flat_skip=True, expand_down=False)
-
-RELEASES = {"kvm-linux-6.1": "linux-6.1", "kvm-linux-6.12": "linux-6.12"}
 
 
 def kvm_parts(nested: Path, vmx: Path | None) -> list[Extracted]:
@@ -123,19 +117,6 @@ def _kvm_rule(state: CpuState, seg: str | None, access: Access, fault: bool) -> 
 
 def _generic_rule(state: CpuState, seg: str | None, access: Access, fault: bool) -> str:
     return "c-adapter"
-
-
-@dataclass(frozen=True)
-class RealCodeInfo:
-    """What a real-code model runs, for `vmxaddr models` and explain."""
-
-    what: str  # e.g. "get_vmx_mem_address() of Debian linux-source-6.1 6.1.176-1"
-    source: str = ""  # the sources name (linux-6.1), if from the cache
-    package: str = ""
-    version: str = ""
-
-    def to_json(self) -> dict[str, str]:
-        return {"what": self.what, "source": self.source, "package": self.package, "version": self.version}
 
 
 def _plan(plans: dict[int, tuple[int, int | None, int | None, int]], info: int) -> tuple[int, int | None, int | None, int]:
@@ -285,21 +266,9 @@ def release_model(name: str) -> Any:
     if f is None:
         raise RealCodeError(f"{name} runs Debian's {sources.SOURCES[source].package}, which is not in the cache "
                             f"({sources.cache_dir()}): run `vmxaddr sources fetch {source}` first")
-    info = RealCodeInfo(f"{KVM_FUNCTION}() of Debian {f.package} {f.version}", source, f.package, f.version)
+    info = release_info(name, f)
     return _kvm_model(name, lambda: _load_kvm(f.path(NESTED_C), f.path(VMX_C), f"{name} ({f.package} {f.version})"),
                       info)
-
-
-def registered() -> list[tuple[str, Any, str, RealCodeInfo]]:
-    """(name, model, summary, info) for each release whose source is cached."""
-    out = []
-    for name, source in RELEASES.items():
-        if sources.lookup(source) is None:
-            continue
-        m = release_model(name)
-        info: RealCodeInfo = m.real_code
-        out.append((name, m, f"real code: {info.what}, compiled with vmxaddr's shim", info))
-    return out
 
 
 @cache
