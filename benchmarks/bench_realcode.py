@@ -5,7 +5,7 @@ pure-Python port of the same release).
     python benchmarks/bench_realcode.py [--cases N] [--repeat R] [--fuzz-cases M]
 
 Needs the Debian sources in the cache (`vmxaddr sources fetch linux-6.1 linux-6.12`).
-Pairs: kvm-linux-6.1 / kvm-82277eee and kvm-linux-6.12 / kvm-b39bd520 (docs/real-code.md says why
+Pairs: kvm-linux-6.1 / kvm-82277eee and kvm-linux-6.12 / kvm-703d794c (docs/real-code.md says why
 these ports). The port is timed twice: pure Python (vmxaddr.models.kvm) and, if built, compiled
 (mypyc, what `vmxaddr models` uses by default).
 
@@ -31,10 +31,10 @@ from vmxaddr.diff import exit_and_access  # noqa: E402
 from vmxaddr.fuzz import RecordingChooser, fuzz, gen_case  # noqa: E402
 from vmxaddr.models import get  # noqa: E402
 from vmxaddr.models import kvm as kvm_pure  # noqa: E402
-from vmxaddr.models.kvm import MNEMONICS  # noqa: E402
+from vmxaddr.models.kvm import HANDLED  # noqa: E402
 from vmxaddr.throughput import bulk_work  # noqa: E402
 
-PAIRS = (("kvm-linux-6.1", "kvm-82277eee"), ("kvm-linux-6.12", "kvm-b39bd520"))
+PAIRS = (("kvm-linux-6.1", "kvm-82277eee"), ("kvm-linux-6.12", "kvm-703d794c"))
 
 
 def time_calls(model, items) -> float:
@@ -55,7 +55,7 @@ def main() -> int:
     items = []
     for _ in range(args.cases):
         ch.log = []
-        case = gen_case(ch, MNEMONICS, __import__("vmxaddr.exitinfo").exitinfo.DEFAULT_POLICY)
+        case = gen_case(ch, HANDLED, __import__("vmxaddr.exitinfo").exitinfo.DEFAULT_POLICY)
         exit, access = exit_and_access(case.instruction, case.state.rip, case.policy)
         items.append((exit, case.state, access))
     gc.freeze()

@@ -6,7 +6,7 @@
 set -euo pipefail
 cases="${1:-1000000}"
 vmxaddr sources fetch linux-6.1 linux-6.12
-for pair in "kvm-linux-6.1 kvm-82277eee" "kvm-linux-6.12 kvm-b39bd520"; do
+for pair in "kvm-linux-6.1 kvm-82277eee" "kvm-linux-6.12 kvm-703d794c"; do
     set -- $pair
     echo "== $1 (real code) against $2 (port), $cases cases"
     vmxaddr fuzz --model "$1" --against "$2" --seed 1 --max-examples "$cases" --hypothesis-examples 0

@@ -30,7 +30,7 @@ from vmxaddr.realcode.extract import find_function, mask
 from vmxaddr.realcode.models import KVM_FUNCTION, NESTED_C, RELEASES
 
 # release -> the port that claims it (decided from the code: see test_port_mapping_from_the_code)
-PORT_OF = {"kvm-linux-6.1": "kvm-82277eee", "kvm-linux-6.12": "kvm-b39bd520"}
+PORT_OF = {"kvm-linux-6.1": "kvm-82277eee", "kvm-linux-6.12": "kvm-703d794c"}
 
 
 def _unavailable(msg: str) -> None:
@@ -61,7 +61,7 @@ def test_port_mapping_from_the_code(release):
     """Each fix of vmxaddr.models.kvm's history, looked for in the release's function. Both
     releases have every fix up to 82277eee (its truncation lives in kvm_register_read(), which
     kvm.h implements as both releases define it); only 6.12 has b39bd520's untagging. So 6.1 is
-    kvm-82277eee and 6.12 is kvm-b39bd520, whatever Debian backported."""
+    kvm-82277eee and 6.12 is kvm-703d794c, whatever Debian backported."""
     text = _function_text(release)
     markers = {
         "f9eb4af6 checks": r"is_noncanonical_address\(",

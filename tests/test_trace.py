@@ -292,6 +292,7 @@ class _Recording:
 
     def __init__(self, model: Any) -> None:
         self.model = model
+        self.mnemonics = getattr(model, "mnemonics", None)  # synth makes only what the model covers
         self.diverges: list[bool] = []
 
     def __call__(self, exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) -> Result:

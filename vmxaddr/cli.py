@@ -179,13 +179,15 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from vmxaddr.explain import explain_text
-    from vmxaddr.models import UnknownModel, get
+    from vmxaddr.models import UnknownModel, covers, get, not_covered
 
     case = case_from(args)
     try:
         model = get(args.model)
     except UnknownModel as e:
         fail(str(e))
+    if not covers(model, case.instruction.mnemonic):
+        fail(not_covered(args.model, model, case.instruction.mnemonic))
     exit = case.exit
     try:
         result = case.run(model, explain=True)
@@ -214,10 +216,10 @@ def cmd_models(args: argparse.Namespace) -> int:
                     | ({"real_code": m.real_code} if m.real_code else {}) for m in REGISTRY.values()])
         return 0
     width = max(len(n) for n in REGISTRY)
-    for kind in ("encoder", "consumer"):
+    for kind in ("encoder", "consumer", "alias"):
         ms = [m for m in REGISTRY.values() if m.kind == kind]
         if ms:
-            print(f"{kind}s:")
+            print("aliases (old names):" if kind == "alias" else f"{kind}s:")
             for m in ms:
                 print(f"  {m.name:<{width}}  {m.summary}")
     from vmxaddr.models import NATIVE

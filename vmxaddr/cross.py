@@ -15,7 +15,7 @@ from typing import Any
 
 from vmxaddr import cli
 from vmxaddr.encoders import ENCODERS
-from vmxaddr.models import UnknownModel, get
+from vmxaddr.models import UnknownModel, covers, get, not_covered
 from vmxaddr.models.base import InvalidExitInfo, Result
 from vmxaddr.pipeline import cross
 
@@ -40,6 +40,9 @@ def cmd_cross(args: argparse.Namespace) -> int:
         model, against = get(args.model), get(args.against)
     except UnknownModel as e:
         cli.fail(str(e))
+    for name, m in ((args.model, model), (args.against, against)):
+        if not covers(m, case.instruction.mnemonic):
+            cli.fail(not_covered(name, m, case.instruction.mnemonic))
     try:
         x = cross(case, args.encoder, model, against, getattr(model, "classify", None))
     except InvalidExitInfo as e:

@@ -24,7 +24,7 @@ from vmxaddr.decode import Instruction
 from vmxaddr.encoders import ENCODERS, get_encoder
 from vmxaddr.exitinfo import ExitInfo, Policy, encode, encode_info, exit_qualification
 from vmxaddr.isa import SPECS
-from vmxaddr.models import UnknownModel, get
+from vmxaddr.models import UnknownModel, covers, get, not_covered
 from vmxaddr.models.base import FAULT, IMPL, OK, Access, InvalidExitInfo, Model, Result
 from vmxaddr.models.kvm import LimitCheck
 from vmxaddr.models.sdm import canonical, lam_untag
@@ -34,6 +34,10 @@ from vmxaddr.state import CpuState
 # -- classes ------------------------------------------------------------------------------------
 COMPAT_AS_64 = "compatibility mode treated as 64-bit (unreachable from hardware)"
 REAL_V86_NO_UD = "real/virtual-8086 mode not rejected (unreachable from hardware)"
+# Non-VMX instructions (INVPCID): faults the processor makes before any VM exit.
+PRE_EXIT_FAULT_NOT_MADE = "privilege or mode fault of a non-VMX instruction not made (unreachable from hardware)"
+COMPAT_AS_64_REACHABLE = "compatibility mode treated as 64-bit (a non-VMX instruction: reachable)"
+REAL_MODE_SEGMENT_CHECKS = "usability or type checked in real mode (a non-VMX instruction)"
 DISPLACEMENT_NOT_SIGN_EXTENDED = "displacement not sign-extended"
 ASZ_MASK_ON_LINEAR = "address-size mask applied to the linear address"
 REGS_NOT_TRUNCATED = "base/index not truncated outside 64-bit mode"
@@ -53,7 +57,8 @@ LINEAR_DIFFERS = "linear address differs"
 CHECKS_DIFFER = "fault checks differ"
 CANONICAL_FIRST_BYTE = "canonical check on the first byte only"
 
-CLASSES = (COMPAT_AS_64, REAL_V86_NO_UD, DISPLACEMENT_NOT_SIGN_EXTENDED, ASZ_MASK_ON_LINEAR, REGS_NOT_TRUNCATED,
+CLASSES = (COMPAT_AS_64, REAL_V86_NO_UD, PRE_EXIT_FAULT_NOT_MADE, COMPAT_AS_64_REACHABLE, REAL_MODE_SEGMENT_CHECKS,
+           DISPLACEMENT_NOT_SIGN_EXTENDED, ASZ_MASK_ON_LINEAR, REGS_NOT_TRUNCATED,
            SEGMENT_BASE_IN_64, LAM_NOT_UNTAGGED, LAM_UNTAGGED_LINEAR, LAM57_FOUR_LEVEL, NO_CHECKS, FLAT_LIMIT,
            LIMIT_OFF_BY_ONE, LENGTH_FIXED_8, EXPAND_DOWN, TYPE_BEFORE_USABLE, EA_DIFFERS, BASE_DIFFERS,
            LINEAR_DIFFERS, CHECKS_DIFFER, CANONICAL_FIRST_BYTE)
@@ -141,6 +146,16 @@ def classify(exit: ExitInfo, state: CpuState, access: Access, ra: Result, rb: Re
         return COMPAT_AS_64
     if spec.vmx and mode in ("real", "virtual-8086"):
         return REAL_V86_NO_UD
+    if not spec.vmx:
+        rules = (ra.outcome.rule, rb.outcome.rule)
+        if "mode" in rules or (spec.privileged and "cpl" in rules):
+            # INVPCID at CPL > 0 or in virtual-8086 mode: #GP(0) before the exit (SDM Vol. 3C
+            # "Relative Priority of Faults and VM Exits"); a model without the check computes on.
+            return PRE_EXIT_FAULT_NOT_MADE
+        if mode == "compatibility" and "canonical" in rules:
+            return COMPAT_AS_64_REACHABLE  # INVPCID does exit from compatibility mode
+        if mode == "real" and ("unusable" in rules or "type" in rules):
+            return REAL_MODE_SEGMENT_CHECKS  # INVPCID's real-mode page lists no segment faults
     own = getattr(model_b, "classify", None)  # a model may name its own divergences (e.g. xen-c447b730)
     if own is not None:
         return str(own(exit, state, access, ra, rb))
@@ -228,6 +243,7 @@ class Diff:
     divergences: tuple[Divergence, ...]
     encoder_exit: ExitInfo | None = None  # what the models after the first got, with --encoder
     encoder: str = "sdm"
+    not_covered: tuple[str, ...] = ()  # models that do not cover the instruction (not run, not compared)
 
     @property
     def agree(self) -> bool:
@@ -243,9 +259,13 @@ class Diff:
 def diff_case(case: Case, models: Sequence[tuple[str, Model]], explain: bool = False, encoder: str = "sdm") -> Diff:
     """Run every model on `case`; compare each with the first (the reference). With an `encoder`
     other than "sdm", the models after the first get that encoder's exit information and each
-    divergence names the side that caused it (vmxaddr.pipeline); the reference keeps the SDM's."""
+    divergence names the side that caused it (vmxaddr.pipeline); the reference keeps the SDM's.
+    A model after the first that does not cover the instruction (`models.covers`) is neither run
+    nor compared: it is listed in `not_covered`."""
     exit = case.exit
     access = case.access
+    skipped = tuple(n for n, m in models[1:] if not covers(m, case.instruction.mnemonic))
+    models = [(n, m) for n, m in models if n not in skipped]
     enc_exit = exit if encoder == "sdm" else get_encoder(encoder)(case.instruction, case.state.rip, case.policy)
     results = {name: run_model(m, exit if i == 0 else enc_exit, case.state, access, explain)
                for i, (name, m) in enumerate(models)}
@@ -262,7 +282,7 @@ def diff_case(case: Case, models: Sequence[tuple[str, Model]], explain: bool = F
         elif not agree(ref, r):
             divs.append(Divergence(ref_name, name, first_difference(ref, r),
                                    classify(exit, case.state, access, ref, r, ref_model, m)))
-    return Diff(case, exit, results, tuple(divs), enc_exit if encoder != "sdm" else None, encoder)
+    return Diff(case, exit, results, tuple(divs), enc_exit if encoder != "sdm" else None, encoder, skipped)
 
 
 _EXITS: dict[Policy, dict[tuple[bytes, int], tuple[int, Access]]] = {}
@@ -381,6 +401,8 @@ def diff_text(d: Diff) -> str:
     for name, r in d.results.items():
         if r.outcome.reason:
             out.append(f"  {name}: {r.outcome.reason}")
+    for name in d.not_covered:
+        out.append(f"  {name}: does not cover {d.case.instruction.mnemonic.upper()} (not run)")
     out.append("")
     if d.agree:
         out.append("agree: every model gives an answer the first one accepts")
@@ -394,6 +416,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
     models = parse_models(args.models)
     case = case_from(args)
+    if not covers(models[0][1], case.instruction.mnemonic):
+        fail(not_covered(models[0][0], models[0][1], case.instruction.mnemonic))
     if args.lam:
         case = Case(case.instruction, apply_lam(case.state, args.lam), case.policy)
     if args.encoder not in ENCODERS:
@@ -414,7 +438,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
                 results[name]["exit_qualification"] = d.encoder_exit.exit_qualification
                 results[name]["encoder"] = d.encoder
         print_json({"results": results, "agree": d.agree, "first_difference": d.first_difference,
-                    "divergences": [x.to_json() for x in d.divergences]})
+                    "divergences": [x.to_json() for x in d.divergences], "not_covered": list(d.not_covered)})
     else:
         print(diff_text(d))
     return 0

@@ -186,8 +186,12 @@ def vbox_iem(instr: Instruction, rip: int = 0, policy: Policy = DEFAULT_POLICY) 
         undefined in the SDM).
       * 16-bit [SI]/[DI] are reported as index (with no base), then mangled as above.
     RDRAND/RDSEED come out as the SDM says (reg1, operand size, undefined bits cleared).
-    The segment field is IEM's effective segment; for an ignored 64-bit-mode CS/DS/ES/SS prefix
-    this model follows the policy's choice, as for the SDM encoder (not read in IEM's decoder).
+    The segment field (bits 17:15) is IEM's effective segment, `iEffSeg`. IEM's segment-prefix
+    handlers (iemOp_seg_ES … iemOp_seg_GS, IEMAllInstOneByte.cpp.h) set it unconditionally, in
+    64-bit mode too, so a CS/DS/ES/SS prefix that the processor ignores there is reported as the
+    prefix's segment (the last one, if several): whatever --ignored-segment says, the Policy is
+    not consulted. (The address IEM computes is the same: those bases count as 0 in 64-bit mode;
+    a consumer that picks #SS or #GP by the reported segment picks differently.)
     """
     raw = instr.raw
     m = _modrm_offset(instr)
@@ -273,7 +277,7 @@ def vbox_iem(instr: Instruction, rip: int = 0, policy: Policy = DEFAULT_POLICY) 
             reg2 = reg | (rex_r if asz == 64 else 0)
         else:
             reg2 = rm | (rex_b if asz == 64 else 0)
-        segment = SEGMENTS.index(_segment(instr, policy))
+        segment = SEGMENTS.index(_vbox_segment(instr))
         info = (scale | ASZ_CODE[asz] << 7 | opsize << 11 | segment << 15
                 | (0 if base_valid else 1) << 18  # the index field, overwritten with !base-valid
                 | (0 if index_valid else 1) << 22
@@ -286,10 +290,11 @@ def vbox_iem(instr: Instruction, rip: int = 0, policy: Policy = DEFAULT_POLICY) 
     return ExitInfo(instr.mnemonic, info & 0xFFFFFFFF, qual, instr.length)
 
 
-def _segment(instr: Instruction, policy: Policy) -> str:
-    from vmxaddr.exitinfo import reported_segment
-
-    return reported_segment(instr, policy)
+def _vbox_segment(instr: Instruction) -> str:
+    """IEM's iEffSeg: the last segment prefix if there is one (in every mode), else the default."""
+    op = instr.operand
+    assert op is not None
+    return op.segment_prefix or op.segment
 
 
 register_encoder("sdm", sdm_encoder, "the SDM's processor (vmxaddr.exitinfo.encode; --exit-qual etc. choose what the SDM leaves open)")

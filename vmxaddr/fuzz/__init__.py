@@ -10,7 +10,7 @@ choices are recorded. Each class's first witness is then made minimal twice over
 Both are functions of the seed, so a run is reproducible.
 
 The generator is vmxaddr.gen's, plus one thing the models here need: in 64-bit code, sometimes
-linear-address masking (CR4.LAM_SUP, CR3.LAM_U48/U57), which KVM b39bd520 changed.
+linear-address masking (CR4.LAM_SUP, CR3.LAM_U48/U57), which KVM 703d794c (with b39bd520, 93d1c9f4, 3098e6ec) changed.
 """
 
 from __future__ import annotations

@@ -75,6 +75,8 @@ _KVM = (_kvm_native or _kvm_pure).REGISTERED
 
 for _n, (_f, _s) in _KVM.items():
     register(_n, _f, _s)
+for _n, (_target, _why) in (_kvm_native or _kvm_pure).ALIASES.items():
+    register(_n, REGISTRY[_target].function, f"alias of {_target} ({_why})", kind="alias")
 
 from vmxaddr.models.xen import xen_c447b730  # noqa: E402
 
@@ -107,6 +109,19 @@ class UnknownModel(LookupError):
     pass
 
 
+def covers(model: Model, instruction: str) -> bool:
+    """Does `model` answer for `instruction`? A model lists what it covers in a `mnemonics`
+    attribute (the KVM and Xen models: what their hypervisor emulated); without one, everything."""
+    listed = getattr(model, "mnemonics", None)
+    return listed is None or instruction in listed
+
+
+def not_covered(name: str, model: Model, instruction: str) -> str:
+    """The one line that says so (for a command that was asked about it)."""
+    listed = ", ".join(getattr(model, "mnemonics", ()))
+    return f"{name} does not cover {instruction.upper()} (it covers {listed}; `vmxaddr models` says why)"
+
+
 _REAL_CODE_NAMES = ("kvm-linux-6.1", "kvm-linux-6.12")  # vmxaddr.realcode.models.RELEASES
 
 
@@ -120,6 +135,8 @@ def get(name: str) -> Model:
             raise UnknownModel(str(e)) from None
     if name in REGISTRY:
         return REGISTRY[name].function
+    if f"alias/{name}" in REGISTRY:  # an old name (see its summary for why it moved)
+        return REGISTRY[f"alias/{name}"].function
     if f"encoder/{name}" in REGISTRY:
         raise UnknownModel(f"{name!r} is an encoder (it writes the exit information); give it as --encoder {name}")
     if ":" in name:
@@ -155,4 +172,5 @@ def _load_user_model(name: str) -> Model:
         raise UnknownModel(one_line(str(e), 300)) from None
 
 
-__all__ = ["FAULT", "IMPL", "OK", "Access", "Model", "Outcome", "Result", "Step", "REGISTRY", "get", "register", "sdm"]
+__all__ = ["FAULT", "IMPL", "OK", "Access", "Model", "Outcome", "Result", "Step", "REGISTRY", "covers", "get",
+           "not_covered", "register", "sdm"]

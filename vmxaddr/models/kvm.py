@@ -12,10 +12,14 @@ Not modelled, on purpose:
     before any VM exit; the handlers' own copies were removed by 70f3aac964ae (2017) as
     superfluous. All models therefore compute an address in those modes, where the SDM model
     says #UD; the differential engine classes such cases "unreachable from hardware".
-  * 48-bit canonical checks before LA57 support (2017): every model honours CR4.LA57, because a
+  * 48-bit canonical checks before fd8cb433734e ("KVM: MMU: Expose the LA57 feature to VM.",
+    2017), which made the width 48 or 57 by CR4.LA57: every model honours CR4.LA57, because a
     guest could not set CR4.LA57 under a KVM that lacked it (an unreachable input for them).
-  * non-VMX instructions: KVM reaches get_vmx_mem_address() for VMX instructions; descriptor-
-    table exits go through the instruction emulator. `MNEMONICS` lists what the models cover.
+  * instructions a model's KVM did not read through get_vmx_mem_address(): descriptor-table exits
+    go through the instruction emulator; XSAVES/XRSTORS exits are not emulated. Each model's
+    `mnemonics` attribute lists what its KVM handled (COVERAGE below, each entry with its commit);
+    INVPCID (handle_invpcid(), not a VMX instruction) makes no CPL check of its own: the processor
+    makes it before the exit.
 
 KVM's mode tests, kept as KVM has them: `is_long_mode()` is EFER.LMA, so compatibility mode
 takes the 64-bit path (a real difference from the SDM, but VMX instructions #UD there before
@@ -37,7 +41,24 @@ from vmxaddr.state import CpuState, Segment
 
 MASK64 = (1 << 64) - 1
 MASK32 = 0xFFFFFFFF
-MNEMONICS = ("vmptrld", "vmclear", "vmxon", "vmptrst", "vmread", "vmwrite", "invept", "invvpid")
+MNEMONICS = ("vmptrld", "vmclear", "vmxon", "vmptrst", "vmread", "vmwrite", "invept", "invvpid")  # VMX instructions
+HANDLED = (*MNEMONICS, "invpcid")  # what today's KVM reads through get_vmx_mem_address()
+# Which instructions each era's KVM read through get_vmx_mem_address(), by the commit that added
+# the handler's call:
+#   VMCLEAR, VMPTRLD, VMPTRST, VMREAD, VMWRITE: 064aea774768 (2011, the first nVMX emulation);
+#   INVEPT: bfd0a56b9000 "nEPT: Nested INVEPT" (2013);
+#   VMXON: 3573e22cfeca "KVM: nVMX: additional checks on vmxon region" (2014), the first read of
+#     its operand;
+#   INVVPID: its emulation (2015) came after f9eb4af67c9d: the handler passes the write flag that
+#     f9eb4af6 added to get_vmx_mem_address() (commit id not verified here);
+#   INVPCID: eb4b248e152d "kvm: vmx: Support INVPCID in shadow paging mode" (2018), handle_invpcid().
+# A model covers what its KVM had at its commit; no model falls between 2015 and 2019.
+COVERAGE: dict[str, tuple[str, ...]] = {
+    "kvm-064aea77": ("vmptrld", "vmclear", "vmptrst", "vmread", "vmwrite"),
+    "kvm-f9eb4af6": ("vmptrld", "vmclear", "vmxon", "vmptrst", "vmread", "vmwrite", "invept"),
+}
+# VMX instructions: nested_vmx_check_permission() makes the CPL check after the exit.
+_PERMISSION_CHECKED = frozenset(MNEMONICS)
 
 
 class Fixes(NamedTuple):
@@ -52,7 +73,7 @@ class Fixes(NamedTuple):
     access_length: bool = False  # fdb28619a8f0: the real access length (was 8)
     fsgs_base_only: bool = False  # 6694e4801282: in long mode only FS/GS add a base
     truncate_regs: bool = False  # 82277eeed65e: base/index read as 32 bits outside 64-bit mode
-    lam_untag: bool = False  # b39bd520a60c: LAM metadata removed before the canonical check
+    lam_untag: bool = False  # 703d794cb8cb: LAM metadata removed before the canonical check (reachable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +106,9 @@ def kvm_model(fixes: Fixes, exit: ExitInfo, state: CpuState, access: Access, exp
     mode = state.mode
 
     # nested_vmx_check_permission(): CPL > 0 -> #GP(0) (all versions; vmx_get_cpl() is 0 in
-    # real mode and 3 in virtual-8086 mode).
+    # real mode and 3 in virtual-8086 mode). handle_invpcid() has no such call.
     cpl = 3 if mode == "virtual-8086" else 0 if mode == "real" else state.cpl
-    if cpl > 0:
+    if cpl > 0 and exit.instruction in _PERMISSION_CHECKED:
         return Result(outcome(explain, FAULT, "GP", 0, "cpl", lambda: f"CPL {cpl} > 0: #GP(0)"))
     if steps is not None:
         steps.append(Step("cpl", "cpl", f"CPL {cpl}: the privilege check passes", cpl))
@@ -173,7 +194,10 @@ def _checks(fixes: Fixes, explain: bool, steps: list[Step] | None, state: CpuSta
             steps.append(Step("canonical", "canonical", f"{checked:#x} is canonical ({bits}-bit): the only check in long mode"))
         return _OK_CANONICAL
 
-    # Before 8570f9e8 the checks below were under is_protmode() (CR0.PE); after, under plain else.
+    # Up to 8570f9e8's predecessor the checks below were under is_protmode() (CR0.PE); later
+    # sources have a plain else (checks in real mode too). Which commit moved them is not
+    # verified (8570f9e8's posted diff has no room for it); the models put the move at 8570f9e8.
+    # Only INVPCID can exit in real mode.
     if state.mode == "real" and not fixes.mask_ea:
         return outcome(explain, OK, None, None, "no-checks", lambda: "real mode: no checks")
     t = s.type
@@ -230,7 +254,9 @@ _HISTORY: list[tuple[str, str, str, str]] = [
     ("kvm-8570f9e8", "mask_ea", "KVM 5.1 (8570f9e881e3): address-size mask on the effective address",
      "KVM as of 8570f9e881e3 'KVM: nVMX: Apply addr size mask to effective address for VMX\n"
      "instructions' (2019). The offset is masked to the address size before the segment base; outside\n"
-     "long mode the linear address is mod 2^32 (and the checks run outside is_protmode() too).\n"
+     "long mode the linear address is mod 2^32. The models also run the type, usability and limit\n"
+     "checks in real mode from here (later sources have a plain else where is_protmode() was; the\n"
+     "commit that moved them is not verified, and 8570f9e8's posted diff has no room for it).\n"
      "Ended by 34333cc6c2cb. Gets wrong: an access at the top of a flat 4-GiB segment, which VMX\n"
      "processors do not fault — class 'limit check on a flat segment'."),
     ("kvm-34333cc6", "flat_skip", "KVM 5.1 (34333cc6c2cb): no limit check on flat segments",
@@ -252,11 +278,15 @@ _HISTORY: list[tuple[str, str, str, str]] = [
      "base and index registers outside 64-bit mode."),
     ("kvm-82277eee", "truncate_regs", "KVM 5.13 (82277eeed65e): base/index read as 32 bits outside 64-bit mode",
      "KVM as of 82277eeed65e 'KVM: nVMX: Truncate base/index GPR value on address calc in !64-bit'\n"
-     "(2021). Ended by b39bd520a60c. Gets wrong: a 64-bit-mode operand carrying LAM metadata\n"
+     "(2021). Ended by 703d794cb8cb. Gets wrong: a 64-bit-mode operand carrying LAM metadata\n"
      "(CR4.LAM_SUP or CR3.LAM_U48/U57), faulted as non-canonical — class 'LAM metadata not removed\n"
      "before the canonical check'."),
-    ("kvm-b39bd520", "lam_untag", "KVM 6.8 (b39bd520a60c): LAM metadata removed before the canonical check",
-     "KVM as of b39bd520a60c 'KVM: x86: Untag addresses for LAM emulation where applicable' (2023).\n\n"
+    ("kvm-703d794c", "lam_untag", "KVM 6.8 (703d794cb8cb): LAM metadata removed before the canonical check",
+     "KVM as of 703d794cb8cb 'KVM: x86: Advertise and enable LAM (user and supervisor)' (v6.8), the\n"
+     "commit that made the behaviour reachable: b39bd520a60c ('Untag addresses for LAM emulation\n"
+     "where applicable') put the untag call into get_vmx_mem_address() while the helper still\n"
+     "returned its argument; 93d1c9f498a7 (supervisor pointers) and 3098e6eca88e (user pointers)\n"
+     "made it untag; from 703d794cb8cb a guest could enable LAM. All four in v6.8.\n\n"
      "Still today's behaviour for the legacy instruction-information field (see kvm-current). What\n"
      "it still does differently from the SDM is listed in docs/kvm-divergences.md."),
 ]
@@ -270,7 +300,7 @@ def _make(name: str, fixes: Fixes, doc: str) -> Any:
     model.__name__ = model.__qualname__ = name.replace("-", "_")
     model.__doc__ = doc
     model.fixes = fixes  # type: ignore[attr-defined]
-    model.mnemonics = MNEMONICS  # type: ignore[attr-defined]
+    model.mnemonics = COVERAGE.get(name, HANDLED)  # type: ignore[attr-defined]
     model.limit_check = LimitCheck(  # type: ignore[attr-defined]
         None if fixes.access_length else 8, not fixes.limit_inclusive, fixes.flat_skip, False)
     return model
@@ -284,13 +314,13 @@ for _name, _flag, _summary, _doc in _HISTORY:
 
 REGISTERED["kvm-current"] = (
     _make("kvm-current", _fixes,
-          "KVM today (mainline): kvm-b39bd520's behaviour for the legacy 32-bit instruction-information field.\n\n"
+          "KVM today (mainline): kvm-703d794c's behaviour for the legacy 32-bit instruction-information field.\n\n"
           "The 2025 APX series (RFC, November 2025: an extended 64-bit instruction-information field so\n"
           "that R16-R31 can be named) had not landed in mainline in the material we could check; as\n"
           "posted, it reads the legacy field as before when the extended field is not in use, so the\n"
           "address computation for R0-R15 operands does not change. Its divergences from the SDM are\n"
           "documented in docs/kvm-divergences.md."),
-    "KVM today: = kvm-b39bd520 for the legacy field (the 2025 APX series changes no legacy reading)")
+    "KVM today: = kvm-703d794c for the legacy field (the 2025 APX series changes no legacy reading)")
 
 HISTORY: tuple[str, ...] = tuple(n for n, *_ in _HISTORY)  # oldest first, each = previous + one fix
 FIX_OF: dict[str, str] = {n: f for n, f, *_ in _HISTORY if f}  # model -> the Fixes field it adds
@@ -304,5 +334,12 @@ kvm_c1a9acbc = REGISTERED["kvm-c1a9acbc"][0]
 kvm_fdb28619 = REGISTERED["kvm-fdb28619"][0]
 kvm_6694e480 = REGISTERED["kvm-6694e480"][0]
 kvm_82277eee = REGISTERED["kvm-82277eee"][0]
-kvm_b39bd520 = REGISTERED["kvm-b39bd520"][0]
+kvm_703d794c = REGISTERED["kvm-703d794c"][0]
 kvm_current = REGISTERED["kvm-current"][0]
+
+# Old names, kept working (vmxaddr.models registers them as aliases, listed by `vmxaddr models`).
+ALIASES: dict[str, tuple[str, str]] = {
+    "kvm-b39bd520": ("kvm-703d794c", "renamed: at b39bd520a60c the untag helper still returned its argument; "
+                     "the untagging came with 93d1c9f498a7 and 3098e6eca88e, and a guest could enable LAM "
+                     "only from 703d794cb8cb (all v6.8)"),
+}

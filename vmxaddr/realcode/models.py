@@ -28,7 +28,7 @@ from typing import Any
 from vmxaddr.exitinfo import ExitInfo, operand_bits
 from vmxaddr.isa import REG64, SEGMENTS
 from vmxaddr.models.base import FAULT, OK, Access, InvalidExitInfo, Result, Step, outcome
-from vmxaddr.models.kvm import MNEMONICS, LimitCheck
+from vmxaddr.models.kvm import HANDLED, LimitCheck
 from vmxaddr.realcode import sources
 from vmxaddr.realcode.bridge import (
     HAVE_DISPLACEMENT,
@@ -248,7 +248,7 @@ def _kvm_explain(lib: Library, exit: ExitInfo, state: CpuState, access: Access) 
 
 
 def _kvm_model(name: str, load: Callable[[], Library], info: RealCodeInfo) -> Any:
-    return make_model(name, load, info, _kvm_rule, _kvm_explain, MNEMONICS, KVM_LIMIT_CHECK, operand_only=True)
+    return make_model(name, load, info, _kvm_rule, _kvm_explain, HANDLED, KVM_LIMIT_CHECK, operand_only=True)
 
 
 def _load_kvm(nested: Path, vmx: Path | None, what: str) -> Library:

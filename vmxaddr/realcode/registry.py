@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from vmxaddr.models.kvm import MNEMONICS, LimitCheck
+from vmxaddr.models.kvm import HANDLED, LimitCheck
 from vmxaddr.realcode import sources
 
 # model name -> the source (vmxaddr.realcode.sources) holding its function
@@ -44,7 +44,7 @@ def _lazy(name: str, info: RealCodeInfo) -> Any:
     model.__name__ = model.__qualname__ = name.replace("-", "_").replace(".", "_")
     model.__doc__ = f"Real code: {info.what} (vmxaddr.realcode; built at the first call)."
     model.real_code = info  # type: ignore[attr-defined]
-    model.mnemonics = MNEMONICS  # type: ignore[attr-defined]
+    model.mnemonics = HANDLED  # type: ignore[attr-defined]
     model.limit_check = KVM_LIMIT_CHECK  # type: ignore[attr-defined]
     return model
 

@@ -88,6 +88,11 @@ def check_hypervisor(rec: ExitRecord, reference: str, model: Model
     if missing:
         return {"verdict": "not-checkable", "missing": missing}, missing, None, None
     assert exit is not None and access is not None and rec.state is not None and rec.result is not None
+    from vmxaddr.models import covers
+
+    if not covers(model, exit.instruction):  # e.g. an old KVM model asked about INVPCID
+        why = [f"a reference that covers {exit.instruction.upper()} ({reference} does not)"]
+        return {"verdict": "not-checkable", "missing": why}, [], exit, access  # the fingerprint can still run
     hv: dict[str, Any] = {"against": reference, "recorded": rec.result.to_json()}
     results: Result | None = None
     try:
@@ -107,9 +112,14 @@ def check_hypervisor(rec: ExitRecord, reference: str, model: Model
 
 def fingerprint(models: list[NamedModel], exit: ExitInfo, state: CpuState, access: Access, recorded: Recorded
                 ) -> list[str]:
-    """The names of the models whose answer is the recorded one (a model that raises does not match)."""
+    """The names of the models whose answer is the recorded one (a model that raises, or that does
+    not cover the instruction, does not match)."""
+    from vmxaddr.models import covers
+
     names = []
     for m in models:
+        if not covers(m.function, exit.instruction):
+            continue
         try:
             r = run_model(m.function, exit, state, access)
         except Exception:  # noqa: BLE001 - a model that cannot answer does not match

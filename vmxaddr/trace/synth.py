@@ -33,14 +33,16 @@ def synth(model: Model, n: int, seed: int = 0) -> Iterator[dict[str, Any]]:
     state records shared by several exits, some exits overriding registers inline, the exit
     information from the SDM encoder under a random policy, and the model's answer."""
     from vmxaddr.gen import MNEMONICS, RandomChooser, gen_encoding, gen_policy, gen_state
+    from vmxaddr.models import covers
 
+    covered = tuple(m for m in MNEMONICS if covers(model, m)) or MNEMONICS  # only what the model answers for
     rng = random.Random(seed)
     ch = RandomChooser(rng)
     pools: dict[int, list[tuple[str, CpuState]]] = {16: [], 32: [], 64: []}
     next_id = 0
     made = 0
     while made < n:
-        raw, cs = gen_encoding(ch, mnemonics=MNEMONICS)
+        raw, cs = gen_encoding(ch, mnemonics=covered)
         try:
             instr = decode(raw, cs)
         except DecodeError:
