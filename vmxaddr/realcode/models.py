@@ -54,6 +54,10 @@ MASK32 = 0xFFFFFFFF
 _new = tuple.__new__
 
 
+def _NO_FAULT() -> str:
+    return "the C code reports no fault"
+
+
 _NO_PLAN: tuple[int, int | None, int | None, int] = (0, None, None, 0)
 
 
@@ -155,7 +159,6 @@ def make_model(name: str, load: Callable[[], Library], info: RealCodeInfo,
     use of stale values."""
     cell: list[Library] = []
     fast: list[Any] = []  # (marshaller call, function pointer) once loaded, if the marshaller is there
-    quiet_ok = outcome(False, OK, None, None, "real-code", str)
     plans: dict[int, tuple[int, int | None, int | None, int]] = {}
 
     def load_now() -> Library:
@@ -198,10 +201,8 @@ def make_model(name: str, load: Callable[[], Library], info: RealCodeInfo,
             out = outcome(explain, FAULT, v, code, r, lambda: f"the C code injects #{v}" + ("" if code is None else f"({code})"))
         elif status == STATUS_NO_MEMORY:
             out = outcome(explain, OK, None, None, "register-operand", lambda: "register operand: no memory access")
-        elif explain:
-            out = outcome(True, OK, None, None, rule(state, seg, access, False), lambda: "the C code reports no fault")
-        else:
-            out = quiet_ok  # which check passed matters to nobody when nothing faults (vmxaddr.diff.classify)
+        else:  # which check passed: the classifier reads it (e.g. "canonical" in compatibility mode)
+            out = outcome(explain, OK, None, None, rule(state, seg, access, False), _NO_FAULT)
         steps: tuple[Step, ...] = ()
         if explain:
             extra = explain_steps(cell[0], exit, state, access) if explain_steps else []
