@@ -84,7 +84,12 @@ def test_quiet_prints_nothing_on_stderr_not_even_shrinking(capsys):
 
 def test_time_bounds_the_whole_run_shrinking_included(capsys):
     # KVM before f9eb4af6 against the SDM: a dozen classes, each given up to 5 s of hypothesis:
-    # shrinking alone would take a minute. --time 3 must end the whole run near 3 s.
+    # shrinking alone would take a minute. --time 3 must end the whole run near 3 s. (Imports are
+    # warmed first: Python loading its modules is not part of the run.)
+    import hypothesis  # noqa: F401
+
+    import vmxaddr.fuzz.runner  # noqa: F401
+
     t0 = time.monotonic()
     code, out, _ = _run(capsys, "--model", "kvm-064aea77", "--time", "3", "--hypothesis-seconds", "5", "--quiet",
                         "--json")
@@ -92,7 +97,7 @@ def test_time_bounds_the_whole_run_shrinking_included(capsys):
     obj = json.loads(out)
     assert code == 0 and len(obj["classes"]) >= 3
     # (slack for a loaded machine; without the bound the run took 20 s and more)
-    assert took < 3 + 2.5 and obj["seconds"] < 3 + 1.0, f"--time 3 took {took:.1f} s ({obj['seconds']} s by its own clock)"
+    assert took < 3 + 2.0 and obj["seconds"] < 3 + 0.5, f"--time 3 took {took:.1f} s ({obj['seconds']} s by its own clock)"
     # every class still has a witness: shrunk, or its first one marked as such
     assert all("witness" in c and c["shrunk_by"] for c in obj["classes"])
 

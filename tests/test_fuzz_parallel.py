@@ -97,3 +97,11 @@ def test_dask_unreachable_is_one_line(capsys, monkeypatch):
     assert main(["fuzz", "--model", MODEL, "--dask", "tcp://127.0.0.1:1", "--max-examples", "10"]) == 2
     err = capsys.readouterr().err
     assert "cannot reach a Dask scheduler at tcp://127.0.0.1:1" in err and len(err.strip().splitlines()) == 1
+
+
+def test_jobs_without_a_limit_runs_the_default_number_of_cases(capsys, monkeypatch):
+    # Neither --max-examples nor --time: 10,000 cases, as with one process (it ran forever).
+    monkeypatch.setattr("vmxaddr.fuzz.cli.BLOCK_SIZE", 2500)
+    assert main(["fuzz", "--model", "kvm-82277eee", "--against", "kvm-6694e480", "--jobs", "2", "--quiet",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cases"] == 10_000

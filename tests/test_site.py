@@ -8,6 +8,7 @@ CI=true, where they fail: CI installs them (pyproject's `test` extra, scripts/sy
 
 from __future__ import annotations
 
+import html
 import importlib.util
 import json
 import os
@@ -38,6 +39,7 @@ def _load(name: str, path: Path):  # type: ignore[no-untyped-def]
 build_site = _load("docs_build_site", ROOT / "docs" / "tools" / "build_site.py")
 refresh = _load("docs_refresh", ROOT / "docs" / "tools" / "refresh.py")
 browser_tools = _load("docs_browser", ROOT / "docs" / "tools" / "browser.py")
+site_nav = _load("docs_site_nav", ROOT / "docs" / "tools" / "site_nav.py")
 
 
 def need(ok: bool, why: str) -> None:
@@ -90,9 +92,9 @@ def test_check_finds_broken_links_and_pictures(tmp_path: Path) -> None:
 
 
 def _reading_order() -> list[str]:
-    """docs/index.md's numbered reading order, read independently of the nav hook."""
+    """docs/index.md's reading order (its numbered and bulleted links), read independently of the nav hook."""
     text = (ROOT / "docs" / "index.md").read_text().split("## Reading order", 1)[1].split("\n#", 1)[0]
-    return re.findall(r"^\d+\.\s+\[[^\]]*\]\(([^)#]+)\.md\)", text, re.M)
+    return re.findall(r"^(?:\d+\.|-)\s+\[[^\]]*\]\(([^)#]+)\.md\)", text, re.M)
 
 
 def test_navigation_follows_the_reading_order(site: Path) -> None:
@@ -120,6 +122,35 @@ def test_every_worked_example_is_on_its_page(site: Path) -> None:
             if ex.output is None or refresh.normalise(ex.output) not in refresh.normalise(text):
                 missing.append(f"{md.name}:{ex.line} output")
     assert n > 50 and not missing, missing
+
+
+def test_worked_examples_open_on_the_try_page(site: Path) -> None:
+    # Each `vmxaddr explain`/`decode` example the page's form can hold links to the Try page with
+    # its case in the address; the page's form (its defaults: CPL 0, model sdm, zero-extend; no
+    # other register or segment) answered by vmxaddr.web, as the page does, prints what the
+    # example shows, which tests/test_docs.py checks against the command line.
+    from urllib.parse import parse_qsl
+
+    from vmxaddr.web import answer
+
+    linked = 0
+    for md in refresh.pages():
+        page = (site / (md.stem + ".html")).read_text()
+        for ex in refresh.examples(md):
+            query = site_nav.try_query(ex.argv)
+            if query is None:
+                continue
+            linked += 1
+            assert html.escape(f"try.html?{query}") in page, f"{md.name}:{ex.line}: no Try link"
+            form = {"cpl": "0", "model": "sdm", "exit_qual": "zero-extend", **dict(parse_qsl(query))}
+            got = json.loads(answer(json.dumps(form)))
+            if (ex.output or "").endswith("[exit status 2]"):  # refused: the page shows the same one-line error
+                assert not got["ok"] and got["error"] in (ex.output or ""), (md.name, ex.line, got)
+                continue
+            assert got["ok"], (md.name, ex.line, got)
+            shown = got["text"] if ex.argv[0] == "explain" else got["decode"]
+            assert refresh.normalise(shown) == refresh.normalise(ex.output or ""), f"{md.name}:{ex.line}"
+    assert linked > 40
 
 
 def test_every_picture_of_the_docs_is_shown(site: Path) -> None:

@@ -209,11 +209,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from vmxaddr.models import REGISTRY
+    from vmxaddr.models import NATIVE, REGISTRY
 
     if args.json:
-        print_json([{"name": m.name, "kind": m.kind, "summary": m.summary}
-                    | ({"real_code": m.real_code} if m.real_code else {}) for m in REGISTRY.values()])
+        print_json({"models": [{"name": m.name, "kind": m.kind, "summary": m.summary}
+                               | ({"real_code": m.real_code} if m.real_code else {}) for m in REGISTRY.values()],
+                    "compiled": list(NATIVE)})
         return 0
     width = max(len(n) for n in REGISTRY)
     for kind in ("encoder", "consumer", "alias"):
@@ -222,8 +223,6 @@ def cmd_models(args: argparse.Namespace) -> int:
             print("aliases (old names):" if kind == "alias" else f"{kind}s:")
             for m in ms:
                 print(f"  {m.name:<{width}}  {m.summary}")
-    from vmxaddr.models import NATIVE
-
     print(f"compiled (setup.py, mypyc): {', '.join(NATIVE)}" if NATIVE else
           "all models run as pure Python (no native build: see setup.py)")
     if not any(m.real_code for m in REGISTRY.values()):
@@ -253,8 +252,11 @@ def register_core(sub: Any) -> None:
                    "fields -> displacement -> EA -> segment -> linear -> checks -> outcome) into FILE, an SVG "
                    "picture (- : the picture to stdout instead of the text)")
     p.set_defaults(func=cmd_explain)
-    p = sub.add_parser("models", help="list the models", description="List every registered model.")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("models", help="list the models", description="List every registered model: the encoders "
+                       "(what writes the exit information) and the consumers (what rebuilds the address), and which "
+                       "run compiled.")
+    p.add_argument("--json", action="store_true", help="print one JSON object: {\"models\": [{name, kind, summary}, …], "
+                   "\"compiled\": [module, …]}")
     p.set_defaults(func=cmd_models)
 
 

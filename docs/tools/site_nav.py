@@ -1,7 +1,7 @@
 """mkdocs hook: the site's navigation is the reading order docs/index.md defines.
 
-docs/index.md's "Reading order" section is a numbered list of links, in groups introduced by a
-line ending in a colon ("What the hypervisor is given:", "The address:", ...). Each group
+docs/index.md's "Reading order" section is a list of links (numbered or bulleted), in groups
+introduced by a paragraph ending in a colon ("What the hypervisor is given:", "The address:", ...). Each group
 becomes a section of the navigation, in that order; a linked `DIR/index.md` becomes a
 subsection with the pages it links in DIR. Pages that index.md links outside the list (the
 browser page) follow. Nothing is listed twice, so the nav cannot drift from index.md.
@@ -9,12 +9,12 @@ browser page) follow. Nothing is listed twice, so the nav cannot drift from inde
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 from typing import Any
 
-_ITEM = re.compile(r"^\d+\.\s+\[[^\]]*\]\(([^)#\s]+\.md)\)")
-_GROUP = re.compile(r"^([A-Z][^\[\]()]*):\s*$")
+_ITEM = re.compile(r"^(?:\d+\.|[-*])\s+\[[^\]]*\]\(([^)#\s]+\.md)\)")
 _LINK = re.compile(r"\]\(([^)#\s:]+\.md)(?:#[^)]*)?\)")
 
 NavItem = str | dict[str, Any]
@@ -27,23 +27,30 @@ def reading_order(docs: Path) -> list[NavItem]:
     nav: list[NavItem] = [{"Start here": "index.md"}]
     group: list[NavItem] | None = None
     listed = {"index.md"}
-    for line in section.split("\n"):
-        g = _GROUP.match(line)
-        if g:
-            group = []
-            nav.append({g.group(1): group})
+    for block in re.split(r"\n\s*\n", section):
+        lines = [ln for ln in block.strip().split("\n") if ln.strip()]
+        if not lines:
             continue
-        m = _ITEM.match(line)
-        if not m:
+        if not _ITEM.match(lines[0]):
+            # A paragraph ending in a colon introduces a group ("The address:"); its name is the
+            # text before any dash ("Beyond the VMX family — the other instructions ...:").
+            words = " ".join(ln.strip() for ln in lines)
+            if words.endswith(":") and "[" not in words:
+                group = []
+                nav.append({words[:-1].split(" — ")[0].strip(): group})
             continue
-        page = m.group(1)
-        entry: NavItem = page
-        listed.add(page)
-        if page.endswith("/index.md"):
-            sub = [page] + _linked_in_dir(docs, page)
-            listed.update(sub)
-            entry = {_title(docs / page): sub}
-        (group if group is not None else nav).append(entry)
+        for line in lines:
+            m = _ITEM.match(line)
+            if not m:
+                continue  # the continuation of an item's text
+            page = m.group(1)
+            entry: NavItem = page
+            listed.add(page)
+            if page.endswith("/index.md"):
+                sub = [page] + _linked_in_dir(docs, page)
+                listed.update(sub)
+                entry = {_title(docs / page): sub}
+            (group if group is not None else nav).append(entry)
     nav = [n for n in nav if not (isinstance(n, dict) and not next(iter(n.values())))]  # a sentence, not a group
     # Pages index.md links outside the reading order (e.g. try.md), in order of first link.
     for page in _LINK.findall(text):
@@ -83,3 +90,70 @@ def on_config(config: Any) -> Any:
     config["nav"] = reading_order(Path(config["docs_dir"]))
     config["mdx_configs"].setdefault("toc", {})["slugify"] = github_slug
     return config
+
+
+# -- "Try this case in your browser" under each worked example -----------------------------------
+
+_FORM_OPTIONS = {"--mode": "mode", "--reg": "registers", "--seg": "segments", "--cpl": "cpl",
+                 "--cpu-mode": "cpu_mode", "--model": "model", "--exit-qual": "exit_qual"}
+
+
+def try_query(argv: list[str]) -> str | None:
+    """The Try page's address query for `vmxaddr ARGV`, or None when the page's form cannot hold
+    the case (another command, a --state file, an option the form lacks)."""
+    from urllib.parse import urlencode
+
+    if not argv or argv[0] not in ("explain", "decode"):
+        return None
+    form: dict[str, list[str]] = {}
+    hexes = []
+    i = 1
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("--"):
+            key = _FORM_OPTIONS.get(a)
+            if key is None or i + 1 >= len(argv):
+                return None
+            form.setdefault(key, []).append(argv[i + 1])
+            i += 2
+        else:
+            hexes.append(a)
+            i += 1
+    if not hexes or "mode" not in form:
+        return None
+    params = {k: "\n".join(v) for k, v in form.items()}
+    params["bytes"] = " ".join(hexes)
+    return urlencode(params)
+
+
+def _refresh() -> Any:
+    import importlib.util
+    import sys
+
+    name = "docs_refresh"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("refresh.py"))
+        assert spec and spec.loader
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
+    """After each worked example's output, a link that opens the case on the Try page."""
+    refresh = _refresh()
+    src = Path(config["docs_dir"]) / page.file.src_uri
+    if page.file.src_uri == "try.md" or not src.exists():
+        return markdown
+    up = "../" * page.file.src_uri.count("/")
+    lines = markdown.split("\n")
+    # The page as mkdocs read it is the file on disk: example positions index the same lines.
+    for ex in reversed(refresh.examples(src)):
+        query = try_query(ex.argv)
+        if query is None or ex.output is None or not lines[ex.out_end].startswith("```"):
+            continue
+        at = ex.out_end + 1  # the line after the output block's closing fence
+        href = html.escape(f"{up}try.html?{query}")
+        lines[at:at] = ["", f'<p class="vx-try"><a href="{href}">▶ Try this case in your browser</a></p>']
+    return "\n".join(lines)

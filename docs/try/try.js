@@ -119,11 +119,26 @@ async function boot() {
     opt.title = summary;
     select.appendChild(opt);
   }
+  const wanted = new URLSearchParams(location.search).get("model");
+  if (wanted) select.value = wanted;
   timings.ready = performance.now();
   $("vx-go").disabled = false;
   compute();
 }
 
+// A case in the address (try.html?bytes=0f7845d8&mode=32&registers=ebp%3D0x1000): the docs'
+// worked examples link here with theirs.
+function fromAddress() {
+  const params = new URLSearchParams(location.search);
+  if (!params.has("bytes")) return;
+  for (const el of $("vx-form").elements) {
+    if (!el.name) continue;
+    if (params.has(el.name)) el.value = params.get(el.name);
+    else if (el.tagName === "TEXTAREA" || el.type === "text") el.value = "";  // not the example's defaults
+  }
+}
+
+fromAddress();
 $("vx-form").addEventListener("submit", (e) => {
   e.preventDefault();
   compute();

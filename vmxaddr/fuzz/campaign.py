@@ -154,25 +154,28 @@ def fuzz(a: Model, b: Model, *, seed: int = 0, max_examples: int | None = None, 
     n = 0
     interrupted = False
     index = 0
-    while max_examples is None or n < max_examples:
-        size = block_size if max_examples is None else min(block_size, max_examples - n)
-        done_before = n
+    try:
+        while max_examples is None or n < max_examples:
+            size = block_size if max_examples is None else min(block_size, max_examples - n)
+            done_before = n
 
-        def tick(i: int, k: int, done_before: int = done_before) -> None:
-            if progress is not None:
-                progress.update(done_before + i, f"{len(classes) + k} classes")
+            def tick(i: int, k: int, done_before: int = done_before) -> None:
+                if progress is not None:
+                    progress.update(done_before + i, f"{len(classes) + k} classes")
 
-        blk = scan_block(a, b, mn, policy, encoder, seed, index, size, block_size,
-                         Limits(limits.hard_stop, limits.soft_stop, bool(classes), start),
-                         progress=tick if progress is not None else None,
-                         stop_when=(lambda found: stop_when({**classes, **found})) if stop_when else None)
-        merge(classes, blk.classes.values())
-        n += blk.cases
-        index += 1
-        if blk.interrupted:
-            interrupted = True
-        if blk.interrupted or blk.stopped or blk.cases < size:
-            break
+            blk = scan_block(a, b, mn, policy, encoder, seed, index, size, block_size,
+                             Limits(limits.hard_stop, limits.soft_stop, bool(classes), start),
+                             progress=tick if progress is not None else None,
+                             stop_when=(lambda found: stop_when({**classes, **found})) if stop_when else None)
+            merge(classes, blk.classes.values())
+            n += blk.cases
+            index += 1
+            if blk.interrupted:
+                interrupted = True
+            if blk.interrupted or blk.stopped or blk.cases < size:
+                break
+    except KeyboardInterrupt:  # between two blocks: the blocks merged so far stand
+        interrupted = True
     classes = ordered(classes)
     elapsed = time.time() - start
     if interrupted:

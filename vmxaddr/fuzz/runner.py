@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmxaddr.exitinfo import Policy
-from vmxaddr.fuzz.campaign import GENERATE_SHARE, INTERRUPTED, OUT_OF_TIME, Block, Limits, block_sizes, scan_block
+from vmxaddr.fuzz.campaign import DEFAULT_EXAMPLES, GENERATE_SHARE, INTERRUPTED, OUT_OF_TIME, Block, Limits, block_sizes, scan_block
 from vmxaddr.fuzz.classes import ClassReport, FuzzReport, merge, ordered
 from vmxaddr.fuzz.failures import resolve
 from vmxaddr.fuzz.shrink import minimise
@@ -156,6 +156,8 @@ def fuzz_parallel(spec: Spec, ex: LocalExecutor | DaskExecutor, *, max_examples:
     """The run `fuzz()` would make for `spec`, over `ex`'s workers. `start` (time.time()) is when
     the run's time began counting (before connecting to a cluster, say)."""
     start = time.time() if start is None else start
+    if max_examples is None and seconds is None:
+        max_examples = DEFAULT_EXAMPLES
     end = start + seconds if seconds is not None else None
     soft = start + GENERATE_SHARE * seconds if seconds is not None else None
     planned = block_sizes(max_examples, spec.block_size) if max_examples is not None else None
