@@ -9,7 +9,8 @@ Pairs: kvm-linux-6.1 / kvm-82277eee and kvm-linux-6.12 / kvm-703d794c (docs/real
 these ports). The port is timed twice: pure Python (vmxaddr.models.kvm) and, if built, compiled
 (mypyc, what `vmxaddr models` uses by default).
 
-  calls   N cases generated once (vmxaddr.fuzz.gen_case, seed 7), each model called on each:
+  calls   N cases generated once (vmxaddr.fuzz.gen_case, seed 7), each model called on each
+          (the real code also without its compiled marshaller: "ctypes only"):
           process CPU time, best of R interleaved repeats (a noisy neighbour slows all alike)
   fuzz    `vmxaddr.fuzz.fuzz(model, sdm)` on M cases, seed 1, no shrinking: the whole loop
           (generation, SDM reference, comparison), best of R
@@ -44,6 +45,20 @@ def time_calls(model, items) -> float:
     return time.process_time() - t0
 
 
+def _ctypes_only(name: str):
+    """The same real-code model without the compiled marshaller (VMXADDR_NO_MARSHAL's path)."""
+    from vmxaddr.realcode import models as rm
+
+    saved = rm.marshaller
+    rm.marshaller = lambda: None
+    try:
+        m = rm.release_model.__wrapped__(name)
+        m.load()
+    finally:
+        rm.marshaller = saved
+    return m
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", type=int, default=100_000)
@@ -63,7 +78,7 @@ def main() -> int:
         real = get(real_name)
         pure = kvm_pure.REGISTERED[port_name][0]
         native = get(port_name)
-        models = {"real": real, "port (pure Python)": pure}
+        models = {"real": real, "real, ctypes only": _ctypes_only(real_name), "port (pure Python)": pure}
         if native is not pure:
             models["port (compiled)"] = native
         best = {k: float("inf") for k in models}

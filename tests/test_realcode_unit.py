@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from ci_policy import under_ci
 
 from vmxaddr.cli import main
 from vmxaddr.decode import decode
@@ -23,7 +24,7 @@ from vmxaddr.state import CpuState
 def need_cc() -> None:
     if shutil.which(os.environ.get("CC", "cc")) is None:
         msg = "no C compiler (cc) on PATH: the real-code models cannot be built"
-        if os.environ.get("CI"):
+        if under_ci():
             pytest.fail("CI must not skip the real-code build tests: " + msg)
         pytest.skip(msg)
 
