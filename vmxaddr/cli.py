@@ -386,4 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m vmxaddr.cli`: run the imported module's main, whose UsageError is the one the
+    # subcommands raise (this file, run as __main__, has a class of its own by that name).
+    from vmxaddr.cli import main as _main
+
+    sys.exit(_main())

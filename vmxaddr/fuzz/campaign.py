@@ -177,7 +177,7 @@ def fuzz(a: Model, b: Model, *, seed: int = 0, max_examples: int | None = None, 
     except KeyboardInterrupt:  # between two blocks: the blocks merged so far stand
         interrupted = True
     classes = ordered(classes)
-    elapsed = time.time() - start
+    elapsed = generating = time.time() - start
     if interrupted:
         for rep in classes.values():
             rep.shrunk_by = INTERRUPTED
@@ -188,7 +188,8 @@ def fuzz(a: Model, b: Model, *, seed: int = 0, max_examples: int | None = None, 
     else:
         for rep in classes.values():
             rep.shrunk_by = NOT_SHRUNK
-    return FuzzReport(names[0], names[1], seed, n, elapsed, classes, encoder, interrupted, 1, "local", block_size)
+    return FuzzReport(names[0], names[1], seed, n, elapsed, classes, encoder, interrupted, 1, "local", block_size,
+                      generating)
 
 
 def shrink_all(classes: dict[str, ClassReport], a: Model, b: Model, mnemonics: Sequence[str], policy: Policy,

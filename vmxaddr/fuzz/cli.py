@@ -35,18 +35,19 @@ def report_json(rep: FuzzReport, a: Model, b: Model) -> dict[str, Any]:
             item["shrunk_by"] = c.shrunk_by
         classes.append(item)
     return {"model": rep.model, "against": rep.against, "encoder": rep.encoder, "seed": rep.seed, "cases": rep.cases,
-            "seconds": round(rep.seconds, 3), "cases_per_second": round(rep.cases / max(rep.seconds, 1e-9)),
+            "seconds": round(rep.seconds, 3), "generating_seconds": round(rep.generating or rep.seconds, 3),
+            "cases_per_second": round(rep.rate),
             "interrupted": rep.interrupted, "workers": rep.workers, "where": rep.where, "block_size": rep.block_size,
             "classes": classes}
 
 
 def report_text(rep: FuzzReport) -> str:
-    rate = rep.cases / max(rep.seconds, 1e-9)
+    rate = rep.rate
     on = f" on {rep.encoder}'s exit information" if rep.encoder != "sdm" else ""
     par = "" if rep.workers == 1 and rep.where == "local" else \
         f", {rep.workers} worker(s){'' if rep.where == 'local' else ' on ' + rep.where}"
     out = [f"fuzz {rep.model}{on} against {rep.against} (seed {rep.seed}{par}): {rep.cases} cases in {rep.seconds:.1f} s "
-           f"({rate:,.0f}/s), {len(rep.classes)} divergence class(es)"]
+           f"({rate:,.0f}/s while generating), {len(rep.classes)} divergence class(es)"]
     if rep.interrupted:
         out.append("  INTERRUPTED: the classes found so far")
     if not rep.classes:
