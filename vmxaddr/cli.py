@@ -168,10 +168,10 @@ def cmd_decode(args: argparse.Namespace) -> int:
     exit = case.exit
     result = case.run(get("sdm"), explain=True)
     if args.svg:
-        from vmxaddr.pictures import field_picture
+        from vmxaddr.pictures import exit_fields_picture
 
-        write_svg(args.svg, field_picture(exit.instruction_info, exit.instruction,
-                                          f"{case.instruction.text()}: instruction information {exit.instruction_info:#010x}"))
+        write_svg(args.svg, exit_fields_picture(exit, f"{case.instruction.text()}: instruction information "
+                                                f"{exit.instruction_info:#010x}"))
         if args.svg == "-":
             return 0
     if args.json:
