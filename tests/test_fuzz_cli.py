@@ -130,9 +130,11 @@ def test_python_m_vmxaddr_cli_gives_the_one_line_error_too():
 
 # -- --out ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("where", ["dir", "missing-parent"])
+@pytest.mark.parametrize("where", ["dir", "missing-parent", "fifo"])
 def test_bad_out_is_refused_before_the_run(capsys, tmp_path, where):
-    path = tmp_path if where == "dir" else tmp_path / "no" / "such" / "w.json"
+    path = {"dir": tmp_path, "missing-parent": tmp_path / "no" / "such" / "w.json", "fifo": tmp_path / "fifo"}[where]
+    if where == "fifo":  # a FIFO nobody reads: refused, not a hang
+        os.mkfifo(path)
     CALLS[0] = 0
     code, out, err = _run(capsys, "--model", "test_fuzz_cli:counting", "--max-examples", "3000", "--out", str(path))
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and str(path) in err
