@@ -45,6 +45,7 @@ from vmxaddr.trace.text import verdict_text
 
 CHUNK_BYTES = 16 << 20  # a large file is split into pieces of about this size
 _CANDIDATE = re.compile(rb'"state"|\\')
+_BLANK = b" \t\r"
 
 
 @dataclass(frozen=True)
@@ -166,12 +167,20 @@ def index_chunk(path: str, start: int, end: int) -> tuple[int, list[bytes]]:
     lines = []
     if b"\\" in data:  # a key may be escaped: every line with a backslash is a candidate too
         starts = sorted({m.start() for m in _CANDIDATE.finditer(data)})
-    else:
+    else:  # without escapes a state record holds `"type"` `:` `"state"` literally (whitespace aside)
         starts = []
         i = data.find(b'"state"')
         while i >= 0:
-            starts.append(i)
-            i = data.find(b'"state"', data.find(b"\n", i) + 1 or len(data))
+            j = i
+            while j and data[j - 1] in _BLANK:
+                j -= 1
+            if j and data[j - 1] == 0x3A:  # ':'
+                j -= 1
+                while j and data[j - 1] in _BLANK:
+                    j -= 1
+                if data[j - 6:j] == b'"type"':
+                    starts.append(i)
+            i = data.find(b'"state"', i + 7)
     last = -1
     for s in starts:
         if s <= last:
