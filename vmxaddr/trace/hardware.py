@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from vmxaddr.decode import DecodeError, Instruction, decode
+from vmxaddr.decode import DecodeError, Instruction, decode_uncached
 from vmxaddr.exitinfo import (
     DEFAULT_POLICY,
     IGNORED_SEGMENT_POLICIES,
@@ -25,7 +25,7 @@ from vmxaddr.trace.format import MASK64, ExitRecord
 @lru_cache(maxsize=4096)
 def _decode(raw: bytes, code_size: int) -> Instruction | DecodeError:
     try:
-        return decode(raw, code_size)
+        return decode_uncached(raw, code_size)  # this lru is the memo: decode's own, sized for fuzzing, would hold 6 x 65536 entries
     except DecodeError as e:
         return e
 
