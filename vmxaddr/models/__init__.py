@@ -125,11 +125,12 @@ def not_covered(name: str, model: Model, instruction: str) -> str:
     return f"{name} does not cover {instruction.upper()} (it covers {listed}; `vmxaddr models` says why)"
 
 
-_REAL_CODE_NAMES = ("kvm-linux-6.1", "kvm-linux-6.12")  # vmxaddr.realcode.models.RELEASES
 
 
 def get(name: str) -> Model:
-    if name.startswith(("c:", "kvm-tree:")) or name in _REAL_CODE_NAMES:
+    from vmxaddr.realcode.registry import RELEASES  # (imported already by _register_real_code)
+
+    if name.startswith(("c:", "kvm-tree:")) or name in RELEASES:
         from vmxaddr.realcode.models import RealCodeError, resolve
 
         try:
