@@ -85,6 +85,7 @@ class ExitRecord:
     state: CpuState | None
     state_problem: str | None  # why `state` is None although the record referred to one
     result: Recorded | None
+    processor: str | None = None  # source.processor: whose documented quirks the hardware check explains
 
 
 
