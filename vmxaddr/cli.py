@@ -382,4 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the importable module's main: as __main__ this file's UsageError would be another class
+    # than the one vmxaddr.cli.fail raises in the command modules
+    from vmxaddr.cli import main as _main
+
+    sys.exit(_main())
