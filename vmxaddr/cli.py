@@ -71,13 +71,17 @@ def add_case_options(p: argparse.ArgumentParser, hex_arg: bool = True) -> None:
     p.add_argument("--si-di", choices=SI_DI_POLICIES, default="base",
                    help="16-bit [SI]/[DI] reported as base (as Bochs, default) or index")
     p.add_argument("--seed", type=int, default=0, help="seed for the random policies")
+    p.add_argument("--apx", action="store_true",
+                   help="the processor enumerates APX, so it also writes the 64-bit extended instruction-information "
+                   "field (VMCS 0x2406); implied by a REX2 (d5) prefix")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     if hex_arg:
         p.add_argument("hex", nargs="+", metavar="HEX", help="instruction bytes in hex; spaces allowed (e.g. 0f7845d8 or '0f 78 45 d8')")
 
 
 def policy_from(args: argparse.Namespace) -> Policy:
-    return Policy(args.exit_qual, args.undefined_bits, args.ignored_segment, args.si_di, args.seed)
+    return Policy(args.exit_qual, args.undefined_bits, args.ignored_segment, args.si_di, args.seed,
+                  getattr(args, "apx", False))
 
 
 def state_from(args: argparse.Namespace) -> CpuState:
@@ -164,10 +168,10 @@ def cmd_decode(args: argparse.Namespace) -> int:
     exit = case.exit
     result = case.run(get("sdm"), explain=True)
     if args.svg:
-        from vmxaddr.pictures import field_picture
+        from vmxaddr.pictures import exit_fields_picture
 
-        write_svg(args.svg, field_picture(exit.instruction_info, exit.instruction,
-                                          f"{case.instruction.text()}: instruction information {exit.instruction_info:#010x}"))
+        write_svg(args.svg, exit_fields_picture(exit, f"{case.instruction.text()}: instruction information "
+                                                f"{exit.instruction_info:#010x}"))
         if args.svg == "-":
             return 0
     if args.json:
@@ -358,6 +362,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a full disk must be reported here, not at interpreter exit
         return code
     except UsageError as e:
+        cause = e.__context__.__cause__ if e.__context__ is not None else None
+        if debug and cause is not None:  # e.g. what a --model module raised on import
+            traceback.print_exception(cause)
         print(f"{name}: error: {e}", file=sys.stderr)
         return 2
     except ModelError as e:
@@ -382,8 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # run the importable module's main: as __main__ this file's UsageError would be another class
-    # than the one vmxaddr.cli.fail raises in the command modules
+    # `python -m vmxaddr.cli`: run the imported module's main, whose UsageError is the one the
+    # subcommands raise (this file, run as __main__, has a class of its own by that name).
     from vmxaddr.cli import main as _main
 
     sys.exit(_main())

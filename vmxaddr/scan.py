@@ -31,11 +31,12 @@ against.
 from __future__ import annotations
 
 import bisect
+import heapq
 import re
 import struct
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -65,9 +66,14 @@ CANDIDATE = re.compile(
     + b"|\xc7" + _byte_class(_modrm_class((3, 5, 6, 7), False))
     + b"|\x00" + _byte_class(_modrm_class((0, 1, 2, 3), False))
     + b"|\x01" + _byte_class(_modrm_class((0, 1, 2, 3), True))
-    + b"|\x38[\x80-\x82])",
+    + b"|\x38[\x80-\x82]"
+    + b"|\x38\xdc" + _byte_class(bytes(range(0xC0, 0x100)))  # LOADIWKEY (mod = 11)
+    + b"|\xae[\xf0-\xf7])",  # TPAUSE / UMWAIT (0F AE /6, mod = 11)
     re.DOTALL,
 )
+STRING_CANDIDATE = re.compile(b"[\x6c-\x6f]")
+"""INS/OUTS (6C-6F), looked for only with `scan --string-io`: these bytes are common inside other
+instructions, so every section holding one must be swept — a slower scan."""
 """Where the opcode of a VMX-family instruction may start (the 0F byte); a superset. The match
 is the 0F byte alone (the rest is a lookahead) so that overlapping candidates, as in 0F 00 0F C7,
 are all found."""
@@ -517,6 +523,8 @@ def operand_form(raw: bytes, bits: int) -> str:
         if raw[i] == 0x67:
             addr = {16: 32, 32: 16, 64: 32}[bits]
         i += 1
+    if i < len(raw) and 0x6C <= raw[i] <= 0x6F:
+        return "string (implicit ES:rDI / seg:rSI)"
     i += 3 if raw[i:i + 2] == b"\x0f\x38" else 2
     if i >= len(raw):
         return "?"
@@ -560,7 +568,7 @@ class _Enclosing:
 
 
 def scan_image(path: str, data: bytes | bytearray, mode: int | None = None, compression: str | None = None,
-               on_finding: Callable[[dict[str, Any]], None] | None = None) -> FileResult:
+               on_finding: Callable[[dict[str, Any]], None] | None = None, string_io: bool = False) -> FileResult:
     """Scan an ELF image. Each finding goes to `on_finding` when given (and is not kept: memory
     does not grow with the findings), else into the result's `findings`; both ways it is counted."""
     decode, DecodeError, encode = _core()
@@ -589,8 +597,7 @@ def scan_image(path: str, data: bytes | bytearray, mode: int | None = None, comp
         rend = last_at = -1
         # candidates come in increasing order (streamed, never listed), so do the regions
         # between symbols and the instructions holding them
-        for m in CANDIDATE.finditer(body):
-            c = m.start()
+        for c in _candidates(body, string_io):
             if starts is None:
                 starts = elf.symbol_starts(sec)
             r = bisect.bisect_right(starts, c) - 1
@@ -640,6 +647,19 @@ def scan_image(path: str, data: bytes | bytearray, mode: int | None = None, comp
     return res
 
 
+def _candidates(body: bytes, string_io: bool) -> Iterator[int]:
+    """Offsets of the candidates in increasing order, each once, streamed."""
+    found = (m.start() for m in CANDIDATE.finditer(body))
+    if not string_io:
+        yield from found
+        return
+    last = -1
+    for c in heapq.merge(found, (m.start() for m in STRING_CANDIDATE.finditer(body))):
+        if c != last:
+            yield c
+            last = c
+
+
 def _pfx_len(b: bytes, bits: int) -> int:
     i = 0
     while i < len(b) and (b[i] in _PREFIXES or (bits == 64 and 0x40 <= b[i] <= 0x4F)):
@@ -648,12 +668,12 @@ def _pfx_len(b: bytes, bits: int) -> int:
 
 
 def scan_file(path: str, mode: int | None = None, on_finding: Callable[[dict[str, Any]], None] | None = None,
-              limit: int = MAX_IMAGE) -> FileResult:
+              limit: int = MAX_IMAGE, string_io: bool = False) -> FileResult:
     """Scan one file (at most `limit` bytes after decompression); a damaged or oversized file
     gives a FileResult with `error` set, never an exception."""
     try:
         data, compression = read_image(path, limit)
-        return scan_image(path, data, mode, compression, on_finding)
+        return scan_image(path, data, mode, compression, on_finding, string_io)
     except ScanError as exc:
         return FileResult(path, error=str(exc))
     except (struct.error, IndexError, ValueError, UnicodeError, OverflowError, MemoryError) as exc:

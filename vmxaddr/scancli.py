@@ -81,6 +81,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    f"shows on a terminal, and otherwise once the run takes more than {PROGRESS_AFTER:g} s)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     p.add_argument("--summary-only", action="store_true", help="print only the counts (findings are not kept)")
+    p.add_argument("--string-io", action="store_true",
+                   help="also find INS/OUTS (6C-6F), which have an instruction-information field too; slower, "
+                   "since those bytes occur inside many other instructions")
     p.set_defaults(func=run)
 
 
@@ -108,9 +111,9 @@ def _discard(f: dict[str, Any]) -> None:
     pass
 
 
-def _scan_job(job: tuple[int, str, int | None, bool, int]) -> tuple[int, FileResult]:
-    i, path, mode, counts_only, limit = job
-    return i, scan_file(path, mode, _discard if counts_only else None, limit)
+def _scan_job(job: tuple[int, str, int | None, bool, int, bool]) -> tuple[int, FileResult]:
+    i, path, mode, counts_only, limit, string_io = job
+    return i, scan_file(path, mode, _discard if counts_only else None, limit, string_io)
 
 
 def _size(path: str) -> int:
@@ -121,7 +124,8 @@ def _size(path: str) -> int:
 
 
 def scan_files(jobs: list[tuple[str, int | None]], workers: int = 1, on_finding: Callable[[dict[str, Any]], None]
-               | None = None, counts_only: bool = False, limit: int = MAX_IMAGE) -> Iterator[FileResult]:
+               | None = None, counts_only: bool = False, limit: int = MAX_IMAGE,
+               string_io: bool = False) -> Iterator[FileResult]:
     """Scan files, in `workers` processes when more than one; results come in the order of
     `jobs`. In one process each finding goes to `on_finding` as it is found; from workers, a
     file's findings come with its result (none with counts_only). The largest files are handed
@@ -129,7 +133,7 @@ def scan_files(jobs: list[tuple[str, int | None]], workers: int = 1, on_finding:
     this process (vmxaddr.parallel); on ^C the queued files are dropped."""
     if workers <= 1 or len(jobs) < 2:
         for path, mode in jobs:
-            yield scan_file(path, mode, _discard if counts_only and on_finding is None else on_finding, limit)
+            yield scan_file(path, mode, _discard if counts_only and on_finding is None else on_finding, limit, string_io)
         return
     from vmxaddr.parallel import process_pool
 
@@ -145,7 +149,7 @@ def scan_files(jobs: list[tuple[str, int | None]], workers: int = 1, on_finding:
                     i = next(queue, None)
                     if i is None:
                         break
-                    pending.add(pool.submit(_scan_job, (i, jobs[i][0], jobs[i][1], counts_only, limit)))
+                    pending.add(pool.submit(_scan_job, (i, jobs[i][0], jobs[i][1], counts_only, limit, string_io)))
                 if not pending:
                     break
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -231,7 +235,8 @@ def run(args: argparse.Namespace) -> int:
     interrupted = False
     try:
         for n, res in enumerate(scan_files(jobs, workers, None if args.summary_only else emit,
-                                           counts_only=args.summary_only, limit=args.max_size), 1):
+                                           counts_only=args.summary_only, limit=args.max_size,
+                                           string_io=args.string_io), 1):
             _account(tally, res, emit)
             bar.update(n, f"{sum(tally.counts.values())} instructions")
     except KeyboardInterrupt:

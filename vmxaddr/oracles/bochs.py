@@ -66,6 +66,7 @@ class Record:
     guest_rip: int
     length: int
     interruption_info: int  # VM-exit interruption information (exception exits)
+    guest_linear_address: int | None = None  # VMCS 0x640A: meaningful for INS/OUTS exits only
 
     @property
     def basic_reason(self) -> int:
@@ -394,7 +395,7 @@ plugin_ctrl: unmapped=1, biosdev=0, speaker=0, extfpuirq=0, parallel=0, serial=0
 """
 
 _LINE_X = re.compile(
-    r"^X ([0-9a-f]{8}) ([0-9a-f]{16}) ([0-9a-f]{8}) ([0-9a-f]{16}) ([0-9a-f]{2}) ([0-9a-f]{8})$"
+    r"^X ([0-9a-f]{8}) ([0-9a-f]{16}) ([0-9a-f]{8}) ([0-9a-f]{16}) ([0-9a-f]{2}) ([0-9a-f]{8})(?: ([0-9a-f]{16}))?$"
 )
 
 
@@ -459,8 +460,9 @@ def parse_log(text: str) -> tuple[str, list[tuple[int, Record]], list[str]]:
         elif line.startswith("G "):
             group = int(line[2:], 16)
         elif m := _LINE_X.match(line):
-            reason, qual, info, rip, length, intr = (int(x, 16) for x in m.groups())
-            recs.append((group, Record(reason, qual, info, rip, length, intr)))
+            reason, qual, info, rip, length, intr = (int(x, 16) for x in m.groups()[:6])
+            gla = int(m.group(7), 16) if m.group(7) else None
+            recs.append((group, Record(reason, qual, info, rip, length, intr, gla)))
         elif line.startswith(("LAUNCHFAIL", "RESUMEFAIL", "VMWRITEFAIL", "EXC", "NOVMX",
                               "VMXONFAIL")):
             other.append(line)
