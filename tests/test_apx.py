@@ -219,3 +219,37 @@ def test_no_registry_decoder_reads_rex2():
     version = subprocess.run(["objdump", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     if "2.40" in version:
         assert "(bad)" in out
+
+
+def test_hypothesis_strategies_draw_rex2_forms():
+    from hypothesis import given, settings
+
+    from vmxaddr.strategies import instructions
+
+    seen = []
+
+    @settings(max_examples=200, deadline=None, database=None)
+    @given(instructions(code_sizes=(64,), mnemonics=ALL_MNEMONICS, rex2=0.9))
+    def check(ins):
+        seen.append(ins.uses_rex2)
+        if ins.uses_rex2:
+            assert ins.mnemonic not in NO_REX2
+            e = encode(ins)
+            assert e.extended_info is not None
+
+    check()
+    assert any(seen)
+
+
+def test_trace_reads_the_extended_field(tmp_path, capsys):
+    # A recorded APX exit: with extended_instruction_info the hypervisor check reads R21/R20
+    # (0x5000 + 0x10 + 8 = 0x5018, as test_extended_field_by_hand derives); the hardware check
+    # compares the recorded extended field's defined bits (here one bit of the base is wrong: 20).
+    line = ('{"type": "exit", "exit_reason": 21, "bytes": "d5b4c7742508", "code_size": 64, "instruction_info": '
+            '"0x02918100", "extended_instruction_info": "%s", "exit_qualification": 8, "state": {"registers": '
+            '{"r21": "0x5000", "r20": "0x10"}}, "result": {"kind": "ok", "linear_address": "0x5018"}}\n')
+    p = tmp_path / "t.jsonl"
+    p.write_text(line % "0x1514000188" + line % "0x1414000188")
+    main(["check-trace", str(p)])
+    out = capsys.readouterr().out
+    assert "hardware:   1 consistent, 1 inconsistent" in out and "extended_instruction_info 0x1414000188 not 0x1514000188" in out

@@ -362,6 +362,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a full disk must be reported here, not at interpreter exit
         return code
     except UsageError as e:
+        cause = e.__context__.__cause__ if e.__context__ is not None else None
+        if debug and cause is not None:  # e.g. what a --model module raised on import
+            traceback.print_exception(cause)
         print(f"{name}: error: {e}", file=sys.stderr)
         return 2
     except ModelError as e:

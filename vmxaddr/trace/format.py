@@ -33,7 +33,8 @@ KVM_REASON_NAMES = {"VMCLEAR": 19, "VMPTRLD": 21, "VMPTRST": 22, "VMREAD": 23, "
                     "RDSEED": 61, "XSAVES": 63, "XRSTORS": 64}
 
 EXIT_KEYS = frozenset(("type", "exit_reason", "instruction", "rip", "bytes", "code_size", "instruction_info",
-                       "exit_qualification", "length", "state", "state_ref", "result", "vcpu", "source"))
+                       "extended_instruction_info", "exit_qualification", "length", "state", "state_ref", "result",
+                       "vcpu", "source"))
 STATE_KEYS = frozenset(("type", "id", "state", "state_ref", "source"))
 RESULT_KEYS = frozenset(("kind", "vector", "error_code", "linear_address"))
 
@@ -85,13 +86,19 @@ class ExitRecord:
     state: CpuState | None
     state_problem: str | None  # why `state` is None although the record referred to one
     result: Recorded | None
+    extended_info: int | None = None  # APX extended instruction-information field (vmxaddr.apx)
 
 
 
-def resolve_instruction(exit_reason: int, instruction_info: int | None) -> str | None:
+def resolve_instruction(exit_reason: int, instruction_info: int | None,
+                        exit_qualification: int | None = None) -> str | None:
     names = REASON_INSTRUCTIONS[exit_reason]
     if len(names) == 1:
         return names[0]
+    if exit_reason == 30:  # I/O instruction: the qualification's direction bit (3) says INS or OUTS
+        if exit_qualification is None or not exit_qualification >> 4 & 1:
+            return None  # not given, or IN/OUT (not a string instruction: no instruction information)
+        return "ins" if exit_qualification >> 3 & 1 else "outs"
     if instruction_info is None:
         return None
     return _IDENTITY[exit_reason][instruction_info >> 28 & 3]

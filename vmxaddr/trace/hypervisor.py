@@ -39,7 +39,8 @@ def answer_matches(expected: Result, rec: Recorded) -> bool:
 def _model_inputs(rec: ExitRecord) -> tuple[list[str], ExitInfo | None, Access | None]:
     missing = []
     if rec.instruction is None:
-        missing.append("instruction (exit reason 46/47 needs instruction_info bits 29:28)")
+        missing.append("instruction (exit reason 46/47 needs instruction_info bits 29:28; 30 a string I/O "
+                       "exit qualification)")
     if rec.instruction_info is None:
         missing.append("instruction_info")
     if rec.exit_qualification is None:
@@ -56,7 +57,7 @@ def _model_inputs(rec: ExitRecord) -> tuple[list[str], ExitInfo | None, Access |
     if length is None and rec.raw is not None and rec.code_size is not None:
         d = _decode(rec.raw, rec.code_size)
         length = 0 if isinstance(d, DecodeError) else d.length
-    exit = ExitInfo(rec.instruction, rec.instruction_info, rec.exit_qualification, length or 0)
+    exit = ExitInfo(rec.instruction, rec.instruction_info, rec.exit_qualification, length or 0, rec.extended_info)
     return [], exit, access_for(rec.instruction, rec.state.code_size)
 
 

@@ -152,7 +152,7 @@ def parse_exit(obj: dict[str, Any], line: int, table: StateTable) -> ExitRecord:
         raise RecordError(f"exit_reason {reason} is not one of a VMX-family instruction "
                           f"({', '.join(str(r) for r in sorted(REASON_INSTRUCTIONS))})")
     # Reasons 46/47: the hypervisor knows the instruction from bits 29:28 of the field.
-    derived = resolve_instruction(reason, info)
+    derived = resolve_instruction(reason, info, _uint(obj, "exit_qualification", 64))
     if name is not None and derived is not None and name != derived:
         raise RecordError(f"instruction {name!r} contradicts instruction_info bits 29:28, which say {derived!r}")
     instruction = name or derived
@@ -172,7 +172,7 @@ def parse_exit(obj: dict[str, Any], line: int, table: StateTable) -> ExitRecord:
             state = replace(state, rip=rip)
     res = _result(obj["result"]) if obj.get("result") is not None else None
     return ExitRecord(line, reason, instruction, rip, raw, code_size, info, _uint(obj, "exit_qualification", 64),
-                      _uint(obj, "length", 32), state, problem, res)
+                      _uint(obj, "length", 32), state, problem, res, _uint(obj, "extended_instruction_info", 64))
 
 
 
