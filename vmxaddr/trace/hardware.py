@@ -23,7 +23,7 @@ from vmxaddr.trace.format import MASK64, ExitRecord
 from vmxaddr.trace.quirks import explain_known
 
 
-@lru_cache(maxsize=1 << 14)
+@lru_cache(maxsize=4096)
 def _decode(raw: bytes, code_size: int) -> Instruction | DecodeError:
     try:
         return decode(raw, code_size)
@@ -31,7 +31,7 @@ def _decode(raw: bytes, code_size: int) -> Instruction | DecodeError:
         return e
 
 
-@lru_cache(maxsize=1 << 14)
+@lru_cache(maxsize=4096)
 def _text(instr: Instruction) -> str:
     return instr.text()
 
