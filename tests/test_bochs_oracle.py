@@ -317,7 +317,7 @@ def test_cli_crosscheck_bochs(oracle: dict, capsys: pytest.CaptureFixture[str]) 
 
     assert main(["crosscheck", "--oracle", "bochs", "-n", "300", "--seed", "3", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["cases"] == 300 and summary["unexplained"] == 0
+    assert summary["cases"] == 300 and summary["unexplained_cases"] == 0 and summary["details"]["boots"] == 1
 
 
 def test_rdrand_opsize_is_excused_only_when_ours_follows_the_sdm() -> None:

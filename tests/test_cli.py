@@ -76,9 +76,36 @@ def test_argparse_error_is_one_line():
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "invalid choice" in p.stderr
 
 
-def test_models_lists_sdm(capsys):
+# The models the README and docs/history.md name, by kind (written out here, not read from the registry)
+ENCODER_NAMES = {"sdm", "bochs-2.7", "vbox-iem"}
+CONSUMER_NAMES = {"sdm", "kvm-064aea77", "kvm-f9eb4af6", "kvm-946c522b", "kvm-8570f9e8", "kvm-34333cc6",
+                  "kvm-c1a9acbc", "kvm-fdb28619", "kvm-6694e480", "kvm-82277eee", "kvm-current", "xen-c447b730"}
+
+
+def test_models_lists_each_model_under_its_kind(capsys):
     code, out, _ = run("models", capsys=capsys)
-    assert code == 0 and "sdm" in out
+    assert code == 0
+    listed: dict[str, set[str]] = {}
+    heading = None
+    for line in out.splitlines():
+        if line.endswith(":") and not line.startswith(" "):
+            heading = line[:-1]
+            listed[heading] = set()
+        elif line.startswith("  ") and heading:
+            name, summary = line.split(None, 1)
+            assert summary.strip(), line  # every model says what it is
+            listed[heading].add(name)
+    assert ENCODER_NAMES <= listed["encoders"] and CONSUMER_NAMES <= listed["consumers"]
+    assert not ENCODER_NAMES - {"sdm"} & listed["consumers"]  # an encoder is not offered as a consumer
+
+
+def test_models_json_is_one_object(capsys):
+    code, out, _ = run("models", "--json", capsys=capsys)
+    obj = json.loads(out)
+    assert code == 0 and isinstance(obj, dict) and set(obj) == {"models", "compiled"}
+    kinds = {(m["name"], m["kind"]) for m in obj["models"]}
+    assert {(n, "encoder") for n in ENCODER_NAMES} <= kinds and {(n, "consumer") for n in CONSUMER_NAMES} <= kinds
+    assert set(obj["compiled"]) <= {"sdm", "kvm"}
 
 
 def test_user_model_by_path(capsys):

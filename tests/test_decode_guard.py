@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from vmxaddr import capstone_guard as G
 from vmxaddr import decode as D
 
 
@@ -62,20 +63,20 @@ def test_different_forms(pair):
 
 def test_guard_runs_once_per_form_and_can_fail(monkeypatch):
     calls = []
-    real = D._capstone_shape
+    real = G._capstone_shape
 
     def spy(raw: bytes, cs: int):
         calls.append(raw)
         return real(raw, cs)
 
-    monkeypatch.setattr(D, "_capstone_shape", spy)
+    monkeypatch.setattr(G, "_capstone_shape", spy)
     D._GUARDED.clear()
     D.decode_uncached(bytes.fromhex("0fc730"), 32)
     D.decode_uncached(bytes.fromhex("0fc737"), 32)  # same form: not asked again
     assert calls == [bytes.fromhex("0fc730")]
 
     # capstone says the base is EBX where we say EAX: a typed error, never silence
-    monkeypatch.setattr(D, "_capstone_shape", lambda raw, cs: (3, "ebx", None, 1))
+    monkeypatch.setattr(G, "_capstone_shape", lambda raw, cs: (3, "ebx", None, 1))
     D._GUARDED.clear()
     with pytest.raises(D.DecodeError) as e:
         D.decode_uncached(bytes.fromhex("0fc730"), 32)

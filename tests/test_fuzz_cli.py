@@ -119,6 +119,15 @@ def test_bad_numbers_are_refused(capsys, argv, message):
     assert message in err and len(err.strip().splitlines()) == 1
 
 
+def test_python_m_vmxaddr_cli_gives_the_one_line_error_too():
+    # The way the README's contributors run the CLI from a checkout: a usage error is one line, exit 2
+    # (it was a traceback with exit 1: the module run as __main__ had its own UsageError class).
+    p = subprocess.run([sys.executable, "-m", "vmxaddr.cli", "fuzz", "--model", "kvm-f9eb4af6", "--time", "nan"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.strip() == "vmxaddr fuzz: error: --time must be a positive number of seconds, not nan"
+
+
 # -- --out ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("where", ["dir", "missing-parent"])

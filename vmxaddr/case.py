@@ -28,7 +28,7 @@ class Case:
 
     @property
     def exit(self) -> ExitInfo:
-        return encode(self.instruction, self.state.rip, self.policy)
+        return encode(self.instruction, self.state.rip, self.policy, self.state)
 
     @property
     def access(self) -> Access:
@@ -80,6 +80,8 @@ def case_json(case: Case, exit: ExitInfo, result: Result) -> dict[str, Any]:
         "instruction_info": exit.instruction_info,
         "exit_qualification": exit.exit_qualification,
         "exit_reason": exit.exit_reason,
+        **({"extended_instruction_info": exit.extended_info} if exit.extended_info is not None else {}),
+        **({"guest_linear_address": exit.guest_linear_address} if exit.guest_linear_address is not None else {}),
         "policy": {"exit_qual": case.policy.exit_qual, "undefined_bits": case.policy.undefined_bits,
                    "ignored_segment": case.policy.ignored_segment, "si_di": case.policy.si_di},
     })

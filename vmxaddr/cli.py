@@ -71,13 +71,17 @@ def add_case_options(p: argparse.ArgumentParser, hex_arg: bool = True) -> None:
     p.add_argument("--si-di", choices=SI_DI_POLICIES, default="base",
                    help="16-bit [SI]/[DI] reported as base (as Bochs, default) or index")
     p.add_argument("--seed", type=int, default=0, help="seed for the random policies")
+    p.add_argument("--apx", action="store_true",
+                   help="the processor enumerates APX, so it also writes the 64-bit extended instruction-information "
+                   "field (VMCS 0x2406); implied by a REX2 (d5) prefix")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     if hex_arg:
         p.add_argument("hex", nargs="+", metavar="HEX", help="instruction bytes in hex; spaces allowed (e.g. 0f7845d8 or '0f 78 45 d8')")
 
 
 def policy_from(args: argparse.Namespace) -> Policy:
-    return Policy(args.exit_qual, args.undefined_bits, args.ignored_segment, args.si_di, args.seed)
+    return Policy(args.exit_qual, args.undefined_bits, args.ignored_segment, args.si_di, args.seed,
+                  getattr(args, "apx", False))
 
 
 def state_from(args: argparse.Namespace) -> CpuState:
@@ -209,11 +213,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from vmxaddr.models import REGISTRY
+    from vmxaddr.models import NATIVE, REGISTRY
 
     if args.json:
-        print_json([{"name": m.name, "kind": m.kind, "summary": m.summary}
-                    | ({"real_code": m.real_code} if m.real_code else {}) for m in REGISTRY.values()])
+        print_json({"models": [{"name": m.name, "kind": m.kind, "summary": m.summary}
+                               | ({"real_code": m.real_code} if m.real_code else {}) for m in REGISTRY.values()],
+                    "compiled": list(NATIVE)})
         return 0
     width = max(len(n) for n in REGISTRY)
     for kind in ("encoder", "consumer", "alias"):
@@ -222,8 +227,6 @@ def cmd_models(args: argparse.Namespace) -> int:
             print("aliases (old names):" if kind == "alias" else f"{kind}s:")
             for m in ms:
                 print(f"  {m.name:<{width}}  {m.summary}")
-    from vmxaddr.models import NATIVE
-
     print(f"compiled (setup.py, mypyc): {', '.join(NATIVE)}" if NATIVE else
           "all models run as pure Python (no native build: see setup.py)")
     if not any(m.real_code for m in REGISTRY.values()):
@@ -253,8 +256,11 @@ def register_core(sub: Any) -> None:
                    "fields -> displacement -> EA -> segment -> linear -> checks -> outcome) into FILE, an SVG "
                    "picture (- : the picture to stdout instead of the text)")
     p.set_defaults(func=cmd_explain)
-    p = sub.add_parser("models", help="list the models", description="List every registered model.")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("models", help="list the models", description="List every registered model: the encoders "
+                       "(what writes the exit information) and the consumers (what rebuilds the address), and which "
+                       "run compiled.")
+    p.add_argument("--json", action="store_true", help="print one JSON object: {\"models\": [{name, kind, summary}, …], "
+                   "\"compiled\": [module, …]}")
     p.set_defaults(func=cmd_models)
 
 
@@ -380,4 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m vmxaddr.cli`: run the imported module's main, whose UsageError is the one the
+    # subcommands raise (this file, run as __main__, has a class of its own by that name).
+    from vmxaddr.cli import main as _main
+
+    sys.exit(_main())

@@ -13,6 +13,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import queue
 import sys
 import time
 from typing import Any
@@ -31,7 +32,12 @@ EPILOG = """examples:
   vmxaddr crosscheck --oracle unicorn -n 20000 --seed 7 --json
       run each case's memory operand through unicorn (LEA + a load) and compare the effective
       and linear address with the SDM model; print one JSON object
-exit status: 0 all disagreements explained, 1 some unexplained, 2 bad usage or oracle missing
+Every oracle gives the same report (text, or one JSON object with --json: cases, agreements,
+explained and unexplained cases, disagreements by field, examples with a command to reproduce
+them, and what only that oracle tells under "details"). ^C stops the run and prints the counts
+of the cases done so far, marked interrupted.
+exit status: 0 all disagreements explained, 1 some unexplained, 2 bad usage or oracle missing,
+130 interrupted (the report is still printed)
 """
 
 
@@ -59,97 +65,127 @@ def _runner(oracle: str) -> Any:
 
 
 class _SharedProgress:
-    """Progress sink for a worker process: writes its count into a shared array."""
+    """Progress sink for a worker process: writes its count into a shared array, and stops the
+    worker's loop (as ^C would) once the parent has set `stop`."""
 
-    def __init__(self, counts: Any, job: int) -> None:
-        self.counts, self.job = counts, job
+    def __init__(self, counts: Any, job: int, stop: Any) -> None:
+        self.counts, self.job, self.stop = counts, job, stop
 
     def update(self, done: int, note: str = "") -> None:
         self.counts[self.job] = done
+        if self.stop.value:
+            raise KeyboardInterrupt
 
 
-def _worker(oracle: str, n: int, seed: int, job: int, counts: Any, out: Any) -> None:
+def _worker(oracle: str, n: int, seed: int, job: int, counts: Any, stop: Any, out: Any, parent: int) -> None:
+    from vmxaddr.parallel import _die_with_parent
+
+    _die_with_parent(parent)  # ignore ^C (the parent asks through `stop`), die with the parent
     try:
         fn = _runner(oracle)
         with bulk_work():
-            out.put((job, fn(n, seed, _SharedProgress(counts, job)), None))
+            out.put((job, fn(n, seed, _SharedProgress(counts, job, stop)), None))
     except BaseException as e:  # noqa: BLE001 - reported by the parent
         out.put((job, None, f"{type(e).__name__}: {e}"))
 
 
-def run(oracle: str, n: int, seed: int, jobs: int = 1, progress: Progress | None = None) -> Summary | Any:
+STOP_GRACE = 15.0  # seconds the workers get, after ^C, to hand in their counts so far
+
+
+def _run_bochs(fn: Any, n: int, seed: int, progress: Progress | None) -> Summary:
+    from vmxaddr.cli import fail
+    from vmxaddr.oracles.bochs import BochsUnavailable, bochs_summary  # type: ignore[import-not-found,unused-ignore]
+
+    del fn  # the Bochs oracle reports through bochs_summary, in the shape of the others
+    try:
+        return bochs_summary(n, seed, progress)  # type: ignore[no-any-return]
+    except BochsUnavailable as e:
+        fail(f"the bochs oracle cannot run: {e}")
+
+
+def _run_parallel(oracle: str, n: int, seed: int, jobs: int, progress: Progress | None) -> Summary:
+    ctx = mp.get_context("fork")
+    counts = ctx.Array("q", jobs)
+    stop = ctx.Value("b", 0)
+    out = ctx.Queue()
+    shares = [n // jobs + (1 if j < n % jobs else 0) for j in range(jobs)]
+    parent = os.getpid()
+    procs = [ctx.Process(target=_worker, args=(oracle, shares[j], seed + j * JOB_SEED_STEP, j, counts, stop, out, parent),
+                         daemon=True) for j in range(jobs)]
+    results: dict[int, Summary] = {}
+    interrupted = False
+
+    def collect(deadline: float | None) -> None:
+        while len(results) < jobs and (deadline is None or time.monotonic() < deadline):
+            try:
+                job, summ, err = out.get(timeout=0.5)
+            except queue.Empty:
+                if progress is not None and deadline is None:
+                    progress.update(sum(counts))
+                if all(not p.is_alive() for p in procs) and out.empty():
+                    if deadline is not None:
+                        return
+                    raise RuntimeError("a cross-check worker died") from None
+                continue
+            if err:
+                raise RuntimeError(f"cross-check worker {job}: {err}")
+            results[job] = summ
+
+    try:
+        for p in procs:
+            p.start()
+        try:
+            collect(None)
+        except KeyboardInterrupt:
+            interrupted = True
+            stop.value = 1  # each worker ends its loop at its next progress update and sends its counts
+            collect(time.monotonic() + STOP_GRACE)
+    finally:
+        for p in procs:
+            p.join(timeout=1)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+    summary = Summary(oracle)
+    for j in sorted(results):
+        summary.merge(results[j])
+    summary.interrupted = summary.interrupted or interrupted
+    if progress is not None and not summary.interrupted:
+        progress.update(n)
+    return summary
+
+
+def run(oracle: str, n: int, seed: int, jobs: int = 1, progress: Progress | None = None) -> Summary:
+    """Run the oracle on n cases in `jobs` processes; ^C gives the counts so far, marked interrupted."""
     fn = _runner(oracle)
     start = time.monotonic()
     if oracle == "bochs":
-        # the Bochs oracle reports progress as progress(done, total) and returns a dict
-        from vmxaddr.cli import fail
-        from vmxaddr.oracles.bochs import BochsUnavailable  # type: ignore[import-not-found,unused-ignore]
-
-        try:
-            summary = fn(n, seed, (lambda done, total: progress.update(done)) if progress is not None else None)
-        except BochsUnavailable as e:
-            fail(f"the bochs oracle cannot run: {e}")
+        summary = _run_bochs(fn, n, seed, progress)
     elif jobs <= 1:
         with bulk_work():
             summary = fn(n, seed, progress)
     else:
-        ctx = mp.get_context("fork")
-        counts = ctx.Array("q", jobs)
-        out = ctx.Queue()
-        shares = [n // jobs + (1 if j < n % jobs else 0) for j in range(jobs)]
-        procs = [ctx.Process(target=_worker, args=(oracle, shares[j], seed + j * JOB_SEED_STEP, j, counts, out), daemon=True)
-                 for j in range(jobs)]
-        for p in procs:
-            p.start()
-        results: dict[int, Summary] = {}
-        try:
-            while len(results) < jobs:
-                try:
-                    job, summ, err = out.get(timeout=0.5)
-                except Exception:  # queue.Empty
-                    if progress is not None:
-                        progress.update(sum(counts))
-                    if any(not p.is_alive() and p.exitcode not in (0, None) for p in procs) and out.empty():
-                        raise RuntimeError("a cross-check worker died") from None
-                    continue
-                if err:
-                    raise RuntimeError(f"cross-check worker {job}: {err}")
-                results[job] = summ
-        finally:
-            for p in procs:
-                p.join(timeout=5)
-        summary = Summary(oracle)
-        for j in range(jobs):
-            summary.merge(results[j])
-        if progress is not None:
-            progress.update(n)
-    if isinstance(summary, Summary):
-        summary.seconds = time.monotonic() - start
+        summary = _run_parallel(oracle, n, seed, jobs, progress)
+    summary.seconds = time.monotonic() - start
     return summary
 
 
-def _unexplained(summary: Any) -> int:
-    if isinstance(summary, Summary):
-        return summary.unexplained
-    if isinstance(summary, dict):
-        return int(summary.get("unexplained_cases", summary.get("unexplained", 0)))
-    return int(getattr(summary, "unexplained_cases", getattr(summary, "unexplained", 0)))
-
-
-def _to_json(summary: Any) -> Any:
-    return summary.to_json() if hasattr(summary, "to_json") else summary
+def _unexplained(summary: Summary) -> int:
+    return summary.unexplained
 
 
 def report_text(s: Summary, seed: int, jobs: int) -> str:
     rate = s.cases / s.seconds if s.seconds else 0.0
     lines = [f"crosscheck against {s.oracle}: {s.cases} cases in {s.seconds:.1f} s ({rate:,.0f}/s), "
-             f"seed {seed}, {jobs} job(s)",
+             f"seed {seed}, {jobs} job(s)" + ("  INTERRUPTED: the counts of the cases done so far" if s.interrupted else ""),
              f"  agreements     {s.agreements:>10}",
              f"  skipped        {s.skipped:>10}   (the model stops before an address: #UD for the mode, #GP for CPL)"
              if s.skipped else None,
              f"  explained      {s.explained_cases:>10}   cases whose every difference has a documented reason",
              f"  unexplained    {s.unexplained_cases:>10}   cases" + ("" if not s.unexplained_cases else "  <- bugs to look at")]
     out = [x for x in lines if x is not None]
+    if s.details:
+        out.append(f"  {s.oracle} details: " + ", ".join(f"{k} {v}" for k, v in s.details.items()))
     if s.by_field:
         out.append("disagreements by field:")
         for f, counts in sorted(s.by_field.items()):
@@ -166,32 +202,42 @@ def report_text(s: Summary, seed: int, jobs: int) -> str:
     return "\n".join(out)
 
 
+def _jobs(requested: int, n: int, oracle: str) -> int:
+    """--jobs as a worker count: 0 picks one per CPU (up to 8) from PARALLEL_FROM cases on; more
+    than the CPUs this process may use is capped to them (the work is CPU-bound), with a note;
+    never more workers than cases. Bochs runs in one process."""
+    from vmxaddr.cli import fail
+    from vmxaddr.parallel import ParallelError, cpus, resolve_jobs
+
+    if requested == 0:
+        jobs = min(cpus(), 8) if n >= PARALLEL_FROM else 1
+    else:
+        try:
+            jobs, note = resolve_jobs(requested)
+        except ParallelError as e:
+            fail(str(e))
+        if note:
+            print(f"vmxaddr crosscheck: {note}", file=sys.stderr)
+    if oracle == "bochs":
+        return 1
+    return max(1, min(jobs, n))
+
+
 def cmd_crosscheck(args: argparse.Namespace) -> int:
     from vmxaddr.cli import fail
 
     if args.n < 1:
         fail("-n must be at least 1")
-    jobs = args.jobs if args.jobs else (min(os.cpu_count() or 1, 8) if args.n >= PARALLEL_FROM else 1)
-    if jobs < 1:
-        fail("--jobs must be at least 1")
+    jobs = _jobs(args.jobs, args.n, args.oracle)
     progress = Progress(args.n, f"crosscheck {args.oracle}", enabled=not args.quiet)
     with progress:
         summary = run(args.oracle, args.n, args.seed, jobs, progress)
     if args.json:
-        obj = _to_json(summary)
-        if isinstance(obj, dict):
-            obj = {**obj, "seed": args.seed, "jobs": jobs}
-        print(json.dumps(obj, indent=2))
-    elif isinstance(summary, Summary):
-        print(report_text(summary, args.seed, jobs))
-    elif isinstance(summary, dict) and "cases" in summary:
-        print(f"crosscheck against {args.oracle}: {summary['cases']} cases, {summary.get('agree', '?')} agree, "
-              f"{_unexplained(summary)} unexplained, explained {summary.get('explained', {})}, "
-              f"{summary.get('seconds', '?')} s")
-        for d in summary.get("disagreements", [])[:5]:
-            print(f"  {d}")
+        print(json.dumps({**summary.to_json(), "seed": args.seed, "jobs": jobs}, indent=2))
     else:
-        print(json.dumps(_to_json(summary), indent=2, default=str))
+        print(report_text(summary, args.seed, jobs))
+    if summary.interrupted:
+        return 130
     return 1 if _unexplained(summary) else 0
 
 
@@ -208,7 +254,8 @@ def register(sub: Any) -> None:
     p.add_argument("-n", type=int, default=100_000, help="number of cases (default 100000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the walk (default 0); the same seed gives the same cases")
     p.add_argument("--jobs", type=int, default=0, help="worker processes (default: one per CPU, up to 8, "
-                   f"from {PARALLEL_FROM} cases on; else 1)")
+                   f"from {PARALLEL_FROM} cases on; else 1); capped to the CPUs this process may use; the "
+                   "workers end with the command, and ^C prints the counts so far")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--json", action="store_true", help="print one JSON object (summary, counts by field, examples)")
     p.set_defaults(func=cmd_crosscheck)

@@ -13,10 +13,14 @@ docs/known-decoder-issues.md (the mnemonic of 0F C7 /6 in 16-bit code, INVEPT/IN
 
 from __future__ import annotations
 
-from functools import cache, lru_cache
-from typing import Any, NamedTuple
+from typing import Any
 
-from vmxaddr.isa import RBP, REG16, REG32, REG64, RSP, SEGMENTS, SPECS, InstrSpec, Layout, reg_name
+from vmxaddr import rex2 as rex2_mod
+from vmxaddr.capstone_guard import _capstone_guard, _capstone_shape, capstone_guard_on, capstone_view
+from vmxaddr.decode_other import clear_memo as clear_other_memo
+from vmxaddr.decode_other import loadiwkey, string_io, waitpkg
+from vmxaddr.instruction import DecodeError, Instruction, MemoryOperand
+from vmxaddr.isa import RBP, REG16, REG32, REG64, RSP, SEGMENTS, SPECS, Layout
 
 LEGACY_PREFIXES = frozenset((0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67))
 SEGMENT_PREFIX = {0x26: "es", 0x2E: "cs", 0x36: "ss", 0x3E: "ds", 0x64: "fs", 0x65: "gs"}
@@ -24,128 +28,6 @@ MAX_LENGTH = 15  # SDM Vol. 2 §2.3.11: longer instructions raise #GP
 
 # 16-bit addressing, ModRM.rm -> (base, index) (SDM Vol. 2 Table 2-1). rm 6 with mod 0 is disp16.
 _RM16 = ((3, 6), (3, 7), (5, 6), (5, 7), (6, None), (7, None), (5, None), (3, None))
-
-
-class DecodeError(ValueError):
-    """Bytes that are not a VMX-family instruction this library can decode.
-
-    `kind` is one of: "mode", "empty", "truncated", "too-long", "lock", "prefix", "not-vmx",
-    "register-form", "decoder-disagreement".
-    """
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-class MemoryOperand(NamedTuple):
-    segment: str  # the segment the access uses: the effective override, else the default rule
-    segment_prefix: str | None  # the last segment-override prefix present, effective or not
-    base: int | None  # register number (0 = rAX … 15 = R15); None: no base (or RIP-relative)
-    index: int | None  # type: ignore[assignment]  # shadows tuple.index, which nothing here calls
-    scale: int  # 1, 2, 4 or 8
-    displacement: int  # the displacement field, sign-extended from its own width
-    disp_size: int  # width of the displacement field in bytes (0, 1, 2 or 4)
-    disp_offset: int  # where the displacement field starts in the bytes
-    address_size: int  # 16, 32 or 64
-    rip_relative: bool
-    access_size: int  # bytes the instruction reads or writes
-    access: str  # "read" or "write"
-
-    @property
-    def base_name(self) -> str | None:
-        if self.rip_relative:
-            return "rip" if self.address_size == 64 else "eip"
-        return None if self.base is None else reg_name(self.base, self.address_size)
-
-    @property
-    def index_name(self) -> str | None:
-        return None if self.index is None else reg_name(self.index, self.address_size)
-
-    def text(self) -> str:
-        parts = [p for p in (self.base_name, self.index_name and (
-            self.index_name + (f"*{self.scale}" if self.scale > 1 else ""))) if p]
-        d = self.displacement
-        if parts and d:
-            parts.append(f"{'-' if d < 0 else '+'} {abs(d):#x}")
-            body = " + ".join(parts[:-1]) + " " + parts[-1]
-        elif parts:
-            body = " + ".join(parts)
-        else:
-            body = f"{d & ((1 << self.address_size) - 1):#x}"
-        return f"{self.segment}:[{body}]"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "segment": self.segment,
-            "segment_prefix": self.segment_prefix,
-            "base": self.base_name,
-            "index": self.index_name,
-            "scale": self.scale,
-            "displacement": self.displacement,
-            "disp_size": self.disp_size,
-            "address_size": self.address_size,
-            "rip_relative": self.rip_relative,
-            "access_size": self.access_size,
-            "access": self.access,
-        }
-
-
-class Instruction(NamedTuple):
-    mnemonic: str
-    code_size: int
-    length: int
-    raw: bytes
-    prefixes: tuple[int, ...]  # legacy prefixes, in order
-    rex: int  # the effective REX byte, 0 when none
-    operand: MemoryOperand | None  # None for a register form
-    reg1: int | None  # the r/m register of a register form (VMREAD/VMWRITE, LLDT group, RDRAND)
-    reg2: int | None  # ModRM.reg: VMREAD/VMWRITE field encoding, INVEPT/INVVPID/INVPCID type
-    operand_size: int | None  # LGDT group (16/32; None in 64-bit mode) and RDRAND/RDSEED
-    spec: InstrSpec
-
-    @property
-    def reg_size(self) -> int:
-        """Width of the general-register operands (reg1/reg2) for naming them."""
-        if self.spec.layout is Layout.RDRAND:
-            return self.operand_size or 32
-        if self.mnemonic in ("lldt", "ltr"):
-            return 16  # r/m16
-        if self.spec.layout is Layout.LDT:  # SLDT/STR r16/r32/r64 by operand size
-            return 64 if self.rex & 8 else 16 if (0x66 in self.prefixes) != (self.code_size == 16) else 32
-        return 64 if self.code_size == 64 else 32
-
-    def text(self) -> str:
-        size = self.reg_size
-        ops: list[str] = []
-        r1 = reg_name(self.reg1, size) if self.reg1 is not None else None
-        r2 = reg_name(self.reg2, size) if self.reg2 is not None else None
-        mem = self.operand.text() if self.operand else r1
-        m = self.mnemonic
-        if m == "vmread":
-            ops = [mem or "?", r2 or "?"]
-        elif m == "vmwrite" or m in ("invept", "invvpid", "invpcid"):
-            ops = [r2 or "?", mem or "?"]
-        elif mem:
-            ops = [mem]
-        return f"{m} {', '.join(ops)}".strip()
-
-    def to_json(self) -> dict[str, Any]:
-        size = self.reg_size
-        return {
-            "mnemonic": self.mnemonic,
-            "text": self.text(),
-            "code_size": self.code_size,
-            "length": self.length,
-            "bytes": self.raw.hex(),
-            "prefixes": [f"{p:02x}" for p in self.prefixes] + ([f"{self.rex:02x}"] if self.rex else []),
-            "operand": self.operand.to_json() if self.operand else None,
-            "registers": {k: reg_name(v, size) for k, v in (("reg1", self.reg1), ("reg2", self.reg2))
-                          if v is not None},
-            "operand_size": self.operand_size,
-            "exit_reason": self.spec.exit_reason,
-            "layout": self.spec.layout.value,
-        }
 
 
 def parse_hex(text: str) -> bytes:
@@ -247,6 +129,7 @@ def clear_memos() -> None:
         whole.clear()
     _GUARDED.clear()
     _capstone_shape.cache_clear()
+    clear_other_memo()
 
 
 def decode_uncached(data: bytes | bytearray | memoryview, code_size: int) -> Instruction:
@@ -270,9 +153,13 @@ def decode_uncached(data: bytes | bytearray | memoryview, code_size: int) -> Ins
         else:
             break
         i += 1
+    rx2: rex2_mod.Rex2 | None = None
+    if code_size == 64 and i < n and data[i] == rex2_mod.REX2:
+        rx2, i = rex2_mod.parse(data, i, rex)
     pfx = tuple(prefixes)
     opcode_at = i
     sib_at = -1
+    rex2 = rex2_mod.PRESENT | rx2.payload if rx2 is not None else 0
 
     def need(k: int) -> None:
         if i + k > n:
@@ -281,18 +168,45 @@ def decode_uncached(data: bytes | bytearray | memoryview, code_size: int) -> Ins
             raise DecodeError("truncated", f"bytes run out after {n} byte(s): the instruction is incomplete")
 
     need(1)
-    if data[i] != 0x0F:
-        raise DecodeError("not-vmx", f"opcode {data[i]:02x} is not a VMX-family instruction (those start 0F)")
-    i += 1
-    need(1)
-    op = data[i]
-    i += 1
+    first = data[i]
+    if rx2 is not None:
+        rex2_mod.check_opcode(rx2, first)
+        if not rx2.m0:  # legacy map 0: of this family only INS/OUTS (6C-6F)
+            if 0x6C <= first <= 0x6F:
+                return string_io(data, code_size, i, pfx, 0, rex2)
+            if first == 0x0F:
+                raise DecodeError("rex2", "REX2 with M0 = 0 followed by 0F: REX2 selects map 1 with M0 = 1 and the "
+                                  "0F escape is not written; this is #UD")
+            raise DecodeError("not-vmx", f"REX2 map 0 opcode {first:02x} is not a VMX-family instruction")
+        op = first  # legacy map 1: the opcode follows REX2 without the 0F escape
+        i += 1
+    else:
+        if 0x6C <= first <= 0x6F:
+            return string_io(data, code_size, i, pfx, rex, 0)
+        if first != 0x0F:
+            raise DecodeError("not-vmx", f"opcode {first:02x} is not a VMX-family instruction (those start 0F, "
+                              "or are INS/OUTS 6C-6F)")
+        i += 1
+        need(1)
+        op = data[i]
+        i += 1
+    mp = _mandatory_prefix(pfx)
+    if rx2 is not None:
+        rex_w, rex_r, rex_x, rex_b = rx2.w, rx2.r, rx2.x, rx2.b
+    else:
+        rex_w, rex_r, rex_x, rex_b = rex & 8, (rex & 4) << 1, (rex & 2) << 2, (rex & 1) << 3
     if op == 0x38:
         need(1)
         op3 = data[i]
         i += 1
+        if op3 == 0xDC:
+            need(1)
+            return loadiwkey(data, code_size, i, pfx, mp, rex)
         if op3 not in (0x80, 0x81, 0x82):
             raise DecodeError("not-vmx", f"0F 38 {op3:02x} is not a VMX-family instruction")
+    elif op == 0xAE:
+        need(1)
+        return waitpkg(data, code_size, i, pfx, mp, rex, rex_b, rex2)
     elif op not in (0x78, 0x79, 0xC7, 0x01, 0x00):
         raise DecodeError("not-vmx", f"0F {op:02x} is not a VMX-family instruction")
     else:
@@ -302,8 +216,6 @@ def decode_uncached(data: bytes | bytearray | memoryview, code_size: int) -> Ins
     modrm_at = i
     i += 1
     mod, reg, rm = modrm >> 6, (modrm >> 3) & 7, modrm & 7
-    mp = _mandatory_prefix(pfx)
-    rex_w, rex_r, rex_x, rex_b = rex & 8, (rex & 4) << 1, (rex & 2) << 2, (rex & 1) << 3
 
     mnemonic = _classify(op, op3, mod, reg, mp)
     if 0xF0 in pfx:
@@ -380,7 +292,9 @@ def decode_uncached(data: bytes | bytearray | memoryview, code_size: int) -> Ins
     elif layout is Layout.RDRAND:
         operand_size = 64 if rex_w else (16 if (code_size == 16) != opsize else 32)
     raw = data[:i]
-    instr = Instruction(mnemonic, code_size, i, raw, pfx, rex, operand, reg1, reg2, operand_size, spec)
+    instr = Instruction(mnemonic, code_size, i, raw, pfx, rex, operand, reg1, reg2, operand_size, spec, rex2)
+    if rex2:
+        return instr  # capstone 5 cannot decode REX2 (docs/known-decoder-issues.md): no guard
     form = _form(data, code_size, opcode_at, modrm_at, sib_at, op, operand is not None and operand.address_size == 16)
     if form not in _GUARDED:
         _capstone_guard(raw if operand is None else _zero_disp(raw, operand), code_size, instr)
@@ -469,95 +383,6 @@ def _zero_disp(raw: bytes, op: MemoryOperand) -> bytes:
     if not op.disp_size:
         return raw
     return raw[:op.disp_offset] + bytes(op.disp_size) + raw[op.disp_offset + op.disp_size:]
-
-
-# -- the capstone guard -----------------------------------------------------------------------
-
-@cache
-def _cs(code_size: int) -> Any:
-    import capstone
-
-    mode = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}[code_size]
-    md = capstone.Cs(capstone.CS_ARCH_X86, mode)
-    md.detail = True
-    return md
-
-
-def capstone_view(raw: bytes, code_size: int) -> dict[str, Any] | None:
-    """What capstone 5 makes of the bytes: mnemonic, length and memory operand (or None when it
-    cannot decode them)."""
-    from capstone import x86
-
-    md = _cs(code_size)
-    ins = next(md.disasm(raw, 0), None)
-    if ins is None:
-        return None
-    view: dict[str, Any] = {"mnemonic": ins.mnemonic, "length": ins.size, "text": f"{ins.mnemonic} {ins.op_str}".strip(),
-                            "memory": None}
-    for o in ins.operands:
-        if o.type == x86.X86_OP_MEM:
-            m = o.mem
-            view["memory"] = {
-                "base": ins.reg_name(m.base) if m.base else None,
-                "index": ins.reg_name(m.index) if m.index else None,
-                "scale": m.scale,
-                "segment": ins.reg_name(m.segment) if m.segment else None,
-                "disp": m.disp,
-            }
-    return view
-
-
-@lru_cache(maxsize=1 << 16)
-def _capstone_shape(raw: bytes, code_size: int) -> tuple[int, str | None, str | None, int] | None:
-    v = capstone_view(raw, code_size)
-    if v is None:
-        return None
-    m = v["memory"]
-    if m is None:
-        return (v["length"], None, None, 0)
-    # capstone names "no index" with a non-1 SIB scale as the pseudo-registers riz/eiz.
-    index = None if m["index"] in ("riz", "eiz") else m["index"]
-    return (v["length"], m["base"], index, m["scale"])
-
-
-@cache
-def capstone_guard_on() -> bool:
-    """Does the capstone guard run? Only where capstone cannot be imported is it off: in the
-    browser under Pyodide, which has no build of capstone, vmxaddr's own decoder answers alone
-    (the site's page says so). capstone is a dependency everywhere else, and
-    tests/test_decode_guard.py fails if it is off there."""
-    try:
-        import capstone  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _capstone_guard(shape_raw: bytes, code_size: int, instr: Instruction) -> None:
-    if not capstone_guard_on():
-        return
-    got = _capstone_shape(shape_raw, code_size)
-    if got is None:
-        # Known: capstone 5 cannot decode INVEPT/INVVPID/INVPCID in 16-bit code (66 0F 38 8x).
-        return
-    length, base, index, scale = got
-    op = instr.operand
-    problems = []
-    if length != instr.length:
-        problems.append(f"length {length} vs {instr.length}")
-    if op is not None:
-        want_base = op.base_name
-        want_index = op.index_name
-        if base != want_base:
-            problems.append(f"base {base} vs {want_base}")
-        if index != want_index:
-            problems.append(f"index {index} vs {want_index}")
-        if index is not None and scale != op.scale:
-            problems.append(f"scale {scale} vs {op.scale}")
-    if problems:
-        raise DecodeError("decoder-disagreement",
-                          f"capstone and vmxaddr read {shape_raw.hex()} ({code_size}-bit) differently: "
-                          + ", ".join(problems) + " — please report it")
 
 
 REGISTER_NAMES = REG64 + REG32 + REG16

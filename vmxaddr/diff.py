@@ -56,12 +56,13 @@ BASE_DIFFERS = "segment base differs"
 LINEAR_DIFFERS = "linear address differs"
 CHECKS_DIFFER = "fault checks differ"
 CANONICAL_FIRST_BYTE = "canonical check on the first byte only"
+EGPR_FROM_LEGACY = "R16-R31 read from the 32-bit field (APX extended field ignored)"
 
 CLASSES = (COMPAT_AS_64, REAL_V86_NO_UD, PRE_EXIT_FAULT_NOT_MADE, COMPAT_AS_64_REACHABLE, REAL_MODE_SEGMENT_CHECKS,
            DISPLACEMENT_NOT_SIGN_EXTENDED, ASZ_MASK_ON_LINEAR, REGS_NOT_TRUNCATED,
            SEGMENT_BASE_IN_64, LAM_NOT_UNTAGGED, LAM_UNTAGGED_LINEAR, LAM57_FOUR_LEVEL, NO_CHECKS, FLAT_LIMIT,
            LIMIT_OFF_BY_ONE, LENGTH_FIXED_8, EXPAND_DOWN, TYPE_BEFORE_USABLE, EA_DIFFERS, BASE_DIFFERS,
-           LINEAR_DIFFERS, CHECKS_DIFFER, CANONICAL_FIRST_BYTE)
+           LINEAR_DIFFERS, CHECKS_DIFFER, CANONICAL_FIRST_BYTE, EGPR_FROM_LEGACY)
 
 # The computation's steps in order, with the Result field each one fills.
 STEPS = (("displacement", "displacement"), ("effective-address", "effective_address"),
@@ -137,6 +138,14 @@ def _limit_check(model: Model | None) -> LimitCheck:
     return getattr(model, "limit_check", SDM_LIMIT)
 
 
+def _names_egpr(ext: int) -> bool:
+    """Does the APX extended field (vmxaddr.apx) name a base or index register >= 16?"""
+    from vmxaddr.apx import operand_bits_extended
+
+    _, _, _, index, base = operand_bits_extended(ext)
+    return (index or 0) >= 16 or (base or 0) >= 16
+
+
 def classify(exit: ExitInfo, state: CpuState, access: Access, ra: Result, rb: Result,
              model_a: Model | None = None, model_b: Model | None = None) -> str:
     """Name the divergence between two results for one case (call only when they disagree)."""
@@ -165,6 +174,9 @@ def classify(exit: ExitInfo, state: CpuState, access: Access, ra: Result, rb: Re
         return NO_CHECKS  # the addresses converge; only the checks tell the two apart
     step = first_difference(ra, rb)
     info = exit.instruction_info
+    ext = exit.extended_info
+    if ext is not None and step in ("effective-address", "register-operand") and _names_egpr(ext):
+        return EGPR_FROM_LEGACY
     asz = 16 << (info >> 7 & 3)
     if step == "displacement":
         return DISPLACEMENT_NOT_SIGN_EXTENDED
@@ -302,8 +314,8 @@ def exit_and_access(ins: Instruction, rip: int, policy: Policy) -> tuple[ExitInf
     policy: they are functions of those alone. The exit qualification is computed each time (the
     displacement, plus RIP for RIP-relative operands). Random undefined bits are a function of
     every byte, so that policy is not memoised."""
-    if policy.undefined_bits == "random":
-        return encode(ins, rip, policy), access_of(ins)
+    if policy.undefined_bits == "random" or policy.apx or ins.rex2:
+        return encode(ins, rip, policy), access_of(ins)  # random bits, or the APX extended field
     if policy is _LAST_POLICY[0]:
         memo = _LAST_POLICY[1]  # hashing a Policy costs more than the lookup it keys
     else:
@@ -318,7 +330,7 @@ def exit_and_access(ins: Instruction, rip: int, policy: Policy) -> tuple[ExitInf
         if len(memo) >= 1 << 16:
             memo.clear()
         hit = memo[key] = (encode_info(ins, policy)[0], access_of(ins))
-    return _new(ExitInfo, (ins.mnemonic, hit[0], exit_qualification(ins, rip, policy), ins.length)), hit[1]
+    return _new(ExitInfo, (ins.mnemonic, hit[0], exit_qualification(ins, rip, policy), ins.length, None, None)), hit[1]
 
 
 _new = tuple.__new__

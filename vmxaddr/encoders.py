@@ -33,7 +33,7 @@ from vmxaddr.exitinfo import (
     encode,
     encode_info,
 )
-from vmxaddr.isa import SEGMENTS, Layout
+from vmxaddr.isa import SEGMENTS, SPECS, Layout
 
 Encoder = Callable[[Instruction, int, Policy], ExitInfo]
 
@@ -113,8 +113,13 @@ def bochs_2_7(instr: Instruction, rip: int = 0, policy: Policy = DEFAULT_POLICY)
     Not modelled: the stale exit qualification of some 64-bit register forms (it depends on
     Bochs's instruction cache, not on the instruction).
     """
-    info, _ = encode_info(instr, _BOCHS_POLICY)
     layout = instr.spec.layout
+    if layout is Layout.IO:
+        return _bochs_string_io(instr)
+    if instr.rex2 or instr.mnemonic not in BOCHS_MNEMONICS:
+        raise EncoderScope(f"bochs-2.7 does not implement {instr.mnemonic.upper()}"
+                           + (" with REX2 (APX)" if instr.rex2 else "") + " (see docs/known-oracle-issues.md)")
+    info, _ = encode_info(instr, _BOCHS_POLICY)
     if layout is Layout.RDRAND:
         if instr.code_size == 64:
             code = 2 if instr.rex & 8 else 1
@@ -136,6 +141,37 @@ def bochs_2_7(instr: Instruction, rip: int = 0, policy: Policy = DEFAULT_POLICY)
         else:
             qual = op.displacement & ((1 << op.address_size) - 1)
     return ExitInfo(instr.mnemonic, info & 0xFFFFFFFF, qual, instr.length)
+
+
+def _bochs_string_io(instr: Instruction) -> ExitInfo:
+    """Bochs's VMexit_IO() for INS/OUTS (bochs/cpu/vmexit.cc, read in a 2.7-era copy): the
+    qualification as the SDM's table (size - 1, IN, string, REP, port from DX: 0 here, the encoder
+    sees no registers); instruction information = the instruction's segment << 15 and the address
+    size in bits 9:7. For INS that segment is Bochs's decoded segment — DS, or the override prefix
+    (in 64-bit mode only FS/GS survive its decoder) — not ES: bits 17:15 are undefined for INS, so
+    this is a choice, not a deviation. The guest-linear address needs the registers: not here
+    (vmxaddr.oracles.bochs_io compares it)."""
+    from vmxaddr.string_io import io_qualification
+
+    op = instr.operand
+    assert op is not None
+    seg = op.segment
+    if instr.mnemonic == "ins":
+        seg = "ds"
+        for p in instr.prefixes:
+            s = SEGMENT_OVERRIDE.get(p)
+            if s is not None and (instr.code_size != 64 or s in ("fs", "gs")):
+                seg = s
+    info = SEGMENTS.index(seg) << 15 | ASZ_CODE[op.address_size] << 7
+    return ExitInfo(instr.mnemonic, info, io_qualification(instr, 0), instr.length)
+
+
+SEGMENT_OVERRIDE = {0x26: "es", 0x2E: "cs", 0x36: "ss", 0x3E: "ds", 0x64: "fs", 0x65: "gs"}
+
+
+class EncoderScope(ValueError):
+    """An emulator encoder asked for an instruction the emulator does not implement (Bochs 2.7 and
+    VirtualBox's IEM predate APX; neither models TPAUSE/UMWAIT/LOADIWKEY exits here)."""
 
 
 # -- VirtualBox IEM --------------------------------------------------------------------------------
@@ -193,6 +229,9 @@ def vbox_iem(instr: Instruction, rip: int = 0, policy: Policy = DEFAULT_POLICY) 
     not consulted. (The address IEM computes is the same: those bases count as 0 in 64-bit mode;
     a consumer that picks #SS or #GP by the reported segment picks differently.)
     """
+    if instr.rex2 or instr.mnemonic not in VBOX_MNEMONICS:
+        raise EncoderScope(f"vbox-iem is not modelled for {instr.mnemonic.upper()}"
+                           + (" with REX2 (APX)" if instr.rex2 else ""))
     raw = instr.raw
     m = _modrm_offset(instr)
     modrm = raw[m]
@@ -296,6 +335,12 @@ def _vbox_segment(instr: Instruction) -> str:
     assert op is not None
     return op.segment_prefix or op.segment
 
+
+# What each emulator encoder covers (the fuzzer and cross-checks keep to these; none takes REX2).
+VBOX_MNEMONICS = frozenset(m for m in SPECS if SPECS[m].layout not in (Layout.IO, Layout.REG, Layout.LOADIWKEY))
+BOCHS_MNEMONICS = VBOX_MNEMONICS | {"ins", "outs"}
+bochs_2_7.mnemonics = BOCHS_MNEMONICS  # type: ignore[attr-defined]
+vbox_iem.mnemonics = VBOX_MNEMONICS  # type: ignore[attr-defined]
 
 register_encoder("sdm", sdm_encoder, "the SDM's processor (vmxaddr.exitinfo.encode; --exit-qual etc. choose what the SDM leaves open)")
 register_encoder("bochs-2.7", bochs_2_7, "Bochs 2.7's VMX emulation (vmexit.cc): RDRAND size from the address size, "

@@ -53,6 +53,9 @@ class Policy:
       prefix's segment, as iced-x86's decoding suggests).
     si_di: 16-bit [SI]/[DI] operands reported as "base" (Bochs) or "index" (VirtualBox).
     seed: for the random policies; the randomness is a function of (seed, instruction bytes).
+    apx: the processor enumerates APX (CPUID.(EAX=07H,ECX=1):EDX[21]) and so writes the extended
+      64-bit instruction-information field (VMCS 0x2406, vmxaddr.apx) besides the 32-bit one.
+      A REX2-encoded instruction implies it (REX2 is #UD without APX enabled).
     """
 
     exit_qual: str = "zero-extend"
@@ -60,6 +63,7 @@ class Policy:
     ignored_segment: str = "default"
     si_di: str = "base"
     seed: int = 0
+    apx: bool = False
 
     def __post_init__(self) -> None:
         for name, allowed in (("exit_qual", EXIT_QUAL_POLICIES), ("undefined_bits", UNDEFINED_BITS_POLICIES),
@@ -80,15 +84,25 @@ class ExitInfo(NamedTuple):
     instruction_info: int
     exit_qualification: int
     length: int = 0
+    # APX: the extended 64-bit instruction-information field (VMCS 0x2406), None when the
+    # processor does not write one (vmxaddr.apx).
+    extended_info: int | None = None
+    # INS/OUTS: the guest-linear-address field (VMCS 0x640A), None when not reported.
+    guest_linear_address: int | None = None
 
     @property
     def exit_reason(self) -> int:
         return EXIT_REASONS[self.instruction]
 
     def to_json(self) -> dict[str, Any]:
-        return {"instruction": self.instruction, "exit_reason": self.exit_reason,
-                "instruction_info": self.instruction_info, "exit_qualification": self.exit_qualification,
-                "length": self.length}
+        out = {"instruction": self.instruction, "exit_reason": self.exit_reason,
+               "instruction_info": self.instruction_info, "exit_qualification": self.exit_qualification,
+               "length": self.length}
+        if self.extended_info is not None:
+            out["extended_instruction_info"] = self.extended_info
+        if self.guest_linear_address is not None:
+            out["guest_linear_address"] = self.guest_linear_address
+        return out
 
 
 def _rng(policy: Policy, instr: Instruction) -> random.Random:
@@ -111,10 +125,28 @@ def encode_info(instr: Instruction, policy: Policy = DEFAULT_POLICY) -> tuple[in
     defined = 0
     op = instr.operand
     if layout is Layout.RDRAND:
-        info = (instr.reg1 or 0) << 3 | {16: 0, 32: 1, 64: 2}[instr.operand_size or 32] << 11
+        # R16-R31 do not fit the 4-bit fields: the low 4 bits are written (vmxaddr.apx; the
+        # extended field holds the full number).
+        info = (instr.reg1 or 0) % 16 << 3 | {16: 0, 32: 1, 64: 2}[instr.operand_size or 32] << 11
         return info, F_REG1 | F_RDRAND_OPSIZE
+    if layout is Layout.REG:  # TPAUSE, UMWAIT: Reg1 only
+        return (instr.reg1 or 0) % 16 << 3, F_REG1
+    if layout is Layout.LOADIWKEY:  # Reg1 = xmm1 (ModRM.reg), Reg2 = xmm2 (ModRM.rm)
+        return (instr.reg1 or 0) << 3 | (instr.reg2 or 0) << 28, F_REG1 | F_REG2
+    if layout is Layout.IO:
+        # SDM Vol. 3C, "Format of the VM-Exit Instruction-Information Field as Used for INS and
+        # OUTS": 9:7 address size, 17:15 segment ("Undefined for VM exits due to execution of
+        # INS"), everything else undefined. INS's own segment is ES; that is what is written.
+        assert op is not None
+        seg = reported_segment(instr, policy) if instr.mnemonic == "outs" else op.segment
+        info = ASZ_CODE[op.address_size] << 7 | SEGMENTS.index(seg) << 15
+        return info, F_ASZ | (F_SEG if instr.mnemonic == "outs" else 0)
     if op is not None:
         base, index, scale = op.base, op.index, op.scale
+        if base is not None:
+            base %= 16
+        if index is not None:
+            index %= 16
         if op.address_size == 16 and policy.si_di == "index" and index is None and base in (6, 7):
             base, index, scale = None, base, 1
         info |= ASZ_CODE[op.address_size] << 7 | SEGMENTS.index(reported_segment(instr, policy)) << 15
@@ -132,10 +164,10 @@ def encode_info(instr: Instruction, policy: Policy = DEFAULT_POLICY) -> tuple[in
     # bit 10: "cleared to 0" (VMPTR, INV, DT layouts) or mem/reg (VMREAD, LDT layouts): defined.
     defined |= F_MEMREG
     if op is None:
-        info |= F_MEMREG | (instr.reg1 or 0) << 3
+        info |= F_MEMREG | (instr.reg1 or 0) % 16 << 3
         defined |= F_REG1
     if layout in (Layout.VMREAD, Layout.INV):
-        info |= (instr.reg2 or 0) << 28
+        info |= (instr.reg2 or 0) % 16 << 28
         defined |= F_REG2
     elif layout in (Layout.DT, Layout.LDT):
         info |= (instr.spec.identity or 0) << 28
@@ -151,10 +183,14 @@ def defined_mask(instr: Instruction, policy: Policy = DEFAULT_POLICY) -> int:
 
 
 def exit_qualification(instr: Instruction, rip: int = 0, policy: Policy = DEFAULT_POLICY,
-                       rng: random.Random | None = None) -> int:
+                       rng: random.Random | None = None, port: int = 0) -> int:
     op = instr.operand
     if op is None:
         return 0
+    if instr.spec.layout is Layout.IO:
+        from vmxaddr.string_io import io_qualification
+
+        return io_qualification(instr, port)
     if op.rip_relative:
         full = (op.displacement + rip + instr.length) & MASK64
     else:
@@ -171,8 +207,10 @@ def exit_qualification(instr: Instruction, rip: int = 0, policy: Policy = DEFAUL
     return low | r.getrandbits(64 - asz) << asz
 
 
-def encode(instr: Instruction, rip: int = 0, policy: Policy = DEFAULT_POLICY) -> ExitInfo:
-    """The exit information for `instr` executed at `rip` (its own address), under `policy`."""
+def encode(instr: Instruction, rip: int = 0, policy: Policy = DEFAULT_POLICY, state: Any = None) -> ExitInfo:
+    """The exit information for `instr` executed at `rip` (its own address), under `policy`.
+    `state` (a CpuState), when given, supplies what INS/OUTS exits report from registers: the
+    port (DX) in the exit qualification and the guest-linear address."""
     info, defined = encode_info(instr, policy)
     rng = None
     if policy.undefined_bits == "random" or policy.exit_qual == "random-upper":
@@ -180,7 +218,20 @@ def encode(instr: Instruction, rip: int = 0, policy: Policy = DEFAULT_POLICY) ->
     if policy.undefined_bits == "random":
         assert rng is not None
         info |= rng.getrandbits(32) & ~defined & 0xFFFFFFFF
-    return ExitInfo(instr.mnemonic, info, exit_qualification(instr, rip, policy, rng), instr.length)
+    ext = None
+    if policy.apx or instr.rex2:
+        from vmxaddr.apx import encode_extended
+
+        ext, xdefined = encode_extended(instr)
+        if policy.undefined_bits == "random":
+            assert rng is not None
+            ext |= rng.getrandbits(64) & ~xdefined & ((1 << 64) - 1)
+    port, gla = 0, None
+    if state is not None and instr.spec.layout is Layout.IO:
+        from vmxaddr.string_io import guest_linear_address
+
+        port, gla = state.regs[2] & 0xFFFF, guest_linear_address(instr, state)
+    return ExitInfo(instr.mnemonic, info, exit_qualification(instr, rip, policy, rng, port), instr.length, ext, gla)
 
 
 # -- the inverse: instruction_info -> named fields -----------------------------------------------
@@ -208,6 +259,26 @@ def fields(info: int, instruction: str) -> list[InfoField]:
         out.append(InfoField(name, hi, lo, v, meaning if meaning is not None else str(v), defined))
         return v
 
+    if layout is Layout.IO:
+        add("undefined", 6, 0, "", False)
+        add("address size", 9, 7, {0: "16-bit", 1: "32-bit", 2: "64-bit"}.get(info >> 7 & 7, "not used"))
+        add("undefined", 14, 10, "", False)
+        seg = info >> 15 & 7
+        add("segment", 17, 15, SEGMENTS[seg] if seg < 6 else "not used", instruction == "outs")
+        add("undefined", 31, 18, "", False)
+        return out[::-1]
+    if layout is Layout.REG or layout is Layout.LOADIWKEY:
+        from vmxaddr.isa import XMM
+
+        names = XMM if layout is Layout.LOADIWKEY else None
+        add("undefined", 2, 0, "", False)
+        add("reg1", 6, 3, names[info >> 3 & 15] if names else _reg(info >> 3 & 15))
+        if names:
+            add("undefined", 27, 7, "", False)
+            add("reg2", 31, 28, names[info >> 28 & 15])
+        else:
+            add("undefined", 31, 7, "", False)
+        return out[::-1]
     if layout is Layout.RDRAND:
         add("undefined", 2, 0, "", False)
         add("reg", 6, 3, _reg(info >> 3 & 15))

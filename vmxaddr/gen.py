@@ -97,6 +97,23 @@ OPCODES: dict[str, tuple[int | None, bytes, int | None, str]] = {
 }
 MNEMONICS = tuple(OPCODES)
 MEMORY_MNEMONICS = tuple(m for m, v in OPCODES.items() if v[3] != "reg")
+
+# The other instructions with an instruction-information field (issue 16): string I/O with its
+# implicit operand, and the register-only TPAUSE, UMWAIT, LOADIWKEY. Kept out of MNEMONICS so that
+# existing seeds draw what they drew before; ALL_MNEMONICS has everything.
+OTHER_OPCODES: dict[str, tuple[int | None, bytes, int | None, str]] = {
+    "ins": (None, b"\x6c", None, "string"),  # 6C, or 6D with the low bit set
+    "outs": (None, b"\x6e", None, "string"),
+    "tpause": (0x66, b"\x0f\xae", 6, "reg"),
+    "umwait": (0xF2, b"\x0f\xae", 6, "reg"),
+    "loadiwkey": (0xF3, b"\x0f\x38\xdc", None, "reg"),
+}
+STRING_MNEMONICS = ("ins", "outs")
+ALL_MNEMONICS = MNEMONICS + tuple(OTHER_OPCODES)
+ALL_MEMORY_MNEMONICS = MEMORY_MNEMONICS + STRING_MNEMONICS
+# REX2 (APX) can encode the map-0/map-1 instructions only: not INVEPT/INVVPID/INVPCID/LOADIWKEY
+# (0F 38, map 2; vmxaddr.rex2).
+NO_REX2 = frozenset(("invept", "invvpid", "invpcid", "loadiwkey"))
 VMX_MNEMONICS = ("vmptrld", "vmclear", "vmxon", "vmptrst", "vmread", "vmwrite", "invept", "invvpid")
 SEG_PREFIXES = (0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65)
 
@@ -113,10 +130,14 @@ def _disp(ch: Chooser, size: int) -> bytes:
 
 
 def gen_encoding(ch: Chooser, code_sizes: Sequence[int] = (16, 32, 64),
-                 mnemonics: Sequence[str] = MEMORY_MNEMONICS, register_forms: float = 0.05) -> tuple[bytes, int]:
-    """Bytes of one valid VMX-family instruction and the code size to decode them in."""
+                 mnemonics: Sequence[str] = MEMORY_MNEMONICS, register_forms: float = 0.05,
+                 rex2: float = 0.0) -> tuple[bytes, int]:
+    """Bytes of one valid VMX-family instruction and the code size to decode them in. `rex2`:
+    the share of 64-bit encodings given an APX REX2 prefix (registers R16-R31) where allowed."""
     cs = ch.choice(code_sizes)
     m = ch.choice(mnemonics)
+    if m in OTHER_OPCODES:
+        return _gen_other(ch, cs, m, rex2), cs
     mp, opcode, regfield, forms = OPCODES[m]
     prefixes: list[int] = []
     if ch.chance(0.4):
@@ -131,7 +152,11 @@ def gen_encoding(ch: Chooser, code_sizes: Sequence[int] = (16, 32, 64),
         # the mandatory prefix usually comes last; anywhere among the legacy prefixes is legal
         prefixes.insert(ch.integer(0, len(prefixes)) if ch.chance(0.2) else len(prefixes), mp)
     rex = b""
-    if cs == 64 and ch.chance(0.4):
+    if rex2 and cs == 64 and m not in NO_REX2 and ch.chance(rex2):
+        # REX2 replaces REX (a REX before it is #UD) and the 0F escape (M0 = 1 selects map 1).
+        rex = bytes([0xD5, 0x80 | ch.integer(0, 0x7F)])
+        opcode = opcode[1:]
+    elif cs == 64 and ch.chance(0.4):
         rex = bytes([0x40 | ch.integer(0, 15)])
     reg = regfield if regfield is not None else ch.integer(0, 7)
     if forms == "reg" or (forms == "both" and ch.chance(register_forms)):
@@ -155,6 +180,38 @@ def gen_encoding(ch: Chooser, code_sizes: Sequence[int] = (16, 32, 64),
     if dsize:
         body += _disp(ch, dsize)
     return bytes(prefixes) + rex + opcode + body, cs
+
+
+def _gen_other(ch: Chooser, cs: int, m: str, rex2: float) -> bytes:
+    mp, opcode, regfield, forms = OTHER_OPCODES[m]
+    prefixes: list[int] = []
+    if forms == "string":
+        if ch.chance(0.4):
+            prefixes.append(ch.choice(SEG_PREFIXES))  # effective on OUTS only (INS always uses ES)
+        if ch.chance(0.3):
+            prefixes.append(0x67)
+        if ch.chance(0.3):
+            prefixes.append(0x66)
+        if ch.chance(0.5):
+            prefixes.append(ch.choice((0xF3, 0xF2)))  # both repeat INS/OUTS
+        op = opcode[0] | ch.integer(0, 1)  # 6C/6E bytes, 6D/6F words or doublewords
+        rex = b""
+        if cs == 64 and ch.chance(0.3):
+            rex = bytes([0xD5, ch.integer(0, 0x7F)]) if rex2 and ch.chance(rex2) else bytes([0x40 | ch.integer(0, 15)])
+        return bytes(prefixes) + rex + bytes([op])
+    assert mp is not None
+    prefixes.append(mp)
+    reg = regfield if regfield is not None else ch.integer(0, 7)
+    modrm = bytes([0xC0 | reg << 3 | ch.integer(0, 7)])
+    if cs == 64 and rex2 and m not in NO_REX2 and ch.chance(rex2):
+        return bytes(prefixes) + bytes([0xD5, 0x80 | ch.integer(0, 0x7F)]) + opcode[1:] + modrm
+    rex = bytes([0x40 | ch.integer(0, 15)]) if cs == 64 and ch.chance(0.4) else b""
+    return bytes(prefixes) + rex + opcode + modrm
+
+
+def gen_state_egprs(ch: Chooser) -> tuple[int, ...]:
+    """Values for R16-R31 (APX), drawn like the legacy registers."""
+    return tuple(_reg_value(ch) for _ in range(16))
 
 
 # -- states ---------------------------------------------------------------------------------------

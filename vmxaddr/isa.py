@@ -22,6 +22,9 @@ class Layout(StrEnum):
     DT = "dt"  # LGDT, LIDT, SGDT, SIDT
     LDT = "ldt"  # LLDT, LTR, SLDT, STR
     RDRAND = "rdrand"  # RDRAND, RDSEED (register operand only)
+    IO = "io"  # INS, OUTS: address size and segment of the implicit string operand
+    REG = "reg"  # TPAUSE, UMWAIT: one general register (Reg1, bits 6:3)
+    LOADIWKEY = "loadiwkey"  # LOADIWKEY: two XMM registers (Reg1 bits 6:3, Reg2 bits 31:28)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,18 +96,36 @@ SPECS: dict[str, InstrSpec] = {
         InstrSpec("xrstors", 64, Layout.VMPTR, "read", 576, 576, "required", False, privileged=True, align=64),
         InstrSpec("rdrand", 57, Layout.RDRAND, None, 0, 0, "none", False),
         InstrSpec("rdseed", 61, Layout.RDRAND, None, 0, 0, "none", False),
+        # INS/OUTS exit with reason 30 ("I/O instruction", SDM Vol. 3D Appendix C) under
+        # "unconditional I/O exiting" or the I/O bitmaps. The element is 1, 2 or 4 bytes (the
+        # decoder sets it: 6C/6E bytes, 6D/6F words or doublewords by operand size). Valid in
+        # every mode; their IOPL/TSS-bitmap check comes before the exit (SDM Vol. 3C "Relative
+        # Priority of Faults and VM Exits"), the segment and limit checks after it.
+        InstrSpec("ins", 30, Layout.IO, "write", 1, 1, "implicit", False),
+        InstrSpec("outs", 30, Layout.IO, "read", 1, 1, "implicit", False),
+        # WAITPKG (SDM Vol. 2 TPAUSE, UMWAIT: "66/F2 0F AE /6", mod = 11, any CPL and mode but
+        # real and virtual-8086 mode... see decode_reg.py); basic exit reasons 67 (UMWAIT) and
+        # 68 (TPAUSE), SDM Vol. 3D Appendix C.
+        InstrSpec("umwait", 67, Layout.REG, None, 0, 0, "none", False),
+        InstrSpec("tpause", 68, Layout.REG, None, 0, 0, "none", False),
+        # Key Locker: F3 0F 38 DC /r, mod = 11; CPL 0 only (its #GP comes before the exit);
+        # basic exit reason 69.
+        InstrSpec("loadiwkey", 69, Layout.LOADIWKEY, None, 0, 0, "none", False, privileged=True),
     )
 }
 
 EXIT_REASONS: dict[str, int] = {m: s.exit_reason for m, s in SPECS.items()}
 
-# Register numbering of the instruction-information field (SDM tables: 0 = RAX … 15 = R15).
+# Register numbering of the instruction-information field (SDM tables: 0 = RAX … 15 = R15;
+# the APX extended field's 5-bit numbers add 16 = R16 … 31 = R31, the APX extended GPRs).
+_EGPRS = tuple(range(16, 32))
 REG64 = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
-         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15") + tuple(f"r{n}" for n in _EGPRS)
 REG32 = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi",
-         "r8d", "r9d", "r10d", "r11d", "r12d", "r13d", "r14d", "r15d")
+         "r8d", "r9d", "r10d", "r11d", "r12d", "r13d", "r14d", "r15d") + tuple(f"r{n}d" for n in _EGPRS)
 REG16 = ("ax", "cx", "dx", "bx", "sp", "bp", "si", "di",
-         "r8w", "r9w", "r10w", "r11w", "r12w", "r13w", "r14w", "r15w")
+         "r8w", "r9w", "r10w", "r11w", "r12w", "r13w", "r14w", "r15w") + tuple(f"r{n}w" for n in _EGPRS)
+XMM = tuple(f"xmm{n}" for n in range(16))
 
 # Segment-register numbering of bits 17:15.
 SEGMENTS = ("es", "cs", "ss", "ds", "fs", "gs")

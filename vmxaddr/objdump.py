@@ -6,12 +6,15 @@ from __future__ import annotations
 import re
 
 _OBJDUMP_MNEMONIC = re.compile(r"^(vmread|vmwrite|vmptrld|vmptrst|vmclear|vmxon|invept|invvpid|invpcid|rdrand|"
-                               r"rdseed|lgdt|lidt|sgdt|sidt|lldt|ltr|sldt|str|xsaves|xrstors)(?:[lwq]|64)?$")
+                               r"rdseed|lgdt|lidt|sgdt|sidt|lldt|ltr|sldt|str|xsaves|xrstors|tpause|umwait|"
+                               r"loadiwkey)(?:[lwq]|64)?$")
+_OBJDUMP_STRING_IO = re.compile(r"^(ins|outs)[bwl]$")  # with `scan --string-io` only
 _OBJDUMP_PREFIX_WORDS = re.compile(r"^(lock|rep[nez]*|cs|ds|es|ss|fs|gs|data16|data32|addr16|addr32|notrack|bnd|"
                                    r"rex(\.[WRXB]+)?|\{[a-z0-9]+\})$")
 
 
-def parse_objdump(text: str, names: dict[str, str] | None = None) -> set[tuple[str, str, int, str]]:
+def parse_objdump(text: str, names: dict[str, str] | None = None,
+                  string_io: bool = False) -> set[tuple[str, str, int, str]]:
     """(file, section, address, mnemonic) of every VMX-family instruction in `objdump -d` output;
     `names` maps the paths objdump prints to the names to report."""
     found: set[tuple[str, str, int, str]] = set()
@@ -31,6 +34,8 @@ def parse_objdump(text: str, names: dict[str, str] | None = None) -> set[tuple[s
         while len(words) > 1 and _OBJDUMP_PREFIX_WORDS.match(words[0]):
             words.pop(0)
         m = _OBJDUMP_MNEMONIC.match(words[0]) if words else None
+        if m is None and string_io and words:
+            m = _OBJDUMP_STRING_IO.match(words[0])
         if m:
             found.add((current, section, int(parts[0].strip()[:-1], 16), m.group(1)))
     return found

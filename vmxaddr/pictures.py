@@ -83,7 +83,9 @@ def layout_fields(layout: Layout, fields_fn: FieldsFn = fields) -> list[LayoutFi
     Found by probing, not restated: with all bits zero (a memory operand with base and index)
     as the reference, each value of every field of up to three bits is set in turn, and a field
     whose definedness changes gets that value as its condition."""
-    mnemonic = instructions_of(layout)[0]
+    # INS/OUTS: the segment field is defined for OUTS only (SDM: "Undefined for VM exits due to
+    # execution of INS"), which the probe of one instruction cannot see: probe OUTS, note INS.
+    mnemonic = "outs" if layout is Layout.IO else instructions_of(layout)[0]
     base = fields_fn(0, mnemonic)
     undefined_when: dict[tuple[str, int, int], list[str]] = {}
     defined_when: dict[tuple[str, int, int], list[str]] = {}
@@ -105,6 +107,8 @@ def layout_fields(layout: Layout, fields_fn: FieldsFn = fields) -> list[LayoutFi
         k = _key(f)
         if f.name in UNDEFINED_NAMES or (not f.defined and k not in defined_when):
             out.append(LayoutField(f.name, f.hi, f.lo, "undefined"))
+        elif layout is Layout.IO and f.name == "segment":
+            out.append(LayoutField(f.name, f.hi, f.lo, "conditional", "undefined for INS (which always uses ES)"))
         elif k in undefined_when:
             out.append(LayoutField(f.name, f.hi, f.lo, "conditional", "undefined when " + " or ".join(undefined_when[k])))
         elif k in defined_when:

@@ -45,6 +45,21 @@ RULES: dict[str, Rule] = {r.id: r for r in (
          "The exit qualification is the displacement, sign-extended to 64 bits (for RIP-relative "
          "operands: displacement + the RIP of the next instruction). Bits beyond the address "
          "size are undefined, so only the low address-size bits may be used, sign-extended."),
+    Rule("string-operand", "INS and OUTS address their element through rDI or rSI",
+         "SDM Vol. 2 INS/OUTS; Vol. 3C 'Exit Qualification for I/O Instructions', the INS/OUTS "
+         "instruction-information table and 'Relative Priority of Faults and VM Exits'",
+         "INS writes ES:[rDI] (no override), OUTS reads DS:[rSI] (override allowed; the processor "
+         "reports the segment in bits 17:15). rDI/rSI are read in the address size (bits 9:7); the "
+         "exit qualification is the I/O qualification (size, direction, string, REP, port), not a "
+         "displacement. The exit comes before the unusable-segment and limit #GP, so the hypervisor "
+         "checks them; the first element's linear address is also reported in the guest-linear-"
+         "address field."),
+    Rule("apx-extended", "With APX the extended instruction-information field names R16-R31",
+         "Intel APX architecture specification (784266), VMX chapter, as quoted on the kvm list; the "
+         "layout from KVM's posted series 'KVM: x86: Enable APX for guests' v2 patch 04/16",
+         "A processor that enumerates APX writes a 64-bit field (VMCS 0x2406) with 5-bit register "
+         "numbers besides the 32-bit one; a hypervisor reads the registers from it. The 32-bit field "
+         "cannot name R16-R31."),
     Rule("effective-address", "Effective address = base + index x scale + displacement, "
          "modulo 2^address-size",
          "SDM Vol. 1, 'Specifying an Offset' and 'Operand-Size and Address-Size Attributes'",

@@ -69,9 +69,14 @@ CANDIDATE = re.compile(
     + b"|\xc7" + _byte_class(_modrm_class((3, 5, 6, 7), False))
     + b"|\x00" + _byte_class(_modrm_class((0, 1, 2, 3), False))
     + b"|\x01" + _byte_class(_modrm_class((0, 1, 2, 3), True))
-    + b"|\x38[\x80-\x82])",
+    + b"|\x38[\x80-\x82]"
+    + b"|\x38\xdc" + _byte_class(bytes(range(0xC0, 0x100)))  # LOADIWKEY (mod = 11)
+    + b"|\xae[\xf0-\xf7])",  # TPAUSE / UMWAIT (0F AE /6, mod = 11)
     re.DOTALL,
 )
+STRING_CANDIDATE = re.compile(b"[\x6c-\x6f]")
+"""INS/OUTS (6C-6F), looked for only with `scan --string-io`: these bytes are common inside other
+instructions, so every section holding one must be swept — a slower scan."""
 """Where the opcode of a VMX-family instruction may start (the 0F byte); a superset. The match
 is the 0F byte alone (the rest is a lookahead) so that overlapping candidates, as in 0F 00 0F C7,
 are all found."""
@@ -534,6 +539,8 @@ def operand_form(raw: bytes, bits: int) -> str:
         if raw[i] == 0x67:
             addr = {16: 32, 32: 16, 64: 32}[bits]
         i += 1
+    if i < len(raw) and 0x6C <= raw[i] <= 0x6F:
+        return "string (implicit ES:rDI / seg:rSI)"
     i += 3 if raw[i:i + 2] == b"\x0f\x38" else 2
     if i >= len(raw):
         return "?"
@@ -577,7 +584,7 @@ class _Enclosing:
 
 
 def scan_image(path: str, data: bytes, mode: int | None = None,
-               compression: str | None = None) -> FileResult:
+               compression: str | None = None, string_io: bool = False) -> FileResult:
     decode, DecodeError, encode = _core()
     res = FileResult(path)
     elf = Elf(data)
@@ -597,6 +604,8 @@ def scan_image(path: str, data: bytes, mode: int | None = None,
         res.info["sections_scanned"] += 1
         res.info["bytes_scanned"] += len(body)
         cands = [m.start() for m in CANDIDATE.finditer(body)]
+        if string_io:
+            cands = sorted(set(cands) | {m.start() for m in STRING_CANDIDATE.finditer(body)})
         if not cands:
             continue
         starts = elf.symbol_starts(sec)
@@ -656,19 +665,19 @@ def _pfx_len(b: bytes, bits: int) -> int:
     return i
 
 
-def scan_file(path: str, mode: int | None = None) -> FileResult:
+def scan_file(path: str, mode: int | None = None, string_io: bool = False) -> FileResult:
     """Scan one file; a damaged file gives a FileResult with `error` set, never an exception."""
     try:
         data, compression = read_image(path)
-        return scan_image(path, data, mode, compression)
+        return scan_image(path, data, mode, compression, string_io)
     except ScanError as exc:
         return FileResult(path, error=str(exc))
     except (struct.error, IndexError, ValueError, UnicodeError, OverflowError, MemoryError) as exc:
         return FileResult(path, error=f"malformed ELF ({type(exc).__name__}: {exc})")
 
 
-def _scan_job(job: tuple[int, str, int | None]) -> tuple[int, FileResult]:
-    return job[0], scan_file(job[1], job[2])
+def _scan_job(job: tuple[int, str, int | None, bool]) -> tuple[int, FileResult]:
+    return job[0], scan_file(job[1], job[2], job[3])
 
 
 def _size(path: str) -> int:
@@ -678,16 +687,16 @@ def _size(path: str) -> int:
         return 0
 
 
-def scan_files(jobs: list[tuple[str, int | None]], workers: int = 1) -> Iterator[FileResult]:
+def scan_files(jobs: list[tuple[str, int | None]], workers: int = 1, string_io: bool = False) -> Iterator[FileResult]:
     """Scan files, in `workers` processes when more than one; results come in the order of
     `jobs`. The largest files are handed out first so that one big file does not finish last."""
     if workers <= 1 or len(jobs) < 2:
         for path, mode in jobs:
-            yield scan_file(path, mode)
+            yield scan_file(path, mode, string_io)
         return
     import multiprocessing
     order = sorted(range(len(jobs)), key=lambda i: -_size(jobs[i][0]))
-    work = [(i, *jobs[i]) for i in order]
+    work = [(i, *jobs[i], string_io) for i in order]
     done: dict[int, FileResult] = {}
     nxt = 0
     with multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn").Pool(workers) as pool:
@@ -774,6 +783,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="worker processes (default: one per CPU when there are many files)")
     p.add_argument("--progress", action="store_true", help="report progress on stderr")
     p.add_argument("--summary-only", action="store_true", help="print only the counts")
+    p.add_argument("--string-io", action="store_true",
+                   help="also find INS/OUTS (6C-6F), which have an instruction-information field too; slower, "
+                   "since those bytes occur inside many other instructions")
     p.set_defaults(func=run)
 
 
@@ -807,7 +819,7 @@ def run(args: argparse.Namespace) -> int:
     failed = 0
     t0 = time.monotonic()
     bar = Progress(len(files), "vmxaddr scan", enabled=progress and len(files) > 1, unit="files")
-    for n, res in enumerate(scan_files(jobs, workers), 1):
+    for n, res in enumerate(scan_files(jobs, workers, args.string_io), 1):
         if res.error is not None:
             failed += 1
             errors.append({"file": res.path, "error": res.error})

@@ -209,6 +209,7 @@ class CpuState:
     lam_u48: bool = False  # CR3.LAM_U48
     lam_u57: bool = False  # CR3.LAM_U57
     regs: tuple[int, ...] = (0,) * 16  # RAX … R15, by instruction-information numbering
+    egprs: tuple[int, ...] = (0,) * 16  # APX's R16 … R31 (register numbers 16 … 31)
     rip: int = 0
     es: Segment = Segment()
     cs: Segment = Segment(type=0xB)
@@ -249,13 +250,21 @@ class CpuState:
         try:
             number, size = reg_number(name)
         except KeyError:
-            raise StateError(f"unknown register {name!r} (use rax…r15, eax…r15d, ax…r15w or rip)") from None
+            raise StateError(f"unknown register {name!r} (use rax…r31, eax…r31d, ax…r31w or rip)") from None
         mask = (1 << size) - 1
         # A negative value is taken in two's complement of the register's width (docs/state-format.md).
         value = check_int(value, what or name, -(1 << (size - 1)), mask) & mask
+        if number >= 16:  # APX extended GPRs
+            egprs = list(self.egprs)
+            egprs[number - 16] = (egprs[number - 16] & ~mask & MASK64) | value
+            return replace(self, egprs=tuple(egprs))
         regs = list(self.regs)
         regs[number] = (regs[number] & ~mask & MASK64) | value
         return replace(self, regs=tuple(regs))
+
+    def reg_value(self, number: int) -> int:
+        """Register `number` 0…31 (16…31: APX's R16…R31)."""
+        return self.regs[number] if number < 16 else self.egprs[number - 16]
 
     def with_segment(self, name: str, what: str | None = None, **changes: Any) -> CpuState:
         """Change fields of one segment; each value is checked against SEGMENT_RANGES. `what`
@@ -279,7 +288,7 @@ class CpuState:
             "cr4": {"la57": self.la57, "lam_sup": self.lam_sup},
             "cr3": {"lam_u48": self.lam_u48, "lam_u57": self.lam_u57},
             "rip": self.rip,
-            "registers": {REG64[i]: v for i, v in enumerate(self.regs)},
+            "registers": {REG64[i]: v for i, v in enumerate(self.regs + (self.egprs if any(self.egprs) else ()))},
             "segments": {s: self.segment(s).to_json() for s in SEGMENTS},
         }
 
@@ -326,7 +335,7 @@ class CpuState:
             values = list(d["regs"])
             items = [(name, v if type(v) is int else check_int(v, f"registers.{name}", -(1 << 63), MASK64))
                      for name, v in regs.items()]
-            if all(name in _REG64_INDEX and 0 <= n <= MASK64 for name, n in items):  # the common case
+            if all(_REG64_INDEX.get(name, 16) < 16 and 0 <= n <= MASK64 for name, n in items):  # the common case
                 for name, n in items:
                     values[_REG64_INDEX[name]] = n
                 d["regs"] = tuple(values)
@@ -377,7 +386,9 @@ def check_state(st: CpuState) -> CpuState:
         check_int(getattr(st, flag), flag, *FLAG_RANGE)
     if len(st.regs) != 16:
         raise StateError(f"registers: expected 16 values, got {len(st.regs)}")
-    for name, v in zip(REG64, st.regs, strict=True):
+    if len(st.egprs) != 16:
+        raise StateError(f"R16-R31: expected 16 values, got {len(st.egprs)}")
+    for name, v in zip(REG64, st.regs + st.egprs, strict=True):
         check_int(v, name, 0, MASK64)
     for sname in SEGMENTS:
         seg = st.segment(sname)

@@ -40,11 +40,11 @@ OUT_OF_TIME = "not shrunk: out of time"
 NOT_SHRUNK = "not shrunk"
 
 
-def model_mnemonics(*models: Model) -> tuple[str, ...]:
-    allowed = set(MEMORY_MNEMONICS)
+def model_mnemonics(*models: Model, forms: Sequence[str] = MEMORY_MNEMONICS) -> tuple[str, ...]:
+    allowed = set(forms)
     for m in models:
-        allowed &= set(getattr(m, "mnemonics", MEMORY_MNEMONICS))
-    return tuple(x for x in MEMORY_MNEMONICS if x in allowed)
+        allowed &= set(getattr(m, "mnemonics", forms))
+    return tuple(x for x in forms if x in allowed)
 
 
 def block_seed(seed: int, block: int) -> int:
@@ -177,7 +177,7 @@ def fuzz(a: Model, b: Model, *, seed: int = 0, max_examples: int | None = None, 
     except KeyboardInterrupt:  # between two blocks: the blocks merged so far stand
         interrupted = True
     classes = ordered(classes)
-    elapsed = time.time() - start
+    elapsed = generating = time.time() - start
     if interrupted:
         for rep in classes.values():
             rep.shrunk_by = INTERRUPTED
@@ -188,7 +188,8 @@ def fuzz(a: Model, b: Model, *, seed: int = 0, max_examples: int | None = None, 
     else:
         for rep in classes.values():
             rep.shrunk_by = NOT_SHRUNK
-    return FuzzReport(names[0], names[1], seed, n, elapsed, classes, encoder, interrupted, 1, "local", block_size)
+    return FuzzReport(names[0], names[1], seed, n, elapsed, classes, encoder, interrupted, 1, "local", block_size,
+                      generating)
 
 
 def shrink_all(classes: dict[str, ClassReport], a: Model, b: Model, mnemonics: Sequence[str], policy: Policy,

@@ -15,7 +15,7 @@ from typing import TypeVar
 from vmxaddr.case import Case
 from vmxaddr.decode import decode
 from vmxaddr.exitinfo import Policy
-from vmxaddr.gen import Chooser, gen_encoding, gen_state, randint
+from vmxaddr.gen import Chooser, gen_encoding, gen_state, gen_state_egprs, randint
 from vmxaddr.state import Segment
 
 T = TypeVar("T")
@@ -24,8 +24,10 @@ DEFAULT_SEGMENT = Segment()
 # -- generation -----------------------------------------------------------------------------------
 
 def gen_case(ch: Chooser, mnemonics: Sequence[str], policy: Policy) -> Case:
-    raw, cs = gen_encoding(ch, (16, 32, 64), mnemonics)
+    raw, cs = gen_encoding(ch, (16, 32, 64), mnemonics, rex2=0.3 if policy.apx else 0.0)
     state = gen_state(ch, cs)
+    if policy.apx and cs == 64:  # R16-R31 for the REX2 forms (APX)
+        state = replace(state, egprs=gen_state_egprs(ch))
     if cs == 64 and ch.chance(0.15):
         state = replace(state, lam_sup=ch.chance(0.6), lam_u48=ch.chance(0.3), lam_u57=ch.chance(0.3))
     return Case(decode(raw, cs), state, policy)

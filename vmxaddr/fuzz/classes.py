@@ -41,6 +41,12 @@ class FuzzReport:
     workers: int = 1
     where: str = "local"  # "local", or the Dask scheduler's address
     block_size: int = 0
+    generating: float | None = None  # seconds spent generating and comparing (the rest: shrinking)
+
+    @property
+    def rate(self) -> float:
+        """Cases per second while generating (shrinking not counted)."""
+        return self.cases / max(self.generating if self.generating is not None else self.seconds, 1e-9)
 
 
 def merge(into: dict[str, ClassReport], found: Iterable[ClassReport]) -> None:

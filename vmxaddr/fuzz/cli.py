@@ -15,6 +15,7 @@ from vmxaddr.fuzz.campaign import BLOCK_SIZE, fuzz, model_mnemonics
 from vmxaddr.fuzz.classes import FuzzReport
 from vmxaddr.fuzz.failures import resolve
 from vmxaddr.fuzz.witness import command, witness_json
+from vmxaddr.gen import ALL_MNEMONICS
 from vmxaddr.models import UnknownModel
 from vmxaddr.models.base import Model
 from vmxaddr.parallel import ParallelError, dask_client, resolve_jobs
@@ -34,18 +35,19 @@ def report_json(rep: FuzzReport, a: Model, b: Model) -> dict[str, Any]:
             item["shrunk_by"] = c.shrunk_by
         classes.append(item)
     return {"model": rep.model, "against": rep.against, "encoder": rep.encoder, "seed": rep.seed, "cases": rep.cases,
-            "seconds": round(rep.seconds, 3), "cases_per_second": round(rep.cases / max(rep.seconds, 1e-9)),
+            "seconds": round(rep.seconds, 3), "generating_seconds": round(rep.generating or rep.seconds, 3),
+            "cases_per_second": round(rep.rate),
             "interrupted": rep.interrupted, "workers": rep.workers, "where": rep.where, "block_size": rep.block_size,
             "classes": classes}
 
 
 def report_text(rep: FuzzReport) -> str:
-    rate = rep.cases / max(rep.seconds, 1e-9)
+    rate = rep.rate
     on = f" on {rep.encoder}'s exit information" if rep.encoder != "sdm" else ""
     par = "" if rep.workers == 1 and rep.where == "local" else \
         f", {rep.workers} worker(s){'' if rep.where == 'local' else ' on ' + rep.where}"
     out = [f"fuzz {rep.model}{on} against {rep.against} (seed {rep.seed}{par}): {rep.cases} cases in {rep.seconds:.1f} s "
-           f"({rate:,.0f}/s), {len(rep.classes)} divergence class(es)"]
+           f"({rate:,.0f}/s while generating), {len(rep.classes)} divergence class(es)"]
     if rep.interrupted:
         out.append("  INTERRUPTED: the classes found so far")
     if not rep.classes:
@@ -118,7 +120,14 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         check_out(args.out)
     if note and not args.quiet:
         print(f"vmxaddr fuzz: {note}", file=sys.stderr)
-    policy = Policy(exit_qual=args.exit_qual)
+    apx = args.forms == "all"
+    if apx and args.encoder != "sdm":
+        fail(f"--forms all needs the sdm encoder: {args.encoder} predates APX (REX2) and covers only some of "
+             "the other forms")
+    policy = Policy(exit_qual=args.exit_qual, apx=apx)
+    mnemonics = model_mnemonics(a, b, forms=ALL_MNEMONICS) if apx else model_mnemonics(a, b)
+    if not mnemonics:
+        fail(f"{args.model} and {args.against} share no instruction to fuzz")
     if args.hypothesis_examples > 0:
         import hypothesis  # noqa: F401 - imported now (about a second), not inside the time --time bounds
     start = time.time()  # --time counts from here: connecting to a cluster is part of the run
@@ -130,7 +139,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
                 ex = DaskExecutor(dask_client(args.dask), args.dask) if args.dask else LocalExecutor(workers)
             except ParallelError as e:
                 fail(str(e))
-            spec = Spec(args.model, args.against, args.encoder, policy, model_mnemonics(a, b), args.seed, BLOCK_SIZE)
+            spec = Spec(args.model, args.against, args.encoder, policy, mnemonics, args.seed, BLOCK_SIZE)
             try:
                 rep = fuzz_parallel(spec, ex, max_examples=args.max_examples if args.time is None else None,
                                     seconds=args.time, hypothesis_examples=args.hypothesis_examples,
@@ -140,7 +149,8 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         else:
             rep = fuzz(a, b, seed=args.seed, max_examples=args.max_examples, seconds=args.time, policy=policy,
                        hypothesis_examples=args.hypothesis_examples, hypothesis_seconds=args.hypothesis_seconds,
-                       progress=prog, names=(args.model, args.against), encoder=args.encoder, block_size=BLOCK_SIZE)
+                       progress=prog, names=(args.model, args.against), encoder=args.encoder, block_size=BLOCK_SIZE,
+                       mnemonics=mnemonics)
     obj = report_json(rep, a, b)
     # The report first: whatever happens to --out, it is not lost.
     if args.json:
@@ -211,6 +221,10 @@ def register(sub: Any) -> None:
                    "not started by then keeps its first witness (\"not shrunk: out of time\")")
     p.add_argument("--exit-qual", choices=EXIT_QUAL_POLICIES, default="zero-extend",
                    help="exit-qualification bits above the address size (default zero-extend, as hardware)")
+    p.add_argument("--forms", choices=("vmx", "all"), default="vmx",
+                   help="vmx (default): the VMX-family memory forms; all: also INS/OUTS, TPAUSE, UMWAIT, LOADIWKEY "
+                   "and, in 64-bit code, APX REX2 encodings naming R16-R31, with the extended instruction-"
+                   "information field in every exit")
     p.add_argument("--hypothesis-examples", type=int, default=200, metavar="N",
                    help="examples hypothesis may try per class when minimising (0: replay shrinking only)")
     p.add_argument("--hypothesis-seconds", type=float, default=2.0, metavar="S",

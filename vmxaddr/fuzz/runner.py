@@ -204,6 +204,7 @@ def fuzz_parallel(spec: Spec, ex: LocalExecutor | DaskExecutor, *, max_examples:
         ex.close(now=True)
         raise
     classes = ordered(classes)
+    generating = time.time() - start
     if interrupted or not shrink:
         for rep in classes.values():
             rep.shrunk_by = INTERRUPTED if interrupted else "not shrunk"
@@ -211,7 +212,7 @@ def fuzz_parallel(spec: Spec, ex: LocalExecutor | DaskExecutor, *, max_examples:
         interrupted = _shrink_parallel(spec, ex, classes, hypothesis_examples, hypothesis_seconds, end, progress)
     ex.close(now=interrupted)
     return FuzzReport(spec.model, spec.against, spec.seed, cases, time.time() - start, classes, spec.encoder,
-                      interrupted, ex.workers, ex.where, spec.block_size)
+                      interrupted, ex.workers, ex.where, spec.block_size, generating)
 
 
 def _shrink_parallel(spec: Spec, ex: LocalExecutor | DaskExecutor, classes: dict[str, ClassReport],

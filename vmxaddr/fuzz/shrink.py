@@ -69,7 +69,7 @@ def _drop_prefixes(case: Case, a: Model, b: Model, target: str, encoder: str) ->
     while changed:
         changed = False
         raw = case.instruction.raw
-        for i in range(raw.index(0x0F)):  # prefixes are the bytes before the 0F escape
+        for i in range(_prefix_end(raw, case.instruction.code_size)):
             try:
                 shorter = decode(raw[:i] + raw[i + 1:], case.instruction.code_size)
             except DecodeError:
@@ -79,6 +79,17 @@ def _drop_prefixes(case: Case, a: Model, b: Model, target: str, encoder: str) ->
                 case, changed = trial, True
                 break
     return case
+
+
+def _prefix_end(raw: bytes, code_size: int) -> int:
+    """How many legacy (and REX) prefix bytes start `raw`: the ones a shrinker may try to drop
+    (the opcode may be 0F, a REX2-prefixed map-1 byte or INS/OUTS's 6C-6F)."""
+    from vmxaddr.decode import LEGACY_PREFIXES
+
+    i = 0
+    while i < len(raw) and (raw[i] in LEGACY_PREFIXES or (code_size == 64 and 0x40 <= raw[i] <= 0x4F)):
+        i += 1
+    return i
 
 
 def _hypothesis_find(target: str, a: Model, b: Model, mnemonics: Sequence[str], policy: Policy, seed: int,

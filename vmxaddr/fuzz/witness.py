@@ -33,14 +33,14 @@ def reduced_state(case: Case, everything: bool = False) -> CpuState:
     """The case's state with only what the operand reads (base, index, its segment) kept."""
     st = case.state
     base = CpuState.for_code_size(case.instruction.code_size)
-    regs = list(base.regs)
-    for r in (range(16) if everything else used_registers(case)):
-        regs[r] = st.regs[r]
+    regs = list(base.regs + base.egprs)
+    for r in (range(32) if everything else used_registers(case)):
+        regs[r] = st.reg_value(r)
     segs = {s: st.segment(s) for s in (("es", "ss", "ds", "fs", "gs") if everything else used_segments(case))
             if s != "cs"}
     rip = st.rip if (everything or (case.instruction.operand and case.instruction.operand.rip_relative)) else base.rip
     return replace(base, mode=st.mode, cpl=st.cpl, la57=st.la57, lam_sup=st.lam_sup, lam_u48=st.lam_u48,
-                   lam_u57=st.lam_u57, regs=tuple(regs), rip=rip, **segs)
+                   lam_u57=st.lam_u57, regs=tuple(regs[:16]), egprs=tuple(regs[16:]), rip=rip, **segs)
 
 
 def state_json(st: CpuState, code_size: int) -> dict[str, Any]:
@@ -59,7 +59,7 @@ def state_json(st: CpuState, code_size: int) -> dict[str, Any]:
         out["cr3"] = cr3
     if st.rip != base.rip:
         out["rip"] = hex(st.rip)
-    regs = {REG64[i]: hex(v) for i, v in enumerate(st.regs) if v != base.regs[i]}
+    regs = {REG64[i]: hex(v) for i, v in enumerate(st.regs + st.egprs) if v != (base.regs + base.egprs)[i]}
     if regs:
         out["registers"] = regs
     segs = {}
@@ -91,8 +91,8 @@ def command(case: Case, names: Sequence[str], encoder: str = "sdm") -> str:
             parts.append(f"--lam {k}")
     if st.rip != base.rip:
         parts.append(f"--rip {st.rip:#x}")
-    for i, v in enumerate(st.regs):
-        if v != base.regs[i]:
+    for i, v in enumerate(st.regs + st.egprs):
+        if v != (base.regs + base.egprs)[i]:
             name = REG32[i] if cs != 64 and v >> 32 == 0 else REG64[i]
             parts.append(f"--reg {name}={v:#x}")
     for s in ("es", "cs", "ss", "ds", "fs", "gs"):
@@ -103,6 +103,8 @@ def command(case: Case, names: Sequence[str], encoder: str = "sdm") -> str:
     p = case.policy
     if p.exit_qual != "zero-extend":
         parts.append(f"--exit-qual {p.exit_qual}")
+    if p.apx and not case.instruction.rex2:
+        parts.append("--apx")
     parts.append(case.instruction.raw.hex(" ").join("''"))
     return " ".join(parts)
 

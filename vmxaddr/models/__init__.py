@@ -36,6 +36,9 @@ def compiled(name: str) -> tuple[ModuleType | None, str | None]:
         mod = importlib.import_module(f"vmxaddr._native.{name}")
     except ImportError:
         return None, f"models/{name}.py was not compiled (no mypyc or C compiler at install; see setup.py)"
+    except Exception as e:  # built from an older source whose module code fails on today's imports
+        return None, (f"models/{name}.py's compiled copy fails to import ({type(e).__name__}): reinstall "
+                      "(pip install -e '.[test,oracles]') or rebuild in place (python setup.py build_ext --inplace)")
     if not str(getattr(mod, "__file__", "")).endswith((".so", ".pyd")):
         return None, f"models/{name}.py: the generated copy in vmxaddr/_native was never compiled"
     source = Path(__file__).with_name(f"{name}.py").read_bytes()

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
 
+from vmxaddr.apx import operand_bits_extended
 from vmxaddr.exitinfo import _OPERAND_BITS, ExitInfo, operand_bits
 from vmxaddr.isa import REG64, SEGMENTS, SPECS, Layout
 from vmxaddr.models.base import FAULT, OK, Access, InvalidExitInfo, Outcome, Result, Step, outcome
@@ -74,6 +75,8 @@ class Fixes(NamedTuple):
     fsgs_base_only: bool = False  # 6694e4801282: in long mode only FS/GS add a base
     truncate_regs: bool = False  # 82277eeed65e: base/index read as 32 bits outside 64-bit mode
     lam_untag: bool = False  # 703d794cb8cb: LAM metadata removed before the canonical check (reachable)
+    apx_v2: bool = False  # posted, not merged: "KVM: x86: Enable APX for guests" v2 (2026-01) reads
+    #   the extended instruction-information field (VMCS 0x2406) whenever the host enumerates APX
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +103,7 @@ _OK_CANONICAL, _OK_FLAT, _OK_LIMIT = (outcome(False, OK, None, None, rule, str) 
 
 def kvm_model(fixes: Fixes, exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) -> Result:
     (checks, sign_extend, mask_ea, flat_skip, limit_inclusive, access_length, fsgs_base_only, truncate_regs,
-     lam) = fixes
+     lam, apx_v2) = fixes
     steps: list[Step] | None = [] if explain else None
     info = exit.instruction_info
     mode = state.mode
@@ -112,7 +115,11 @@ def kvm_model(fixes: Fixes, exit: ExitInfo, state: CpuState, access: Access, exp
         return Result(outcome(explain, FAULT, "GP", 0, "cpl", lambda: f"CPL {cpl} > 0: #GP(0)"))
     if steps is not None:
         steps.append(Step("cpl", "cpl", f"CPL {cpl}: the privilege check passes", cpl))
-    if info & (1 << 10):
+    # v2 04-08/16: vmx_get_insn_info() returns the extended field when the host has APX (a
+    # processor that writes it), and insn_attr() reads each field at its extended position.
+    ext = exit.extended_info if apx_v2 else None
+    regs = state.regs if ext is None else state.regs + state.egprs
+    if (info & (1 << 10)) if ext is None else (ext & 0x10):
         # VMREAD/VMWRITE test bit 10 themselves and never call get_vmx_mem_address() for a register;
         # get_vmx_mem_address() itself answers a register operand with #UD.
         if SPECS[exit.instruction].layout is Layout.VMREAD:
@@ -123,7 +130,10 @@ def kvm_model(fixes: Fixes, exit: ExitInfo, state: CpuState, access: Access, exp
         return Result(outcome(explain, FAULT, "UD", None, "register-operand",
                                lambda: "bit 10 set for a memory-only instruction: #UD"), steps=tuple(steps or ()))
 
-    scaling, asz_code, seg_no, index, base = _OPERAND_BITS.get(info) or operand_bits(info)
+    if ext is None:
+        scaling, asz_code, seg_no, index, base = _OPERAND_BITS.get(info) or operand_bits(info)
+    else:
+        scaling, asz_code, seg_no, index, base = operand_bits_extended(ext)
     if seg_no > 5:
         raise InvalidExitInfo(f"segment field (bits 17:15) is {seg_no}; the SDM uses only 0…5")
     seg = SEGMENTS[seg_no]
@@ -136,8 +146,8 @@ def kvm_model(fixes: Fixes, exit: ExitInfo, state: CpuState, access: Access, exp
         low = q & _MASKS[asz_code]
         disp = (low - ((low & _SIGN[asz_code]) << 1)) & MASK64
     reg_mask = MASK32 if truncate_regs and not mode64 else MASK64
-    bval = state.regs[base] & reg_mask if base is not None else 0
-    ival = state.regs[index] & reg_mask if index is not None else 0
+    bval = regs[base] & reg_mask if base is not None else 0
+    ival = regs[index] & reg_mask if index is not None else 0
     off = (disp + bval + (ival << scaling)) & MASK64
     if mask_ea and asz_code == 1:
         off &= MASK32
@@ -322,6 +332,17 @@ REGISTERED["kvm-current"] = (
           "documented in docs/kvm-divergences.md."),
     "KVM today: = kvm-703d794c for the legacy field (the 2025 APX series changes no legacy reading)")
 
+# Posted, not in mainline: named after the posting (20260112235408.168200-1-chang.seok.bae@intel.com).
+REGISTERED["kvm-apx-v2"] = (
+    _make("kvm-apx-v2", _fixes._replace(apx_v2=True),
+          "KVM as posted in 'KVM: x86: Enable APX for guests' v2 (Chang S. Bae, 2026-01-12), patches 04-08/16:\n"
+          "kvm-current's get_vmx_mem_address() reading the extended 64-bit instruction-information field\n"
+          "(VMCS 0x2406; layout `struct ext_insn_info`) whenever the host enumerates APX, so base, index and\n"
+          "the VMREAD/VMWRITE registers may be R16-R31. Differs observably from every legacy model when an\n"
+          "operand names R16-R31: they read the 4-bit fields of the 32-bit field (the low bits of the number),\n"
+          "i.e. a different register. Nested: the field is passed to L1 only if L1's CPUID enumerates APX."),
+    "KVM APX series v2 (posted 2026-01, not merged): kvm-current reading the extended field (R16-R31)")
+
 HISTORY: tuple[str, ...] = tuple(n for n, *_ in _HISTORY)  # oldest first, each = previous + one fix
 FIX_OF: dict[str, str] = {n: f for n, f, *_ in _HISTORY if f}  # model -> the Fixes field it adds
 
@@ -336,6 +357,7 @@ kvm_6694e480 = REGISTERED["kvm-6694e480"][0]
 kvm_82277eee = REGISTERED["kvm-82277eee"][0]
 kvm_703d794c = REGISTERED["kvm-703d794c"][0]
 kvm_current = REGISTERED["kvm-current"][0]
+kvm_apx_v2 = REGISTERED["kvm-apx-v2"][0]
 
 # Old names, kept working (vmxaddr.models registers them as aliases, listed by `vmxaddr models`).
 ALIASES: dict[str, tuple[str, str]] = {

@@ -10,6 +10,7 @@ The derivation of every fault, instruction by instruction, is docs/ud-and-cpl.md
 
 from __future__ import annotations
 
+from vmxaddr.apx import operand_bits_extended
 from vmxaddr.exitinfo import _OPERAND_BITS, ExitInfo, operand_bits
 from vmxaddr.isa import REG16, REG32, REG64, SEGMENTS, SPECS, Layout
 from vmxaddr.models.base import FAULT, IMPL, OK, Access, InvalidExitInfo, Outcome, Result, Step, outcome
@@ -70,7 +71,9 @@ OK_LIMIT = outcome(False, OK, None, None, "limit", str)  # shared with the other
 OK_CANONICAL = outcome(False, OK, None, None, "canonical", str)
 OK_REGISTER = Outcome(OK, rule="register-operand", reason="register operand: no memory access")
 _HAS_MEMREG = frozenset(m for m, sp in SPECS.items() if sp.layout in (Layout.VMREAD, Layout.LDT))
-_NO_MEMORY = frozenset(m for m, sp in SPECS.items() if sp.layout is Layout.RDRAND)
+_NO_MEMORY = frozenset(m for m, sp in SPECS.items() if sp.memory == "none")
+# INS/OUTS: the implicit string operand (vmxaddr.string_io), rDI for INS, rSI for OUTS.
+_STRING_BASE = {"ins": 7, "outs": 6}
 # VMX instructions and the privileged others: CPL > 0 is #GP(0).
 _CPL_CHECKED = frozenset(m for m, sp in SPECS.items() if sp.vmx or sp.privileged)
 # Per mode, the instructions not recognized there and the fault they raise (each page's mode
@@ -116,26 +119,62 @@ def sdm(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) 
             return _done(steps, outcome(explain, FAULT, "GP", 0, "cpl", lambda: f"CPL {cpl} > 0: {ins.upper()} raises #GP(0)"))
         if steps is not None:
             steps.append(Step("cpl", "cpl", f"CPL {cpl}: the privilege check passes", cpl))
-    if ins in _NO_MEMORY or (info & 0x400 and ins in _HAS_MEMREG):
+    ext = exit.extended_info  # APX: the extended field names R16-R31 (vmxaddr.apx)
+    if ins in _NO_MEMORY or (ins in _HAS_MEMREG and (info & 0x400 if ext is None else ext & 0x10)):
         if steps is not None:
             steps.append(Step("register-operand", "register-operand",
                               "bit 10 = 1 (or a register-only layout): the operand is a register, no memory address"))
         return _done(steps, OK_REGISTER)
 
     # fields_of(), with the bit fields read once per value: this is the fuzzer's hot path
-    scaling, code, seg_no, index, base = _OPERAND_BITS.get(info) or operand_bits(info)
-    if code > 2 or seg_no > 5:
-        fields_of(info, exit.exit_qualification)  # raises InvalidExitInfo with the reason
+    regs = state.regs
+    string_base = _STRING_BASE.get(ins)
+    if ext is not None:
+        scaling, code, seg_no, index, base = operand_bits_extended(ext)
+        regs = regs + state.egprs
+        if code > 2 or seg_no > 5:
+            raise InvalidExitInfo(f"extended field: address size (bits 3:2) {code} or segment (bits 9:7) {seg_no} "
+                                  "is a value the layout does not use")
+    else:
+        scaling, code, seg_no, index, base = _OPERAND_BITS.get(info) or operand_bits(info)
+        if code > 2 or (seg_no > 5 and ins != "ins"):
+            fields_of(info, exit.exit_qualification)  # raises InvalidExitInfo with the reason
+    if string_base is not None:
+        # INS/OUTS: no index, no displacement; the base is rDI (INS, through ES whatever bits
+        # 17:15 say: they are undefined for INS) or rSI (OUTS, through the reported segment).
+        index, base, scaling = None, string_base, 0
+        if ins == "ins":
+            seg_no = 0
     seg = SEGMENTS[seg_no]
     mask = _MASKS[code]
-    q = exit.exit_qualification & mask  # bits beyond the address size are undefined
-    disp = q - ((q & _SIGN[code]) << 1)  # sign-extended from the address size's top bit
-    regs = state.regs
+    if string_base is None:
+        q = exit.exit_qualification & mask  # bits beyond the address size are undefined
+        disp = q - ((q & _SIGN[code]) << 1)  # sign-extended from the address size's top bit
+    else:
+        disp = 0  # the exit qualification is the I/O qualification, not a displacement
     bval = regs[base] & mask if base is not None else 0
     ival = regs[index] & mask if index is not None else 0
     ea = (bval + (ival << scaling) + disp) & mask
     disp &= MASK64
-    if steps is not None:
+    if steps is not None and string_base is not None:
+        asz = 16 << code
+        q = exit.exit_qualification
+        names = _NAMES[asz]
+        what = ("INS writes its element to ES:[rDI] (ES cannot be overridden; bits 17:15 are undefined for INS)"
+                if ins == "ins" else f"OUTS reads its element from {seg.upper()}:[rSI] (bits 17:15 = {seg_no})")
+        steps.append(Step("string-operand", "string-operand",
+                          f"exit qualification {q:#x}: I/O exit, {({0: 1, 1: 2, 3: 4}.get(q & 7, '?'))}-byte "
+                          f"{'IN' if q >> 3 & 1 else 'OUT'}, string, {'REP, ' if q >> 5 & 1 else ''}port {q >> 16 & 0xFFFF:#x}; "
+                          f"{what}", None))
+        steps.append(Step("effective-address", "effective-address",
+                          f"address size {asz} bits (bits 9:7 = {code}): EA = {names[string_base]} = {ea:#x} (the first "
+                          "element: RFLAGS.DF only moves the next ones)", ea))
+    elif steps is not None:
+        if ext is not None:
+            steps.append(Step("extended-info", "apx-extended",
+                              f"extended instruction information {ext:#x} (VMCS 0x2406): 5-bit register numbers "
+                              f"(base {'none' if base is None else REG64[base]}, index "
+                              f"{'none' if index is None else REG64[index]}); the 32-bit field cannot name R16-R31", ext))
         asz, scale, sdisp = 16 << code, 1 << scaling, disp - (1 << 64) if disp >> 63 else disp
         q = exit.exit_qualification
         if asz == 64:

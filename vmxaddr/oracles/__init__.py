@@ -66,6 +66,8 @@ class Summary:
     examples: list[CaseReport] = field(default_factory=list)  # unexplained first, then explained
     seconds: float = 0.0
     max_examples: int = 5
+    interrupted: bool = False  # stopped by ^C: the counts are those of the cases done so far
+    details: dict[str, Any] = field(default_factory=dict)  # what only this oracle reports (Bochs: boots, …)
 
     def add(self, report: CaseReport | None, skipped: bool = False) -> None:
         self.cases += 1
@@ -92,6 +94,7 @@ class Summary:
             self.examples.append(report)
 
     def merge(self, other: Summary) -> None:
+        self.interrupted = self.interrupted or other.interrupted
         self.cases += other.cases
         self.agreements += other.agreements
         self.skipped += other.skipped
@@ -116,4 +119,5 @@ class Summary:
         return {"oracle": self.oracle, "cases": self.cases, "agreements": self.agreements, "skipped": self.skipped,
                 "explained_cases": self.explained_cases, "unexplained_cases": self.unexplained_cases,
                 "disagreements_by_field": self.by_field, "seconds": round(self.seconds, 3),
+                "interrupted": self.interrupted, "details": self.details,
                 "examples": [e.to_json() for e in self.examples]}

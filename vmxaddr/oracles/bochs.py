@@ -66,6 +66,7 @@ class Record:
     guest_rip: int
     length: int
     interruption_info: int  # VM-exit interruption information (exception exits)
+    guest_linear_address: int | None = None  # VMCS 0x640A: meaningful for INS/OUTS exits only
 
     @property
     def basic_reason(self) -> int:
@@ -394,7 +395,7 @@ plugin_ctrl: unmapped=1, biosdev=0, speaker=0, extfpuirq=0, parallel=0, serial=0
 """
 
 _LINE_X = re.compile(
-    r"^X ([0-9a-f]{8}) ([0-9a-f]{16}) ([0-9a-f]{8}) ([0-9a-f]{16}) ([0-9a-f]{2}) ([0-9a-f]{8})$"
+    r"^X ([0-9a-f]{8}) ([0-9a-f]{16}) ([0-9a-f]{8}) ([0-9a-f]{16}) ([0-9a-f]{2}) ([0-9a-f]{8})(?: ([0-9a-f]{16}))?$"
 )
 
 
@@ -459,8 +460,9 @@ def parse_log(text: str) -> tuple[str, list[tuple[int, Record]], list[str]]:
         elif line.startswith("G "):
             group = int(line[2:], 16)
         elif m := _LINE_X.match(line):
-            reason, qual, info, rip, length, intr = (int(x, 16) for x in m.groups())
-            recs.append((group, Record(reason, qual, info, rip, length, intr)))
+            reason, qual, info, rip, length, intr = (int(x, 16) for x in m.groups()[:6])
+            gla = int(m.group(7), 16) if m.group(7) else None
+            recs.append((group, Record(reason, qual, info, rip, length, intr, gla)))
         elif line.startswith(("LAUNCHFAIL", "RESUMEFAIL", "VMWRITEFAIL", "EXC", "NOVMX",
                               "VMXONFAIL")):
             other.append(line)
@@ -629,6 +631,7 @@ class Comparison:
     undefined_info: int  # what Bochs wrote into the SDM's undefined info bits
     qual_upper: int | None  # exit-qualification bits above the address size (16/32-bit)
     cpl: int = 0
+    items: list[Any] = field(default_factory=list)  # the same differences as vmxaddr.oracles.Disagreement
 
 
 def _known_deviation(instr: Any, field_name: str, got: int, want: int) -> str | None:
@@ -683,6 +686,7 @@ def compare(cases: Sequence[Case], records: Sequence[Record | None]) -> list[Com
     from vmxaddr.decode import decode
     from vmxaddr.exitinfo import Policy, encode, encode_info
     from vmxaddr.isa import EXIT_REASONS, Layout
+    from vmxaddr.oracles import Disagreement
 
     policy = Policy(exit_qual="zero-extend", undefined_bits="zero", ignored_segment="default",
                     si_di="base")
@@ -691,10 +695,12 @@ def compare(cases: Sequence[Case], records: Sequence[Record | None]) -> list[Com
         instr = decode(case.code, case.code_size)
         diffs: list[str] = []
         explained: list[str] = []
+        items: list[Disagreement] = []
         undefined_info = 0
         qual_upper: int | None = None
         if rec is None:
             diffs.append("no VM exit recorded")
+            items.append(Disagreement("exit", "a VM exit", "none recorded"))
         elif case.cpl > 0 and instr.spec.privileged:
             # SDM 26.1.1: faults based on privilege level have priority over VM exits;
             # CPL > 0 -> #GP(0): an exception exit (reason 0) for vector 13, hardware
@@ -706,6 +712,7 @@ def compare(cases: Sequence[Case], records: Sequence[Record | None]) -> list[Com
                 if instr.mnemonic == "invpcid" and rec.basic_reason == EXIT_REASONS["invpcid"]:
                     known = "bochs-invpcid-exits-before-cpl-check"
                 (explained if known else diffs).append(msg + (f" [{known}]" if known else ""))
+                items.append(Disagreement("exit_reason", "#GP(0) before any VM exit", rec.basic_reason, known))
         else:
             want = encode(instr, rip=rec.guest_rip, policy=policy)
             _, mask = encode_info(instr, policy)
@@ -715,6 +722,7 @@ def compare(cases: Sequence[Case], records: Sequence[Record | None]) -> list[Com
                     extra = f" (exception, interruption info {rec.interruption_info:#x})"
                 diffs.append(f"exit reason {rec.basic_reason}{extra}, expected "
                              f"{EXIT_REASONS[instr.mnemonic]}")
+                items.append(Disagreement("exit_reason", EXIT_REASONS[instr.mnemonic], rec.basic_reason))
             else:
                 got_i, want_i = rec.instruction_info & mask, want.instruction_info & mask
                 undefined_info = rec.instruction_info & ~mask & 0xFFFFFFFF
@@ -723,6 +731,7 @@ def compare(cases: Sequence[Case], records: Sequence[Record | None]) -> list[Com
                            f"{want.instruction_info:#010x} on mask {mask:#010x}")
                     known = _known_deviation(instr, "instruction_info", got_i, want_i)
                     (explained if known else diffs).append(msg + (f" [{known}]" if known else ""))
+                    items.append(Disagreement("instruction_info", want_i, got_i, known))
                 if instr.spec.layout is not Layout.RDRAND:
                     asz = instr.operand.address_size if instr.operand else 64
                     qmask = (1 << asz) - 1
@@ -736,12 +745,15 @@ def compare(cases: Sequence[Case], records: Sequence[Record | None]) -> list[Com
                             # "RIP-relative" (docs/known-oracle-issues.md)
                             known = "bochs-regform-qual-next-rip"
                         (explained if known else diffs).append(msg + (f" [{known}]" if known else ""))
+                        items.append(Disagreement("exit_qualification", want.exit_qualification & qmask,
+                                                  rec.exit_qualification & qmask, known))
                     if asz < 64:
                         qual_upper = rec.exit_qualification >> asz
                 if rec.length != instr.length:
                     diffs.append(f"length {rec.length}, expected {instr.length}")
+                    items.append(Disagreement("length", instr.length, rec.length))
         out.append(Comparison(i, instr.mnemonic, case.code_size, case.code, not diffs, diffs,
-                              explained, undefined_info, qual_upper, case.cpl))
+                              explained, undefined_info, qual_upper, case.cpl, items))
     return out
 
 
@@ -846,6 +858,48 @@ def crosscheck_bochs(n: int = 1000, seed: int = 0, progress: ProgressFn | None =
             for c in bad[:50]
         ],
     }
+
+
+def _case_report(c: Comparison) -> Any:
+    """A Comparison as the CaseReport every oracle's report is made of (None when Bochs agrees)."""
+    from vmxaddr.oracles import CaseReport
+
+    if not c.items:
+        return None
+    command = f"vmxaddr decode --mode {c.code_size} {c.code.hex()}"
+    note = f"{c.mnemonic}, {c.code_size}-bit code" + (f", CPL {c.cpl}" if c.cpl else "")
+    return CaseReport(c.code, c.code_size, list(c.items), command, note)
+
+
+def bochs_summary(n: int, seed: int = 0, progress: Any = None, batch: int = 10000) -> Any:
+    """`crosscheck_bochs` as the report every oracle gives (vmxaddr.oracles.Summary): counts,
+    disagreements by field, examples with a command; what only Bochs tells goes in `details`.
+    ^C stops after the batch being run and returns the counts so far, marked interrupted."""
+    import time
+
+    from vmxaddr.oracles import Summary
+
+    summary = Summary("bochs")
+    start_time = time.monotonic()
+    cases = random_cases(n, seed)
+    undefined_info_bits = upper_nonzero = boots = 0
+    try:
+        for start in range(0, len(cases), batch):
+            chunk = cases[start:start + batch]
+            run = boot(chunk)
+            boots += 1
+            for c in compare(chunk, run.records):
+                undefined_info_bits |= c.undefined_info
+                upper_nonzero += bool(c.qual_upper)
+                summary.add(_case_report(c))
+            if progress is not None:
+                progress.update(summary.cases)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    summary.seconds = time.monotonic() - start_time
+    summary.details = {"boots": boots, "undefined_info_bits_seen": f"{undefined_info_bits:#010x}",
+                       "qual_upper_bits_nonzero": upper_nonzero}
+    return summary
 
 
 # ------------------------------------------------------------ systematic cases

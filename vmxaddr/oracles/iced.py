@@ -207,19 +207,23 @@ def crosscheck_iced(n: int, seed: int, progress: Progress | None = None,
     """Compare our decoder with iced-x86 on `n` encodings of the seeded walk (encodings.py)."""
     summary = Summary("iced")
     stream = encodings(seed)
-    for k in range(n):
-        enc = next(stream)
-        ds = compare(enc.raw, enc.code_size)
-        if ds:
-            ours = _decode(enc.raw, enc.code_size)
-            length = ours.length if isinstance(ours, Instruction) else iced_view(enc.raw, enc.code_size)["length"]
-            raw = enc.raw[:length] if length else enc.raw
-            seg_only = all(d.explained == EXPLAINED_SEGMENT for d in ds)
-            summary.add(CaseReport(raw, enc.code_size, ds, explain_command(raw, enc.code_size, seg_only), enc.combo))
-        else:
-            summary.add(None)
-        if progress is not None and (k & 1023) == 0:
-            progress.update(k, f"{summary.unexplained_cases} unexplained")
+    try:
+        for k in range(n):
+            enc = next(stream)
+            ds = compare(enc.raw, enc.code_size)
+            if ds:
+                ours = _decode(enc.raw, enc.code_size)
+                length = ours.length if isinstance(ours, Instruction) else iced_view(enc.raw, enc.code_size)["length"]
+                raw = enc.raw[:length] if length else enc.raw
+                seg_only = all(d.explained == EXPLAINED_SEGMENT for d in ds)
+                summary.add(CaseReport(raw, enc.code_size, ds, explain_command(raw, enc.code_size, seg_only), enc.combo))
+            else:
+                summary.add(None)
+            if progress is not None and (k & 1023) == 0:
+                progress.update(k, f"{summary.unexplained_cases} unexplained")
+    except KeyboardInterrupt:  # ^C: the counts so far, marked (vmxaddr/crosscheck.py prints them)
+        summary.interrupted = True
+        return summary
     if progress is not None:
         progress.update(n, f"{summary.unexplained_cases} unexplained")
     return summary

@@ -268,24 +268,28 @@ def crosscheck_unicorn(n: int, seed: int, progress: Progress | None = None,
     oracle = UnicornOracle()
     ch = RandomChooser(random.Random(seed ^ 0x5EED))
     stream = encodings(seed, memory_only=True)
-    for k in range(n):
-        enc = next(stream)
-        try:
-            instr = decode(enc.raw, enc.code_size)
-        except DecodeError as e:  # the walk makes only valid encodings: this is our bug
-            summary.add(CaseReport(enc.raw, enc.code_size, [Disagreement("decode", str(e), "valid")],
-                                   f"vmxaddr explain --mode {enc.code_size} {enc.raw.hex()}", enc.combo))
-            continue
-        state = gen_state(ch, enc.code_size, weird_modes=0.0)
-        ds = compare_case(oracle, instr, state)
-        if ds is None:
-            summary.add(None, skipped=True)
-        elif ds:
-            summary.add(CaseReport(instr.raw, instr.code_size, ds, explain_command(instr, state), enc.combo))
-        else:
-            summary.add(None)
-        if progress is not None and (k & 1023) == 0:
-            progress.update(k, f"{summary.unexplained_cases} unexplained")
+    try:
+        for k in range(n):
+            enc = next(stream)
+            try:
+                instr = decode(enc.raw, enc.code_size)
+            except DecodeError as e:  # the walk makes only valid encodings: this is our bug
+                summary.add(CaseReport(enc.raw, enc.code_size, [Disagreement("decode", str(e), "valid")],
+                                       f"vmxaddr explain --mode {enc.code_size} {enc.raw.hex()}", enc.combo))
+                continue
+            state = gen_state(ch, enc.code_size, weird_modes=0.0)
+            ds = compare_case(oracle, instr, state)
+            if ds is None:
+                summary.add(None, skipped=True)
+            elif ds:
+                summary.add(CaseReport(instr.raw, instr.code_size, ds, explain_command(instr, state), enc.combo))
+            else:
+                summary.add(None)
+            if progress is not None and (k & 1023) == 0:
+                progress.update(k, f"{summary.unexplained_cases} unexplained")
+    except KeyboardInterrupt:  # ^C: the counts so far, marked (vmxaddr/crosscheck.py prints them)
+        summary.interrupted = True
+        return summary
     if progress is not None:
         progress.update(n, f"{summary.unexplained_cases} unexplained")
     return summary

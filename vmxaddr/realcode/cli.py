@@ -59,7 +59,7 @@ def cmd_sources(args: argparse.Namespace) -> int:
                   f"in {f.root} ({time.monotonic() - t0:.1f} s; download {f.seconds.get('download', 0):.1f} s, "
                   f"unpack {f.seconds.get('extract', 0):.1f} s)\n  {dl}")
     if args.json:
-        print_json([f.to_json() for f in out])
+        print_json({"fetched": [f.to_json() for f in out]})  # one object, as every --json (README)
     return 0
 
 
@@ -76,5 +76,5 @@ def register(sub: Any) -> None:
     p.add_argument("name", nargs="*", help=f"with fetch: {', '.join(sources.SOURCES)}")
     p.add_argument("--force", action="store_true", help="fetch again even if cached")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    p.add_argument("--json", action="store_true", help="print JSON (package, version, SHA-256 of what was used)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (package, version, SHA-256 of what was used)")
     p.set_defaults(func=cmd_sources)

@@ -60,8 +60,10 @@ class Checker:
                 parse_state_record(obj, self.table)
                 self.tally.state_records += 1
                 return None
+            if kind == "summary":
+                return None  # the last line of `trace synth/import --json`: counts, nothing to check
             if kind != "exit":
-                raise RecordError(f"type must be \"exit\" or \"state\", not {kind!r}")
+                raise RecordError(f"type must be \"exit\", \"state\" or \"summary\", not {kind!r}")
             rec = parse_exit(obj, line, self.table)
         except RecordError as e:
             return self._malformed(line, str(e))

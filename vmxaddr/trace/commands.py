@@ -43,6 +43,10 @@ The trace format is in docs/trace-format.md.
 
 
 
+JSON_LINES_HELP = ("JSON Lines as always, then one summary object (type \"summary\": counts) as the last line; "
+                   "check-trace skips it")
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from vmxaddr.cli import fail
     from vmxaddr.models import UnknownModel, get
@@ -97,6 +101,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
             fail(f"cannot write {args.out}: {e.strerror}")
     else:
         out = sys.stdout
+    states = 0
     try:
         with Progress(args.n, "synth", enabled=not args.quiet, unit="exits") as prog:
             made = 0
@@ -106,10 +111,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
                     made += 1
                     if not made & 1023:
                         prog.update(made)
+                else:
+                    states += 1
             prog.update(made)
     finally:
         if out is not sys.stdout:
             out.close()
+    if args.json:  # the summary object last (check-trace skips it)
+        print(json.dumps({"type": "summary", "command": "trace synth", "model": args.model, "seed": args.seed,
+                          "exit_records": made, "state_records": states, "out": args.out or "-"},
+                         separators=(",", ":")))
     return 0
 
 
@@ -139,6 +150,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     finally:
         if src is not sys.stdin:
             src.close()
+    if args.json:  # the summary object last (check-trace skips it)
+        out.write(json.dumps({"type": "summary", "command": "trace import", "source": args.source,
+                              "exit_records": count, "lines_not_understood": bad}, separators=(",", ":")) + "\n")
     if not args.quiet:
         print(f"imported {count} exits of VMX-family instructions" + (f"; {bad} lines not understood" if bad else ""),
               file=sys.stderr)
@@ -184,6 +198,7 @@ def register(sub: Any) -> None:
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--out", metavar="FILE", help="write here instead of standard output")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress on standard error")
+    s.add_argument("--json", action="store_true", help=JSON_LINES_HELP + " (with --out, standard output gets only it)")
     s.set_defaults(func=cmd_synth)
     i = tsub.add_parser("import", help="convert kvm_exit / kvm_nested_vmexit lines of an ftrace log",
                         description="Convert the kvm_exit and kvm_nested_vmexit events of a trace-cmd report or "
@@ -196,6 +211,7 @@ def register(sub: Any) -> None:
     i.add_argument("--from", dest="source", choices=("ftrace",), required=True, help="the log's format")
     i.add_argument("file", metavar="FILE", help="the log; - reads standard input")
     i.add_argument("-q", "--quiet", action="store_true", help="no count on standard error")
+    i.add_argument("--json", action="store_true", help=JSON_LINES_HELP)
     i.set_defaults(func=cmd_import)
     for modname in TRACE_SUBCOMMANDS:
         try:

@@ -10,7 +10,7 @@
  * vector, we go 16-bit real -> 32-bit protected -> 64-bit long mode, VMXON,
  * then for every group: VMCLEAR/VMPTRLD, write the VMCS, VMLAUNCH.  Every exit
  * prints one line on port 0xE9 (bochs `port_e9_hack`):
- *   X <reason> <qualification> <instr-info> <guest-rip> <instr-len> <intr-info>
+ *   X <reason> <qualification> <instr-info> <guest-rip> <instr-len> <intr-info> <guest-linear>
  * (hex) and the guest resumes at the next case start.  The guest ends a group
  * with VMCALL.  After the last group we print END and ask bochs to quit via
  * its shutdown port 0x8900.
@@ -46,6 +46,7 @@
         .set EXIT_INSTR_LEN, 0x440c
         .set EXIT_INSTR_INFO,0x440e
         .set EXIT_QUAL,      0x6400
+        .set GUEST_LINEAR,   0x640a
         .set GUEST_RIP,      0x681e
         .set GUEST_CS_BASE,  0x6808
         .set PIN_CTLS,       0x4000
@@ -294,7 +295,8 @@ long64:
         call adjust_ctl
         mov %eax, ctl_pin
         mov $0x482, %ecx
-        mov $((1 << 31) | (1 << 9) | (1 << 7)), %ebx   /* secondary, INVLPG exiting, HLT exiting */
+        /* secondary, unconditional I/O exiting (INS/OUTS exit; issue 16), INVLPG exiting, HLT exiting */
+        mov $((1 << 31) | (1 << 24) | (1 << 9) | (1 << 7)), %ebx
         call adjust_ctl
         mov %eax, ctl_proc
         mov $0x48b, %ecx
@@ -315,7 +317,7 @@ long64:
         mov $(1 << 9), %ebx        /* IA-32e mode guest */
         call adjust_ctl
         mov %eax, ctl_entry64
-        /* report: CAP <proc2 allowed-1> <proc2 in use> <xss supported> <cr4> */
+        /* report: CAP <proc2 allowed-1> <proc2 in use> <xss supported> <cr4> <IA32_VMX_BASIC> */
         mov $msg_cap, %esi
         call put_str
         mov $0x48b, %ecx
@@ -333,6 +335,14 @@ long64:
         call put_sp
         mov %cr4, %rdx
         mov $8, %ecx
+        call put_hex
+        call put_sp
+        mov $0x480, %ecx           /* IA32_VMX_BASIC: bit 54 = INS/OUTS instruction information */
+        rdmsr
+        shl $32, %rdx
+        mov %eax, %eax
+        or %rax, %rdx
+        mov $16, %ecx
         call put_hex
         call put_nl
 
@@ -435,6 +445,8 @@ vmexit:
         mov %rax, %rbx
         VMR EXIT_INTR_INFO
         mov %rax, %rbp
+        VMR GUEST_LINEAR
+        mov %rax, %r11
         OUTC 'X'
         call put_sp
         mov %r12, %rdx
@@ -459,6 +471,10 @@ vmexit:
         call put_sp
         mov %rbp, %rdx
         mov $8, %ecx
+        call put_hex
+        call put_sp
+        mov %r11, %rdx             /* guest-linear address (INS/OUTS; stale otherwise) */
+        mov $16, %ecx
         call put_hex
         call put_nl
         bt $31, %r12d              /* VM-entry failure */

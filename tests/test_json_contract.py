@@ -1,0 +1,116 @@
+"""The --json contract the README states, for every command the parser registers.
+
+Every command takes --json. It prints either ONE JSON object (the whole of standard output), or,
+for the commands whose output is a stream, JSON Lines: one object per line, the last one the
+summary (`"type": "summary"`), no other line of that type. The test walks the parser, so a
+command added without a contract here fails until its case is written down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from vmxaddr.cli import build_parser, main
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scan_util import AS, assemble  # noqa: E402
+
+DATA = Path(__file__).parent / "data" / "traces"
+
+OBJECT, LINES = "one object", "JSON Lines, summary last"
+
+# command path -> (contract, arguments; {elf} is replaced by a small assembled object file)
+CONTRACT: dict[tuple[str, ...], tuple[str, list[str]]] = {
+    ("decode",): (OBJECT, ["--mode", "32", "0f7845d8"]),
+    ("explain",): (OBJECT, ["--mode", "32", "--reg", "ebp=0x1000", "0f7845d8"]),
+    ("models",): (OBJECT, []),
+    ("diff",): (OBJECT, ["--models", "sdm,kvm-f9eb4af6", "--mode", "32", "--reg", "ebx=0xfffffff0", "0f c7 73 20"]),
+    ("cross",): (OBJECT, ["--encoder", "vbox-iem", "--model", "sdm", "--mode", "32", "0f c7 34 b3"]),
+    ("fuzz",): (OBJECT, ["--model", "kvm-f9eb4af6", "--max-examples", "200", "--hypothesis-examples", "0", "--quiet"]),
+    ("crosscheck",): (OBJECT, ["--oracle", "iced", "-n", "50", "--quiet"]),
+    ("scan",): (OBJECT, ["{elf}"]),
+    ("sources",): (OBJECT, ["list"]),  # `sources fetch` downloads: see test_sources_fetch_json_is_one_object
+    ("check-trace",): (LINES, [str(DATA / "good.jsonl"), "--quiet"]),
+    ("trace", "synth"): (LINES, ["--model", "sdm", "-n", "20", "--quiet"]),
+    ("trace", "import"): (LINES, ["--from", "ftrace", str(DATA / "kvm_exit.txt"), "--quiet"]),
+}
+
+
+def leaf_commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], argparse.ArgumentParser]:
+    """Every runnable command path (subcommands of subcommands too)."""
+    out: dict[tuple[str, ...], argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                below = leaf_commands(sub, (*prefix, name))
+                out.update(below or {(*prefix, name): sub})
+    return out
+
+
+COMMANDS = leaf_commands(build_parser())
+
+
+def test_every_registered_command_has_a_contract() -> None:
+    unknown = sorted(" ".join(c) for c in set(COMMANDS) - set(CONTRACT))
+    assert not unknown, f"commands without a --json contract in tests/test_json_contract.py: {unknown}"
+    assert set(CONTRACT) <= set(COMMANDS), sorted(set(CONTRACT) - set(COMMANDS))
+
+
+@pytest.mark.parametrize("path", sorted(COMMANDS), ids=lambda p: " ".join(p))
+def test_command_takes_json(path: tuple[str, ...]) -> None:
+    assert any("--json" in a.option_strings for a in COMMANDS[path]._actions), f"{' '.join(path)} has no --json"
+
+
+@pytest.fixture(scope="module")
+def elf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if AS is None:  # fails under CI=true (tests/ci_policy.py)
+        pytest.skip("needs GNU as")
+    return assemble(tmp_path_factory.mktemp("json"), "x", "f:\n vmptrld (%rax)\n vmread %rax, %rbx\n ret\n")
+
+
+@pytest.mark.parametrize("path", sorted(CONTRACT), ids=lambda p: " ".join(p))
+def test_json_output_keeps_the_contract(path: tuple[str, ...], elf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    kind, args = CONTRACT[path]
+    argv = [*path, *[a.replace("{elf}", str(elf)) for a in args], "--json"]
+    code = main(argv)
+    out = capsys.readouterr().out
+    assert code in (0, 1), (argv, code)
+    if kind == OBJECT:
+        obj = json.loads(out)  # the whole output is one JSON value …
+        assert isinstance(obj, dict), f"{' '.join(path)} --json printed a {type(obj).__name__}, not an object"
+    else:
+        lines = out.splitlines()
+        objs = [json.loads(line) for line in lines]  # … or one JSON object per line
+        assert objs and all(isinstance(o, dict) for o in objs)
+        assert objs[-1].get("type") == "summary", f"{' '.join(path)} --json: the last line is not the summary"
+        assert [o.get("type") for o in objs[:-1]].count("summary") == 0
+
+
+def test_readme_states_the_contract() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert "`--json`" in readme and "JSON Lines" in readme and '"type": "summary"' in readme
+    for path, (kind, _) in CONTRACT.items():
+        if kind == LINES:
+            assert f"`vmxaddr {' '.join(path)}`" in readme.split("## JSON output", 1)[1].split("\n## ", 1)[0], path
+
+
+def test_sources_fetch_json_is_one_object(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from vmxaddr.realcode import sources
+
+    name = next(iter(sources.SOURCES))
+
+    class Fetched:
+        package, version, pinned, root, downloads, seconds = "pkg", "1", True, "/tmp", {}, {}
+
+        def to_json(self) -> dict[str, str]:
+            return {"name": name, "package": "pkg"}
+
+    monkeypatch.setattr(sources, "fetch", lambda *a, **k: Fetched())
+    assert main(["sources", "fetch", name, "--quiet", "--json"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert isinstance(obj, dict) and obj["fetched"] == [{"name": name, "package": "pkg"}]
