@@ -332,3 +332,18 @@ def test_unresolved_identifiers_are_listed_one_per_line_exit_2(tmp_path, capsys)
 def test_trace_structure_size_matches(tmp_path):
     lib = _lib(tmp_path)
     assert ctypes.c_uint32.in_dll(lib.dll, "vmxaddr_xen_trace_size").value == ctypes.sizeof(xen._trace_type())
+
+
+def test_registration_is_light_and_agrees_with_the_port():
+    """vmxaddr.realcode.xen can be imported first (vmxaddr.models imports it back to register the
+    model: no import cycle); its instruction list is the port's."""
+    import subprocess
+    import sys
+
+    from vmxaddr.models.xen import MNEMONICS
+
+    assert xen.MNEMONICS == MNEMONICS
+    code = "import vmxaddr.realcode.xen, vmxaddr.models; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.strip() == "ok", out.stderr[-500:]

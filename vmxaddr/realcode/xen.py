@@ -21,17 +21,21 @@ model's first call.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vmxaddr.exitinfo import ExitInfo
-from vmxaddr.models.base import FAULT, Access, InvalidExitInfo, Result, Step
-from vmxaddr.models.xen import MNEMONICS, xen_c447b730
-from vmxaddr.models.xen import classify as port_classify
 from vmxaddr.realcode import sources
-from vmxaddr.state import CpuState
 
+if TYPE_CHECKING:  # (vmxaddr.models imports this module to register the model: nothing of it at run time here)
+    from vmxaddr.exitinfo import ExitInfo
+    from vmxaddr.models.base import Access, Result, Step
+    from vmxaddr.state import CpuState
+
+# The instructions nvmx_handle_vmx_insn() sends through decode_vmx_inst() (vmxaddr.models.xen.MNEMONICS,
+# repeated here so that registering the model imports nothing; a test checks the two agree).
+MNEMONICS = ("vmptrld", "vmclear", "vmxon", "vmptrst", "vmread", "vmwrite", "invept", "invvpid")
 VVMX_C = "xen/arch/x86/hvm/vmx/vvmx.c"
 XEN_FUNCTION = "decode_vmx_inst"
 RELEASES = {"xen-4.17": "xen-4.17"}  # model name -> the source (vmxaddr.realcode.sources) holding it
@@ -64,7 +68,10 @@ def xen_parts(vvmx: Path) -> list[Any]:
         done[name] = fn
         body = mask(fn.text)
         for callee in dict.fromkeys(re.findall(r"\b([A-Za-z_]\w*)\s*\(", body[body.index("{"):])):
-            if callee not in done and callee not in _KEYWORDS:
+            # a definition starts a line (Xen's style); a name without such a line is not looked
+            # for (find_function masks the whole file: about 0.2 s a name)
+            if callee not in done and callee not in _KEYWORDS and \
+                    re.search(rf"^(?:[A-Za-z_][^;(]*?[\s*])?{re.escape(callee)}\s*\(", text, re.M):
                 done[callee] = None
                 visit(callee)
         order.append(fn)
@@ -120,6 +127,7 @@ _VECTORS = {6: "UD", 13: "GP", 14: "PF", 12: "SS"}
 
 def explain_steps(lib: Any, exit: ExitInfo, state: CpuState, access: Access) -> list[Step]:
     from vmxaddr.isa import REG64, SEGMENTS
+    from vmxaddr.models.base import Step
 
     t = trace(lib, exit, state, access)
     where = f"{Path(t.file.decode()).name}:{t.line}" if t.file else "?"
@@ -158,6 +166,8 @@ def explain_steps(lib: Any, exit: ExitInfo, state: CpuState, access: Access) -> 
 # -- classification ----------------------------------------------------------------------------------
 
 def _same(a: Result, b: Result) -> bool:
+    from vmxaddr.models.base import FAULT
+
     oa, ob = a.outcome, b.outcome
     if (oa.kind, oa.vector, oa.error_code) != (ob.kind, ob.vector, ob.error_code):
         return False
@@ -167,6 +177,9 @@ def _same(a: Result, b: Result) -> bool:
 def classify(exit: ExitInfo, state: CpuState, access: Access, reference: Result, own: Result) -> str:
     """The port's class for this case if the port answers what the real code answered; else
     PORT_DIFFERS (vmxaddr.diff.classify calls this for a divergence of xen-4.17)."""
+    from vmxaddr.models.xen import classify as port_classify
+    from vmxaddr.models.xen import xen_c447b730
+
     if not _same(xen_c447b730(exit, state, access), own):
         return PORT_DIFFERS
     return port_classify(exit, state, access, reference, own)
@@ -192,10 +205,22 @@ def _load(vvmx: Path, what: str) -> Any:
         raise RealCodeError(str(e)) from None
 
 
-def info_for(name: str, f: sources.Fetched) -> Any:
-    from vmxaddr.realcode.models import RealCodeInfo
+@dataclass(frozen=True)
+class XenInfo:
+    """What the model runs, for `vmxaddr models` and explain (the fields of
+    vmxaddr.realcode's RealCodeInfo, kept here so that registering imports nothing heavy)."""
 
-    return RealCodeInfo(f"{XEN_FUNCTION}() of Debian {f.package} {f.version}", RELEASES[name], f.package, f.version)
+    what: str
+    source: str = ""
+    package: str = ""
+    version: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {"what": self.what, "source": self.source, "package": self.package, "version": self.version}
+
+
+def info_for(name: str, f: sources.Fetched) -> XenInfo:
+    return XenInfo(f"{XEN_FUNCTION}() of Debian {f.package} {f.version}", RELEASES[name], f.package, f.version)
 
 
 def _model(name: str, info: Any, make_inner: Any) -> Any:
@@ -212,6 +237,8 @@ def _model(name: str, info: Any, make_inner: Any) -> Any:
 
     def model(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) -> Result:
         if exit.instruction not in _HANDLED:
+            from vmxaddr.models.base import InvalidExitInfo
+
             raise InvalidExitInfo(f"{name}: Xen's nested VMX does not decode {exit.instruction.upper()} "
                                   f"(nvmx_handle_vmx_insn() handles {', '.join(MNEMONICS)})")
         return (cell[0] if cell else load())(exit, state, access, explain)  # type: ignore[no-any-return]
@@ -228,11 +255,11 @@ def _model(name: str, info: Any, make_inner: Any) -> Any:
 @cache
 def release_model(name: str) -> Any:
     """xen-4.17 from the cache (built and loaded at the first call, or by `.load()`)."""
-    from vmxaddr.realcode.models import RealCodeError
-
     source = RELEASES[name]
     f = sources.lookup(source)
     if f is None:
+        from vmxaddr.realcode.models import RealCodeError
+
         raise RealCodeError(f"{name} runs Debian's {sources.SOURCES[source].package} source, which is not in the cache "
                             f"({sources.cache_dir()}): run `vmxaddr sources fetch {source}` first")
     info = info_for(name, f)
@@ -241,7 +268,8 @@ def release_model(name: str) -> Any:
     def make_inner() -> Any:
         from vmxaddr.realcode.models import make_model
 
-        return make_model(name, lambda: _load(f.path(VVMX_C), what), info, _rule, explain_steps, MNEMONICS)
+        return make_model(name, lambda: _load(f.path(VVMX_C), what), info, _rule, explain_steps,  # type: ignore[arg-type]
+                          MNEMONICS)
 
     return _model(name, info, make_inner)
 
