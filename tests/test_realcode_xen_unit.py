@@ -18,10 +18,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from ci_policy import under_ci
 
 from vmxaddr.cli import main
 from vmxaddr.exitinfo import ExitInfo
-from vmxaddr.models.base import Access, InvalidExitInfo
+from vmxaddr.models.base import Access
 from vmxaddr.realcode import xen
 from vmxaddr.realcode.bridge import Library
 from vmxaddr.realcode.build import UnresolvedIdentifiers
@@ -33,7 +34,7 @@ ACCESS = Access(8, False)
 def need_cc() -> None:
     if shutil.which(os.environ.get("CC", "cc")) is None:
         msg = "no C compiler (cc) on PATH: the real-code models cannot be built"
-        if os.environ.get("CI"):
+        if under_ci():
             pytest.fail("CI must not skip the real-code build tests: " + msg)
         pytest.skip(msg)
 
@@ -313,8 +314,9 @@ def test_model_from_the_cache_explains_what_the_c_returned(tmp_path):
     r = m(ExitInfo("vmptrld", INFO | 7 << 7, 0x10), CpuState.for_code_size(64), ACCESS, explain=True)
     assert r.linear_address == 0x10
     assert any("256 bytes into the handler's 8-byte unsigned long" in s.text for s in r.steps)
-    with pytest.raises(InvalidExitInfo):
-        m(ExitInfo("invpcid", INFO, 0), st, ACCESS)
+    from vmxaddr.models import covers
+
+    assert covers(m, "vmptrld") and not covers(m, "invpcid")  # nvmx_handle_vmx_insn()'s instructions only
 
 
 def test_unresolved_identifiers_are_listed_one_per_line_exit_2(tmp_path, capsys):
