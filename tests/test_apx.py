@@ -219,3 +219,23 @@ def test_no_registry_decoder_reads_rex2():
     version = subprocess.run(["objdump", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     if "2.40" in version:
         assert "(bad)" in out
+
+
+def test_hypothesis_strategies_draw_rex2_forms():
+    from hypothesis import given, settings
+
+    from vmxaddr.strategies import instructions
+
+    seen = []
+
+    @settings(max_examples=200, deadline=None, database=None)
+    @given(instructions(code_sizes=(64,), mnemonics=ALL_MNEMONICS, rex2=0.9))
+    def check(ins):
+        seen.append(ins.uses_rex2)
+        if ins.uses_rex2:
+            assert ins.mnemonic not in NO_REX2
+            e = encode(ins)
+            assert e.extended_info is not None
+
+    check()
+    assert any(seen)

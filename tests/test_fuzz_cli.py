@@ -130,9 +130,11 @@ def test_python_m_vmxaddr_cli_gives_the_one_line_error_too():
 
 # -- --out ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("where", ["dir", "missing-parent"])
+@pytest.mark.parametrize("where", ["dir", "missing-parent", "fifo"])
 def test_bad_out_is_refused_before_the_run(capsys, tmp_path, where):
-    path = tmp_path if where == "dir" else tmp_path / "no" / "such" / "w.json"
+    path = {"dir": tmp_path, "missing-parent": tmp_path / "no" / "such" / "w.json", "fifo": tmp_path / "fifo"}[where]
+    if where == "fifo":  # a FIFO nobody reads: refused, not a hang
+        os.mkfifo(path)
     CALLS[0] = 0
     code, out, err = _run(capsys, "--model", "test_fuzz_cli:counting", "--max-examples", "3000", "--out", str(path))
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and str(path) in err
@@ -184,7 +186,17 @@ def test_sigint_during_a_parallel_run_keeps_the_classes(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "import sys; from vmxaddr.cli import main; sys.exit(main(sys.argv[1:]))",
                              "fuzz", "--model", "kvm-f9eb4af6", "--time", "120", "--jobs", "2", "--quiet", "--json"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(4)
+    # once its two workers exist (the run has started: imports take seconds on a loaded machine)
+    deadline = time.monotonic() + 60
+    children: list[str] = []
+    while len(children) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+                children = f.read().split()
+        except OSError:
+            pass
+    time.sleep(1.5)
     proc.send_signal(signal.SIGINT)
     try:
         out, err = proc.communicate(timeout=30)

@@ -208,3 +208,10 @@ def test_a_models_classify_is_guarded_too(usermods, capsys):
         code, out, err = run(argv, capsys)
         assert code == 2 and err.count("\n") == 1, (argv, err)
         assert "model g13models:differs classify() raised LookupError: no class" in err, err
+
+
+def test_debug_shows_what_the_module_raised_on_import(usermods, capsys):
+    code, _, err = run(["explain", "--debug", "--mode", "32", "--model", "g13boom:f", HEX], capsys)
+    assert code == 2 and "Traceback (most recent call last)" in err and "boom at import" in err
+    assert err.rstrip().splitlines()[-1] == ("vmxaddr explain: error: cannot load model 'g13boom:f': importing "
+                                             "g13boom raised RuntimeError: boom at import")

@@ -97,3 +97,34 @@ def test_explain_prints_the_register_layout(capsys):
     assert main(["decode", "--mode", "64", "f3 0f 38 dc d1"]) == 0
     out = capsys.readouterr().out
     assert "loadiwkey xmm2, xmm1" in out and "31:28  reg2" in out and "xmm1" in out
+
+
+@pytest.mark.parametrize("hex_, mnemonic, reason, reg1, msr, text", [
+    # C4 E7 7B F6 C0 10 00 00 00: VEX3; E7 = R-bar X-bar B-bar 1 1 1, mmmmm 00111 (map 7); 7B = W0,
+    # vvvv-bar 1111, L0, pp 11 (F2): RDMSR. F6, ModRM C0 = 11 000 000: RAX; imm32 0x10.
+    ("c4 e7 7b f6 c0 10 00 00 00", "rdmsr", 84, 0, 0x10, "rdmsr rax, 0x10"),
+    # C4 C7 7A F6 C1 ...: B-bar 0 -> B = 1: rm 1 + 8 = R9; pp 10 (F3): WRMSRNS.
+    ("c4 c7 7a f6 c1 80 00 00 c0", "wrmsrns", 85, 9, 0xC0000080, "wrmsrns 0xc0000080, r9"),
+])
+def test_msr_immediate(hex_, mnemonic, reason, reg1, msr, text):
+    # Exit reasons 84/85, Reg1 in bits 6:3 and the MSR index in the exit qualification: KVM's
+    # handle_rdmsr_imm()/handle_wrmsr_imm() (vmx_get_instr_info_reg(), vmx_get_exit_qual()).
+    ins = decode(bytes.fromhex(hex_.replace(" ", "")), 64)
+    assert (ins.mnemonic, ins.spec.exit_reason, ins.reg1, ins.text(), ins.length) == (mnemonic, reason, reg1, text, 9)
+    e = encode(ins)
+    assert (e.instruction_info, e.exit_qualification) == (reg1 << 3, msr)
+
+
+@pytest.mark.parametrize("hex_, cs, kind", [
+    ("c4 e7 fb f6 c0 10 00 00 00", 64, "not-vmx"),        # W1
+    ("c4 e7 7f f6 c0 10 00 00 00", 64, "not-vmx"),        # L1
+    ("c4 e7 79 f6 c0 10 00 00 00", 64, "not-vmx"),        # pp 01 (66)
+    ("c4 e7 7b f6 c8 10 00 00 00", 64, "register-form"),  # /1
+    ("66 c4 e7 7b f6 c0 10 00 00 00", 64, "prefix"),      # 66 before VEX
+    ("c4 e7 7b f6 c0 10 00", 64, "truncated"),
+    ("c4 e7 7b f6 c0 10 00 00 00", 32, "not-vmx"),        # C4 is LES outside 64-bit mode
+])
+def test_msr_immediate_refusals(hex_, cs, kind):
+    with pytest.raises(DecodeError) as e:
+        decode(bytes.fromhex(hex_.replace(" ", "")), cs)
+    assert e.value.kind == kind

@@ -283,6 +283,16 @@ def test_page_computes_the_readme_example_in_chromium(served: str, browser: obje
     enter("vx-segments", "ss.limit=0xf00")
     compute()
     assert field("vx-outcome").text.startswith("#SS(0)")
+    # APX: VMPTRLD [R21 + R20 + 8] (REX2 d5 b4), R21 = 0x5000, R20 = 0x10: EA 0x5018; the extended
+    # field names them: base 21 << 32 | index 20 << 24 | DS 3 << 7 | 64-bit 2 << 2 = 0x1514000188.
+    enter("vx-bytes", "d5 b4 c7 74 25 08")
+    Select(field("vx-mode")).select_by_value("64")
+    enter("vx-registers", "r21=0x5000, r20=0x10")
+    enter("vx-segments", "")
+    compute()
+    assert field("vx-ea").text == "0x5018"
+    assert field("vx-ext").is_displayed() and field("vx-ext").text == "0x0000001514000188"
+    Select(field("vx-mode")).select_by_value("32")
     # Bad input: the command line's one-line error, no answer.
     enter("vx-bytes", "0f78")
     compute()

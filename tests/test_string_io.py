@@ -204,3 +204,20 @@ def test_policy_random_undefined_bits_keep_the_defined_ones():
     e = encode(c.instruction, 0, Policy(undefined_bits="random", seed=7), c.state)
     assert fields_json(e.instruction_info, "outs") == {"address size": 1, "segment": 0}
     assert sdm(e, c.state, c.access).linear_address == 4
+
+
+def test_trace_exit_reason_30_resolves_ins_or_outs_from_the_qualification(tmp_path, capsys):
+    # Reason 30 is shared (SDM Vol. 3D Appendix C: "I/O instruction"): bit 3 of the I/O
+    # qualification says IN (INS) or OUT (OUTS), bit 4 that it is a string instruction.
+    from vmxaddr.cli import main
+    from vmxaddr.trace.format import resolve_instruction
+
+    assert resolve_instruction(30, 0x100, 0x03F8003B) == "ins"
+    assert resolve_instruction(30, 0x80, 0x00600010) == "outs"
+    assert resolve_instruction(30, None, 0x3F80008) is None  # IN (not string): no instruction information
+    p = tmp_path / "t.jsonl"
+    p.write_text('{"type": "exit", "exit_reason": 30, "code_size": 64, "instruction_info": 256, '
+                 '"exit_qualification": 66584635, "state": {"registers": {"rdi": "0x1234"}}, '
+                 '"result": {"kind": "ok", "linear_address": "0x1234"}}\n')
+    assert main(["check-trace", str(p)]) == 0
+    assert "1 correct, 0 wrong" in capsys.readouterr().out

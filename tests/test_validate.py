@@ -243,6 +243,30 @@ def test_seg_that_changes_the_code_size_contradicts_mode(capsys):
     one_line_error(code, err, "--mode 32 contradicts --seg cs.db")
 
 
+@pytest.mark.parametrize("obj,needle", [
+    ({"mode": "64-bit", "segments": {"cs": {"l": 0}}}, "mode 64-bit needs segments.cs.l = 1"),
+    ({"mode": "64-bit", "segments": {"cs": {"db": 1}}}, "segments.cs.db = 0"),
+    ({"mode": "compatibility", "segments": {"cs": {"l": 1}}}, "mode compatibility needs segments.cs.l = 0"),
+])
+def test_mode_and_cs_that_contradict_are_refused(obj, needle):
+    """IA-32e mode is 64-bit mode when CS.L = 1 and compatibility mode when CS.L = 0; L = 1 with
+    D = 1 is reserved (SDM Vol. 3A §5.2.1; VM entry checks it, Vol. 3C §27.3.1.2)."""
+    with pytest.raises(StateError, match=needle):
+        CpuState.from_json(obj)
+    with pytest.raises(StateError, match=needle):  # also on top of a state that had it right
+        CpuState.from_json({"segments": obj["segments"]}, CpuState.from_json({"mode": obj["mode"]}))
+
+
+def test_cpu_mode_compatibility_on_a_64_bit_state_file_clears_cs_l(tmp_path, capsys):
+    """--cpu-mode compatibility on a 64-bit state: compatibility mode *is* CS.L = 0, so CS.L is
+    cleared (as "64-bit" sets it) and the code is 16-bit (CS.D = 0 in the 64-bit default state)."""
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps({"mode": "64-bit"}))
+    code, out, err = run(["decode", "--json", "--state", str(p), "--cpu-mode", "compatibility", "0fc730"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["operand"]["address_size"] == 16
+
+
 # -- the property ----------------------------------------------------------------------------------
 
 _scalars = st.none() | st.booleans() | st.integers() | st.integers(-(1 << 70), 1 << 70) | st.floats() \

@@ -168,10 +168,10 @@ def cmd_decode(args: argparse.Namespace) -> int:
     exit = case.exit
     result = case.run(get("sdm"), explain=True)
     if args.svg:
-        from vmxaddr.pictures import field_picture
+        from vmxaddr.pictures import exit_fields_picture
 
-        write_svg(args.svg, field_picture(exit.instruction_info, exit.instruction,
-                                          f"{case.instruction.text()}: instruction information {exit.instruction_info:#010x}"))
+        write_svg(args.svg, exit_fields_picture(exit, f"{case.instruction.text()}: instruction information "
+                                                f"{exit.instruction_info:#010x}"))
         if args.svg == "-":
             return 0
     if args.json:
@@ -362,6 +362,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a full disk must be reported here, not at interpreter exit
         return code
     except UsageError as e:
+        cause = e.__context__.__cause__ if e.__context__ is not None else None
+        if debug and cause is not None:  # e.g. what a --model module raised on import
+            traceback.print_exception(cause)
         print(f"{name}: error: {e}", file=sys.stderr)
         return 2
     except ModelError as e:

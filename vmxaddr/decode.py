@@ -18,7 +18,7 @@ from typing import Any
 from vmxaddr import rex2 as rex2_mod
 from vmxaddr.capstone_guard import _capstone_guard, _capstone_shape, capstone_guard_on, capstone_view
 from vmxaddr.decode_other import clear_memo as clear_other_memo
-from vmxaddr.decode_other import loadiwkey, string_io, waitpkg
+from vmxaddr.decode_other import loadiwkey, msr_imm, string_io, waitpkg
 from vmxaddr.instruction import DecodeError, Instruction, MemoryOperand
 from vmxaddr.isa import RBP, REG16, REG32, REG64, RSP, SEGMENTS, SPECS, Layout
 
@@ -169,6 +169,8 @@ def decode_uncached(data: bytes | bytearray | memoryview, code_size: int) -> Ins
 
     need(1)
     first = data[i]
+    if first == 0xC4 and code_size == 64 and rx2 is None:  # VEX: of this family only RDMSR/WRMSRNS imm32
+        return msr_imm(data, i, pfx, rex)
     if rx2 is not None:
         rex2_mod.check_opcode(rx2, first)
         if not rx2.m0:  # legacy map 0: of this family only INS/OUTS (6C-6F)

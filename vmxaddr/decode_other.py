@@ -131,5 +131,29 @@ def loadiwkey(data: bytes, code_size: int, i: int, pfx: tuple[int, ...], mp: int
                        SPECS["loadiwkey"])
 
 
+def msr_imm(data: bytes, i: int, pfx: tuple[int, ...], rex: int) -> Instruction:
+    """RDMSR r64, imm32 / WRMSRNS imm32, r64 with their three-byte VEX prefix (C4) at data[i],
+    64-bit mode (SDM Vol. 2 RDMSR, WRMSRNS: VEX.128.F2.M7.W0 F6 /0 id, VEX.128.F3.M7.W0 F6 /0 id).
+    VEX's second byte: R-bar X-bar B-bar mmmmm; third: W vvvv-bar L pp (pp 11 = F2, 10 = F3)."""
+    if len(data) < i + 9:
+        raise DecodeError("truncated", f"bytes run out after {len(data)} byte(s): the instruction is incomplete")
+    b1, b2, op, modrm = data[i + 1], data[i + 2], data[i + 3], data[i + 4]
+    # map 7, vvvv unused (stored inverted: 1111), L = 0 (128), pp = F3 (10) or F2 (11), opcode F6
+    if b1 & 0x1F != 7 or b2 >> 3 & 0xF != 0xF or b2 & 4 or b2 & 3 not in (2, 3) or op != 0xF6:
+        raise DecodeError("not-vmx", f"VEX {data[i:i + 4].hex(' ')} is not RDMSR/WRMSRNS with an immediate "
+                          "(VEX.128.F2/F3.M7.W0 F6 /0)")
+    if b2 & 0x80:
+        raise DecodeError("not-vmx", "VEX.W1 F6 in map 7 is not RDMSR/WRMSRNS (W0 required)")
+    if modrm >> 3 != 0x18:  # mod 11, reg 000
+        raise DecodeError("register-form", f"RDMSR/WRMSRNS immediate needs ModRM 11 000 rrr; {modrm:02x} (#UD)")
+    if rex or any(p in (0x66, 0xF2, 0xF3, 0xF0) for p in pfx):
+        raise DecodeError("prefix", "a 66/F2/F3/LOCK or REX prefix before VEX raises #UD")
+    mnemonic = "rdmsr" if b2 & 3 == 3 else "wrmsrns"
+    reg = (modrm & 7) | (0 if b1 & 0x20 else 8)  # VEX.B is stored inverted
+    length = i + 9
+    imm = int.from_bytes(data[i + 5:i + 9], "little")
+    return Instruction(mnemonic, 64, length, data[:length], pfx, 0, None, reg, None, 64, SPECS[mnemonic], 0, imm)
+
+
 def clear_memo() -> None:
     _GUARDED.clear()

@@ -186,7 +186,8 @@ def exit_qualification(instr: Instruction, rip: int = 0, policy: Policy = DEFAUL
                        rng: random.Random | None = None, port: int = 0) -> int:
     op = instr.operand
     if op is None:
-        return 0
+        # RDMSR/WRMSRNS with an immediate: the MSR index (KVM handle_rdmsr_imm() reads it there)
+        return instr.immediate if instr.immediate is not None else 0
     if instr.spec.layout is Layout.IO:
         from vmxaddr.string_io import io_qualification
 

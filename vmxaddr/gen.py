@@ -107,13 +107,16 @@ OTHER_OPCODES: dict[str, tuple[int | None, bytes, int | None, str]] = {
     "tpause": (0x66, b"\x0f\xae", 6, "reg"),
     "umwait": (0xF2, b"\x0f\xae", 6, "reg"),
     "loadiwkey": (0xF3, b"\x0f\x38\xdc", None, "reg"),
+    # VEX.128.F2/F3.M7.W0 F6 /0 id, 64-bit mode only (vmxaddr.decode_other.msr_imm)
+    "rdmsr": (None, b"\xc4", 0, "vex"),
+    "wrmsrns": (None, b"\xc4", 0, "vex"),
 }
 STRING_MNEMONICS = ("ins", "outs")
 ALL_MNEMONICS = MNEMONICS + tuple(OTHER_OPCODES)
 ALL_MEMORY_MNEMONICS = MEMORY_MNEMONICS + STRING_MNEMONICS
 # REX2 (APX) can encode the map-0/map-1 instructions only: not INVEPT/INVVPID/INVPCID/LOADIWKEY
 # (0F 38, map 2; vmxaddr.rex2).
-NO_REX2 = frozenset(("invept", "invvpid", "invpcid", "loadiwkey"))
+NO_REX2 = frozenset(("invept", "invvpid", "invpcid", "loadiwkey", "rdmsr", "wrmsrns"))
 VMX_MNEMONICS = ("vmptrld", "vmclear", "vmxon", "vmptrst", "vmread", "vmwrite", "invept", "invvpid")
 SEG_PREFIXES = (0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65)
 
@@ -185,6 +188,13 @@ def gen_encoding(ch: Chooser, code_sizes: Sequence[int] = (16, 32, 64),
 def _gen_other(ch: Chooser, cs: int, m: str, rex2: float) -> bytes:
     mp, opcode, regfield, forms = OTHER_OPCODES[m]
     prefixes: list[int] = []
+    if forms == "vex":
+        if cs != 64:  # no VEX map 7 outside 64-bit mode: another register-only form instead
+            return _gen_other(ch, cs, "tpause", rex2)
+        pp = 3 if m == "rdmsr" else 2
+        b1 = 0xE0 ^ (ch.integer(0, 1) << 5) | 7  # R-bar X-bar set, B-bar either: RAX..R15
+        imm = ch.choice((0x10, 0x1B, 0xC0000080, 0x6E0, 0)) if ch.chance(0.5) else ch.integer(0, 0xFFFFFFFF)
+        return bytes([0xC4, b1, 0x78 | pp, 0xF6, 0xC0 | ch.integer(0, 7)]) + imm.to_bytes(4, "little")
     if forms == "string":
         if ch.chance(0.4):
             prefixes.append(ch.choice(SEG_PREFIXES))  # effective on OUTS only (INS always uses ES)

@@ -86,6 +86,7 @@ class Instruction(NamedTuple):
     operand_size: int | None  # LGDT group (16/32; None in 64-bit mode), RDRAND/RDSEED, INS/OUTS (8/16/32)
     spec: InstrSpec
     rex2: int = 0  # the REX2 payload byte (APX, vmxaddr.rex2) with bit 8 set when present; 0 when none
+    immediate: int | None = None  # RDMSR/WRMSRNS imm32: the MSR index
 
     @property
     def uses_rex2(self) -> bool:
@@ -114,6 +115,9 @@ class Instruction(NamedTuple):
         layout = self.spec.layout
         if layout is Layout.LOADIWKEY:
             return f"loadiwkey {XMM[self.reg1 or 0]}, {XMM[self.reg2 or 0]}"
+        if self.immediate is not None:
+            reg = reg_name(self.reg1 or 0, 64)
+            return f"rdmsr {reg}, {self.immediate:#x}" if self.mnemonic == "rdmsr" else f"wrmsrns {self.immediate:#x}, {reg}"
         if layout is Layout.IO and self.operand is not None:
             width = {8: "byte", 16: "word", 32: "dword"}[self.operand_size or 8]
             rep = "rep " if self.rep else ""

@@ -111,6 +111,13 @@ SPECS: dict[str, InstrSpec] = {
         # Key Locker: F3 0F 38 DC /r, mod = 11; CPL 0 only (its #GP comes before the exit);
         # basic exit reason 69.
         InstrSpec("loadiwkey", 69, Layout.LOADIWKEY, None, 0, 0, "none", False, privileged=True),
+        # MSR_IMM: RDMSR r64, imm32 (VEX.128.F2.M7.W0 F6 /0 id) and WRMSRNS imm32, r64
+        # (VEX.128.F3.M7.W0 F6 /0 id), 64-bit mode only, CPL 0 (its #GP first). Exit reasons 84
+        # and 85 (KVM EXIT_REASON_MSR_READ_IMM / _WRITE_IMM); the register in Reg1 (bits 6:3) and the
+        # MSR index in the exit qualification (KVM handle_rdmsr_imm()/handle_wrmsr_imm()).
+        InstrSpec("rdmsr", 84, Layout.REG, None, 0, 0, "none", False, real_mode=False, v8086=False, privileged=True),
+        InstrSpec("wrmsrns", 85, Layout.REG, None, 0, 0, "none", False, real_mode=False, v8086=False,
+                  privileged=True),
     )
 }
 

@@ -90,11 +90,20 @@ class BigNumber:
 
 
 def _show(value: Any) -> str:
-    if isinstance(value, str) and len(value) > 24:
-        return f"{value[:20]!r}… ({len(value)} characters)"
+    """`value` for an error message: its repr, at most about 40 characters (a hostile key or value
+    must not turn one line into a megabyte)."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 80:
         return f"a {len(str(abs(value)))}-digit number"
-    return repr(value)
+    r = repr(value)
+    if len(r) <= 40:
+        return r
+    size = f"{len(value)} characters" if isinstance(value, str) else f"{len(r)} characters as JSON"
+    return f"{r[:30]}… ({size})"
+
+
+def _name(key: str) -> str:
+    """A key from the input as part of a field's name: itself if short and plain, else _show."""
+    return key if len(key) <= 16 and key.isascii() and key.isprintable() else _show(key)
 
 
 def _range_text(lo: int, hi: int) -> str:
@@ -250,7 +259,7 @@ class CpuState:
         try:
             number, size = reg_number(name)
         except KeyError:
-            raise StateError(f"unknown register {name!r} (use rax…r31, eax…r31d, ax…r31w or rip)") from None
+            raise StateError(f"unknown register {_show(name)} (use rax…r31, eax…r31d, ax…r31w or rip)") from None
         mask = (1 << size) - 1
         # A negative value is taken in two's complement of the register's width (docs/state-format.md).
         value = check_int(value, what or name, -(1 << (size - 1)), mask) & mask
@@ -270,10 +279,10 @@ class CpuState:
         """Change fields of one segment; each value is checked against SEGMENT_RANGES. `what`
         names the segment in an error (default: its name)."""
         if name not in SEGMENTS:
-            raise StateError(f"unknown segment {name!r} (use es, cs, ss, ds, fs or gs)")
+            raise StateError(f"unknown segment {_show(name)} (use es, cs, ss, ds, fs or gs)")
         bad = set(changes) - _SEG_FIELDS
         if bad:
-            raise StateError(f"unknown segment field {sorted(bad)[0]!r} "
+            raise StateError(f"unknown segment field {_show(sorted(bad)[0])} "
                              f"(fields: {', '.join(sorted(_SEG_FIELDS))})")
         checked = {k: check_int(v, f"{what or name}.{k}", *SEGMENT_RANGES[k]) for k, v in changes.items()}
         if "unusable" in checked:
@@ -304,17 +313,19 @@ class CpuState:
         known = {"mode", "cpl", "cr4", "cr3", "rip", "registers", "segments", "code_size"}
         for k in obj:
             if k not in known:
-                raise StateError(f"unknown key {k!r} in CPU state (known: {', '.join(sorted(known))})")
+                raise StateError(f"unknown key {_show(k)} in CPU state (known: {', '.join(sorted(known))})")
         st = cls.for_code_size(check_int(obj["code_size"], "code_size", 16, 64)) if "code_size" in obj else (base or cls.for_code_size(32))
         d: dict[str, Any] = {f: getattr(st, f) for f in _STATE_FIELDS}
         if "mode" in obj:
             mode = obj["mode"]
             if not isinstance(mode, str) or mode not in MODES:
-                raise StateError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+                raise StateError(f"mode must be one of {', '.join(MODES)}, not {_show(mode)}")
             d["mode"] = mode
+            cs = d["cs"]
             if mode == "64-bit":
-                cs = d["cs"]
                 d["cs"] = Segment(cs.base, cs.limit, cs.type, cs.s, cs.dpl, cs.p, 0, cs.g, 1, cs.unusable, cs.selector)
+            elif mode == "compatibility" and cs.l:  # compatibility mode is IA-32e mode with CS.L = 0
+                d["cs"] = Segment(cs.base, cs.limit, cs.type, cs.s, cs.dpl, cs.p, cs.db, cs.g, 0, cs.unusable, cs.selector)
         if "cpl" in obj:
             d["cpl"] = check_int(obj["cpl"], "cpl", *CPL_RANGE)
         for group, keys in (("cr4", ("la57", "lam_sup")), ("cr3", ("lam_u48", "lam_u57"))):
@@ -323,7 +334,7 @@ class CpuState:
                 raise StateError(f"{group} must be an object")
             for k, v in part.items():
                 if k not in keys:
-                    raise StateError(f"unknown {group} bit {k!r} (known: {', '.join(keys)})")
+                    raise StateError(f"unknown {group} bit {_show(k)} (known: {', '.join(keys)})")
                 d[k] = bool(check_int(v, f"{group}.{k}", *FLAG_RANGE))
         if "rip" in obj:
             d["rip"] = check_int(obj["rip"], "rip", *RIP_RANGE)
@@ -333,7 +344,7 @@ class CpuState:
         ordered: list[tuple[str, int]] | None = None
         if regs:
             values = list(d["regs"])
-            items = [(name, v if type(v) is int else check_int(v, f"registers.{name}", -(1 << 63), MASK64))
+            items = [(name, v if type(v) is int else check_int(v, f"registers.{_name(name)}", -(1 << 63), MASK64))
                      for name, v in regs.items()]
             if all(_REG64_INDEX.get(name, 16) < 16 and 0 <= n <= MASK64 for name, n in items):  # the common case
                 for name, n in items:
@@ -345,14 +356,14 @@ class CpuState:
         if not isinstance(segs, dict):
             raise StateError("segments must be an object such as {\"ss\": {\"limit\": \"0xfff\"}}")
         for sname, sv in segs.items():
+            if sname not in SEGMENTS:
+                raise StateError(f"unknown segment {_show(sname)} (use es, cs, ss, ds, fs or gs)")
             if not isinstance(sv, dict):
                 raise StateError(f"segments.{sname} must be an object")
-            if sname not in SEGMENTS:
-                raise StateError(f"unknown segment {sname!r} (use es, cs, ss, ds, fs or gs)")
             vals: dict[str, Any] = {}
             for k, v in sv.items():
                 if k not in _SEG_FIELDS:
-                    raise StateError(f"unknown segment field {k!r} (fields: {', '.join(sorted(_SEG_FIELDS))})")
+                    raise StateError(f"unknown segment field {_show(k)} (fields: {', '.join(sorted(_SEG_FIELDS))})")
                 lo, hi = SEGMENT_RANGES[k]
                 vals[k] = v if type(v) is int and lo <= v <= hi else check_int(v, f"segments.{sname}.{k}", lo, hi)
             if "unusable" in vals:
@@ -361,9 +372,11 @@ class CpuState:
                 old = d[sname]
                 vals = {f: getattr(old, f) for f in _SEG_FIELDS} | vals
             d[sname] = Segment(**vals)
+        if "cs" in segs or "mode" in obj:
+            _check_cs(d["mode"], d["cs"])
         out = cls(**d)
         for name, n in ordered or ():
-            out = out.with_reg(name, n, f"registers.{name}")
+            out = out.with_reg(name, n, f"registers.{_name(name)}")
         return out
 
     @classmethod
@@ -375,11 +388,22 @@ class CpuState:
 _STATE_FIELDS = tuple(f.name for f in fields(CpuState))
 
 
+def _check_cs(mode: str, cs: Segment) -> None:
+    """In IA-32e mode CS.L selects 64-bit mode (L = 1) or compatibility mode (L = 0), and L = 1
+    with D = 1 is reserved (SDM Vol. 3A §5.2.1 "Code-Segment Descriptor in 64-bit Mode"; VM entry
+    refuses it, Vol. 3C §27.3.1.2): a state that says otherwise is refused, not reinterpreted."""
+    if mode == "64-bit" and (not cs.l or cs.db):
+        raise StateError(f"mode 64-bit needs segments.cs.l = 1 and segments.cs.db = 0, "
+                         f"not l = {int(cs.l)}, db = {int(cs.db)} (64-bit mode is IA-32e mode with CS.L = 1)")
+    if mode == "compatibility" and cs.l:
+        raise StateError("mode compatibility needs segments.cs.l = 0 (with CS.L = 1 it would be 64-bit mode)")
+
+
 def check_state(st: CpuState) -> CpuState:
     """`st` if every field is in the validator's range (for a state built in Python rather than
     read by `CpuState.from_json`, which checks as it reads); else StateError naming the field."""
     if st.mode not in MODES:
-        raise StateError(f"mode must be one of {', '.join(MODES)}, not {st.mode!r}")
+        raise StateError(f"mode must be one of {', '.join(MODES)}, not {_show(st.mode)}")
     check_int(st.cpl, "cpl", *CPL_RANGE)
     check_int(st.rip, "rip", *RIP_RANGE)
     for flag in ("la57", "lam_sup", "lam_u48", "lam_u57"):
@@ -394,6 +418,7 @@ def check_state(st: CpuState) -> CpuState:
         seg = st.segment(sname)
         for k, (lo, hi) in SEGMENT_RANGES.items():
             check_int(getattr(seg, k), f"segments.{sname}.{k}", lo, hi)
+    _check_cs(st.mode, st.cs)
     return st
 _REG64_INDEX = {n: i for i, n in enumerate(REG64)}
 

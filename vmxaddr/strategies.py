@@ -14,7 +14,11 @@
             assert mine.linear_address == ref.linear_address
 
 Strategies:
-  encodings(code_sizes, mnemonics)  -> (bytes, code_size) of a valid VMX-family instruction
+  encodings(code_sizes, mnemonics, rex2)
+                                    -> (bytes, code_size) of a valid VMX-family instruction
+                                       (mnemonics=ALL_MNEMONICS adds INS/OUTS, TPAUSE, UMWAIT,
+                                       LOADIWKEY; rex2 > 0 gives that share of 64-bit encodings
+                                       an APX REX2 prefix naming R16-R31)
   instructions(...)                 -> decoded vmxaddr.decode.Instruction
   cpu_states(code_size)             -> CpuState weighted toward edges (flat, expand-down,
                                        unusable, large bases, limits near the access, registers
@@ -40,14 +44,14 @@ from vmxaddr.state import CpuState
 
 @st.composite
 def encodings(draw: st.DrawFn, code_sizes: Sequence[int] = (16, 32, 64),
-              mnemonics: Sequence[str] = MEMORY_MNEMONICS) -> tuple[bytes, int]:
-    return gen_encoding(DrawChooser(draw), code_sizes, mnemonics)
+              mnemonics: Sequence[str] = MEMORY_MNEMONICS, rex2: float = 0.0) -> tuple[bytes, int]:
+    return gen_encoding(DrawChooser(draw), code_sizes, mnemonics, rex2=rex2)
 
 
 @st.composite
 def instructions(draw: st.DrawFn, code_sizes: Sequence[int] = (16, 32, 64),
-                 mnemonics: Sequence[str] = MEMORY_MNEMONICS) -> Instruction:
-    raw, cs = draw(encodings(code_sizes, mnemonics))
+                 mnemonics: Sequence[str] = MEMORY_MNEMONICS, rex2: float = 0.0) -> Instruction:
+    raw, cs = draw(encodings(code_sizes, mnemonics, rex2))
     return decode(raw, cs)
 
 

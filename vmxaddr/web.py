@@ -17,7 +17,7 @@ import shlex
 from typing import Any
 
 FIELDS = ("bytes", "mode", "registers", "segments", "cpl", "cpu_mode", "rip", "model", "exit_qual", "si_di",
-          "ignored_segment")
+          "ignored_segment", "apx")
 
 
 def argv_of(form: dict[str, Any]) -> list[str]:
@@ -28,6 +28,8 @@ def argv_of(form: dict[str, Any]) -> list[str]:
         for item in str(form.get(key) or "").replace(",", "\n").split("\n"):
             if item.strip():
                 argv += [flag, item.strip().replace(" ", "")]
+    if str(form.get("apx") or "").strip().lower() in ("on", "1", "true", "yes"):
+        argv.append("--apx")
     for key, flag in (("cpl", "--cpl"), ("cpu_mode", "--cpu-mode"), ("rip", "--rip"), ("model", "--model"),
                       ("exit_qual", "--exit-qual"), ("si_di", "--si-di"), ("ignored_segment", "--ignored-segment")):
         value = str(form.get(key) or "").strip()
@@ -66,7 +68,7 @@ def _answer(argv: list[str]) -> dict[str, Any]:
     from vmxaddr.explain import describe_exit, describe_instruction, explain_text
     from vmxaddr.models import UnknownModel, get
     from vmxaddr.models.base import InvalidExitInfo
-    from vmxaddr.pictures import field_picture, flow_picture
+    from vmxaddr.pictures import exit_fields_picture, flow_picture
     from vmxaddr.rules import RULES
 
     parser = Parser(prog="vmxaddr explain")
@@ -93,7 +95,7 @@ def _answer(argv: list[str]) -> dict[str, Any]:
         "case": case_json(case, exit, result),
         "decode": "\n".join(describe_instruction(case) + [""] + describe_exit(exit)),
         "text": explain_text(case, exit, result, args.model),
-        "field_svg": str(field_picture(exit.instruction_info, exit.instruction, heading)),
+        "field_svg": str(exit_fields_picture(exit, heading)),
         "flow_svg": str(flow_picture(case, exit, result, args.model)),
         "steps": steps,
         "outcome": {"kind": o.kind, "verdict": {"ok": "no fault"}.get(o.kind, o.short()), "rule": o.rule,
@@ -102,6 +104,7 @@ def _answer(argv: list[str]) -> dict[str, Any]:
         "linear_address": None if result.linear_address is None else f"{result.linear_address:#x}",
         "instruction_info": f"{exit.instruction_info:#010x}",
         "exit_qualification": f"{exit.exit_qualification:#x}",
+        "extended_info": None if exit.extended_info is None else f"{exit.extended_info:#018x}",
         "guard": capstone_guard_on(),
     }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Write the docs' pictures (docs/pictures/*.svg) from vmxaddr's own tables.
 
+* ``layout-apx-extended.svg``: APX's 64-bit extended field, every layout's use of it.
 * ``layout-<layout>.svg`` for every instruction-information layout some instruction in
   vmxaddr.isa.SPECS uses (vmxaddr.pictures.layout_picture): a layout added to the tables gets
   its picture on the next run, and tests/test_pictures.py fails until it exists and a page
@@ -29,6 +30,8 @@ PICTURES = ROOT / "docs" / "pictures"
 EXAMPLES: list[tuple[str, list[str]]] = [
     ("explain-vmread-ebp.svg", ["explain", "--mode", "32", "--reg", "ebp=0x1000", "0f7845d8"]),
     ("decode-vmclear-bp.svg", ["decode", "--mode", "16", "66 0f c7 76 f0"]),
+    ("explain-vmptrld-r21-r20.svg", ["explain", "--mode", "64", "--reg", "r21=0x5000", "--reg", "r20=0x10",
+                                     "d5 b4 c7 74 25 08"]),
     ("explain-vmptrld-fs64.svg", ["explain", "--mode", "64", "--seg", "fs.base=0x100000000", "64 67 0f c7 30"]),
     ("explain-vmread-register.svg", ["explain", "--mode", "32", "0f 78 c8"]),
     ("explain-vmread-limit.svg", ["explain", "--mode", "32", "--seg", "ds.limit=0xfff", "--reg", "eax=0xffc",
@@ -49,9 +52,10 @@ def _cli_svg(argv: list[str]) -> str:
 
 def expected() -> dict[str, str]:
     """file name -> content, for every picture the docs should have."""
-    from vmxaddr.pictures import layout_picture, layouts
+    from vmxaddr.pictures import extended_layout_picture, layout_picture, layouts
 
     want = {f"layout-{lay.value}.svg": str(layout_picture(lay)) for lay in layouts()}
+    want["layout-apx-extended.svg"] = str(extended_layout_picture())
     for name, argv in EXAMPLES:
         want[name] = _cli_svg(argv)
     return want

@@ -110,7 +110,10 @@ def try_query(argv: list[str]) -> str | None:
     i = 1
     while i < len(argv):
         a = argv[i]
-        if a.startswith("--"):
+        if a == "--apx":
+            form["apx"] = ["on"]
+            i += 1
+        elif a.startswith("--"):
             key = _FORM_OPTIONS.get(a)
             if key is None or i + 1 >= len(argv):
                 return None

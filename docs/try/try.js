@@ -17,7 +17,7 @@ function status(text) {
 function form() {
   const data = {};
   for (const el of $("vx-form").elements) {
-    if (el.name) data[el.name] = el.value;
+    if (el.name) data[el.name] = el.type === "checkbox" ? (el.checked ? "on" : "") : el.value;
   }
   return data;
 }
@@ -48,6 +48,8 @@ function show(result) {
   $("vx-la").textContent = result.linear_address ?? "—";
   $("vx-info").textContent = result.instruction_info;
   $("vx-qual").textContent = result.exit_qualification;
+  $("vx-ext-row").hidden = result.extended_info === null;
+  $("vx-ext").textContent = result.extended_info ?? "";
   const o = result.outcome;
   $("vx-outcome").textContent = o.verdict + (o.reason ? `: ${o.reason}` : "") + (o.rule ? ` [${o.rule}]` : "");
   $("vx-outcome").className = `vx-${o.kind}`;
@@ -133,7 +135,8 @@ function fromAddress() {
   if (!params.has("bytes")) return;
   for (const el of $("vx-form").elements) {
     if (!el.name) continue;
-    if (params.has(el.name)) el.value = params.get(el.name);
+    if (el.type === "checkbox") el.checked = params.get(el.name) === "on";
+    else if (params.has(el.name)) el.value = params.get(el.name);
     else if (el.tagName === "TEXTAREA" || el.type === "text") el.value = "";  // not the example's defaults
   }
 }
@@ -143,7 +146,7 @@ $("vx-form").addEventListener("submit", (e) => {
   e.preventDefault();
   compute();
 });
-for (const id of ["vx-mode", "vx-cpl", "vx-cpu-mode", "vx-model", "vx-exit-qual"]) {
+for (const id of ["vx-mode", "vx-cpl", "vx-cpu-mode", "vx-model", "vx-exit-qual", "vx-apx"]) {
   $(id).addEventListener("change", compute);
 }
 boot().catch((err) => {

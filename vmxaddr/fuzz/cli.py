@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -94,9 +95,8 @@ def check_out(path: str) -> None:
     if p.is_dir():
         fail(f"--out {path}: is a directory; give a file name")
     existed = p.exists()
-    try:
-        with open(p, "a"):
-            pass
+    try:  # non-blocking: a FIFO nobody reads is refused now rather than blocking here
+        os.close(os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666))
     except OSError as e:
         fail(f"--out {path}: cannot write it: {e.strerror}")
     if not existed:

@@ -55,7 +55,9 @@ def _factory() -> Any:
     return _iced().InstructionInfoFactory()
 
 
-FAMILY = frozenset(SPECS)
+# iced-x86 1.21 has no MSR_IMM: its "rdmsr"/"wrmsrns" are the forms without an immediate (0F 32,
+# 0F 01 C6), which exit without instruction information — not the family's immediate forms.
+FAMILY = frozenset(SPECS) - {"rdmsr", "wrmsrns"}
 _MNEMONIC_ALIASES = {"xsaves64": "xsaves", "xrstors64": "xrstors"}
 _ASZ = {1: 16, 2: 32, 3: 64}  # iced CodeSize
 

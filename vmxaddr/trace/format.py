@@ -88,10 +88,15 @@ class ExitRecord:
 
 
 
-def resolve_instruction(exit_reason: int, instruction_info: int | None) -> str | None:
+def resolve_instruction(exit_reason: int, instruction_info: int | None,
+                        exit_qualification: int | None = None) -> str | None:
     names = REASON_INSTRUCTIONS[exit_reason]
     if len(names) == 1:
         return names[0]
+    if exit_reason == 30:  # I/O instruction: the qualification's direction bit (3) says INS or OUTS
+        if exit_qualification is None or not exit_qualification >> 4 & 1:
+            return None  # not given, or IN/OUT (not a string instruction: no instruction information)
+        return "ins" if exit_qualification >> 3 & 1 else "outs"
     if instruction_info is None:
         return None
     return _IDENTITY[exit_reason][instruction_info >> 28 & 3]

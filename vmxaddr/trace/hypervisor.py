@@ -39,7 +39,8 @@ def answer_matches(expected: Result, rec: Recorded) -> bool:
 def _model_inputs(rec: ExitRecord) -> tuple[list[str], ExitInfo | None, Access | None]:
     missing = []
     if rec.instruction is None:
-        missing.append("instruction (exit reason 46/47 needs instruction_info bits 29:28)")
+        missing.append("instruction (exit reason 46/47 needs instruction_info bits 29:28; 30 a string I/O "
+                       "exit qualification)")
     if rec.instruction_info is None:
         missing.append("instruction_info")
     if rec.exit_qualification is None:

@@ -152,7 +152,7 @@ def parse_exit(obj: dict[str, Any], line: int, table: StateTable) -> ExitRecord:
         raise RecordError(f"exit_reason {reason} is not one of a VMX-family instruction "
                           f"({', '.join(str(r) for r in sorted(REASON_INSTRUCTIONS))})")
     # Reasons 46/47: the hypervisor knows the instruction from bits 29:28 of the field.
-    derived = resolve_instruction(reason, info)
+    derived = resolve_instruction(reason, info, _uint(obj, "exit_qualification", 64))
     if name is not None and derived is not None and name != derived:
         raise RecordError(f"instruction {name!r} contradicts instruction_info bits 29:28, which say {derived!r}")
     instruction = name or derived
