@@ -239,3 +239,17 @@ def test_hypothesis_strategies_draw_rex2_forms():
 
     check()
     assert any(seen)
+
+
+def test_trace_reads_the_extended_field(tmp_path, capsys):
+    # A recorded APX exit: with extended_instruction_info the hypervisor check reads R21/R20
+    # (0x5000 + 0x10 + 8 = 0x5018, as test_extended_field_by_hand derives); the hardware check
+    # compares the recorded extended field's defined bits (here one bit of the base is wrong: 20).
+    line = ('{"type": "exit", "exit_reason": 21, "bytes": "d5b4c7742508", "code_size": 64, "instruction_info": '
+            '"0x02918100", "extended_instruction_info": "%s", "exit_qualification": 8, "state": {"registers": '
+            '{"r21": "0x5000", "r20": "0x10"}}, "result": {"kind": "ok", "linear_address": "0x5018"}}\n')
+    p = tmp_path / "t.jsonl"
+    p.write_text(line % "0x1514000188" + line % "0x1414000188")
+    main(["check-trace", str(p)])
+    out = capsys.readouterr().out
+    assert "hardware:   1 consistent, 1 inconsistent" in out and "extended_instruction_info 0x1414000188 not 0x1514000188" in out

@@ -99,7 +99,7 @@ _register_encoders()
 
 def _register_real_code() -> None:
     """kvm-linux-6.1 etc., for each release whose Debian source is cached (vmxaddr.realcode)."""
-    from vmxaddr.realcode.models import registered
+    from vmxaddr.realcode.registry import registered
 
     for name, fn, summary, info in registered():
         REGISTRY[name] = ModelInfo(name, fn, summary, "consumer", info.to_json())

@@ -33,7 +33,8 @@ KVM_REASON_NAMES = {"VMCLEAR": 19, "VMPTRLD": 21, "VMPTRST": 22, "VMREAD": 23, "
                     "RDSEED": 61, "XSAVES": 63, "XRSTORS": 64}
 
 EXIT_KEYS = frozenset(("type", "exit_reason", "instruction", "rip", "bytes", "code_size", "instruction_info",
-                       "exit_qualification", "length", "state", "state_ref", "result", "vcpu", "source"))
+                       "extended_instruction_info", "exit_qualification", "length", "state", "state_ref", "result",
+                       "vcpu", "source"))
 STATE_KEYS = frozenset(("type", "id", "state", "state_ref", "source"))
 RESULT_KEYS = frozenset(("kind", "vector", "error_code", "linear_address"))
 
@@ -85,6 +86,7 @@ class ExitRecord:
     state: CpuState | None
     state_problem: str | None  # why `state` is None although the record referred to one
     result: Recorded | None
+    extended_info: int | None = None  # APX extended instruction-information field (vmxaddr.apx)
 
 
 

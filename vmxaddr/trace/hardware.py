@@ -18,6 +18,7 @@ from vmxaddr.exitinfo import (
     exit_qualification,
     fields,
 )
+from vmxaddr.isa import Layout
 from vmxaddr.trace.format import MASK64, ExitRecord
 
 
@@ -97,7 +98,23 @@ def check_hardware(rec: ExitRecord) -> dict[str, Any]:
                 not (rec.instruction_info ^ e) & d for e, d in (encode_info(instr, p) for p in _policies(instr)[1:])):
             diffs.append({"field": "instruction_info", "recorded": hex(rec.instruction_info), "expected": hex(expected),
                           "bits": _field_differences(rec.instruction_info, expected, defined, instr.mnemonic)})
-    if rec.exit_qualification is not None:
+    if rec.extended_info is not None:
+        from vmxaddr.apx import encode_extended
+
+        expected, defined = encode_extended(instr)
+        if (rec.extended_info ^ expected) & defined:
+            diffs.append({"field": "extended_instruction_info", "recorded": hex(rec.extended_info),
+                          "expected": hex(expected), "detail": f"defined bits {defined:#x} compared (vmxaddr.apx)"})
+    if rec.exit_qualification is not None and instr.spec.layout is Layout.IO:
+        # INS/OUTS: the I/O qualification; the port (bits 31:16) is DX, known only from a state.
+        from vmxaddr.string_io import io_qualification
+
+        port = rec.state.regs[2] & 0xFFFF if rec.state is not None else rec.exit_qualification >> 16 & 0xFFFF
+        expected = io_qualification(instr, port)
+        if (rec.exit_qualification ^ expected) & 0xFFFFFFFF:
+            diffs.append({"field": "exit_qualification", "recorded": hex(rec.exit_qualification),
+                          "expected": hex(expected), "detail": "I/O qualification (port from DX when a state is given)"})
+    elif rec.exit_qualification is not None:
         op = instr.operand
         if op is not None and op.rip_relative and rec.rip is None:
             unchecked.append("exit_qualification (RIP-relative operand: needs rip)")

@@ -57,7 +57,7 @@ def _model_inputs(rec: ExitRecord) -> tuple[list[str], ExitInfo | None, Access |
     if length is None and rec.raw is not None and rec.code_size is not None:
         d = _decode(rec.raw, rec.code_size)
         length = 0 if isinstance(d, DecodeError) else d.length
-    exit = ExitInfo(rec.instruction, rec.instruction_info, rec.exit_qualification, length or 0)
+    exit = ExitInfo(rec.instruction, rec.instruction_info, rec.exit_qualification, length or 0, rec.extended_info)
     return [], exit, access_for(rec.instruction, rec.state.code_size)
 
 

@@ -172,7 +172,7 @@ def parse_exit(obj: dict[str, Any], line: int, table: StateTable) -> ExitRecord:
             state = replace(state, rip=rip)
     res = _result(obj["result"]) if obj.get("result") is not None else None
     return ExitRecord(line, reason, instruction, rip, raw, code_size, info, _uint(obj, "exit_qualification", 64),
-                      _uint(obj, "length", 32), state, problem, res)
+                      _uint(obj, "length", 32), state, problem, res, _uint(obj, "extended_instruction_info", 64))
 
 
 
