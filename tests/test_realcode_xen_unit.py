@@ -55,6 +55,7 @@ def private_cache(tmp_path, monkeypatch):
 #   qual 2: the segment's limit (bits 31:0) and attributes (bits 47:32)
 #   qual 3: vmx_guest_x86_mode()
 #   qual 4: a 256-byte fetch into an 8-byte operand followed by canaries: #UD if one changed
+#   qual 5: a __vmread of a field the shim does not hold
 #   else:   linear = segment base + base register + qual; #GP(0) if not canonical; the operand
 #           fetched with decode->len = 1 << (address size + 1)
 VVMX_C = r'''
@@ -95,6 +96,10 @@ static int decode_vmx_inst(struct cpu_user_regs *regs,
     }
     if ( qual == 3 ) {
         decode->mem = vmx_guest_x86_mode(v);
+        return X86EMUL_OKAY;
+    }
+    if ( qual == 5 ) {
+        __vmread(0x2800, &word);  /* the VMCS link pointer: not in xen.h's VMCS */
         return X86EMUL_OKAY;
     }
     if ( qual == 4 ) {
@@ -179,7 +184,7 @@ def test_registers_are_read_whole_and_the_segment_base_added(tmp_path):
           .with_segment("ds", base=0x20000))
     # decode_gpr() hands over all 64 bits of RBX, whatever the mode: 0x20000 + 0x1_0000_1000 + 0x10
     status, _v, _e, valid, _ea, linear, _sb, disp, seg, shim = lib.call(ExitInfo("vmptrld", INFO, 0x10), st, ACCESS)
-    assert (status, linear, seg, disp, shim) == (0, 0x1_0002_1010, 3, 0x10, 0)
+    assert (status, linear, seg, disp, shim) == (0, 0x1_0002_1010, 3, 0x10, 1 << 3)  # RBX read, nothing else
     assert valid & 2 and valid & 4 and valid & 16  # linear address, segment and displacement reported
     # each of the 16 registers by its number (bits 26:23)
     for n in range(16):
@@ -275,7 +280,7 @@ def test_current_is_per_thread(tmp_path):
     def worker(k: int) -> None:
         st = CpuState.for_code_size(64).with_reg("rbx", k << 20)
         for i in range(3000):
-            qual = 0x100 + i  # (1...4 are the stand-in's hooks)
+            qual = 0x100 + i  # (1...5 are the stand-in's hooks)
             got = lib.call(ExitInfo("vmptrld", INFO, qual), st, ACCESS)[5]
             if got != (k << 20) + qual:
                 errors.append(f"thread {k}: {got:#x}")
@@ -349,3 +354,15 @@ def test_registration_is_light_and_agrees_with_the_port():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.stdout.strip() == "ok", out.stderr[-500:]
+
+
+def test_a_vmcs_field_the_shim_lacks_is_an_error_not_a_zero(tmp_path):
+    need_cc()
+    _fake_source(tmp_path)
+    from vmxaddr.realcode.models import RealCodeError
+
+    lib = _lib(tmp_path)
+    assert lib.call(ExitInfo("vmptrld", INFO, 5), CpuState.for_code_size(64), ACCESS)[9] >> 31 == 1
+    assert xen.trace(lib, ExitInfo("vmptrld", INFO, 5), CpuState.for_code_size(64), ACCESS).unknown_vmcs_field == 0x2800
+    with pytest.raises(RealCodeError):
+        xen.release_model("xen-4.17")(ExitInfo("vmptrld", INFO, 5), CpuState.for_code_size(64), ACCESS)

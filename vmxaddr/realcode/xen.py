@@ -40,7 +40,6 @@ VVMX_C = "xen/arch/x86/hvm/vmx/vvmx.c"
 XEN_FUNCTION = "decode_vmx_inst"
 RELEASES = {"xen-4.17": "xen-4.17"}  # model name -> the source (vmxaddr.realcode.sources) holding it
 PORT_DIFFERS = "Xen real code differs from the xen-c447b730 port"
-SHIM_ERRORS = {1: "read a VMCS field xen.h does not hold", 2: "injected more than one exception"}
 
 
 # -- extraction and build --------------------------------------------------------------------------
@@ -264,8 +263,9 @@ def release_model(name: str) -> Any:
     def make_inner() -> Any:
         from vmxaddr.realcode.models import make_model
 
+        # operand_only: the adapter reports the registers and segment it read (xen_adapter.c)
         return make_model(name, lambda: _load(f.path(VVMX_C), what), info, _rule, explain_steps,  # type: ignore[arg-type]
-                          MNEMONICS)
+                          MNEMONICS, operand_only=True)
 
     return _model(name, info, make_inner)
 

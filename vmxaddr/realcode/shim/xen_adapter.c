@@ -93,8 +93,13 @@ static void vmxaddr_xen_run(const struct vmxaddr_exit *exit, const struct vmxadd
 	t->exit_qualification_read = v.exit_qualification_read;
 }
 
-/* The model: vmxaddr.h's adapter. reserved0 carries what went wrong in the shim (0: nothing;
- * 1: a VMCS field xen.h does not hold was read; 2: more than one exception was injected). */
+/* The model: vmxaddr.h's adapter. reserved0: bits 15:0, the registers whose values reach the
+ * answer (read for a memory operand: vmxaddr passes only the operand's base and index, and checks
+ * this report); bit 30, more than one exception injected; bit 31, a VMCS field xen.h does not hold
+ * was read (neither happens: either makes vmxaddr report an error). The segment reported is the
+ * one hvm_get_segment_register() read. The other state decode_vmx_inst() and the checks read is
+ * what vmxaddr always passes: CR0, RFLAGS, EFER, CPL and CS.L; CS.D is read but decides nothing
+ * (vmx_guest_x86_mode() then returns 2 or 4, and only < 2 and == 8 matter). */
 int vmxaddr_xen(const struct vmxaddr_exit *exit, const struct vmxaddr_state *state,
                 const struct vmxaddr_access *access, struct vmxaddr_result *out)
 {
@@ -103,10 +108,12 @@ int vmxaddr_xen(const struct vmxaddr_exit *exit, const struct vmxaddr_state *sta
 	(void)access;
 	vmxaddr_xen_run(exit, state, &t);
 	*out = (struct vmxaddr_result){ 0 };
+	if (t.decoded_type == VMX_INST_MEMREG_TYPE_MEMORY)
+		out->reserved0 = t.registers_read & 0xffffu;
+	if (t.queued > 1)
+		out->reserved0 |= 1u << 30;
 	if (t.unknown_vmcs_field)
-		out->reserved0 = 1;
-	else if (t.queued > 1)
-		out->reserved0 = 2;
+		out->reserved0 |= 1u << 31;
 	if (t.segment_read >= 0) {
 		out->segment = (uint32_t)t.segment_read;
 		out->valid |= VMXADDR_HAVE_SEGMENT;
