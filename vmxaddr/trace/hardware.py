@@ -22,7 +22,7 @@ from vmxaddr.isa import Layout
 from vmxaddr.trace.format import MASK64, ExitRecord
 
 
-@lru_cache(maxsize=1 << 14)
+@lru_cache(maxsize=4096)
 def _decode(raw: bytes, code_size: int) -> Instruction | DecodeError:
     try:
         return decode(raw, code_size)
@@ -30,7 +30,7 @@ def _decode(raw: bytes, code_size: int) -> Instruction | DecodeError:
         return e
 
 
-@lru_cache(maxsize=1 << 14)
+@lru_cache(maxsize=4096)
 def _text(instr: Instruction) -> str:
     return instr.text()
 
