@@ -349,8 +349,16 @@ def resolve(name: str) -> Any:
             return c_model(name)
         if name.startswith("kvm-tree:"):
             return tree_model(name[len("kvm-tree:"):])
-        m = release_model(name)
+        if name in _XEN_RELEASES:  # vmxaddr.realcode.xen
+            from vmxaddr.realcode.xen import release_model as xen_release_model
+
+            m = xen_release_model(name)
+        else:
+            m = release_model(name)
         m.load()
         return m
     except ExtractError as e:
         raise RealCodeError(str(e)) from None
+
+
+_XEN_RELEASES = ("xen-4.17",)  # vmxaddr.realcode.xen.RELEASES
