@@ -1,23 +1,30 @@
-"""check-trace throughput and peak memory on a synthetic trace.
+"""check-trace against the speed of reading its input: records per CPU-second of check-trace and of
+`json.loads` over the same lines, their ratio, peak memory, and what --jobs N gains.
 
-    python benchmarks/bench_trace.py                       # 20 MB trace in /tmp, checked once
-    python benchmarks/bench_trace.py --size-mb 1024        # the 1-GB run (takes a while)
-    python benchmarks/bench_trace.py --trace FILE          # an existing trace
+    python benchmarks/bench_trace.py                      # realistic and worst-case 50-MB traces
+    python benchmarks/bench_trace.py --size-mb 1024       # the 1-GB runs (synthesis takes minutes)
+    python benchmarks/bench_trace.py --trace FILE         # an existing trace instead
+    python benchmarks/bench_trace.py --jobs 2 --repeat 5  # also --jobs 1 vs 2, five times each
 
-The trace is `vmxaddr trace synth --model MODEL` output: a block of --block exits synthesised
-once, then repeated (state ids and all) until the file reaches --size-mb; synthesis is far
-slower than checking, and repeating does not help the checker (its decode cache is smaller than
-the block). The check runs in a child process so that its peak RSS
-(resource.getrusage(RUSAGE_SELF).ru_maxrss) is the checker's alone. Prints one JSON object.
+The traces are `vmxaddr trace synth` output, synthesised in full (not a block repeated):
+  realistic  --shape realistic --wrong 0.01: six states, 48 instructions at fixed addresses that
+             recur, four vCPUs, about 1% wrong answers (the memos' good case);
+  worst      --shape random --wrong 0.5: every case new, many states, about half wrong (each
+             wrong record is fingerprinted: every registered model runs on it).
+Each measurement runs in a child process, so that its peak RSS (getrusage ru_maxrss) is its own.
+Rates are per CPU-second of that process (user + system), so that other load on the machine
+matters less; json.loads and check-trace are timed in the same child, one after the other. The
+--jobs comparison is wall time (that is what more cores buy), alternating 1 and N jobs; its
+spread over --repeat runs is printed. One JSON object on standard output.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -25,83 +32,135 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+SHAPES = {"realistic": ("realistic", 0.01), "worst": ("random", 0.5)}
 
 
-def make_trace(path: Path, size_mb: float, model: str, block: int, seed: int) -> dict[str, float]:
+def make_trace(path: Path, size_mb: float, model: str, shape: str, wrong: float, seed: int) -> dict[str, float]:
     from vmxaddr.models import get
-    from vmxaddr.trace import synth
+    from vmxaddr.trace.jsonline import dumps
+    from vmxaddr.trace.synth import synth
 
     t0 = time.monotonic()
-    buf = io.StringIO()
-    for rec in synth(get(model), block, seed):
-        buf.write(json.dumps(rec, separators=(",", ":")) + "\n")
-    chunk = buf.getvalue().encode()
-    t1 = time.monotonic()
     target = int(size_mb * (1 << 20))
     written = 0
-    with open(path, "wb") as f:
+    records = 0
+    with open(path, "w") as f:
+        # records come in batches of 10000 from one seed each: the generator is seeded per batch
         while written < target:
-            f.write(chunk)
-            written += len(chunk)
-    return {"synth_seconds": round(t1 - t0, 1), "block_bytes": len(chunk), "file_bytes": written}
+            for rec in synth(get(model), 10000, seed + records, shape, wrong):
+                line = dumps(rec) + "\n"
+                f.write(line)
+                written += len(line)
+                if written >= target:
+                    break
+            records += 10000
+    return {"synth_seconds": round(time.monotonic() - t0, 1), "file_bytes": written}
 
 
-def check_only(path: Path, fingerprint: str) -> None:
+def _cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def measure(path: Path, fingerprint: str, what: str) -> None:
+    """In a child: json.loads over every line, or check-trace (one process) over the file."""
+    if what == "json":
+        lines = 0
+        t0 = _cpu()
+        with open(path, "rb") as f:
+            for line in f:
+                json.loads(line)
+                lines += 1
+        print(json.dumps({"lines": lines, "cpu_seconds": _cpu() - t0}))
+        return
     from vmxaddr.trace import Checker, check_stream
 
-    wrong = 0
-
-    def emit(v: dict[str, object]) -> None:
-        nonlocal wrong
-        wrong += v.get("status") == "wrong"
-
-    t0 = time.monotonic()
+    t0, w0 = _cpu(), time.monotonic()
     with open(path, "rb") as f:
-        s = check_stream(f, Checker(fingerprint=fingerprint), emit)
-    dt = time.monotonic() - t0
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    maxrss_kb = ru.ru_maxrss  # kilobytes on Linux
-    cpu = ru.ru_utime + ru.ru_stime  # includes start-up; on a shared machine wall time overstates the cost
-    print(json.dumps({
-        "file_bytes": path.stat().st_size, "lines": s["lines"], "exit_records": s["exit_records"],
-        "state_records": s["state_records"], "wrong_records": s["wrong_records"], "seconds": round(dt, 1),
-        "cpu_seconds": round(cpu, 1), "records_per_second": round(s["exit_records"] / dt),
-        "records_per_cpu_second": round(s["exit_records"] / cpu), "mb_per_second": round(path.stat().st_size / dt / 2**20, 2),
-        "peak_rss_mb": round(maxrss_kb / 1024, 1), "fingerprint": fingerprint,
-        "models_compared": s["models_compared"],
-    }))
+        s = check_stream(f, Checker(fingerprint=fingerprint), lambda v: None, findings_only=True)
+    print(json.dumps({"lines": s["lines"], "exit_records": s["exit_records"], "wrong_records": s["wrong_records"],
+                      "cpu_seconds": _cpu() - t0, "wall_seconds": time.monotonic() - w0,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def child(path: Path, fingerprint: str, what: str) -> dict[str, float]:
+    r = subprocess.run([sys.executable, __file__, "--child", what, "--trace", str(path), "--fingerprint", fingerprint],
+                       capture_output=True, text=True, env=ENV)
+    if r.returncode:
+        raise SystemExit(r.stderr)
+    return json.loads(r.stdout)  # type: ignore[no-any-return]
+
+
+def jobs_run(path: Path, jobs: int) -> float:
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "vmxaddr.cli", "check-trace", "-q", "--jobs", str(jobs), str(path)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    if r.returncode not in (0, 1):
+        raise SystemExit(r.stderr)
+    return time.monotonic() - t0
+
+
+def bench(path: Path, fingerprint: str, jobs: int, repeat: int) -> dict[str, object]:
+    out: dict[str, object] = {"file_bytes": path.stat().st_size}
+    ratios, checks, loads = [], [], []
+    for _ in range(repeat):
+        j = child(path, fingerprint, "json")
+        c = child(path, fingerprint, "check")
+        loads.append(j["lines"] / j["cpu_seconds"])
+        checks.append(c["lines"] / c["cpu_seconds"])
+        ratios.append(checks[-1] / loads[-1])
+        out.update(lines=c["lines"], exit_records=c["exit_records"], wrong_records=c["wrong_records"],
+                   peak_rss_mb=round(max(c["peak_rss_mb"], float(out.get("peak_rss_mb", 0))), 1))  # type: ignore[arg-type]
+    out["json_loads_lines_per_cpu_second"] = [round(x) for x in loads]
+    out["check_lines_per_cpu_second"] = [round(x) for x in checks]
+    out["ratio"] = [round(x, 2) for x in ratios]
+    out["ratio_median"] = round(statistics.median(ratios), 2)
+    if jobs > 1:
+        speedups, one, many = [], [], []
+        for _ in range(repeat):
+            one.append(jobs_run(path, 1))
+            many.append(jobs_run(path, jobs))
+            speedups.append(one[-1] / many[-1])
+        out["jobs_1_seconds"] = [round(x, 2) for x in one]
+        out[f"jobs_{jobs}_seconds"] = [round(x, 2) for x in many]
+        out[f"speedup_jobs_{jobs}"] = [round(x, 2) for x in speedups]
+        out[f"speedup_jobs_{jobs}_median"] = round(statistics.median(speedups), 2)
+    out["load_average"] = [round(x, 1) for x in os.getloadavg()]
+    return out
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trace", type=Path, help="check this trace instead of making one")
-    p.add_argument("--size-mb", type=float, default=20.0, help="size of the synthetic trace (default 20)")
-    p.add_argument("--model", default="sdm", help="model whose answers the synthetic trace records (default sdm)")
-    p.add_argument("--block", type=int, default=20000, help="exits synthesised before repeating (default 20000)")
+    p.add_argument("--trace", type=Path, help="measure this trace instead of the two synthetic ones")
+    p.add_argument("--size-mb", type=float, default=50.0, help="size of each synthetic trace (default 50)")
+    p.add_argument("--only", choices=tuple(SHAPES), help="make and measure only this synthetic trace")
+    p.add_argument("--model", default="sdm", help="model whose answers the synthetic traces record (default sdm)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--fingerprint", choices=("wrong", "all", "none"), default="wrong")
-    p.add_argument("--out", type=Path, default=Path("/tmp/vmxaddr-bench-trace.jsonl"),
-                   help="where the synthetic trace goes (default /tmp/vmxaddr-bench-trace.jsonl)")
-    p.add_argument("--check-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--jobs", type=int, default=0, help="also compare --jobs 1 with --jobs N (wall time)")
+    p.add_argument("--repeat", type=int, default=3, help="runs of each measurement (default 3)")
+    p.add_argument("--dir", type=Path, default=Path("/tmp"), help="where the synthetic traces go (default /tmp)")
+    p.add_argument("--child", choices=("json", "check"), help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.check_only:
-        check_only(args.trace, args.fingerprint)
+    if args.child:
+        measure(args.trace, args.fingerprint, args.child)
         return 0
-    made: dict[str, float] = {}
-    path = args.trace
-    if path is None:
-        path = args.out
-        made = make_trace(path, args.size_mb, args.model, args.block, args.seed)
-    r = subprocess.run([sys.executable, __file__, "--check-only", "--trace", str(path),
-                        "--fingerprint", args.fingerprint], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
-    if r.returncode:
-        print(r.stderr, file=sys.stderr)
-        return r.returncode
-    out = json.loads(r.stdout)
-    out.update(made)
-    out["model"] = args.model if made else None
-    print(json.dumps(out, indent=2))
+    results: dict[str, object] = {}
+    if args.trace:
+        results["trace"] = bench(args.trace, args.fingerprint, args.jobs, args.repeat)
+    else:
+        for name, (shape, wrong) in SHAPES.items():
+            if args.only and name != args.only:
+                continue
+            path = args.dir / f"vmxaddr-bench-{name}-{args.size_mb:g}mb.jsonl"
+            made = make_trace(path, args.size_mb, args.model, shape, wrong, args.seed)
+            r = bench(path, args.fingerprint, args.jobs, args.repeat)
+            r.update(made)
+            results[name] = r
+            print(json.dumps({name: r}), file=sys.stderr)
+    print(json.dumps(results, indent=2))
     return 0
 
 

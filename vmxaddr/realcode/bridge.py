@@ -17,14 +17,16 @@ from __future__ import annotations
 import ctypes
 import struct
 import threading
-from collections.abc import Callable
+from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vmxaddr.exitinfo import ExitInfo
 from vmxaddr.isa import EXIT_REASONS, SEGMENTS
-from vmxaddr.models.base import Access
 from vmxaddr.state import CpuState, Segment
+
+if TYPE_CHECKING:  # (vmxaddr.models imports this package: no cycle at run time)
+    from vmxaddr.models.base import Access
 
 ABI_VERSION = 1
 MASK64 = (1 << 64) - 1
@@ -36,6 +38,7 @@ STATE = STATE_HEAD.size + 6 * SEGMENT.size
 ACCESS = struct.Struct("<II")
 RESULT = struct.Struct("<4I4Q2I")
 _RIP = struct.Struct("<Q")
+_REGS = struct.Struct("<16Q")
 SEG_OFFSET = STATE_HEAD.size
 MODE_OFFSET = 16 * 8 + 6 * 8
 # VMXADDR_EXPORT_LAYOUT's entries, as this module packs the structures
@@ -95,8 +98,12 @@ class Library:
         self.fn.restype = ctypes.c_int
         check_layout(self.dll, path)
         self._local = threading.local()
+        self.owner = threading.get_ident()
+        self.main = _Buffers()  # the loading thread's; other threads get their own
 
     def buffers(self) -> _Buffers:
+        if threading.get_ident() == self.owner:
+            return self.main
         b: _Buffers | None = getattr(self._local, "b", None)
         if b is None:
             b = self._local.b = _Buffers()
@@ -127,6 +134,12 @@ _EXIT_REASON = dict(EXIT_REASONS)
 _ZERO_OUT = bytes(RESULT.size)
 
 
+_SEG_OF = tuple(attrgetter(n) for n in SEGMENTS)
+_CS_L = SEG_OFFSET + SEGMENT.size + 20  # struct vmxaddr_segment: base 8, limit 4, selector 2, type .. g 6, then l
+_MODE = struct.Struct("<5Q2I")  # rflags, cr0, cr3, cr4, efer, mode, cpl (after rip)
+_CONTROL: dict[tuple[Any, ...], tuple[int, ...]] = {}
+
+
 class _Buffers:
     """One thread's argument buffers, and what they hold (compared by identity)."""
 
@@ -146,54 +159,109 @@ class _Buffers:
         self.last_regs: object = None
         self.last_segs: list[object] = [None] * 6
         self.last_access: object = None
-        self.last_mode: tuple[object, ...] = ()
+        self.last_mode: tuple[Any, ...] = ()
 
-    def load(self, exit: ExitInfo, state: CpuState, access: Access) -> None:
-        EXIT.pack_into(self.exit, 0, _EXIT_REASON[exit.instruction], exit.instruction_info & 0xFFFFFFFF,
-                       exit.exit_qualification & MASK64, exit.length & 0xFFFFFFFF, 0)
+    def _head(self, exit: ExitInfo, state: CpuState, access: Access) -> None:
+        """The exit, the access, the mode-derived registers (and CS.L); *out zeroed."""
+        try:
+            EXIT.pack_into(self.exit, 0, _EXIT_REASON[exit.instruction], exit.instruction_info,
+                           exit.exit_qualification, exit.length, 0)
+        except struct.error:  # out-of-range values: as the hardware field would hold them
+            EXIT.pack_into(self.exit, 0, _EXIT_REASON[exit.instruction], exit.instruction_info & 0xFFFFFFFF,
+                           exit.exit_qualification & MASK64, exit.length & 0xFFFFFFFF, 0)
         if access is not self.last_access:
             ACCESS.pack_into(self.access, 0, access.size, 1 if access.write else 0)
             self.last_access = access
         self.out[:] = _ZERO_OUT
+        key = (state.mode, state.cpl, state.la57, state.lam_sup, state.lam_u48, state.lam_u57)
+        if key != self.last_mode:
+            ctrl = _CONTROL.get(key)
+            if ctrl is None:
+                ctrl = _CONTROL[key] = control_registers(state)
+            _MODE.pack_into(self.state, 136, *ctrl)
+            self.state[_CS_L] = 1 if state.mode == "64-bit" else 0
+            self.last_mode = key
+
+    def load(self, exit: ExitInfo, state: CpuState, access: Access) -> None:
+        """Everything an adapter may read: all registers and segments (what changed)."""
+        self._head(exit, state, access)
         if state is self.last_state:
             return
         self.last_state = state
         buf = self.state
-        mode_key = (state.mode, state.cpl, state.la57, state.lam_sup, state.lam_u48, state.lam_u57)
-        if state.regs is not self.last_regs or mode_key != self.last_mode:
-            regs = state.regs
-            STATE_HEAD.pack_into(buf, 0, *regs, state.rip & MASK64, *control_registers(state))
+        regs = state.regs
+        if regs is not self.last_regs:
+            _REGS.pack_into(buf, 0, *(r & MASK64 for r in regs))
             self.last_regs = regs
-            if mode_key != self.last_mode:
-                self.last_segs[1] = None  # CS.L follows the mode
-            self.last_mode = mode_key
-        else:
-            _RIP.pack_into(buf, 128, state.rip & MASK64)
+        _RIP.pack_into(buf, 128, state.rip & MASK64)
         last = self.last_segs
-        es, cs, ss, ds, fs, gs = state.es, state.cs, state.ss, state.ds, state.fs, state.gs
-        if es is not last[0]:
-            SEGMENT.pack_into(buf, SEG_OFFSET, *pack_segment(es))
-            last[0] = es
-        if cs is not last[1]:
-            SEGMENT.pack_into(buf, SEG_OFFSET + 32, *pack_segment(cs, 1 if state.mode == "64-bit" else 0))
-            last[1] = cs
-        if ss is not last[2]:
-            SEGMENT.pack_into(buf, SEG_OFFSET + 64, *pack_segment(ss))
-            last[2] = ss
-        if ds is not last[3]:
-            SEGMENT.pack_into(buf, SEG_OFFSET + 96, *pack_segment(ds))
-            last[3] = ds
-        if fs is not last[4]:
-            SEGMENT.pack_into(buf, SEG_OFFSET + 128, *pack_segment(fs))
-            last[4] = fs
-        if gs is not last[5]:
-            SEGMENT.pack_into(buf, SEG_OFFSET + 160, *pack_segment(gs))
-            last[5] = gs
+        cs_l = 1 if state.mode == "64-bit" else 0
+        for i in range(6):
+            s = _SEG_OF[i](state)
+            if s is not last[i] or i == 1:
+                SEGMENT.pack_into(buf, SEG_OFFSET + 32 * i, *pack_segment(s, cs_l if i == 1 else None))
+                last[i] = s
+
+    def load_operand(self, exit: ExitInfo, state: CpuState, access: Access, seg_no: int, base: int | None,
+                     index: int | None) -> None:
+        """Only what the operand names — its base and index registers and its segment — for an
+        adapter whose shim reports every register and segment it reads (kvm.h): the caller
+        checks that report against these."""
+        self._head(exit, state, access)
+        buf = self.state
+        regs = state.regs
+        if base is not None:
+            _RIP.pack_into(buf, base << 3, regs[base])
+        if index is not None:
+            _RIP.pack_into(buf, index << 3, regs[index])
+        if seg_no < 6:
+            s = _SEG_OF[seg_no](state)
+            if s is not self.last_segs[seg_no] or seg_no == 1:
+                try:
+                    SEGMENT.pack_into(buf, SEG_OFFSET + 32 * seg_no, s.base, s.limit, s.selector, s.type, s.s, s.dpl,
+                                      s.p, s.db, s.g, buf[_CS_L] if seg_no == 1 else s.l, s.unusable)
+                except struct.error:
+                    SEGMENT.pack_into(buf, SEG_OFFSET + 32 * seg_no,
+                                      *pack_segment(s, buf[_CS_L] if seg_no == 1 else None))
+                self.last_segs[seg_no] = s
+        self.last_state = None  # the full view is stale now
 
 
 def vector_name(n: int) -> str:
     return VECTORS.get(n, str(n))
 
 
-SEGMENT_NAMES = SEGMENTS
-Caller = Callable[[ExitInfo, CpuState, Access], tuple[int, ...]]
+
+
+_MARSHAL: list[Any] = []
+
+
+def marshaller() -> Any:
+    """The compiled marshaller's `call` (shim/marshal.c), or None: no compiler or no Python.h,
+    or VMXADDR_NO_MARSHAL=1. Without it the pure-ctypes path above serves, more slowly."""
+    import os
+
+    if os.environ.get("VMXADDR_NO_MARSHAL"):
+        return None
+    if not _MARSHAL:
+        try:
+            import importlib.machinery
+            import importlib.util
+
+            from vmxaddr.realcode.build import build_marshaller
+
+            path = build_marshaller()
+            loader = importlib.machinery.ExtensionFileLoader("_vmxaddr_marshal", str(path))
+            spec = importlib.util.spec_from_file_location("_vmxaddr_marshal", path, loader=loader)
+            assert spec is not None
+            mod = importlib.util.module_from_spec(spec)
+            loader.exec_module(mod)
+            mod.init(dict(EXIT_REASONS))
+            _MARSHAL.append(mod.call)
+        except Exception:  # any failure: the ctypes path
+            _MARSHAL.append(None)
+    return _MARSHAL[0]
+
+
+def function_pointer(fn: Any) -> int:
+    return int(ctypes.cast(fn, ctypes.c_void_p).value or 0)

@@ -168,3 +168,37 @@ def compile_error(what: str, stderr: str) -> BuildError:
         return UnresolvedIdentifiers(what, ids)
     errors = [ln for ln in stderr.splitlines() if "error" in ln][:8] or stderr.splitlines()[:8]
     return BuildError(f"cannot build {what}: the compiler failed:\n" + "\n".join(f"  {ln}" for ln in errors))
+
+
+# -- the bridge's compiled marshaller (shim/marshal.c) -------------------------------------------
+
+def build_marshaller() -> Path:
+    """Compile shim/marshal.c as a CPython extension for this interpreter (cached like the rest)."""
+    import sysconfig
+
+    cc = compiler()
+    include = sysconfig.get_paths()["include"]
+    if not (Path(include) / "Python.h").is_file():
+        raise BuildError(f"no Python.h in {include} (install the Python development headers)")
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    source = (SHIM_DIR / "marshal.c").read_text()
+    h = hashlib.sha256()
+    for item in (compiler_id(cc), " ".join(CFLAGS), include, suffix, (SHIM_DIR / "vmxaddr.h").read_text(), source):
+        h.update(item.encode() + b"\0")
+    out_dir = cache_dir() / "build"
+    lib = out_dir / f"marshal-{h.hexdigest()[:32]}{suffix}"
+    if lib.exists():
+        return lib
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        target = Path(tmp) / f"m{suffix}"
+        flags = [f for f in CFLAGS if f != "-Wl,-z,defs"]  # the interpreter provides the Python symbols
+        cmd = [cc, *flags, f"-I{SHIM_DIR}", f"-I{include}", "-o", str(target), str(SHIM_DIR / "marshal.c")]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, LC_ALL="C"), timeout=300)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise BuildError(f"cannot build the marshaller: {e}") from None
+        if proc.returncode != 0:
+            raise compile_error("the marshaller (shim/marshal.c)", proc.stderr)
+        os.replace(target, lib)
+    return lib

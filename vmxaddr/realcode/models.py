@@ -19,16 +19,16 @@ classifier; the vector and the address are always the C's own.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from vmxaddr.exitinfo import ExitInfo
+from vmxaddr.exitinfo import ExitInfo, operand_bits
 from vmxaddr.isa import REG64, SEGMENTS
-from vmxaddr.models.base import FAULT, OK, Access, Outcome, Result, Step, outcome
-from vmxaddr.models.kvm import MNEMONICS, LimitCheck
+from vmxaddr.models.base import FAULT, OK, Access, InvalidExitInfo, Result, Step, outcome
+from vmxaddr.models.kvm import HANDLED, LimitCheck
 from vmxaddr.realcode import sources
 from vmxaddr.realcode.bridge import (
     HAVE_DISPLACEMENT,
@@ -37,17 +37,28 @@ from vmxaddr.realcode.bridge import (
     HAVE_LINEAR,
     HAVE_SEGMENT,
     HAVE_SEGMENT_BASE,
+    RESULT,
     STATUS_FAULT,
     STATUS_NO_MEMORY,
     Library,
+    function_pointer,
+    marshaller,
     vector_name,
 )
 from vmxaddr.realcode.build import SHIM_DIR, BuildError, build_library, build_source
 from vmxaddr.realcode.extract import Extracted, ExtractError, find_function, mask
+from vmxaddr.realcode.registry import KVM_FUNCTION, KVM_LIMIT_CHECK, RELEASES, RealCodeInfo, release_info
 from vmxaddr.state import CpuState
 
 MASK32 = 0xFFFFFFFF
 _new = tuple.__new__
+
+
+def _NO_FAULT() -> str:
+    return "the C code reports no fault"
+
+
+_NO_PLAN: tuple[int, int | None, int | None, int] = (0, None, None, 0)
 
 
 class RealCodeError(LookupError):
@@ -59,14 +70,8 @@ class RealCodeError(LookupError):
 
 NESTED_C = "arch/x86/kvm/vmx/nested.c"
 VMX_C = "arch/x86/kvm/vmx/vmx.c"
-KVM_FUNCTION = "get_vmx_mem_address"
 # Functions of the tree that get_vmx_mem_address() may call, and the file defining them.
 KVM_TREE_HELPERS = {"vmx_get_untagged_addr": VMX_C}
-# What reading the code of both releases shows about the limit check (for the classifier):
-# flat segments skipped, last byte = off + len - 1, the real length, expand-down unknown.
-KVM_LIMIT_CHECK = LimitCheck(fixed_length=None, off_by_one=False, flat_skip=True, expand_down=False)
-
-RELEASES = {"kvm-linux-6.1": "linux-6.1", "kvm-linux-6.12": "linux-6.12"}
 
 
 def kvm_parts(nested: Path, vmx: Path | None) -> list[Extracted]:
@@ -118,32 +123,74 @@ def _generic_rule(state: CpuState, seg: str | None, access: Access, fault: bool)
     return "c-adapter"
 
 
-@dataclass(frozen=True)
-class RealCodeInfo:
-    """What a real-code model runs, for `vmxaddr models` and explain."""
+def _plan(plans: dict[int, tuple[int, int | None, int | None, int]], info: int) -> tuple[int, int | None, int | None, int]:
+    """(segment number, base register, index register, mask of the registers it names) of an
+    instruction-information value, memoised."""
+    if len(plans) >= 1 << 16:
+        plans.clear()
+    _sc, _asz, seg_no, index, base = operand_bits(info)
+    allowed = (0 if base is None else 1 << base) | (0 if index is None else 1 << index)
+    plan = plans[info] = (seg_no, base, index, allowed)
+    return plan
 
-    what: str  # e.g. "get_vmx_mem_address() of Debian linux-source-6.1 6.1.176-1"
-    source: str = ""  # the sources name (linux-6.1), if from the cache
-    package: str = ""
-    version: str = ""
 
-    def to_json(self) -> dict[str, str]:
-        return {"what": self.what, "source": self.source, "package": self.package, "version": self.version}
+def _call_ctypes(lib: Library, exit: ExitInfo, state: CpuState, access: Access, operand_only: bool,
+                 plan: tuple[int, int | None, int | None, int]) -> tuple[int, ...]:
+    """The pure-ctypes path (bridge._Buffers): used when the marshaller cannot be built."""
+    b = lib.main if threading.get_ident() == lib.owner else lib.buffers()
+    if operand_only:
+        b.load_operand(exit, state, access, plan[0], plan[1], plan[2])
+    else:
+        b.load(exit, state, access)
+    lib.fn(b.c_exit, b.c_state, b.c_access, b.c_out)
+    return RESULT.unpack_from(b.out)
 
 
 def make_model(name: str, load: Callable[[], Library], info: RealCodeInfo,
                rule: Callable[[CpuState, str | None, Access, bool], str] = _generic_rule,
                explain_steps: Callable[[Library, ExitInfo, CpuState, Access], list[Step]] | None = None,
-               mnemonics: tuple[str, ...] | None = None, limit_check: LimitCheck | None = None) -> Any:
-    """A model function over the library `load()` returns (loaded at the first call)."""
+               mnemonics: tuple[str, ...] | None = None, limit_check: LimitCheck | None = None,
+               operand_only: bool = False) -> Any:
+    """A model function over the library `load()` returns (loaded at the first call).
+
+    `operand_only`: the library's shim reports, in the result's reserved word, each register it
+    read (bits 15:0) and, in `segment`, the segment it read (kvm.h does); the bridge then passes
+    only the operand's base, index and segment, and any other read is an error, not a silent
+    use of stale values."""
     cell: list[Library] = []
-    quiet_ok: dict[str, Outcome] = {}
+    fast: list[Any] = []  # (marshaller call, function pointer) once loaded, if the marshaller is there
+    plans: dict[int, tuple[int, int | None, int | None, int]] = {}
+
+    def load_now() -> Library:
+        if not cell:
+            lib = load()
+            m = marshaller()
+            if m is not None:
+                fast[:] = [m, function_pointer(lib.fn)]
+            cell.append(lib)
+        return cell[0]
 
     def model(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) -> Result:
         if not cell:
-            cell.append(load())
-        status, vector, err, valid, ea, la, sbase, disp, segno, _r = cell[0].call(exit, state, access)
-        seg = SEGMENTS[segno] if valid & HAVE_SEGMENT and segno < 6 else None
+            load_now()
+        plan = _NO_PLAN
+        if operand_only:
+            plan = plans.get(exit.instruction_info) or _plan(plans, exit.instruction_info)
+        if fast:
+            raw = fast[0](fast[1], exit, state, access, operand_only)
+        else:
+            raw = _call_ctypes(cell[0], exit, state, access, operand_only, plan)
+        status, vector, err, valid, ea, la, sbase, disp, segno, reads = raw
+        if valid & HAVE_SEGMENT:
+            if segno > 5:
+                raise InvalidExitInfo(f"{info.what} read segment register {segno} (TR/LDTR), which vmxaddr's "
+                                      "state does not hold: the segment field (bits 17:15) is 0...5 on hardware")
+            seg: str | None = SEGMENTS[segno]
+        else:
+            seg = None
+        if operand_only and (reads & ~plan[3] or (seg is not None and segno != plan[0])):
+            raise RealCodeError(f"{info.what} read state outside the operand (registers {reads & ~plan[3]:#x}, "
+                                f"segment {segno}): the bridge did not pass it")
         if status == STATUS_FAULT:
             v = vector_name(vector)
             code = err if valid & HAVE_ERROR_CODE else None
@@ -154,14 +201,8 @@ def make_model(name: str, load: Callable[[], Library], info: RealCodeInfo,
             out = outcome(explain, FAULT, v, code, r, lambda: f"the C code injects #{v}" + ("" if code is None else f"({code})"))
         elif status == STATUS_NO_MEMORY:
             out = outcome(explain, OK, None, None, "register-operand", lambda: "register operand: no memory access")
-        else:
-            r = rule(state, seg, access, False)
-            hit = None if explain else quiet_ok.get(r)
-            if hit is None:
-                hit = outcome(explain, OK, None, None, r, lambda: "the C code reports no fault")
-                if not explain:
-                    quiet_ok[r] = hit
-            out = hit
+        else:  # which check passed: the classifier reads it (e.g. "canonical" in compatibility mode)
+            out = outcome(explain, OK, None, None, rule(state, seg, access, False), _NO_FAULT)
         steps: tuple[Step, ...] = ()
         if explain:
             extra = explain_steps(cell[0], exit, state, access) if explain_steps else []
@@ -182,13 +223,8 @@ def make_model(name: str, load: Callable[[], Library], info: RealCodeInfo,
         model.mnemonics = mnemonics  # type: ignore[attr-defined]
     if limit_check is not None:
         model.limit_check = limit_check  # type: ignore[attr-defined]
-
-    def load_now() -> Library:
-        if not cell:
-            cell.append(load())
-        return cell[0]
-
     model.load = load_now  # type: ignore[attr-defined]
+    model.marshalled = lambda: bool(fast)  # type: ignore[attr-defined]
     return model
 
 
@@ -213,7 +249,7 @@ def _kvm_explain(lib: Library, exit: ExitInfo, state: CpuState, access: Access) 
 
 
 def _kvm_model(name: str, load: Callable[[], Library], info: RealCodeInfo) -> Any:
-    return make_model(name, load, info, _kvm_rule, _kvm_explain, MNEMONICS, KVM_LIMIT_CHECK)
+    return make_model(name, load, info, _kvm_rule, _kvm_explain, HANDLED, KVM_LIMIT_CHECK, operand_only=True)
 
 
 def _load_kvm(nested: Path, vmx: Path | None, what: str) -> Library:
@@ -231,21 +267,9 @@ def release_model(name: str) -> Any:
     if f is None:
         raise RealCodeError(f"{name} runs Debian's {sources.SOURCES[source].package}, which is not in the cache "
                             f"({sources.cache_dir()}): run `vmxaddr sources fetch {source}` first")
-    info = RealCodeInfo(f"{KVM_FUNCTION}() of Debian {f.package} {f.version}", source, f.package, f.version)
+    info = release_info(name, f)
     return _kvm_model(name, lambda: _load_kvm(f.path(NESTED_C), f.path(VMX_C), f"{name} ({f.package} {f.version})"),
                       info)
-
-
-def registered() -> list[tuple[str, Any, str, RealCodeInfo]]:
-    """(name, model, summary, info) for each release whose source is cached."""
-    out = []
-    for name, source in RELEASES.items():
-        if sources.lookup(source) is None:
-            continue
-        m = release_model(name)
-        info: RealCodeInfo = m.real_code
-        out.append((name, m, f"real code: {info.what}, compiled with vmxaddr's shim", info))
-    return out
 
 
 @cache
@@ -266,13 +290,14 @@ def tree_model(path: str) -> Any:
 # -- user adapters -------------------------------------------------------------------------------
 
 def build_adapter(c_file: Path) -> Path:
-    """Compile a vmxaddr.h adapter (with the layout export added, unless it has its own)."""
+    """Compile a vmxaddr.h adapter, with the layout export added (a weak symbol: the adapter may
+    export it too)."""
     try:
         text = c_file.read_text(errors="replace")
     except OSError as e:
         raise RealCodeError(f"cannot read {c_file}: {e.strerror}") from None
-    layout = "" if "VMXADDR_EXPORT_LAYOUT" in mask(text) else '#include "vmxaddr.h"\nVMXADDR_EXPORT_LAYOUT;\n'
-    source = layout or "/* the adapter exports its own layout */\n"
+    del text  # (read to fail early; the compiler reads it again)
+    source = '#include "vmxaddr.h"\nVMXADDR_EXPORT_LAYOUT;  /* weak: the adapter may have its own */\n'
     try:
         return build_source(source, str(c_file), (SHIM_DIR, c_file.resolve().parent), (c_file.resolve(),))
     except BuildError as e:
@@ -295,7 +320,26 @@ def c_model(spec: str) -> Any:
         lib = Library(lib_path, function)
     except RuntimeError as e:
         raise RealCodeError(f"{spec}: {e}") from None
-    return make_model(spec, lambda: lib, info)
+    return make_model(spec, lambda: lib, info, mnemonics=adapter_mnemonics(lib, spec))
+
+
+def adapter_mnemonics(lib: Library, spec: str) -> tuple[str, ...] | None:
+    """The adapter's `vmxaddr_mnemonics` (vmxaddr.h), if it exports one."""
+    import ctypes
+
+    from vmxaddr.isa import SPECS
+
+    try:
+        raw = ctypes.c_char_p.in_dll(lib.dll, "vmxaddr_mnemonics")
+    except ValueError:
+        return None
+    # a `const char name[]` is the bytes at the symbol's address, not a pointer to them
+    text = ctypes.string_at(ctypes.addressof(raw)).decode(errors="replace")
+    names = tuple(n.strip().lower() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n not in SPECS]
+    if bad or not names:
+        raise RealCodeError(f"{spec}: vmxaddr_mnemonics names unknown instructions {bad} (known: {', '.join(SPECS)})")
+    return names
 
 
 def resolve(name: str) -> Any:
@@ -305,8 +349,16 @@ def resolve(name: str) -> Any:
             return c_model(name)
         if name.startswith("kvm-tree:"):
             return tree_model(name[len("kvm-tree:"):])
-        m = release_model(name)
+        if name in _XEN_RELEASES:  # vmxaddr.realcode.xen
+            from vmxaddr.realcode.xen import release_model as xen_release_model
+
+            m = xen_release_model(name)
+        else:
+            m = release_model(name)
         m.load()
         return m
     except ExtractError as e:
         raise RealCodeError(str(e)) from None
+
+
+_XEN_RELEASES = ("xen-4.17",)  # vmxaddr.realcode.xen.RELEASES

@@ -6,16 +6,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from typing import IO, Any
 
 from vmxaddr.progress import Progress
 from vmxaddr.trace.checker import Checker
+from vmxaddr.trace.chunks import Merger, Options, check_chunk, index_files, plan, run_pieces, trace_files
 from vmxaddr.trace.format import DEFAULT_MAX_STATES
 from vmxaddr.trace.ftrace import import_ftrace
-from vmxaddr.trace.reader import check_stream, decompressing, open_input
-from vmxaddr.trace.synth import synth
-from vmxaddr.trace.text import summary_text, verdict_text
+from vmxaddr.trace.jsonline import dumps
+from vmxaddr.trace.reader import InputError, open_bytes, text_lines
+from vmxaddr.trace.synth import SHAPES, synth
+from vmxaddr.trace.text import summary_text
 
 # Modules adding a subcommand to `vmxaddr trace` (each has `register_trace(tsub)`, called with
 # the `trace` subparsers); a module not installed is skipped. `trace record` lives in
@@ -32,12 +35,16 @@ CHECK_EPILOG = """examples:
       what a kvm_exit log allows (little: it carries no instruction bytes or CPU state)
 
 verdicts per exit record:
-  hardware    consistent | inconsistent | not-checkable (the recorded instruction-information
+  hardware    consistent | explained | inconsistent | not-checkable (the recorded instruction-information
               field, exit qualification and length against what the bytes imply; undefined
-              bits and exit-qualification bits above the address size are ignored)
+              bits and exit-qualification bits above the address size are ignored; "explained":
+              only documented quirks of the processor named in source.processor, e.g. bochs-2.7)
   hypervisor  correct | wrong | not-checkable (the recorded result against the reference model)
   fingerprint the registered models whose answer equals the recorded one
-exit status: 0 nothing wrong, 1 a wrong record or a malformed line, 2 bad usage.
+exit status: 0 nothing wrong; 1 a wrong record, a malformed line, a reference model that raised,
+or input that broke off (a corrupt or truncated .gz/.zst, no newline in 256 MB: the records before
+it are checked and summarised, and standard error says where it broke); 2 bad usage; 130 ^C (the
+summary of what was checked is printed, with "interrupted": true).
 The trace format is in docs/trace-format.md.
 """
 
@@ -50,37 +57,80 @@ JSON_LINES_HELP = ("JSON Lines as always, then one summary object (type \"summar
 def cmd_check(args: argparse.Namespace) -> int:
     from vmxaddr.cli import fail
     from vmxaddr.models import UnknownModel, get
+    from vmxaddr.parallel import ParallelError, dask_client, process_pool, resolve_jobs
 
     try:
-        ref = get(args.against)
+        get(args.against)
     except UnknownModel as e:
         fail(str(e))
     if args.max_states < 1:
         fail("--max-states must be at least 1")
-    checker = Checker(args.against, ref, fingerprint=args.fingerprint, max_states=args.max_states)
-    raw_stream, size = open_input(args.file)
-    stream = decompressing(raw_stream)
-    if stream is not raw_stream:
-        size = None  # progress counts lines only: the compressed size says little
+    paths = trace_files(args.files)
+    if not paths:
+        fail("no trace files (the directories given are empty)")
+    for p in paths:
+        if p != "-" and not os.access(p, os.R_OK):
+            fail(f"cannot read {p}: {'no such file' if not os.path.exists(p) else 'permission denied'}")
+    options = Options(args.against, args.fingerprint, args.max_states, args.json)
+    models_compared = len(Checker(args.against, fingerprint=args.fingerprint).models)
+
+    def note(msg: str) -> None:
+        if not args.quiet:
+            print(f"vmxaddr check-trace: {msg}", file=sys.stderr)
+
+    try:
+        workers, capped = resolve_jobs(args.jobs)
+    except ParallelError as e:
+        fail(str(e))
+    if capped:
+        note(capped)
+    if "-" in paths and (workers > 1 or args.dask):
+        if args.dask:
+            fail("--dask reads files its workers can open: standard input cannot be sent")
+        note("standard input cannot be split: checking in one process")
+        workers = 1
     out = sys.stdout
-    if args.json:
-        def emit(v: dict[str, Any]) -> None:
-            out.write(json.dumps(v, separators=(",", ":")) + "\n")
-    else:
-        def emit(v: dict[str, Any]) -> None:
-            t = verdict_text(v)
-            if t is not None:
-                out.write(t + "\n")
+    merger = Merger(out.write, many=len(paths) > 1)
+    interrupted = False
     with Progress(None, "check-trace", enabled=not args.quiet, unit="lines") as prog:
         try:
-            summary = check_stream(stream, checker, emit, prog, size)
-        finally:
-            if raw_stream is not sys.stdin.buffer:
-                raw_stream.close()
+            if args.dask:
+                try:
+                    client = dask_client(args.dask)
+                except ParallelError as e:
+                    fail(str(e))
+                with client:
+                    chunks = index_files(plan(paths, True), options, client.submit, note)
+                    window = 2 * max(1, sum(client.nthreads().values()))
+                    for piece in run_pieces(chunks, options, client.submit, window):
+                        merger.add(piece)
+                        prog.update(merger.lines())
+            elif workers > 1:
+                with process_pool(workers) as pool:
+                    chunks = index_files(plan(paths, True), options, pool.submit, note)
+                    for piece in run_pieces(chunks, options, pool.submit, 2 * workers):
+                        merger.add(piece)
+                        prog.update(merger.lines())
+            else:
+                for chunk in plan(paths, False):
+                    piece = check_chunk(chunk, options, out.write, prog)
+                    merger.add(piece)
+                    if piece.interrupted:
+                        interrupted = True
+                        break
+        except KeyboardInterrupt:
+            interrupted = True
+    summary = merger.summary(options, models_compared)
+    summary["interrupted"] = interrupted
+    if summary.get("input_error"):
+        print(f"vmxaddr check-trace: error: {summary['input_error']}", file=sys.stderr)
     if args.json:
-        out.write(json.dumps(summary, separators=(",", ":")) + "\n")
+        out.write(dumps(summary) + "\n")
     else:
         out.write(summary_text(summary) + "\n")
+    if interrupted:
+        print("interrupted: the summary counts the lines checked before ^C", file=sys.stderr)
+        return 130
     return int(summary["exit_status"])
 
 
@@ -94,6 +144,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
         fail(str(e))
     if args.n < 0:
         fail("-n must not be negative")
+    if not 0 <= args.wrong <= 1:
+        fail("--wrong must be a fraction from 0 to 1")
     if args.out and args.out != "-":
         try:
             out: IO[str] = open(args.out, "w")  # noqa: SIM115
@@ -105,7 +157,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     try:
         with Progress(args.n, "synth", enabled=not args.quiet, unit="exits") as prog:
             made = 0
-            for rec in synth(model, args.n, args.seed):
+            for rec in synth(model, args.n, args.seed, args.shape, args.wrong):
                 out.write(json.dumps(rec, separators=(",", ":")) + "\n")
                 if rec["type"] == "exit":
                     made += 1
@@ -127,13 +179,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from vmxaddr.cli import fail
 
-    if args.file == "-":
-        src: IO[str] = sys.stdin
-    else:
-        try:
-            src = open(args.file, encoding="utf-8", errors="replace")  # noqa: SIM115
-        except OSError as e:
-            fail(f"cannot read {args.file}: {e.strerror}")
+    try:
+        src = open_bytes(args.file)
+    except OSError as e:
+        fail(f"cannot read {args.file}: {e.strerror}")
     bad = 0
 
     def problem(n: int, msg: str) -> None:
@@ -143,20 +192,25 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     count = 0
     out = sys.stdout
+    broke: str | None = None
     try:
-        for rec in import_ftrace(src, problem):
-            out.write(json.dumps(rec, separators=(",", ":")) + "\n")
+        for rec in import_ftrace(text_lines(src), problem):
+            out.write(dumps(rec) + "\n")
             count += 1
+    except InputError as e:
+        broke = f"after {count} exits: {e}"
     finally:
-        if src is not sys.stdin:
+        if src is not sys.stdin.buffer:
             src.close()
+    if broke:
+        print(f"vmxaddr trace import: error: {args.file}: {broke}", file=sys.stderr)
     if args.json:  # the summary object last (check-trace skips it)
-        out.write(json.dumps({"type": "summary", "command": "trace import", "source": args.source,
-                              "exit_records": count, "lines_not_understood": bad}, separators=(",", ":")) + "\n")
+        out.write(dumps({"type": "summary", "command": "trace import", "source": args.source,
+                         "exit_records": count, "lines_not_understood": bad, "input_error": broke}) + "\n")
     if not args.quiet:
-        print(f"imported {count} exits of VMX-family instructions" + (f"; {bad} lines not understood" if bad else ""),
+        print(f"imported {count} exits of VMX-family instructions" + (f"; {bad} lines not imported" if bad else ""),
               file=sys.stderr)
-    return 0
+    return 1 if bad or broke else 0
 
 
 def register(sub: Any) -> None:
@@ -168,7 +222,16 @@ def register(sub: Any) -> None:
                        "compute the reference model's address or fault, and which known implementations give the "
                        "answer it recorded. Streams: memory stays flat on multi-gigabyte traces.",
                        epilog=CHECK_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("file", metavar="FILE", help="the trace (JSON Lines, docs/trace-format.md); - reads standard input")
+    p.add_argument("files", nargs="+", metavar="FILE|DIR",
+                   help="the trace (JSON Lines, docs/trace-format.md; gzip or zstd compressed too); - reads standard "
+                   "input. Several files, or a directory (its files, recursively, by name), are separate traces "
+                   "with one summary: each verdict then names its file")
+    p.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
+                   help="worker processes (default 1; 0: one per CPU). A large file is split at line boundaries, "
+                   "several files are shared out; the output is the one a single process prints")
+    p.add_argument("--dask", metavar="ADDRESS",
+                   help="check on a Dask cluster (tcp://host:8786; pip install 'vmxaddr[dask]'): the workers must "
+                   "see the files at the same paths. See docs/trace-format.md")
     p.add_argument("--against", default="sdm", metavar="MODEL",
                    help="reference model for the hypervisor verdict (default sdm; `vmxaddr models` lists them)")
     p.add_argument("--fingerprint", choices=("wrong", "all", "none"), default="wrong",
@@ -179,7 +242,8 @@ def register(sub: Any) -> None:
                    help=f"state records kept for state_ref (default {DEFAULT_MAX_STATES}, least recently used dropped)")
     p.add_argument("--json", action="store_true",
                    help="JSON Lines: one verdict object per exit record, one per malformed line, then a summary "
-                   "object (type \"summary\") — a stream rather than one object, so memory stays flat")
+                   "object (type \"summary\"; \"interrupted\": true after ^C) — a stream rather than one object, "
+                   "so memory stays flat")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on standard error")
     p.set_defaults(func=cmd_check)
 
@@ -187,7 +251,8 @@ def register(sub: Any) -> None:
                        description="Make traces for check-trace.")
     tsub = t.add_subparsers(dest="trace_command", metavar="SUBCOMMAND", parser_class=Parser)
     s = tsub.add_parser("synth", help="a trace as a model would have handled random cases",
-                        description="Write a trace (JSON Lines) as MODEL would have handled N random cases from "
+                        description="Write a trace (JSON Lines) as MODEL would have handled N random cases, of the instructions MODEL "
+                        "handles (its `mnemonics`), from "
                         "vmxaddr's generator: instruction bytes, the exit information a processor reports (SDM "
                         "encoder, random policy), the CPU state (shared state records and inline changes) and the "
                         "model's answer. Same seed, same trace.",
@@ -196,6 +261,12 @@ def register(sub: Any) -> None:
     s.add_argument("--model", required=True, help="the hypervisor model whose answers are recorded")
     s.add_argument("-n", type=int, default=1000, help="number of exit records (default 1000)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--shape", choices=SHAPES, default="random",
+                   help="random: every case new, many states (default); realistic: what a guest hypervisor's exits "
+                   "look like — six states, 48 instructions at fixed addresses that recur, four vCPUs")
+    s.add_argument("--wrong", type=float, default=0.0, metavar="FRACTION",
+                   help="replace this fraction of the recorded answers by answers no model gives (default 0; "
+                   "0.01 makes the realistic trace of benchmarks/bench_trace.py)")
     s.add_argument("--out", metavar="FILE", help="write here instead of standard output")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress on standard error")
     s.add_argument("--json", action="store_true", help=JSON_LINES_HELP + " (with --out, standard output gets only it)")
@@ -205,7 +276,10 @@ def register(sub: Any) -> None:
                         "tracefs `trace` text into trace records: exit reason, RIP and exit qualification (info1). "
                         "Exits of other reasons are skipped. The records carry no instruction bytes, "
                         "instruction-information field or CPU state, so check-trace can say little about them.",
-                        epilog="example:\n  trace-cmd record -e kvm:kvm_exit ...; trace-cmd report > log.txt\n"
+                        epilog="exit status: 0 every kvm_exit line imported; 1 some could not be (each named on "
+                        "standard error: a format not known, a field out of range, a line over 1 MB) or the input "
+                        "broke off (no newline in 256 MB); 2 bad usage\n\n"
+                        "example:\n  trace-cmd record -e kvm:kvm_exit ...; trace-cmd report > log.txt\n"
                         "  vmxaddr trace import --from ftrace log.txt > trace.jsonl",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     i.add_argument("--from", dest="source", choices=("ftrace",), required=True, help="the log's format")

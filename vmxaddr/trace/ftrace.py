@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from vmxaddr.trace.format import KVM_REASON_NAMES, REASON_INSTRUCTIONS
+from vmxaddr.trace.format import KVM_REASON_NAMES, MAX_LINE, REASON_INSTRUCTIONS
 
 # kvm_exit (and kvm_nested_vmexit since Linux 6.12, which shares its format):
 #   "vcpu %u reason %s%s%s rip 0x%lx info1 0x%016llx info2 0x%016llx intr_info 0x%08x error_code 0x%08x"
@@ -33,43 +33,72 @@ def _reason(name: str) -> int | None:
     return n if n in REASON_INSTRUCTIONS else None
 
 
-def import_ftrace(lines: Iterable[str], problems: Callable[[int, str], None]) -> Iterator[dict[str, Any]]:
+def _hex64(text: str, what: str) -> int:
+    """A %llx / %lx field: at most 64 bits (the tracepoints print u64 values)."""
+    digits = text.lstrip("0")
+    if len(digits) > 16:
+        raise ValueError(f"{what} 0x{text[:20]}{'…' if len(text) > 20 else ''} ({len(text)} hex digits) does not fit "
+                         "in 64 bits")
+    return int(digits or "0", 16)
+
+
+def import_ftrace(lines: Iterable[str | None], problems: Callable[[int, str], None]) -> Iterator[dict[str, Any]]:
     """Exit records from the kvm_exit / kvm_nested_vmexit lines of a trace-cmd report or tracefs
     `trace` text; other events and exits of other reasons are skipped. The tracepoints carry the
     exit reason, RIP and exit qualification (info1), not the instruction-information field, the
-    bytes or the state, so most checks of the result are "not checkable"."""
-    for n, line in enumerate(lines, 1):
-        m = _EVENT.search(line.rstrip("\n"))
-        if not m:
+    bytes or the state, so most checks of the result are "not checkable". A line given as None
+    was too long to hold (reported, skipped); a field out of its range (vcpu %u: 32 bits; rip,
+    info1, info2: 64 bits) is reported and its line skipped, so every record written is valid."""
+    for n, text in enumerate(lines, 1):
+        if text is None:
+            problems(n, f"longer than {MAX_LINE} bytes: skipped")
             continue
-        event, body = m.group(1), m.group(2).strip()
-        f = _NEW.match(body) or _OLD_NESTED.match(body)
-        if not f:
-            problems(n, f"{event} line in a format this importer does not know: {body[:80]!r}")
+        try:
+            rec = _record(n, text)
+        except ValueError as e:
+            problems(n, str(e))
             continue
-        g = f.groupdict()
-        if g.get("flags", "").strip():
-            continue  # FAILED_VMENTRY: not an exit caused by the instruction
-        reason = _reason(g["reason"])
-        if reason is None:
-            continue
-        info1 = g.get("info1") or g.get("oinfo1")
-        info2 = g.get("info2") or g.get("oinfo2")
-        rec: dict[str, Any] = {"type": "exit", "exit_reason": reason}
-        names = REASON_INSTRUCTIONS[reason]
-        if len(names) == 1:
-            rec["instruction"] = names[0]
-        rec["rip"] = hex(int(g["rip"], 16))
-        if info1 is not None:
-            rec["exit_qualification"] = hex(int(info1, 16))
-        source: dict[str, Any] = {"format": "ftrace", "line": n, "event": event}
-        if g.get("vcpu") is not None:
-            rec["vcpu"] = int(g["vcpu"])
-        t = _TIME.search(line)
-        if t:
-            source["timestamp"] = t.group(1)
-        if info2 is not None:
-            source["info2"] = hex(int(info2, 16))
-        rec["source"] = source
-        yield rec
+        if rec is not None:
+            yield rec
+
+
+def _record(n: int, line: str) -> dict[str, Any] | None:
+    """The record of one line (None: not an exit of a VMX-family instruction); ValueError says
+    what is wrong with a kvm_exit line that cannot be imported."""
+    m = _EVENT.search(line.rstrip("\n"))
+    if not m:
+        return None
+    event, body = m.group(1), m.group(2).strip()
+    f = _NEW.match(body) or _OLD_NESTED.match(body)
+    if not f:
+        raise ValueError(f"{event} line in a format this importer does not know: {body[:80]!r}")
+    g = f.groupdict()
+    if g.get("flags", "").strip():
+        return None  # FAILED_VMENTRY: not an exit caused by the instruction
+    reason = _reason(g["reason"])
+    if reason is None:
+        return None
+    info1 = g.get("info1") or g.get("oinfo1")
+    info2 = g.get("info2") or g.get("oinfo2")
+    rec: dict[str, Any] = {"type": "exit", "exit_reason": reason}
+    names = REASON_INSTRUCTIONS[reason]
+    if len(names) == 1:
+        rec["instruction"] = names[0]
+    rec["rip"] = hex(_hex64(g["rip"], "rip"))
+    if info1 is not None:
+        rec["exit_qualification"] = hex(_hex64(info1, "info1 (the exit qualification)"))
+    source: dict[str, Any] = {"format": "ftrace", "line": n, "event": event}
+    if g.get("vcpu") is not None:
+        vcpu = g["vcpu"].lstrip("0") or "0"
+        if len(vcpu) > 10 or int(vcpu) > 0xFFFFFFFF:
+            raise ValueError(f"vcpu {vcpu[:12]}{'…' if len(vcpu) > 12 else ''} ({len(vcpu)} digits) is not a "
+                             "32-bit number")
+        rec["vcpu"] = int(vcpu)
+    t = _TIME.search(line)
+    if t:
+        source["timestamp"] = t.group(1)
+    if info2 is not None:
+        source["info2"] = hex(_hex64(info2, "info2"))
+    rec["source"] = source
+    return rec
 

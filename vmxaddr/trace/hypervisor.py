@@ -82,33 +82,70 @@ def consumer_models(exclude: str | None) -> list[NamedModel]:
     return [NamedModel(m.name, m.function) for m in REGISTRY.values() if m.kind == "consumer" and m.name != exclude]
 
 
-def check_hypervisor(rec: ExitRecord, reference: str, model: Model
-                     ) -> tuple[dict[str, Any], list[str], ExitInfo | None, Access | None]:
-    """The hypervisor verdict, what is missing for it, and the model's inputs (exit, access)."""
+ANSWERS = 8192  # (exit information, state, access) -> answers remembered
+
+
+class Answers:
+    """The reference model's answer, and the fingerprint, per (exit information, state, access):
+    the models are pure functions of these (models.base), so an answer worked out once holds."""
+
+    def __init__(self, reference: Model) -> None:
+        self.reference = reference
+        self.memo: dict[tuple[ExitInfo, CpuState, Access], Result] = {}
+        self.prints: dict[tuple[ExitInfo, CpuState, Access, Recorded], list[str]] = {}
+
+    def answer(self, exit: ExitInfo, state: CpuState, access: Access) -> Result:
+        key = (exit, state, access)
+        r = self.memo.get(key)
+        if r is None:
+            r = run_model(self.reference, exit, state, access)  # an exception is not remembered
+            if len(self.memo) >= ANSWERS:
+                self.memo.clear()
+            self.memo[key] = r
+        return r
+
+    def fingerprint(self, models: list[NamedModel], exit: ExitInfo, state: CpuState, access: Access,
+                    recorded: Recorded) -> list[str]:
+        key = (exit, state, access, recorded)
+        names = self.prints.get(key)
+        if names is None:
+            names = fingerprint(models, exit, state, access, recorded)
+            if len(self.prints) >= ANSWERS:
+                self.prints.clear()
+            self.prints[key] = names
+        return names
+
+
+def check_hypervisor(rec: ExitRecord, reference: str, answers: Answers
+                     ) -> tuple[dict[str, Any], list[str], ExitInfo | None, Access | None, bool]:
+    """The hypervisor verdict, what is missing for it, the model's inputs (exit, access), and
+    whether the reference model failed (raised) on the record."""
     missing, exit, access = _model_inputs(rec)
     if missing:
-        return {"verdict": "not-checkable", "missing": missing}, missing, None, None
+        return {"verdict": "not-checkable", "missing": missing}, missing, None, None, False
     assert exit is not None and access is not None and rec.state is not None and rec.result is not None
     from vmxaddr.models import covers
 
-    if not covers(model, exit.instruction):  # e.g. an old KVM model asked about INVPCID
+    if not covers(answers.reference, exit.instruction):  # e.g. an old KVM model asked about INVPCID
         why = [f"a reference that covers {exit.instruction.upper()} ({reference} does not)"]
-        return {"verdict": "not-checkable", "missing": why}, [], exit, access  # the fingerprint can still run
+        return {"verdict": "not-checkable", "missing": why}, [], exit, access, False  # the fingerprint can still run
     hv: dict[str, Any] = {"against": reference, "recorded": rec.result.to_json()}
     results: Result | None = None
+    failed = False
     try:
-        results = run_model(model, exit, rec.state, access)
+        results = answers.answer(exit, rec.state, access)
     except InvalidExitInfo as e:
         hv = {"verdict": "not-checkable", "missing": [f"valid exit information ({e})"]}
     except Exception as e:  # a user's reference model must not stop a multi-GB check
         hv = {"verdict": "not-checkable", "missing": [f"an answer from {reference} ({type(e).__name__}: {e})"]}
+        failed = True
     if results is not None:
         ok = answer_matches(results, rec.result)
         hv["verdict"] = "correct" if ok else "wrong"
         if not ok:  # the reason with its numbers (the quiet run formats none)
-            results = run_model(model, exit, rec.state, access, explain=True)
+            results = run_model(answers.reference, exit, rec.state, access, explain=True)
         hv["expected"] = _result_json(results)
-    return hv, missing, exit, access
+    return hv, missing, exit, access, failed
 
 
 def fingerprint(models: list[NamedModel], exit: ExitInfo, state: CpuState, access: Access, recorded: Recorded

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import io
+import errno
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from typing import IO, Any
@@ -35,48 +36,211 @@ def iter_lines(stream: IO[bytes], max_line: int = MAX_LINE) -> Iterator[tuple[in
         yield n, chunk, terminated, False, size
 
 
+TOO_LONG = None  # stands for an over-long line in a batch: its bytes are never held
+BLOCK = 1 << 18
+MAX_SKIP = 1 << 28  # an over-long line without a newline in this many bytes ends the reading
+
+
+class InputError(Exception):
+    """The input cannot be read on (decompression failed, no newline in MAX_SKIP bytes): what was
+    read before is checked and counted; the message says where it broke."""
+
+
+def read_batches(stream: IO[bytes], max_line: int = MAX_LINE, block: int = BLOCK
+                 ) -> Iterator[tuple[list[bytes | None], bytes | None, int]]:
+    """(lines, unterminated final line, bytes consumed) per block of the stream: each line without
+    its newline, TOO_LONG for a line longer than `max_line` bytes; the final-line slot is set only
+    at the end of a stream that does not end with a newline. Holds at most one block and one line."""
+    tail = b""
+    skipping = 0  # > 0: inside an over-long line, this many bytes of it skipped
+    while True:
+        buf = stream.read(block)
+        if not buf:
+            break
+        size = len(buf)
+        if skipping:
+            i = buf.find(b"\n")
+            if i < 0:
+                skipping += size
+                if skipping > MAX_SKIP:
+                    raise InputError(f"no newline in {MAX_SKIP >> 20} MB: not a trace of JSON lines")
+                yield [], None, size
+                continue
+            skipping = 0
+            buf = buf[i + 1:]
+            lines: list[bytes | None] = [TOO_LONG]
+        else:
+            lines = []
+        if tail:
+            buf = tail + buf
+        parts: list[bytes | None] = buf.split(b"\n")  # type: ignore[assignment]
+        tail = parts.pop()  # type: ignore[assignment]
+        if parts and max(map(len, parts)) > max_line:  # type: ignore[arg-type]
+            parts = [TOO_LONG if len(p) > max_line else p for p in parts]  # type: ignore[arg-type]
+        if len(tail) > max_line:
+            tail, skipping = b"", len(tail)
+        lines += parts
+        yield lines, None, size
+    if skipping:
+        yield [TOO_LONG], None, 0
+    elif tail:
+        yield [], tail, 0
+
+
 def check_stream(stream: IO[bytes], checker: Checker, emit: Callable[[dict[str, Any]], None],
-                 progress: Progress | None = None, total_bytes: int | None = None) -> dict[str, Any]:
+                 progress: Progress | None = None, total_bytes: int | None = None,
+                 findings_only: bool = False, first_line: int = 0) -> dict[str, Any]:
+    """Check every line of `stream`; `emit` gets each verdict (with `findings_only`, only those of
+    wrong records, malformed and truncated lines). A stream that breaks (InputError, a
+    decompression error) ends the check: what came before is checked, and the summary says where."""
     done = 0
-    for n, data, terminated, too_long, size in iter_lines(stream):
-        done += size
-        v = checker.feed(n, data, terminated, too_long)
-        if v is not None:
-            emit(v)
-        if progress is not None and not n & 1023:
-            note = f"{100 * done / total_bytes:.0f}% of the file" if total_bytes else ""
-            progress.update(n, note)
+    n = last = first_line
+    try:
+        for lines, final, size in read_batches(stream):
+            done += size
+            n = checker.feed_batch(n, lines, emit, findings_only)
+            if final is not None:
+                n += 1
+                v = checker.feed(n, final, terminated=False)
+                if v is not None:
+                    emit(v)
+            if progress is not None and n - last >= 4096:
+                last = n
+                progress.update(n, f"{100 * done / total_bytes:.0f}% of the file" if total_bytes else "")
+    except InputError as e:
+        checker.tally.input_error = f"after line {n}: {e}"
+    except OSError as e:
+        checker.tally.input_error = f"reading failed after line {n}: {e.strerror or e}"
+    except DECOMPRESSION_ERRORS as e:
+        where = getattr(stream, "where", None)
+        if where is None:
+            checker.tally.input_error = f"reading failed after line {n}: {_reason(e)}"
+        else:
+            checker.tally.input_error = (f"decompression failed after line {n}, {where()} compressed bytes read: "
+                                         f"{_reason(e)}")
     return checker.summary()
 
 
+def _reason(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    return text[0].lower() + text[1:] if text else text
 
-def open_input(path: str) -> tuple[IO[bytes], int | None]:
-    from vmxaddr.cli import fail
 
+def open_bytes(path: str) -> IO[bytes]:
+    """`path` opened for reading bytes ("-": standard input). A FIFO with no writer reads as empty
+    instead of blocking forever; a directory is an OSError (EISDIR) like any unreadable path."""
     if path == "-":
-        return sys.stdin.buffer, None
+        return sys.stdin.buffer
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        f = open(path, "rb")  # noqa: SIM115 - closed by the caller
-    except OSError as e:
-        fail(f"cannot read {path}: {e.strerror}")
-    try:
-        size = os.fstat(f.fileno()).st_size
-    except OSError:
-        size = None
-    return f, size or None
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
-def decompressing(stream: IO[bytes]) -> IO[bytes]:
-    """`stream`, or a reader of its decompressed bytes when it starts like gzip or zstd data."""
+def text_lines(stream: IO[bytes], max_line: int = MAX_LINE) -> Iterator[str | None]:
+    """The lines of `stream` as text (undecodable bytes replaced), None for one longer than
+    `max_line` bytes; InputError (from read_batches) when no newline comes in MAX_SKIP bytes."""
+    for lines, final, _ in read_batches(stream, max_line):
+        for b in lines:
+            yield None if b is None else b.decode("utf-8", "replace")
+        if final is not None:
+            yield final.decode("utf-8", "replace")
+
+
+class Truncated(Exception):
+    """A compressed stream that ends inside a frame (gzip member, zstd frame)."""
+
+
+class _Frames:
+    """Compressed frames one after another (as `cat a.gz b.gz` makes) decompressed, for
+    read_batches. Whatever decompresses before a fault is delivered first; the fault (a
+    decompressor's error, or Truncated when the input ends inside a frame) is raised by the read
+    after it. `where()`: compressed bytes read so far."""
+
+    def __init__(self, raw: IO[bytes], new: Callable[[], Any], what: str) -> None:
+        self.raw = raw
+        self.new = new
+        self.what = what
+        self.dobj = new()
+        self.in_frame = False
+        self.pending = b""
+        self.count = 0
+        self.error: BaseException | None = None
+
+    def where(self) -> int:
+        return self.count
+
+    def read(self, n: int = -1) -> bytes:
+        while not self.pending and self.error is None:
+            data = self.raw.read(1 << 16)
+            self.count += len(data)
+            if not data:
+                if self.in_frame:
+                    self.error = Truncated(f"the {self.what} stream ends inside a frame: truncated")
+                break
+            try:
+                while data:
+                    self.in_frame = True
+                    self.pending += self.dobj.decompress(data)
+                    if self.dobj.eof:
+                        data = self.dobj.unused_data
+                        self.dobj = self.new()
+                        self.in_frame = False
+                    else:
+                        data = b""
+            except Exception as e:  # noqa: BLE001 - zlib.error, ZstdError: raised after the data before it
+                self.error = e
+        if not self.pending:
+            if self.error is not None:
+                raise self.error
+            return b""
+        n = len(self.pending) if n < 0 else n
+        out, self.pending = self.pending[:n], self.pending[n:]
+        return out
+
+
+class _Gzip(_Frames):
+    def __init__(self, raw: IO[bytes]) -> None:
+        import zlib
+
+        super().__init__(raw, lambda: zlib.decompressobj(wbits=31), "gzip")  # 31: gzip header and CRC-32 checked
+
+
+class _Zstd(_Frames):
+    def __init__(self, raw: IO[bytes]) -> None:
+        import zstandard
+
+        super().__init__(raw, zstandard.ZstdDecompressor().decompressobj, "zstd")
+
+
+def _decompression_errors() -> tuple[type[BaseException], ...]:
+    import zlib
+
+    errors: list[type[BaseException]] = [zlib.error, Truncated]
+    try:
+        import zstandard
+
+        errors.append(zstandard.ZstdError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+DECOMPRESSION_ERRORS = _decompression_errors()
+
+
+def decompressing(stream: IO[bytes]) -> Any:
+    """`stream`, or a reader of its decompressed bytes (with `where()`) when it starts like gzip
+    or zstd data."""
     peek = getattr(stream, "peek", None)
     head = peek(4)[:4] if peek else b""
     if head[:2] == b"\x1f\x8b":
-        import gzip
-
-        return gzip.GzipFile(fileobj=stream)  # type: ignore[return-value]
+        return _Gzip(stream)
     if head == b"\x28\xb5\x2f\xfd":
-        import zstandard
-
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True))  # type: ignore[arg-type]
+        return _Zstd(stream)
     return stream
-

@@ -9,7 +9,7 @@ from typing import Any
 
 from vmxaddr.isa import SPECS
 from vmxaddr.models.base import FAULT, OK
-from vmxaddr.state import CpuState, StateError, parse_int
+from vmxaddr.state import CpuState, StateError, _show, check_int
 from vmxaddr.trace.format import (
     DEFAULT_MAX_STATES,
     EXIT_KEYS,
@@ -25,20 +25,18 @@ from vmxaddr.trace.format import (
 
 
 def _uint(obj: dict[str, Any], key: str, bits: int) -> int | None:
-    if key not in obj or obj[key] is None:
+    """An unsigned field of `bits` bits, through the one validator (state.check_int)."""
+    v = obj.get(key)
+    if v is None:
         return None
-    v = obj[key]
     if type(v) is int and 0 <= v < 1 << bits:
         return v
     if isinstance(v, bool) or not isinstance(v, int | str):
-        raise RecordError(f"{key}: expected an integer or a hex string, got {v!r}")
+        raise RecordError(f"{key}: expected an integer or a hex string, got {_show(v)}")
     try:
-        n = parse_int(v, key)
+        return check_int(v, key, 0, (1 << bits) - 1)
     except StateError as e:
         raise RecordError(str(e)) from None
-    if not 0 <= n < 1 << bits:
-        raise RecordError(f"{key}: {v!r} does not fit in {bits} unsigned bits")
-    return n
 
 
 def _hexbytes(v: Any) -> bytes:
@@ -171,13 +169,22 @@ def parse_exit(obj: dict[str, Any], line: int, table: StateTable) -> ExitRecord:
         if rip is not None and state.rip != rip:
             state = replace(state, rip=rip)
     res = _result(obj["result"]) if obj.get("result") is not None else None
+    source = obj.get("source")
+    processor = source.get("processor") if isinstance(source, dict) else None
     return ExitRecord(line, reason, instruction, rip, raw, code_size, info, _uint(obj, "exit_qualification", 64),
-                      _uint(obj, "length", 32), state, problem, res, _uint(obj, "extended_instruction_info", 64))
+                      _uint(obj, "length", 32), state, problem, res, _uint(obj, "extended_instruction_info", 64),
+                      processor if isinstance(processor, str) else None)
 
 
 
-def parse_state_record(obj: dict[str, Any], table: StateTable) -> None:
-    """Store a state record (`{"type": "state", "id": …, "state": {…}}`) in `table`."""
+def ref_of(obj: dict[str, Any]) -> str | None:
+    """The id a record's state_ref names, if it is a valid one."""
+    v = obj.get("state_ref")
+    return str(v) if isinstance(v, str | int) and not isinstance(v, bool) else None
+
+
+def parse_state_record(obj: dict[str, Any], table: StateTable) -> tuple[str, CpuState]:
+    """Store a state record (`{"type": "state", "id": …, "state": {…}}`) in `table`; its id and state."""
     for k in obj:
         if k not in STATE_KEYS:
             raise RecordError(f"unknown key {k!r} in a state record (known: {', '.join(sorted(STATE_KEYS))})")
@@ -196,3 +203,4 @@ def parse_state_record(obj: dict[str, Any], table: StateTable) -> None:
     except StateError as e:
         raise RecordError(f"state: {e}") from None
     table.put(key, st)
+    return key, st

@@ -8,8 +8,8 @@ from dataclasses import replace
 from typing import Any
 
 from vmxaddr.case import access_of, run_model
-from vmxaddr.decode import DecodeError, decode
-from vmxaddr.exitinfo import IGNORED_SEGMENT_POLICIES, SI_DI_POLICIES, Policy, encode
+from vmxaddr.decode import DecodeError, Instruction, decode
+from vmxaddr.exitinfo import IGNORED_SEGMENT_POLICIES, SI_DI_POLICIES, ExitInfo, Policy, encode
 from vmxaddr.isa import REG64
 from vmxaddr.models.base import FAULT, IMPL, OK, Model, Result
 from vmxaddr.state import CpuState
@@ -28,21 +28,50 @@ def _recorded_from(result: Result, rng: random.Random) -> Recorded:
     return Recorded(FAULT, out.vector, out.error_code)
 
 
-def synth(model: Model, n: int, seed: int = 0) -> Iterator[dict[str, Any]]:
-    """Records of a trace as `model` would have handled n random cases (vmxaddr.gen, seeded):
-    state records shared by several exits, some exits overriding registers inline, the exit
-    information from the SDM encoder under a random policy, and the model's answer."""
-    from vmxaddr.gen import MNEMONICS, RandomChooser, gen_encoding, gen_policy, gen_state
+def _wrong(rec: Recorded) -> Recorded:
+    """An answer no model gives for the case: another page for an address, the other kind of
+    outcome otherwise."""
+    if rec.kind == OK:
+        if rec.linear_address is not None:
+            return Recorded(OK, linear_address=rec.linear_address ^ 0x1000)
+        return Recorded(FAULT, "SS", 0)
+    return Recorded(OK, linear_address=0xBAD000)
+
+
+def covered(model: Model) -> tuple[str, ...]:
+    """The instructions `model` says it handles (its `mnemonics` attribute; every one if it has none)."""
+    from vmxaddr.gen import MNEMONICS
     from vmxaddr.models import covers
 
-    covered = tuple(m for m in MNEMONICS if covers(model, m)) or MNEMONICS  # only what the model answers for
+    return tuple(m for m in MNEMONICS if covers(model, m)) or MNEMONICS
+
+
+SHAPES = ("random", "realistic")
+
+
+def synth(model: Model, n: int, seed: int = 0, shape: str = "random", wrong: float = 0.0) -> Iterator[dict[str, Any]]:
+    """Records of a trace as `model` would have handled n cases (vmxaddr.gen, seeded), of the
+    instructions the model handles (`covered`).
+
+    shape "random": every case new — state records shared by a few exits, some exits overriding
+    registers inline, the exit information from the SDM encoder under a random policy.
+    shape "realistic": what a guest hypervisor's exits look like — a few states (two per code
+    size, defined once), 48 instructions at fixed addresses that recur, four vCPUs, one exit in
+    ten with one of the eight legacy registers changed inline (to one of four values).
+    `wrong`: the fraction of exits whose recorded answer is replaced by one no model gives."""
+    if shape == "realistic":
+        yield from _realistic(model, n, seed, wrong)
+        return
+    from vmxaddr.gen import RandomChooser, gen_encoding, gen_policy, gen_state
+
+    mnemonics = covered(model)
     rng = random.Random(seed)
     ch = RandomChooser(rng)
     pools: dict[int, list[tuple[str, CpuState]]] = {16: [], 32: [], 64: []}
     next_id = 0
     made = 0
     while made < n:
-        raw, cs = gen_encoding(ch, mnemonics=covered)
+        raw, cs = gen_encoding(ch, mnemonics=mnemonics)
         try:
             instr = decode(raw, cs)
         except DecodeError:
@@ -76,16 +105,65 @@ def synth(model: Model, n: int, seed: int = 0) -> Iterator[dict[str, Any]]:
         pol = Policy(pol.exit_qual, pol.undefined_bits, rng.choice(IGNORED_SEGMENT_POLICIES),
                      rng.choice(SI_DI_POLICIES), pol.seed)
         exit = encode(instr, rip, pol)
-        rec.update({"exit_reason": exit.exit_reason, "instruction": instr.mnemonic, "rip": _h(rip),
-                    "bytes": raw.hex(), "code_size": cs, "instruction_info": _h(exit.instruction_info),
-                    "exit_qualification": _h(exit.exit_qualification), "length": exit.length})
-        try:
-            result = run_model(model, exit, st, access_of(instr))
-        except Exception:  # noqa: BLE001 - a model that cannot answer leaves the result out
-            result = None
-        if result is not None:
-            rec["result"] = _recorded_from(result, rng).to_json()
+        rec.update(_exit_fields(instr, raw, cs, rip, exit))
+        _answer(rec, model, exit, st, instr, rng, wrong)
         made += 1
+        yield rec
+
+
+def _exit_fields(instr: Instruction, raw: bytes, cs: int, rip: int, exit: ExitInfo) -> dict[str, Any]:
+    return {"exit_reason": exit.exit_reason, "instruction": instr.mnemonic, "rip": _h(rip), "bytes": raw.hex(),
+            "code_size": cs, "instruction_info": _h(exit.instruction_info),
+            "exit_qualification": _h(exit.exit_qualification), "length": exit.length}
+
+
+def _answer(rec: dict[str, Any], model: Model, exit: ExitInfo, st: CpuState, instr: Instruction,
+            rng: random.Random, wrong: float) -> None:
+    try:
+        result = run_model(model, exit, st, access_of(instr))
+    except Exception:  # noqa: BLE001 - a model that cannot answer leaves the result out
+        return
+    recorded = _recorded_from(result, rng)
+    if wrong and rng.random() < wrong:
+        recorded = _wrong(recorded)
+    rec["result"] = recorded.to_json()
+
+
+def _realistic(model: Model, n: int, seed: int, wrong: float) -> Iterator[dict[str, Any]]:
+    from vmxaddr.gen import RandomChooser, gen_encoding, gen_state
+
+    rng = random.Random(seed)
+    ch = RandomChooser(rng)
+    states: dict[int, list[tuple[str, CpuState]]] = {}
+    for cs in (16, 32, 64):
+        states[cs] = []
+        while len(states[cs]) < 2:
+            st = gen_state(ch, cs, weird_modes=0)
+            if st.code_size == cs:
+                key = f"{cs}-{len(states[cs])}"
+                states[cs].append((key, st))
+                yield {"type": "state", "id": key, "state": st.to_json()}
+    mnemonics = covered(model)
+    code: list[tuple[Instruction, bytes, int, int, ExitInfo]] = []
+    while len(code) < 48:
+        raw, cs = gen_encoding(ch, mnemonics=mnemonics)
+        try:
+            instr = decode(raw, cs)
+        except DecodeError:
+            continue
+        rip = 0x401000 + 0x40 * len(code) if cs != 64 else 0xFFFFFFFF81000000 + 0x40 * len(code)
+        code.append((instr, raw, cs, rip, encode(instr, rip)))
+    values = [_interesting(rng) for _ in range(4)]
+    for _ in range(n):
+        instr, raw, cs, rip, exit = code[min(int(rng.expovariate(1 / 8)), len(code) - 1)]  # a few are hot
+        key, st = states[cs][rng.random() < 0.3]
+        rec: dict[str, Any] = {"type": "exit", "vcpu": rng.randrange(4), "state_ref": key}
+        if rng.random() < 0.1:
+            rec["state"] = {"registers": {REG64[rng.randrange(8)]: _h(rng.choice(values))}}
+            st = state_from_json(rec["state"], st)
+        st = replace(st, rip=rip)
+        rec.update(_exit_fields(instr, raw, cs, rip, exit))
+        _answer(rec, model, exit, st, instr, rng, wrong)
         yield rec
 
 

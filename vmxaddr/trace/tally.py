@@ -33,32 +33,50 @@ class Tally:
         self.fingerprinted = 0
         self.wrong_matches: Counter[str] = Counter()  # over the wrong-hypervisor records
         self.wrong_fingerprinted = 0
+        self.reference_errors = 0
+        self.input_error: str | None = None  # why reading stopped early
+        self.reference_error: str | None = None
 
-    def add(self, hw: dict[str, Any], hv: dict[str, Any], fp: dict[str, Any], wrong: bool) -> None:
-        """Count one exit record's verdicts."""
-        self.exits += 1
-        self.wrong += wrong
-        self.counts["hardware"][hw["verdict"]] += 1
-        self.counts["hypervisor"][hv["verdict"]] += 1
-        self.counts["fingerprint"][fp["verdict"]] += 1
+    def add(self, hw: dict[str, Any], hv: dict[str, Any], fp: dict[str, Any], wrong: bool, n: int = 1) -> None:
+        """Count `n` exit records with these verdicts."""
+        self.exits += n
+        self.wrong += wrong * n
+        self.counts["hardware"][hw["verdict"]] += n
+        self.counts["hypervisor"][hv["verdict"]] += n
+        self.counts["fingerprint"][fp["verdict"]] += n
         for key, d in (("hardware", hw), ("hypervisor", hv)):
             for what in d.get("missing", ()):
-                self.missing[key][_category(what)] += 1
+                self.missing[key][_category(what)] += n
         for d in hw.get("differences", ()):
-            self.hardware_fields[d["field"]] += 1
+            self.hardware_fields[d["field"]] += n
 
-    def add_fingerprint(self, names: list[str], wrong_hv: bool) -> None:
-        self.fingerprinted += 1
-        self.model_matches.update(names)
+    def add_fingerprint(self, names: list[str], wrong_hv: bool, n: int = 1) -> None:
+        self.fingerprinted += n
+        for name in names:
+            self.model_matches[name] += n
         if wrong_hv:
-            self.wrong_fingerprinted += 1
-            self.wrong_matches.update(names)
+            self.wrong_fingerprinted += n
+            for name in names:
+                self.wrong_matches[name] += n
 
-    def merge(self, later: Tally) -> None:
-        """Add the counts of the part of the trace that follows this one."""
-        self.lines = later.lines or self.lines
-        for name in ("exits", "state_records", "malformed", "wrong", "evicted", "fingerprinted", "wrong_fingerprinted"):
+    def note_reference_error(self, hv: dict[str, Any], n: int = 1) -> None:
+        """The reference model raised on `n` records (the first reason is kept)."""
+        self.reference_errors += n
+        if self.reference_error is None:
+            self.reference_error = hv["missing"][0]
+
+    def merge(self, later: Tally, lines: str = "last") -> None:
+        """Add the counts of the part of the trace that follows this one: the next piece of the
+        same file (`lines` "last": the later piece's lines are numbered on from this one's) or the
+        next file ("add")."""
+        self.lines = self.lines + later.lines if lines == "add" else (later.lines or self.lines)
+        for name in ("exits", "state_records", "malformed", "wrong", "evicted", "fingerprinted", "wrong_fingerprinted",
+                     "reference_errors"):
             setattr(self, name, getattr(self, name) + getattr(later, name))
+        if self.reference_error is None:
+            self.reference_error = later.reference_error
+        if later.input_error is not None:
+            self.input_error = later.input_error
         if later.truncated is not None:
             self.truncated = later.truncated
         for key in self.counts:
@@ -97,5 +115,8 @@ class Tally:
                 "consistent_with_every_wrong_record": every_wrong,
             },
             "models_compared": models_compared,
-            "exit_status": 1 if self.wrong or self.malformed else 0,
+            "reference_errors": self.reference_errors,
+            "reference_error_first": self.reference_error,
+            "input_error": self.input_error,
+            "exit_status": 1 if self.wrong or self.malformed or self.reference_errors or self.input_error else 0,
         }

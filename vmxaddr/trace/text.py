@@ -53,7 +53,10 @@ def summary_text(s: dict[str, Any]) -> str:
 
     out = [f"checked {s['exit_records']} exit records ({s['state_records']} state records, {s['lines']} lines) "
            f"against {s['against']}: {s['wrong_records']} wrong"]
-    out.append("  hardware:   " + counts(s["hardware"], ("consistent", "inconsistent", "not-checkable")))
+    # "explained" (a named processor's documented quirks) only where a trace has some
+    hw_order = ("consistent", "explained", "inconsistent", "not-checkable") if s["hardware"].get("explained") \
+        else ("consistent", "inconsistent", "not-checkable")
+    out.append("  hardware:   " + counts(s["hardware"], hw_order))
     if s["hardware_fields_differing"]:
         out.append("    fields differing: " + ", ".join(f"{k} {n}" for k, n in s["hardware_fields_differing"].items()))
     out.append("  hypervisor: " + counts(s["hypervisor"], ("correct", "wrong", "not-checkable")))
@@ -72,6 +75,11 @@ def summary_text(s: dict[str, Any]) -> str:
     elif fp["mode"] == "all" and fp["records"]:
         every = fp["consistent_with_every_record"]
         out.append(f"  models consistent with all {fp['records']} checkable answers: {', '.join(every) or 'none'}")
+    if s.get("reference_errors"):
+        out.append(f"  the reference model {s['against']} raised on {s['reference_errors']} records, which are not "
+                   f"checked (first: {s['reference_error_first']})")
+    if s.get("input_error"):
+        out.append(f"  the input broke off: {s['input_error']} (nothing after it was checked)")
     if s["malformed_lines"]:
         out.append(f"  malformed lines: {s['malformed_lines']}")
     if s["truncated_final_line"]:

@@ -174,7 +174,9 @@ static inline bool vmxaddr_is_noncanonical(u64 la, struct kvm_vcpu *vcpu, unsign
  * unrestricted guest; the vm86 real-mode emulation of old processors is not modelled). */
 static inline void vmx_get_segment(struct kvm_vcpu *vcpu, struct kvm_segment *var, int seg)
 {
-	const struct vmxaddr_segment *s = &vcpu->state->seg[seg < 6 ? seg : 0];
+	/* 6 and 7 would be TR and LDTR, which vmxaddr's state does not hold: reported, not read */
+	static const struct vmxaddr_segment none;
+	const struct vmxaddr_segment *s = seg >= 0 && seg < 6 ? &vcpu->state->seg[seg] : &none;
 
 	vcpu->segment_read = seg;
 	var->base = s->base;

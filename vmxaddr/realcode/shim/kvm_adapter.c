@@ -4,8 +4,9 @@
  * Compiled in one translation unit after kvm.h and the extracted function(s). What the adapter
  * adds is what KVM's VMX-instruction handlers (arch/x86/kvm/vmx/nested.c) do before they call
  * get_vmx_mem_address(), written for vmxaddr:
- *   1. nested_vmx_check_permission(): CPL > 0 -> #GP(0) (every handler; handle_vmxon() makes the
- *      same check after its CR0/CR4/feature checks, which vmxaddr does not model);
+ *   1. nested_vmx_check_permission(): CPL > 0 -> #GP(0) (every VMX-instruction handler;
+ *      handle_vmxon() makes the same check after its CR0/CR4/feature checks, which vmxaddr does not
+ *      model). handle_invpcid() (vmx.c) makes none: INVPCID checks CPL before the VM exit;
  *   2. handle_vmread() / handle_vmwrite(): with bit 10 of the instruction information set the
  *      operand is a register, and get_vmx_mem_address() is not called;
  *   3. the call, with the access's direction (`wr`) and length (`len`) as the handler passes them
@@ -18,6 +19,7 @@
 
 #define VMXADDR_EXIT_VMREAD 23
 #define VMXADDR_EXIT_VMWRITE 25
+#define VMXADDR_EXIT_INVPCID 58
 
 int vmxaddr_kvm(const struct vmxaddr_exit *exit, const struct vmxaddr_state *state,
                 const struct vmxaddr_access *access, struct vmxaddr_result *out)
@@ -26,7 +28,8 @@ int vmxaddr_kvm(const struct vmxaddr_exit *exit, const struct vmxaddr_state *sta
 	gva_t gva = 0;
 	int r;
 
-	if (state->cpl > 0) {
+	*out = (struct vmxaddr_result){ 0 };  /* (vmxaddr zeroes it too; this adapter does not rely on that) */
+	if (state->cpl > 0 && exit->exit_reason != VMXADDR_EXIT_INVPCID) {
 		out->status = VMXADDR_FAULT;
 		out->vector = GP_VECTOR;
 		out->error_code = 0;
@@ -40,7 +43,9 @@ int vmxaddr_kvm(const struct vmxaddr_exit *exit, const struct vmxaddr_state *sta
 	}
 	r = get_vmx_mem_address(&vcpu, exit->exit_qualification, exit->instruction_info,
 	                        access->write != 0, (int)access->size, &gva);
-	out->reserved0 = (u32)r;  /* the function's return value, for vmxaddr's consistency check */
+	(void)r;  /* 1 when an exception was queued: the slot says which */
+	/* which registers the function read: vmxaddr passes only the operand's (vmxaddr.realcode.bridge) */
+	out->reserved0 = (u32)vcpu.registers_read;
 	if (vcpu.segment_read >= 0) {
 		out->segment = (u32)vcpu.segment_read;
 		out->valid |= VMXADDR_HAVE_SEGMENT;
@@ -74,7 +79,7 @@ int vmxaddr_kvm_explain(const struct vmxaddr_exit *exit, const struct vmxaddr_st
 	*line = 0;
 	*queued = 0;
 	*registers_read = 0;
-	if (state->cpl > 0 || ((exit->exit_reason == VMXADDR_EXIT_VMREAD || exit->exit_reason == VMXADDR_EXIT_VMWRITE)
+	if ((state->cpl > 0 && exit->exit_reason != VMXADDR_EXIT_INVPCID) || ((exit->exit_reason == VMXADDR_EXIT_VMREAD || exit->exit_reason == VMXADDR_EXIT_VMWRITE)
 	                       && (exit->instruction_info & (1u << 10))))
 		return 0;
 	get_vmx_mem_address(&vcpu, exit->exit_qualification, exit->instruction_info, access->write != 0,

@@ -16,9 +16,9 @@
  * must not depend on an earlier one. Calls may come from several threads, each with its own
  * structures.
  *
- * In one file of a library you build yourself (c:LIB.so:FUNCTION), write VMXADDR_EXPORT_LAYOUT;
- * at file scope: vmxaddr checks the sizes and offsets it exports against its own before the
- * first call. (For c:FILE.c:FUNCTION vmxaddr adds it.)
+ * Write VMXADDR_EXPORT_LAYOUT; once, at file scope: vmxaddr checks the sizes and offsets it
+ * exports against its own before the first call. (For c:FILE.c:FUNCTION vmxaddr adds it if
+ * you did not.)
  *
  * This header is part of vmxaddr (MIT licence); copy it into your tree freely.
  */
@@ -114,9 +114,10 @@ enum {
 	VMXADDR_NO_MEMORY = 2    /* a register operand: no memory access, no fault */
 };
 
-#define VMXADDR_UD 6
-#define VMXADDR_SS 12
-#define VMXADDR_GP 13
+/* Exception vectors (SDM Vol. 3A §6.3.1). */
+#define VMXADDR_VECTOR_UD 6
+#define VMXADDR_VECTOR_SS 12
+#define VMXADDR_VECTOR_GP 13
 
 /* Bits of vmxaddr_result.valid: which optional values the adapter reports. */
 #define VMXADDR_HAVE_EFFECTIVE_ADDRESS (1u << 0)
@@ -128,7 +129,7 @@ enum {
 
 struct vmxaddr_result {
 	uint32_t status;            /* VMXADDR_OK, VMXADDR_FAULT or VMXADDR_NO_MEMORY */
-	uint32_t vector;            /* with VMXADDR_FAULT: 6 #UD, 12 #SS, 13 #GP, ... */
+	uint32_t vector;            /* with VMXADDR_FAULT: VMXADDR_VECTOR_UD (6), _SS (12), _GP (13), ... */
 	uint32_t error_code;        /* with VMXADDR_HAVE_ERROR_CODE */
 	uint32_t valid;             /* VMXADDR_HAVE_* bits */
 	uint64_t effective_address; /* the offset within the segment, as the hypervisor computed it */
@@ -139,13 +140,20 @@ struct vmxaddr_result {
 	uint32_t reserved0;
 };
 
+/* Optional: an adapter that handles only some instructions exports their names, comma-separated
+ * (vmxaddr's mnemonics: vmptrld, vmptrst, vmclear, vmxon, vmread, vmwrite, invept, invvpid, invpcid,
+ * lgdt, …), and vmxaddr fuzzes only those:
+ *     const char vmxaddr_mnemonics[] = "vmptrld,vmptrst,vmclear,vmxon,vmread,vmwrite,invept,invvpid";
+ */
+
 typedef int (*vmxaddr_adapter)(const struct vmxaddr_exit *exit, const struct vmxaddr_state *state,
                                const struct vmxaddr_access *access, struct vmxaddr_result *out);
 
 /* Sizes and offsets, for vmxaddr to check its view of these structures at load time. */
 #define VMXADDR_LAYOUT_ENTRIES 12
+/* (weak: vmxaddr adds its own copy when it compiles c:FILE.c, and the two are the same) */
 #define VMXADDR_EXPORT_LAYOUT                                                                     \
-	const uint32_t vmxaddr_layout[VMXADDR_LAYOUT_ENTRIES] = {                                     \
+	__attribute__((weak)) const uint32_t vmxaddr_layout[VMXADDR_LAYOUT_ENTRIES] = {                                     \
 		VMXADDR_ABI_VERSION,                                                                      \
 		sizeof(struct vmxaddr_exit), sizeof(struct vmxaddr_segment),                             \
 		sizeof(struct vmxaddr_state), sizeof(struct vmxaddr_access),                             \
