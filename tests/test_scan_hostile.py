@@ -214,3 +214,29 @@ def test_interrupt_prints_the_counts_so_far(obj: Path, monkeypatch: pytest.Monke
     calls.clear()
     assert main(["scan", "--quiet", str(obj), str(obj), str(obj)]) == 130
     assert "2 VMX-family instructions in 1 files  INTERRUPTED" in capsys.readouterr().out
+
+
+def test_scan_workers_end_when_the_command_is_killed(tmp_path: Path) -> None:
+    import signal
+
+    from proc_util import alive, children, reap_all, wait_for
+
+    many = assemble(tmp_path, "slow", "f:\n.rept 30000\n vmread %rax, %rbx\n.endr\n ret\n")
+    files = []
+    for i in range(6):
+        (tmp_path / f"m{i}.o").write_bytes(many.read_bytes())
+        files.append(str(tmp_path / f"m{i}.o"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen([sys.executable, "-m", "vmxaddr.cli", "scan", "--quiet", "--summary-only", "--jobs", "2",
+                          *files], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
+    workers: set[int] = set()
+    try:
+        assert wait_for(lambda: len(children(p.pid)) >= 2, 30), "no workers started"
+        workers = children(p.pid)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(timeout=10)
+        assert wait_for(lambda: not any(alive(w) for w in workers), 10), "scan workers outlived their parent"
+    finally:
+        p.kill()
+        p.communicate()
+        reap_all(workers)
