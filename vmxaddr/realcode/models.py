@@ -198,7 +198,9 @@ def make_model(name: str, load: Callable[[], Library], info: RealCodeInfo,
                 r = "cpl" if v == "GP" else "register-operand" if v == "UD" else "c-adapter"
             else:
                 r = rule(state, seg, access, True)
-            out = outcome(explain, FAULT, v, code, r, lambda: f"the C code injects #{v}" + ("" if code is None else f"({code})"))
+            out = outcome(explain, FAULT, v, code, r, lambda: f"the C code injects #{v}" + ("" if code is None else f"({code})")
+                          + ("" if r in ("cpl", "register-operand", "c-adapter") else
+                             f"; which check fired is attributed from the state: {r}"))
         elif status == STATUS_NO_MEMORY:
             out = outcome(explain, OK, None, None, "register-operand", lambda: "register operand: no memory access")
         else:  # which check passed: the classifier reads it (e.g. "canonical" in compatibility mode)
