@@ -38,6 +38,7 @@ CONTRACT: dict[tuple[str, ...], tuple[str, list[str]]] = {
     ("check-trace",): (LINES, [str(DATA / "good.jsonl"), "--quiet"]),
     ("trace", "synth"): (LINES, ["--model", "sdm", "-n", "20", "--quiet"]),
     ("trace", "import"): (LINES, ["--from", "ftrace", str(DATA / "kvm_exit.txt"), "--quiet"]),
+    ("trace", "record"): (LINES, ["--bochs", "-n", "20", "--quiet"]),  # needs bochs (CI installs it)
 }
 
 

@@ -246,9 +246,11 @@ def test_page_computes_the_readme_example_in_chromium(served: str, browser: obje
         el.send_keys(text)
 
     def compute() -> None:
+        # Changing a select recomputes on its own; wait for the answer to the form as it is now.
         before = field("vx-answer").get_attribute("data-count")
         field("vx-go").click()
-        _wait(d, f"return document.getElementById('vx-answer').dataset.count !== {json.dumps(before)}", 30)
+        _wait(d, f"var a = document.getElementById('vx-answer'); return a.dataset.count !== {json.dumps(before)}"
+                 " && a.dataset.form === window.vmxaddrForm()", 120)
 
     # The README example, entered from scratch: VMREAD [EBP-0x28], EAX in 32-bit code, EBP = 0x1000.
     enter("vx-bytes", "0f7845d8")

@@ -73,6 +73,7 @@ class Policy:
 
 
 DEFAULT_POLICY = Policy()
+_IO = Layout.IO
 
 
 class ExitInfo(NamedTuple):
@@ -188,14 +189,16 @@ def exit_qualification(instr: Instruction, rip: int = 0, policy: Policy = DEFAUL
     if op is None:
         # RDMSR/WRMSRNS with an immediate: the MSR index (KVM handle_rdmsr_imm() reads it there)
         return instr.immediate if instr.immediate is not None else 0
-    if instr.spec.layout is Layout.IO:
-        from vmxaddr.string_io import io_qualification
-
-        return io_qualification(instr, port)
     if op.rip_relative:
         full = (op.displacement + rip + instr.length) & MASK64
     else:
         full = op.displacement & MASK64
+        # INS/OUTS (no displacement): the I/O qualification. Tested only for a zero displacement,
+        # to keep the fuzzer's hot path (a memo hit, then this function) as it was.
+        if not full and instr.spec.layout is _IO:
+            from vmxaddr.string_io import io_qualification
+
+            return io_qualification(instr, port)
     asz = op.address_size
     if asz == 64:
         return full

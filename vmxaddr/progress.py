@@ -10,8 +10,9 @@ from typing import TextIO
 
 class Progress:
     def __init__(self, total: int | None, label: str = "", enabled: bool = True, stream: TextIO | None = None,
-                 unit: str = "cases") -> None:
+                 unit: str = "cases", delay: float = 0.0) -> None:
         self.total = total
+        self.delay = delay  # without a terminal, nothing before the run is this many seconds long
         self.label = label
         self.unit = unit
         self.stream = stream or sys.stderr
@@ -26,6 +27,8 @@ class Progress:
         if not self.enabled:
             return
         now = time.monotonic()
+        if not self.tty and now - self.start < self.delay:
+            return
         if now - self.last < (0.2 if self.tty else 10.0) and (self.total is None or done < self.total):
             return
         self.last = now

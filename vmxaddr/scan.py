@@ -30,24 +30,21 @@ against.
 
 from __future__ import annotations
 
-import argparse
 import bisect
-import gzip
-import json
-import lzma
-import os
+import heapq
 import re
 import struct
 import sys
-import time
-import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from vmxaddr.progress import Progress
+from vmxaddr.scanio import MAX_IMAGE, ScanError, expand_paths, looks_like_elf, read_image
+
+__all__ = ["CANDIDATE", "Elf", "FileResult", "ScanError", "expand_paths", "looks_like_elf", "read_image", "scan_file",
+           "scan_image", "sweep"]
 
 # -- candidates ---------------------------------------------------------------------------------
 
@@ -81,43 +78,7 @@ instructions, so every section holding one must be swept — a slower scan."""
 is the 0F byte alone (the rest is a lookahead) so that overlapping candidates, as in 0F 00 0F C7,
 are all found."""
 
-# -- reading files ------------------------------------------------------------------------------
-
-
-class ScanError(Exception):
-    """A file that cannot be scanned; the message says what is wrong, in one line."""
-
-
-def read_image(path: str) -> tuple[bytes, str | None]:
-    """The file's bytes, decompressed when it is xz, gzip or zstd (by its magic number)."""
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        raise ScanError(exc.strerror or str(exc)) from None
-    if data.startswith(b"\xfd7zXZ\x00"):
-        try:
-            return lzma.decompress(data), "xz"
-        except (lzma.LZMAError, EOFError) as exc:
-            raise ScanError(f"bad xz data: {exc}") from None
-    if data.startswith(b"\x1f\x8b"):
-        try:
-            return gzip.decompress(data), "gzip"
-        except (OSError, EOFError, zlib.error) as exc:
-            raise ScanError(f"bad gzip data: {exc}") from None
-    if data.startswith(b"\x28\xb5\x2f\xfd"):
-        try:
-            import zstandard
-        except ImportError:
-            raise ScanError("zstd-compressed, and the zstandard module is not installed "
-                            "(pip install zstandard)") from None
-        try:
-            with zstandard.ZstdDecompressor().stream_reader(data) as reader:
-                return reader.read(), "zstd"
-        except zstandard.ZstdError as exc:
-            raise ScanError(f"bad zstd data: {exc}") from None
-    return data, None
-
+# -- reading files: vmxaddr/scanio.py (bounded) ------------------------------------------------
 
 # -- a small ELF reader -------------------------------------------------------------------------
 
@@ -154,7 +115,7 @@ class Symbol:
 class Elf:
     """ELF header, section headers and symbols of an x86 ELF image held in memory."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | bytearray) -> None:
         self.data = data
         if len(data) < 16 or data[:4] != b"\x7fELF":
             raise ScanError("not an ELF file" + (" (empty)" if not data else ""))
@@ -204,14 +165,14 @@ class Elf:
         off, size = raw[4], raw[5]
         if off + size > len(self.data):
             raise ScanError(f"truncated: {what} ends at {off + size:#x}, the file at {len(self.data):#x}")
-        return self.data[off:off + size]
+        return bytes(self.data[off:off + size])
 
     @property
     def relocatable(self) -> bool:
         return self.e_type == 1
 
     def section_bytes(self, s: Section) -> bytes:
-        return self.data[s.offset:s.offset + s.size]
+        return bytes(self.data[s.offset:s.offset + s.size])
 
     def executable_sections(self) -> list[Section]:
         return [s for s in self.sections
@@ -506,14 +467,37 @@ class Boundaries:
 # -- scanning -----------------------------------------------------------------------------------
 
 
+MAX_KEPT = 100  # rejected encodings and warnings kept per file (all are counted)
+
+
 @dataclass
 class FileResult:
+    """What scanning one file found. `findings` holds the findings only when no `on_finding`
+    sink was given to scan_image; `counts` always counts them by (mnemonic, operand form)."""
+
     path: str
     findings: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    rejected_total: int = 0
+    warnings_total: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def warn(self, text: str) -> None:
+        self.warnings_total += 1
+        if len(self.warnings) < MAX_KEPT:
+            self.warnings.append(text)
+
+    def reject(self, item: dict[str, Any]) -> None:
+        self.rejected_total += 1
+        if len(self.rejected) < MAX_KEPT:
+            self.rejected.append(item)
 
 
 def _core() -> tuple[Any, Any, Any]:
@@ -583,10 +567,13 @@ class _Enclosing:
         return None, None
 
 
-def scan_image(path: str, data: bytes, mode: int | None = None,
-               compression: str | None = None, string_io: bool = False) -> FileResult:
+def scan_image(path: str, data: bytes | bytearray, mode: int | None = None, compression: str | None = None,
+               on_finding: Callable[[dict[str, Any]], None] | None = None, string_io: bool = False) -> FileResult:
+    """Scan an ELF image. Each finding goes to `on_finding` when given (and is not kept: memory
+    does not grow with the findings), else into the result's `findings`; both ways it is counted."""
     decode, DecodeError, encode = _core()
     res = FileResult(path)
+    keep = res.findings.append if on_finding is None else on_finding
     elf = Elf(data)
     bits = mode or elf.bits
     res.info = {"path": path, "elf_class": elf.bits, "type": ET_NAMES.get(elf.e_type, str(elf.e_type)),
@@ -594,68 +581,83 @@ def scan_image(path: str, data: bytes, mode: int | None = None,
                 "compression": compression, "size": len(data), "sections_scanned": 0, "bytes_scanned": 0}
     execs = elf.executable_sections()
     if mode is None and elf.bits == 32:
-        code = b"".join(elf.section_bytes(s) for s in execs)
-        ev = _long_mode_evidence(code)
+        ev = sum(_long_mode_evidence(elf.section_bytes(s)) * s.size for s in execs) / max(1, sum(s.size for s in execs))
         if ev > 2.0:
-            res.warnings.append(f"the ELF class says 32-bit but the code looks like 64-bit "
-                                f"({ev:.0f} REX.W instruction pairs per KiB); scan it with --mode 64")
+            res.warn(f"the ELF class says 32-bit but the code looks like 64-bit "
+                     f"({ev:.0f} REX.W instruction pairs per KiB); scan it with --mode 64")
     for sec in execs:
         body = elf.section_bytes(sec)
         res.info["sections_scanned"] += 1
         res.info["bytes_scanned"] += len(body)
-        cands = [m.start() for m in CANDIDATE.finditer(body)]
-        if string_io:
-            cands = sorted(set(cands) | {m.start() for m in STRING_CANDIDATE.finditer(body)})
-        if not cands:
-            continue
-        starts = elf.symbol_starts(sec)
+        starts: list[int] | None = None
         enclosing: _Enclosing | None = None
         base = 0 if elf.relocatable else sec.addr
-        by_region: dict[int, list[int]] = {}
-        for c in cands:
-            by_region.setdefault(bisect.bisect_right(starts, c) - 1, []).append(c)
-        for r, cs in by_region.items():
-            rstart = starts[r]
-            rend = starts[r + 1] if r + 1 < len(starts) else len(body)
-            bounds = Boundaries(body, rstart, rend, bits)
-            seen: set[int] = set()
-            for c in cs:
-                insns = bounds.upto(c)
-                k = bisect.bisect_right(insns, c) - 1
-                at = insns[k]
-                if at in seen:
-                    continue
-                seen.add(at)
-                window = body[at:min(at + 16, rend)]
-                try:
-                    instr = decode(window, bits)
-                except DecodeError as exc:
-                    if exc.kind not in ("not-vmx", "empty") and c == at + _pfx_len(window, bits):
-                        res.rejected.append({"section": sec.name, "offset": at, "address": base + at,
-                                             "bytes": window[:16].hex(), "kind": exc.kind,
-                                             "message": str(exc)})
-                    continue
-                after = sweep(body, at, rend, at + instr.length, bits)
-                if (after[1] if len(after) > 1 else rend) != at + instr.length:
-                    res.warnings.append(f"{sec.name}+{at:#x}: the decoder and the sweep disagree on the "
-                                        f"length of {instr.raw.hex()} ({instr.length} bytes)")
-                if at + instr.length <= c:
-                    continue  # the candidate is past what the decoder reads as this instruction
-                ei = encode(instr, rip=base + at)
-                if enclosing is None:
-                    enclosing = _Enclosing(elf, sec)
-                sym, symoff = enclosing.find(at)
-                res.findings.append({
-                    "file": path, "section": sec.name, "offset": at,
-                    "file_offset": sec.offset + at, "address": base + at,
-                    "symbol": sym, "symbol_offset": symoff,
-                    "bytes": instr.raw.hex(), "mnemonic": instr.mnemonic,
-                    "form": operand_form(instr.raw, bits),
-                    "instruction": instr.to_json(),
-                    "instruction_info": ei.instruction_info,
-                    "exit_qualification": ei.exit_qualification,
-                })
+        region = -1
+        bounds: Boundaries | None = None
+        rend = last_at = -1
+        # candidates come in increasing order (streamed, never listed), so do the regions
+        # between symbols and the instructions holding them
+        for c in _candidates(body, string_io):
+            if starts is None:
+                starts = elf.symbol_starts(sec)
+            r = bisect.bisect_right(starts, c) - 1
+            if r != region or bounds is None:
+                region = r
+                rend = starts[r + 1] if r + 1 < len(starts) else len(body)
+                bounds = Boundaries(body, starts[r], rend, bits)
+                last_at = -1
+            insns = bounds.upto(c)
+            k = bisect.bisect_right(insns, c) - 1
+            at = insns[k]
+            if k > 4096:
+                del insns[:k]  # starts before this instruction are never asked for again
+            if at == last_at:
+                continue
+            last_at = at
+            window = body[at:min(at + 16, rend)]
+            try:
+                instr = decode(window, bits)
+            except DecodeError as exc:
+                if exc.kind not in ("not-vmx", "empty") and c == at + _pfx_len(window, bits):
+                    res.reject({"section": sec.name, "offset": at, "address": base + at, "bytes": window[:16].hex(),
+                                "kind": exc.kind, "message": str(exc)})
+                continue
+            after = sweep(body, at, rend, at + instr.length, bits)
+            if (after[1] if len(after) > 1 else rend) != at + instr.length:
+                res.warn(f"{sec.name}+{at:#x}: the decoder and the sweep disagree on the "
+                         f"length of {instr.raw.hex()} ({instr.length} bytes)")
+            if at + instr.length <= c:
+                continue  # the candidate is past what the decoder reads as this instruction
+            ei = encode(instr, rip=base + at)
+            if enclosing is None:
+                enclosing = _Enclosing(elf, sec)
+            sym, symoff = enclosing.find(at)
+            form = operand_form(instr.raw, bits)
+            res.counts[(instr.mnemonic, form)] += 1
+            keep({
+                "file": path, "section": sec.name, "offset": at,
+                "file_offset": sec.offset + at, "address": base + at,
+                "symbol": sym, "symbol_offset": symoff,
+                "bytes": instr.raw.hex(), "mnemonic": instr.mnemonic,
+                "form": form,
+                "instruction": instr.to_json(),
+                "instruction_info": ei.instruction_info,
+                "exit_qualification": ei.exit_qualification,
+            })
     return res
+
+
+def _candidates(body: bytes, string_io: bool) -> Iterator[int]:
+    """Offsets of the candidates in increasing order, each once, streamed."""
+    found = (m.start() for m in CANDIDATE.finditer(body))
+    if not string_io:
+        yield from found
+        return
+    last = -1
+    for c in heapq.merge(found, (m.start() for m in STRING_CANDIDATE.finditer(body))):
+        if c != last:
+            yield c
+            last = c
 
 
 def _pfx_len(b: bytes, bits: int) -> int:
@@ -665,201 +667,32 @@ def _pfx_len(b: bytes, bits: int) -> int:
     return i
 
 
-def scan_file(path: str, mode: int | None = None, string_io: bool = False) -> FileResult:
-    """Scan one file; a damaged file gives a FileResult with `error` set, never an exception."""
+def scan_file(path: str, mode: int | None = None, on_finding: Callable[[dict[str, Any]], None] | None = None,
+              limit: int = MAX_IMAGE, string_io: bool = False) -> FileResult:
+    """Scan one file (at most `limit` bytes after decompression); a damaged or oversized file
+    gives a FileResult with `error` set, never an exception."""
     try:
-        data, compression = read_image(path)
-        return scan_image(path, data, mode, compression, string_io)
+        data, compression = read_image(path, limit)
+        return scan_image(path, data, mode, compression, on_finding, string_io)
     except ScanError as exc:
         return FileResult(path, error=str(exc))
     except (struct.error, IndexError, ValueError, UnicodeError, OverflowError, MemoryError) as exc:
         return FileResult(path, error=f"malformed ELF ({type(exc).__name__}: {exc})")
 
 
-def _scan_job(job: tuple[int, str, int | None, bool]) -> tuple[int, FileResult]:
-    return job[0], scan_file(job[1], job[2], job[3])
+# -- the command line: vmxaddr/scancli.py --------------------------------------------------------
 
+def register(subparsers: Any) -> Any:
+    """Add `scan` to the vmxaddr command line (vmxaddr/scancli.py)."""
+    from vmxaddr.scancli import register as _register
 
-def _size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
-
-
-def scan_files(jobs: list[tuple[str, int | None]], workers: int = 1, string_io: bool = False) -> Iterator[FileResult]:
-    """Scan files, in `workers` processes when more than one; results come in the order of
-    `jobs`. The largest files are handed out first so that one big file does not finish last."""
-    if workers <= 1 or len(jobs) < 2:
-        for path, mode in jobs:
-            yield scan_file(path, mode, string_io)
-        return
-    import multiprocessing
-    order = sorted(range(len(jobs)), key=lambda i: -_size(jobs[i][0]))
-    work = [(i, *jobs[i], string_io) for i in order]
-    done: dict[int, FileResult] = {}
-    nxt = 0
-    with multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn").Pool(workers) as pool:
-        for i, res in pool.imap_unordered(_scan_job, work, chunksize=max(1, min(8, len(jobs) // (workers * 32)))):
-            done[i] = res
-            while nxt in done:
-                yield done.pop(nxt)
-                nxt += 1
-
-
-def summarize(findings: list[dict[str, Any]]) -> dict[str, Any]:
-    by_mnemonic = Counter(f["mnemonic"] for f in findings)
-    by_form = Counter(f"{f['mnemonic']} {f['form']}" for f in findings)
-    forms = Counter(f["form"] for f in findings)
-    return {"total": len(findings), "by_mnemonic": dict(sorted(by_mnemonic.items())),
-            "by_form": dict(sorted(forms.items())),
-            "by_mnemonic_and_form": dict(sorted(by_form.items()))}
-
-
-# -- command line -------------------------------------------------------------------------------
-
-def looks_like_elf(path: str) -> bool:
-    """Whether a file starts with the ELF magic number, after decompressing when its name ends
-    in .xz, .gz or .zst (only the first bytes are decompressed)."""
-    try:
-        if path.endswith(".xz"):
-            with lzma.open(path) as fh:
-                return fh.read(4) == b"\x7fELF"
-        if path.endswith(".gz"):
-            with gzip.open(path) as fh:
-                return fh.read(4) == b"\x7fELF"
-        if path.endswith(".zst"):
-            import zstandard
-            with open(path, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as fh:
-                return fh.read(4) == b"\x7fELF"
-        with open(path, "rb") as fh:
-            return fh.read(4) == b"\x7fELF"
-    except (OSError, EOFError, lzma.LZMAError, zlib.error, ImportError, ValueError):
-        return path.endswith((".ko.xz", ".ko.gz", ".ko.zst"))  # then scanning says what is wrong
-    except Exception:  # zstandard.ZstdError and the like
-        return False
-
-
-def expand_paths(paths: list[str]) -> list[str]:
-    """Files as given; directories walked (sorted, symbolic links not followed) for ELF files,
-    plain or compressed."""
-    out: list[str] = []
-    for path in paths:
-        if not os.path.isdir(path):
-            out.append(path)
-            continue
-        for root, dirs, names in os.walk(path):
-            dirs.sort()
-            for name in sorted(names):
-                full = os.path.join(root, name)
-                if os.path.isfile(full) and not os.path.islink(full) and looks_like_elf(full):
-                    out.append(full)
-    return out
-
-
-def _mode_arg(text: str) -> tuple[str | None, int]:
-    name, sep, m = text.rpartition("=")
-    if m not in ("16", "32", "64"):
-        raise argparse.ArgumentTypeError(f"mode must be 16, 32 or 64 (optionally FILE=MODE), not {text!r}")
-    return (name if sep else None), int(m)
-
-
-def _mode_for(path: str, modes: list[tuple[str | None, int]]) -> int | None:
-    chosen = None
-    for name, m in modes:
-        if name is None or name in (path, os.path.basename(path)):
-            chosen = m
-    return chosen
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="+", metavar="FILE",
-                   help="ELF files (may be .xz, .gz or .zst); a directory is searched for them")
-    p.add_argument("--mode", type=_mode_arg, action="append", default=[], metavar="[FILE=]M",
-                   help="code size 16, 32 or 64 instead of the ELF class; FILE=M for one file "
-                        "(path or base name); may be repeated")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--jobs", "-j", type=int, default=0,
-                   help="worker processes (default: one per CPU when there are many files)")
-    p.add_argument("--progress", action="store_true", help="report progress on stderr")
-    p.add_argument("--summary-only", action="store_true", help="print only the counts")
-    p.add_argument("--string-io", action="store_true",
-                   help="also find INS/OUTS (6C-6F), which have an instruction-information field too; slower, "
-                   "since those bytes occur inside many other instructions")
-    p.set_defaults(func=run)
-
-
-def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `scan` to the vmxaddr command line."""
-    p = subparsers.add_parser("scan", help="find VMX-family instructions in ELF files",
-                              description="Find the VMX-family instructions in ELF files at the "
-                                          "instruction boundaries objdump -d uses, and show the "
-                                          "VM-exit information each would produce.")
-    add_arguments(p)
-    return p
-
-
-def _fmt_finding(f: dict[str, Any]) -> str:
-    where = f"{f['section']}+{f['offset']:#x}"
-    sym = f" <{f['symbol']}+{f['symbol_offset']:#x}>" if f["symbol"] else ""
-    return (f"{f['file']}: {f['address']:#x} {where}{sym}  {f['bytes']:<24} "
-            f"{f['instruction'].get('text', f['mnemonic'])}  info={f['instruction_info']:#010x} "
-            f"qual={f['exit_qualification']:#x}")
-
-
-def run(args: argparse.Namespace) -> int:
-    files = expand_paths(args.files)
-    jobs = [(path, _mode_for(path, args.mode)) for path in files]
-    workers = args.jobs or (min(os.cpu_count() or 1, 8) if len(files) >= 8 else 1)
-    progress = args.progress or sys.stderr.isatty()
-    all_findings: list[dict[str, Any]] = []
-    infos: list[dict[str, Any]] = []
-    errors: list[dict[str, str]] = []
-    rejected: list[dict[str, Any]] = []
-    failed = 0
-    t0 = time.monotonic()
-    bar = Progress(len(files), "vmxaddr scan", enabled=progress and len(files) > 1, unit="files")
-    for n, res in enumerate(scan_files(jobs, workers, args.string_io), 1):
-        if res.error is not None:
-            failed += 1
-            errors.append({"file": res.path, "error": res.error})
-            print(f"vmxaddr scan: {res.path}: {res.error}", file=sys.stderr)
-        else:
-            infos.append({**res.info, "findings": len(res.findings), "warnings": res.warnings})
-            for w in res.warnings:
-                print(f"vmxaddr scan: {res.path}: warning: {w}", file=sys.stderr)
-            all_findings.extend(res.findings)
-            rejected.extend({"file": res.path, **r} for r in res.rejected)
-            if not args.json and not args.summary_only:
-                for f in res.findings:
-                    print(_fmt_finding(f))
-        bar.update(n, f"{len(all_findings)} instructions")
-    bar.close()
-    summary = summarize(all_findings)
-    summary.update({"files": len(files), "failed": failed, "seconds": round(time.monotonic() - t0, 3)})
-    if args.json:
-        # one line, by the C encoder (json's indenting encoder is pure Python and costs seconds here)
-        print(json.dumps({"files": infos, "findings": all_findings, "summary": summary, "errors": errors,
-                          "rejected": rejected}))
-    else:
-        print(f"{summary['total']} VMX-family instructions in {len(files) - failed} files"
-              + (f" ({failed} failed)" if failed else ""))
-        for k, v in summary["by_mnemonic_and_form"].items():
-            print(f"  {v:6d}  {k}")
-        for r in rejected:
-            print(f"  not decoded: {r['file']}: {r['section']}+{r['offset']:#x} {r['bytes']}: "
-                  f"{r['kind']}: {r['message']}")
-    return 1 if failed else 0
+    return _register(subparsers)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="vmxaddr scan")
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run(args)
-    except BrokenPipeError:
-        return 0
+    from vmxaddr.scancli import main as _main
+
+    return _main(argv)
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def wait_for(driver: Any, script: str, timeout: float) -> Any:
     raise TimeoutError(f"timed out after {timeout} s waiting for: {script} (page says: {status})")
 
 
-def first_answer(driver: Any, url: str, timeout: float = 120) -> dict[str, float]:
+def first_answer(driver: Any, url: str, timeout: float = 300) -> dict[str, float]:
     """Open the Try page at `url` and wait for its first answer; the page's timings (ms since
     navigation start: Pyodide loaded, vmxaddr imported, first answer shown)."""
     driver.get(url)

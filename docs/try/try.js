@@ -14,6 +14,8 @@ function status(text) {
   $("vx-status").textContent = text;
 }
 
+window.vmxaddrForm = () => JSON.stringify(form());
+
 function form() {
   const data = {};
   for (const el of $("vx-form").elements) {
@@ -80,8 +82,10 @@ function show(result) {
 function compute() {
   if (!answer) return;
   const started = performance.now();
-  const result = JSON.parse(answer(JSON.stringify(form())));
+  const asked = JSON.stringify(form());
+  const result = JSON.parse(answer(asked));
   show(result);
+  $("vx-answer").dataset.form = asked;  // which form this answer is for (tests wait on it)
   const ms = performance.now() - started;
   if (timings.firstAnswer === undefined) timings.firstAnswer = performance.now();
   timings.lastCompute = ms;

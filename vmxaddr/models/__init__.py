@@ -108,6 +108,17 @@ def _register_real_code() -> None:
 _register_real_code()
 
 
+def _register_xen_real_code() -> None:
+    """xen-4.17 when its Debian source is cached (vmxaddr.realcode.xen)."""
+    from vmxaddr.realcode.xen import registered
+
+    for name, fn, summary, info in registered():
+        REGISTRY[name] = ModelInfo(name, fn, summary, "consumer", info.to_json())
+
+
+_register_xen_real_code()
+
+
 class UnknownModel(LookupError):
     pass
 
@@ -125,7 +136,7 @@ def not_covered(name: str, model: Model, instruction: str) -> str:
     return f"{name} does not cover {instruction.upper()} (it covers {listed}; `vmxaddr models` says why)"
 
 
-_REAL_CODE_NAMES = ("kvm-linux-6.1", "kvm-linux-6.12")  # vmxaddr.realcode.models.RELEASES
+_REAL_CODE_NAMES = ("kvm-linux-6.1", "kvm-linux-6.12", "xen-4.17")  # vmxaddr.realcode.models.RELEASES, .xen.RELEASES
 
 
 def get(name: str) -> Model:

@@ -82,6 +82,7 @@ class BochsRun:
     cap: str
     seconds: float
     log: str
+    cs_base: list[int] = field(default_factory=list)  # per case: the guest CS base of its group
 
 
 class BochsUnavailable(RuntimeError):
@@ -496,10 +497,12 @@ def boot(cases: Sequence[Case | tuple], timeout: float = 300.0,
         raise BochsError("VMM reported: " + "; ".join(bad[:5]))
     # map (group, guest RIP) -> case
     lookup: dict[tuple[int, int], int] = {}
+    cs_base = [0] * len(cases)
     for k, g in enumerate(image.groups):
         base = image.group_addr[k] if g.code_size == 16 else 0
         for i in g.cases:
             lookup[(k, image.insn_addr[i] - base)] = i
+            cs_base[i] = base
     records: list[Record | None] = [None] * len(cases)
     extra: list[tuple[int, Record]] = []
     for k, r in recs:
@@ -509,7 +512,7 @@ def boot(cases: Sequence[Case | tuple], timeout: float = 300.0,
                 extra.append((k, r))
             continue
         records[i] = r
-    return BochsRun(records, extra, cap, time.monotonic() - t0, text)
+    return BochsRun(records, extra, cap, time.monotonic() - t0, text, cs_base)
 
 
 ProgressFn = Callable[[int, int], None]

@@ -198,7 +198,9 @@ def make_model(name: str, load: Callable[[], Library], info: RealCodeInfo,
                 r = "cpl" if v == "GP" else "register-operand" if v == "UD" else "c-adapter"
             else:
                 r = rule(state, seg, access, True)
-            out = outcome(explain, FAULT, v, code, r, lambda: f"the C code injects #{v}" + ("" if code is None else f"({code})"))
+            out = outcome(explain, FAULT, v, code, r, lambda: f"the C code injects #{v}" + ("" if code is None else f"({code})")
+                          + ("" if r in ("cpl", "register-operand", "c-adapter") else
+                             f"; which check fired is attributed from the state: {r}"))
         elif status == STATUS_NO_MEMORY:
             out = outcome(explain, OK, None, None, "register-operand", lambda: "register operand: no memory access")
         else:  # which check passed: the classifier reads it (e.g. "canonical" in compatibility mode)
@@ -349,8 +351,16 @@ def resolve(name: str) -> Any:
             return c_model(name)
         if name.startswith("kvm-tree:"):
             return tree_model(name[len("kvm-tree:"):])
-        m = release_model(name)
+        if name in _XEN_RELEASES:  # vmxaddr.realcode.xen
+            from vmxaddr.realcode.xen import release_model as xen_release_model
+
+            m = xen_release_model(name)
+        else:
+            m = release_model(name)
         m.load()
         return m
     except ExtractError as e:
         raise RealCodeError(str(e)) from None
+
+
+_XEN_RELEASES = ("xen-4.17",)  # vmxaddr.realcode.xen.RELEASES

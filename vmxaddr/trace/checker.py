@@ -50,14 +50,17 @@ class Shape:
 
 
 def _record_key(obj: dict[str, Any], ref: str | None, base: Any) -> tuple[Any, ...] | None:
-    """What an exit record's verdict depends on (every key but vcpu and source) as bytes of
-    JSON (so that 1, 1.0 and true stay apart), with the state it refers to; None for a record
-    that is not memoised (an unknown key: parse_exit says which)."""
+    """What an exit record's verdict depends on (every key but vcpu and source, of which only
+    source.processor counts) as bytes of JSON (so that 1, 1.0 and true stay apart), with the
+    state it refers to; None for a record that is not memoised (an unknown key: parse_exit says
+    which)."""
     if not EXIT_KEYS.issuperset(obj):
         return None
     g = obj.get
+    src = g("source")
     return (encode((g("exit_reason"), g("instruction"), g("rip"), g("bytes"), g("code_size"), g("instruction_info"),
-                    g("exit_qualification"), g("length"), g("state"), g("result"))), ref, id(base))
+                    g("exit_qualification"), g("length"), g("state"), g("result"), g("extended_instruction_info"),
+                    src.get("processor") if isinstance(src, dict) else None)), ref, id(base))
 
 
 class Checker:

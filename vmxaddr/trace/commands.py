@@ -35,9 +35,10 @@ CHECK_EPILOG = """examples:
       what a kvm_exit log allows (little: it carries no instruction bytes or CPU state)
 
 verdicts per exit record:
-  hardware    consistent | inconsistent | not-checkable (the recorded instruction-information
+  hardware    consistent | explained | inconsistent | not-checkable (the recorded instruction-information
               field, exit qualification and length against what the bytes imply; undefined
-              bits and exit-qualification bits above the address size are ignored)
+              bits and exit-qualification bits above the address size are ignored; "explained":
+              only documented quirks of the processor named in source.processor, e.g. bochs-2.7)
   hypervisor  correct | wrong | not-checkable (the recorded result against the reference model)
   fingerprint the registered models whose answer equals the recorded one
 exit status: 0 nothing wrong; 1 a wrong record, a malformed line, a reference model that raised,

@@ -87,6 +87,7 @@ class ExitRecord:
     state_problem: str | None  # why `state` is None although the record referred to one
     result: Recorded | None
     extended_info: int | None = None  # APX extended instruction-information field (vmxaddr.apx)
+    processor: str | None = None  # source.processor: whose documented quirks the hardware check explains
 
 
 

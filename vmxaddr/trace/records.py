@@ -169,8 +169,11 @@ def parse_exit(obj: dict[str, Any], line: int, table: StateTable) -> ExitRecord:
         if rip is not None and state.rip != rip:
             state = replace(state, rip=rip)
     res = _result(obj["result"]) if obj.get("result") is not None else None
+    source = obj.get("source")
+    processor = source.get("processor") if isinstance(source, dict) else None
     return ExitRecord(line, reason, instruction, rip, raw, code_size, info, _uint(obj, "exit_qualification", 64),
-                      _uint(obj, "length", 32), state, problem, res, _uint(obj, "extended_instruction_info", 64))
+                      _uint(obj, "length", 32), state, problem, res, _uint(obj, "extended_instruction_info", 64),
+                      processor if isinstance(processor, str) else None)
 
 
 

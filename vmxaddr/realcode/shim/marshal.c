@@ -152,6 +152,29 @@ static int fill_state(PyObject *state, struct vmxaddr_state *st, int operand_onl
 	return 0;
 }
 
+/* (status, vector, error_code, valid, effective_address, linear_address, segment_base,
+ * displacement, segment, reserved), built directly: Py_BuildValue would parse its format per call */
+static PyObject *result_tuple(const struct vmxaddr_result *out)
+{
+	PyObject *t = PyTuple_New(10);
+	unsigned long long v[10] = { out->status, out->vector, out->error_code, out->valid, out->effective_address,
+	                             out->linear_address, out->segment_base, out->displacement, out->segment,
+	                             out->reserved0 };
+	int i;
+
+	if (!t)
+		return NULL;
+	for (i = 0; i < 10; i++) {
+		PyObject *x = PyLong_FromUnsignedLongLong(v[i]);
+		if (!x) {
+			Py_DECREF(t);
+			return NULL;
+		}
+		PyTuple_SET_ITEM(t, i, x);
+	}
+	return t;
+}
+
 static PyObject *marshal_call(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
 	struct vmxaddr_exit ex;
@@ -194,10 +217,7 @@ static PyObject *marshal_call(PyObject *self, PyObject *const *args, Py_ssize_t 
 	if (PyErr_Occurred() || fill_state(args[2], &st, operand_only, ex.instruction_info) < 0)
 		return NULL;
 	fn(&ex, &st, &ac, &out);  /* with the GIL held: adapters are short, and need no thread of their own */
-	return Py_BuildValue("(IIIIKKKKII)", out.status, out.vector, out.error_code, out.valid,
-	                     (unsigned long long)out.effective_address, (unsigned long long)out.linear_address,
-	                     (unsigned long long)out.segment_base, (unsigned long long)out.displacement,
-	                     out.segment, out.reserved0);
+	return result_tuple(&out);
 }
 
 static PyObject *marshal_init(PyObject *self, PyObject *arg)

@@ -33,7 +33,7 @@
 /* ---- exit information (SDM Vol. 3C §28.2.1, §28.2.5) --------------------------------------- */
 
 struct vmxaddr_exit {
-	uint32_t exit_reason;        /* basic exit reason: 20 VMPTRLD, 21 VMPTRST, 23 VMREAD, 25 VMWRITE,
+	uint32_t exit_reason;        /* basic exit reason: 21 VMPTRLD, 22 VMPTRST, 23 VMREAD, 25 VMWRITE,
 	                                27 VMXON, 19 VMCLEAR, 50 INVEPT, 53 INVVPID, 58 INVPCID, 46/47
 	                                descriptor-table access (bits 29:28 of the info field say which) */
 	uint32_t instruction_info;   /* VM-exit instruction-information field (VMCS 0x440E) */
