@@ -196,7 +196,7 @@ def test_sigint_during_a_parallel_run_keeps_the_classes(tmp_path):
                 children = f.read().split()
         except OSError:
             pass
-    time.sleep(1.5)
+    time.sleep(3.0)  # into the first blocks, even on a loaded machine
     proc.send_signal(signal.SIGINT)
     try:
         out, err = proc.communicate(timeout=30)
