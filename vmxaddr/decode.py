@@ -19,11 +19,10 @@ from vmxaddr import rex2 as rex2_mod
 from vmxaddr.capstone_guard import _capstone_guard, _capstone_shape, capstone_guard_on, capstone_view
 from vmxaddr.decode_other import clear_memo as clear_other_memo
 from vmxaddr.decode_other import loadiwkey, msr_imm, string_io, waitpkg
-from vmxaddr.instruction import DecodeError, Instruction, MemoryOperand
+from vmxaddr.instruction import SEGMENT_PREFIX, DecodeError, Instruction, MemoryOperand, segment_override
 from vmxaddr.isa import RBP, REG16, REG32, REG64, RSP, SEGMENTS, SPECS, Layout
 
 LEGACY_PREFIXES = frozenset((0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67))
-SEGMENT_PREFIX = {0x26: "es", 0x2E: "cs", 0x36: "ss", 0x3E: "ds", 0x64: "fs", 0x65: "gs"}
 MAX_LENGTH = 15  # SDM Vol. 2 §2.3.11: longer instructions raise #GP
 
 # 16-bit addressing, ModRM.rm -> (base, index) (SDM Vol. 2 Table 2-1). rm 6 with mod 0 is disp16.
@@ -270,15 +269,7 @@ def decode_uncached(data: bytes | bytearray | memoryview, code_size: int) -> Ins
         disp_offset = i
         disp = int.from_bytes(data[i:i + dsize], "little", signed=True) if dsize else 0
         i += dsize
-        seg_prefix = None
-        eff = None
-        for p in pfx:
-            s = SEGMENT_PREFIX.get(p)
-            if s is not None:
-                seg_prefix = s
-                # In 64-bit mode only FS and GS overrides take effect (Vol. 1 §3.3.7.1).
-                if code_size != 64 or s in ("fs", "gs"):
-                    eff = s
+        seg_prefix, eff = segment_override(pfx, code_size)
         segment = eff or ("ss" if default_ss else "ds")
         operand = MemoryOperand(segment, seg_prefix, base, index, scale, disp, dsize, disp_offset,
                                 asize, rip_rel, spec.access_size(code_size), spec.access or "read")

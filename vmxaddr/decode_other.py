@@ -26,10 +26,9 @@ xmm2 = ModRM.rm (with REX.R/REX.B), plus the implicit EAX and XMM0.
 from __future__ import annotations
 
 from vmxaddr.capstone_guard import _capstone_guard
-from vmxaddr.instruction import DecodeError, Instruction, MemoryOperand
+from vmxaddr.instruction import SEGMENT_PREFIX, DecodeError, Instruction, MemoryOperand, segment_override
 from vmxaddr.isa import RDI, RSI, SPECS
 
-SEGMENT_PREFIX = {0x26: "es", 0x2E: "cs", 0x36: "ss", 0x3E: "ds", 0x64: "fs", 0x65: "gs"}
 MAX_LENGTH = 15
 
 # Forms already checked against capstone: (code size, prefixes with every segment override as
@@ -64,14 +63,7 @@ def string_io(data: bytes, code_size: int, i: int, pfx: tuple[int, ...], rex: in
     else:
         element = 1
     asize = {16: 32, 32: 16, 64: 32}[code_size] if 0x67 in pfx else code_size
-    seg_prefix = None
-    eff = None
-    for p in pfx:
-        s = SEGMENT_PREFIX.get(p)
-        if s is not None:
-            seg_prefix = s
-            if code_size != 64 or s in ("fs", "gs"):
-                eff = s
+    seg_prefix, eff = segment_override(pfx, code_size)
     if mnemonic == "ins":
         segment, base, access = "es", RDI, "write"  # ES:[rDI], no override (SDM Vol. 2 INS)
     else:

@@ -153,3 +153,19 @@ class Instruction(NamedTuple):
             "exit_reason": self.spec.exit_reason,
             "layout": self.spec.layout.value,
         }
+
+
+SEGMENT_PREFIX = {0x26: "es", 0x2E: "cs", 0x36: "ss", 0x3E: "ds", 0x64: "fs", 0x65: "gs"}
+
+
+def segment_override(pfx: bytes | list[int] | tuple[int, ...], code_size: int) -> tuple[str | None, str | None]:
+    """(the last segment-override prefix, the override that takes effect): in 64-bit mode only FS
+    and GS overrides take effect (Vol. 1 §3.3.7.1)."""
+    seg_prefix = eff = None
+    for p in pfx:
+        s = SEGMENT_PREFIX.get(p)
+        if s is not None:
+            seg_prefix = s
+            if code_size != 64 or s in ("fs", "gs"):
+                eff = s
+    return seg_prefix, eff
