@@ -367,3 +367,28 @@ def test_marshaller_and_ctypes_paths_agree(tmp_path, monkeypatch):
         answers = [m(exit, case.state, access)[:6] for m in (fast, full, slow, slow_full)]
         assert all(a == answers[0] for a in answers), (case.instruction.raw.hex(), answers)
         assert example(exit, case.state, access)[:6] == slow_example(exit, case.state, access)[:6]
+
+
+def test_extracted_parts_are_cached_by_the_files_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # every process loading a real-code model needs the functions; masking a kernel file takes a
+    # quarter of a second, so the result is kept, and a changed or broken entry is not trusted
+    from vmxaddr.realcode.build import cached_parts
+
+    monkeypatch.setenv("VMXADDR_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "f.c"
+    src.write_text("static int f(int x)\n{\n\treturn x + 1;\n}\n")
+    calls: list[int] = []
+
+    def compute() -> list[extract.Extracted]:
+        calls.append(1)
+        return [find_function(src.read_text(), "f", str(src))]
+
+    first = cached_parts("t", [src], compute)
+    assert cached_parts("t", [src], compute) == first and len(calls) == 1
+    assert first[0].start_line == 1 and first[0].text.endswith("}")
+    src.write_text("static int f(int x)\n{\n\treturn x + 2;\n}\n")
+    os.utime(src, ns=(1, 1))  # another size and time: extracted again
+    assert "x + 2" in cached_parts("t", [src], compute)[0].text and len(calls) == 2
+    for entry in (tmp_path / "cache" / "extract").iterdir():
+        entry.write_text("{broken")
+    assert "x + 2" in cached_parts("t", [src], compute)[0].text and len(calls) == 3

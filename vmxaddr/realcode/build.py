@@ -16,13 +16,15 @@ When the compiler fails, `UnresolvedIdentifiers` lists each identifier it could 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vmxaddr.realcode.extract import Extracted
@@ -116,6 +118,36 @@ def build_source(source: str, what: str, include_dirs: Sequence[Path] = (SHIM_DI
             raise compile_error(what, proc.stderr)
         os.replace(target, lib)
     return lib
+
+
+EXTRACT_VERSION = "1"  # bump when extract.py's output for the same file changes
+
+
+def cached_parts(kind: str, files: Sequence[Path], compute: Callable[[], list[Extracted]]) -> list[Extracted]:
+    """`compute()` (functions extracted from `files`), remembered in `$VMXADDR_CACHE/extract/`
+    under the files' paths, sizes and modification times: masking a kernel source file takes
+    a quarter of a second, and every process that loads a real-code model needs its functions."""
+    h = hashlib.sha256(f"{EXTRACT_VERSION}\0{kind}".encode())
+    for f in files:
+        try:
+            st = f.stat()
+        except OSError:
+            return compute()  # compute() says what is missing
+        h.update(f"\0{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    path = cache_dir() / "extract" / f"{h.hexdigest()}.json"
+    try:
+        return [Extracted(**{**d, "conditionals": tuple(d["conditionals"])}) for d in json.loads(path.read_text())]
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    parts = compute()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps([dataclasses.asdict(x) for x in parts]))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache: extract every time
+    return parts
 
 
 def build_library(parts: Sequence[Extracted], includes: Sequence[str], adapter: str | None, what: str,

@@ -93,7 +93,10 @@ def kvm_parts(nested: Path, vmx: Path | None) -> list[Extracted]:
 
 
 def build_kvm(nested: Path, vmx: Path | None, what: str) -> Path:
-    parts = kvm_parts(nested, vmx)
+    from vmxaddr.realcode.build import cached_parts
+
+    parts = cached_parts("kvm", [nested] + ([vmx] if vmx is not None and vmx.is_file() else []),
+                         lambda: kvm_parts(nested, vmx))
     return build_library(parts, ("kvm.h",), "kvm_adapter.c", what, extra="VMXADDR_EXPORT_LAYOUT;\n")
 
 

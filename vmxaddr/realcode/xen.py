@@ -82,9 +82,10 @@ _KEYWORDS = frozenset({"if", "while", "for", "switch", "return", "sizeof", "do",
 
 
 def build_xen(vvmx: Path, what: str) -> Path:
-    from vmxaddr.realcode.build import build_library
+    from vmxaddr.realcode.build import build_library, cached_parts
 
-    return build_library(xen_parts(vvmx), ("xen.h",), "xen_adapter.c", what, extra="VMXADDR_EXPORT_LAYOUT;\n")
+    parts = cached_parts("xen", [vvmx], lambda: xen_parts(vvmx))
+    return build_library(parts, ("xen.h",), "xen_adapter.c", what, extra="VMXADDR_EXPORT_LAYOUT;\n")
 
 
 # -- explain -----------------------------------------------------------------------------------------
