@@ -140,6 +140,8 @@ class Checker:
                 return None  # the last line of `trace synth/import --json`: counts, nothing to check
             ref = ref_of(obj)
             base = None if ref is None else self.table.states.get(ref)  # before parsing: a record may redefine it
+            if ref is not None and (kind == "exit" or kind == "state"):
+                self.table.get(ref)  # naming a state uses it, even in a record found malformed below (handoff.py)
             if kind == "state":
                 shape = Shape(ref, base)
                 shape.key, shape.state = parse_state_record(obj, self.table)

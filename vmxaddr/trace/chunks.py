@@ -2,50 +2,42 @@
 exactly the output one process gives.
 
 A piece (`Chunk`) is a byte range of one file that starts at a line boundary, or a whole file
-(compressed files and standard input cannot be split). The one hard part is state records:
-an exit record refers to a state defined anywhere before it. So a large file is checked in two
-passes:
-  index  each chunk is scanned for the lines that may be state records (a line holding the
-         bytes `"state"`, or a backslash, since a key may be written with escapes) and its
-         newlines are counted. The parent then applies those lines in trace order, as the
-         checker would, and knows the state table at the start of every chunk, and the number
-         of the chunk's first line.
-  check  each chunk is checked by a Checker whose state table starts as that snapshot; it
-         returns its output (text or JSON lines) and its counts (tally.Tally).
-The parent writes the outputs in trace order and merges the counts in trace order (Tally.merge),
-which gives the summary one pass gives, byte for byte (tests/test_trace_parallel.py).
+(compressed files and standard input cannot be split). Each piece is checked by a Checker whose
+state table starts as the table the piece is given (handoff.py: how it is known, or found
+afterwards to have been right) and returns its output (text or JSON lines) and its counts
+(tally.Tally). The number of a piece's first line is not known when it starts (that would need a
+pass counting the newlines before it): its verdicts are numbered from 0 and the places of the
+numbers are kept (`Piece.holes`), so that the parent renumbers them when the piece's turn comes
+(`Piece.shift`). The parent writes the outputs in trace order and merges the counts in trace
+order (Tally.merge), which gives the summary one pass gives, byte for byte
+(tests/test_trace_parallel.py). schedule.py runs the pieces.
 
-The snapshot is exact while the trace defines at most --max-states distinct ids (nothing is
-evicted); a file with more is checked in one piece, so that eviction happens as in one process.
-Workers keep their memos from chunk to chunk (`_worker_checker`); states arriving in a snapshot
-are interned, so that a line seen in an earlier chunk is recognised as meaning the same thing.
+Workers keep their memos from piece to piece (`_worker_checker`); states arriving in a table are
+interned, so that a line seen in an earlier piece is recognised as meaning the same thing.
 """
 
 from __future__ import annotations
 
-import io
 import os
-import re
 import stat
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 from vmxaddr.progress import Progress
-from vmxaddr.state import CpuState, StateError
+from vmxaddr.state import CpuState
 from vmxaddr.trace.checker import Checker
-from vmxaddr.trace.format import DEFAULT_MAX_STATES, RecordError
-from vmxaddr.trace.jsonline import NotJSON, dumps, loads
+from vmxaddr.trace.format import DEFAULT_MAX_STATES
+from vmxaddr.trace.handoff import Handoff, Items, RecordingTable, _Range
+from vmxaddr.trace.jsonline import dumps
 from vmxaddr.trace.reader import check_stream, decompressing, open_bytes
-from vmxaddr.trace.records import StateTable, parse_state_record
 from vmxaddr.trace.tally import Tally
 from vmxaddr.trace.text import verdict_text
 
 CHUNK_BYTES = 16 << 20  # a large file is split into pieces of about this size
-_CANDIDATE = re.compile(rb'"state"|\\')
-_BLANK = b" \t\r"
+FIRST_PIECE = 16  # ...but its first piece is 1/16 of that: its states are known before the rest start
 
 
 @dataclass(frozen=True)
@@ -64,20 +56,39 @@ class Chunk:
     label: str | None  # the name verdicts carry when several files are checked, else None
     start: int = 0
     end: int | None = None  # None: to the end of the file
-    first_line: int = 0  # lines of the file before `start`
-    states: dict[str, CpuState] = field(default_factory=dict)  # the state table at `start`
+    first_line: int | None = 0  # lines of the file before `start`; None: not known yet (see Piece.holes)
+    states: Items = field(default_factory=list)  # the state table to start with, least recently used first
     last: bool = True  # the file's last piece
+    file: int = 0  # which of the files checked
+    index: int = 0  # which piece of its file
 
 
 @dataclass
 class Piece:
-    """A checked chunk: its output and its counts."""
+    """A checked chunk: its output, its counts, what it did with its state table."""
 
     label: str | None
     output: str
     tally: Tally
     last: bool
     interrupted: bool = False
+    holes: list[tuple[int, int]] = field(default_factory=list)  # (offset in output, line number there)
+    handoff: Handoff | None = None
+
+    def shift(self, first_line: int) -> None:
+        """Number the piece's lines from `first_line` + 1 (it was checked as if from 1)."""
+        if first_line:
+            parts, at = [], 0
+            for pos, n in self.holes:
+                parts += (self.output[at:pos], str(n + first_line))
+                at = pos + len(str(n))
+            parts.append(self.output[at:])
+            self.output = "".join(parts)
+            t = self.tally
+            t.lines += first_line
+            if t.truncated is not None:
+                t.truncated += first_line
+        self.holes = []
 
 
 # -- planning ---------------------------------------------------------------------------------------
@@ -114,24 +125,32 @@ def _splittable(path: str) -> int | None:
     return st.st_size
 
 
-def _boundaries(path: str, size: int, pieces: int) -> list[int]:
-    """Offsets just after a newline, about size/pieces apart (0 first, `size` last)."""
+def _next_line(f: Any, pos: int, size: int) -> int:
+    """The offset just after the first newline at or after `pos` (`size` if none)."""
+    f.seek(pos)
+    while True:
+        block = f.read(1 << 16)
+        if not block:
+            return size
+        i = block.find(b"\n")
+        if i >= 0:
+            return pos + i + 1
+        pos += len(block)
+
+
+def _boundaries(path: str, size: int, first: int, each: int) -> list[int]:
+    """Offsets just after a newline: 0, then about `first` bytes on, then about every `each`
+    bytes (the rest shared evenly); `size` last."""
     out = [0]
     with open(path, "rb") as f:
+        cut = _next_line(f, min(first, size), size)
+        if cut < size:
+            out.append(cut)
+        rest = size - out[-1]
+        pieces = -(-rest // each)
+        base = out[-1]
         for k in range(1, pieces):
-            target = max(size * k // pieces, out[-1])
-            f.seek(target)
-            pos = target
-            while True:
-                block = f.read(1 << 16)
-                if not block:
-                    pos = size
-                    break
-                i = block.find(b"\n")
-                if i >= 0:
-                    pos += i + 1
-                    break
-                pos += len(block)
+            pos = _next_line(f, max(base + rest * k // pieces, out[-1]), size)
             if out[-1] < pos < size:
                 out.append(pos)
     out.append(size)
@@ -139,173 +158,109 @@ def _boundaries(path: str, size: int, pieces: int) -> list[int]:
 
 
 def plan(paths: list[str], split: bool, chunk_bytes: int | None = None) -> list[Chunk]:
-    """Chunks of `paths`: a large plain file in pieces of about `chunk_bytes` when `split`, the
-    rest whole. The pieces of a file still need `index` before they are checked."""
+    """Chunks of `paths`: a large plain file in pieces of about `chunk_bytes` (the first one
+    smaller) when `split`, the rest whole. Pieces after a file's first start with their first
+    line and state table unknown: schedule.py finds them."""
     chunk_bytes = chunk_bytes or CHUNK_BYTES
     many = len(paths) > 1
     chunks = []
-    for p in paths:
+    for i, p in enumerate(paths):
         label = p if many else None
         size = _splittable(p) if split else None
         if size is None or size <= chunk_bytes:
-            chunks.append(Chunk(p, label))
+            chunks.append(Chunk(p, label, file=i))
             continue
-        cuts = _boundaries(p, size, -(-size // chunk_bytes))
-        for i in range(len(cuts) - 1):
-            chunks.append(Chunk(p, label, cuts[i], cuts[i + 1], last=i == len(cuts) - 2))
+        first = max(1, chunk_bytes // FIRST_PIECE)
+        cuts = _boundaries(p, size, first, chunk_bytes)
+        for k in range(len(cuts) - 1):
+            chunks.append(Chunk(p, label, cuts[k], cuts[k + 1], 0 if k == 0 else None, last=k == len(cuts) - 2,
+                                file=i, index=k))
     return chunks
 
 
-# -- pass 1: index ---------------------------------------------------------------------------------
-
-def index_chunk(path: str, start: int, end: int) -> tuple[int, list[bytes]]:
-    """(newlines in the range, its state records, in order: the lines that decode to an object
-    of type "state"; whether each is valid is for `apply_index` to find, in trace order)."""
-    with open(path, "rb") as f:
-        f.seek(start)
-        data = f.read(end - start)
-    lines = []
-    if b"\\" in data:  # a key may be escaped: every line with a backslash is a candidate too
-        starts = sorted({m.start() for m in _CANDIDATE.finditer(data)})
-    else:  # without escapes a state record holds `"type"` `:` `"state"` literally (whitespace aside)
-        starts = []
-        i = data.find(b'"state"')
-        while i >= 0:
-            j = i
-            while j and data[j - 1] in _BLANK:
-                j -= 1
-            if j and data[j - 1] == 0x3A:  # ':'
-                j -= 1
-                while j and data[j - 1] in _BLANK:
-                    j -= 1
-                if data[j - 6:j] == b'"type"':
-                    starts.append(i)
-            i = data.find(b'"state"', i + 7)
-    last = -1
-    for s in starts:
-        if s <= last:
-            continue  # this line is taken already
-        a = data.rfind(b"\n", 0, s) + 1
-        b = data.find(b"\n", s)
-        b = len(data) if b < 0 else b
-        line = data[a:b]
-        last = b
-        try:
-            obj = loads(line)
-        except NotJSON:
-            continue
-        if isinstance(obj, dict) and obj.get("type") == "state":
-            lines.append(line)
-    return data.count(b"\n"), lines
-
-
-class TooManyStates(Exception):
-    pass
-
-
-def apply_index(chunks: list[Chunk], found: list[tuple[int, list[bytes]]], max_states: int) -> None:
-    """Give each piece of one file its first line number and the state table at its start."""
-    table = StateTable(limit=1 << 62)
-    line = 0
-    for c, (newlines, candidates) in zip(chunks, found, strict=True):
-        c.first_line = line
-        c.states = dict(table.states)
-        line += newlines
-        for data in candidates:
-            try:
-                obj = loads(data)
-                if isinstance(obj, dict) and obj.get("type") == "state":
-                    parse_state_record(obj, table)
-            except (NotJSON, RecordError, StateError, RecursionError):
-                continue  # not a state record, or a malformed one: it defines nothing
-        if len(table.states) > max_states:
-            raise TooManyStates
-
-
-# -- pass 2: check ---------------------------------------------------------------------------------
-
-class _Range:
-    """Bytes start..end of an open file."""
-
-    def __init__(self, f: IO[bytes], end: int) -> None:
-        self.f = f
-        self.left = end - f.tell()
-
-    def read(self, n: int = -1) -> bytes:
-        n = self.left if n < 0 else min(n, self.left)
-        data = self.f.read(n)
-        self.left -= len(data)
-        return data
-
+# -- checking a piece ----------------------------------------------------------------------------
 
 _CHECKERS: dict[tuple[Options, int], Checker] = {}
 _INTERNED: dict[str, list[CpuState]] = {}
 
 
-def _worker_checker(options: Options, states: dict[str, CpuState]) -> Checker:
-    """This process's checker for `options` with a fresh table (`states`) and tally, its memos kept."""
+def _worker_checker(options: Options, states: Items) -> Checker:
+    """This process's checker for `options` with a fresh table (`states`, recording what it is
+    asked: handoff.RecordingTable) and tally, its memos kept."""
     key = (options, threading.get_ident())  # a Dask worker may run tasks in several threads
     c = _CHECKERS.get(key)
     if c is None:
         c = _CHECKERS[key] = Checker(options.reference, fingerprint=options.fingerprint,
-                                         max_states=options.max_states)
-    c.table = StateTable(options.max_states)
+                                     max_states=options.max_states)
+    c.table = RecordingTable(options.max_states, (_intern(k, st) for k, st in states))
     c.tally = Tally()
-    for key, st in states.items():
-        seen = _INTERNED.setdefault(key, [])
-        for s in seen:
-            if s == st:
-                st = s
-                break
-        else:
-            seen.append(st)
-            if len(seen) > 4:
-                seen.pop(0)
-        c.table.put(key, st)
     if len(_INTERNED) > 4 * DEFAULT_MAX_STATES:
         _INTERNED.clear()
     return c
 
 
-def writer(options: Options, label: str | None, out: Callable[[str], Any]) -> Callable[[dict[str, Any]], None]:
-    """The function writing one verdict (text or JSON line, with the file's name when several)."""
-    if options.json:
-        if label is None:
-            return lambda v: out(dumps(v) + "\n")
+def _intern(key: str, st: CpuState) -> tuple[str, CpuState]:
+    seen = _INTERNED.setdefault(key, [])
+    for s in seen:
+        if s == st:
+            return key, s
+    seen.append(st)
+    if len(seen) > 4:
+        seen.pop(0)
+    return key, st
 
+
+def writer(options: Options, label: str | None, out: Callable[[str], Any],
+           holes: list[tuple[int, int]] | None = None) -> Callable[[dict[str, Any]], None]:
+    """The function writing one verdict (text or JSON line, with the file's name when several);
+    with `holes`, where each line number went (the offset counted in characters written)."""
+    written = [0]
+
+    def put(text: str, at: int, line: int) -> None:
+        if holes is not None:
+            holes.append((written[0] + at, line))
+            written[0] += len(text)
+        out(text)
+
+    if options.json:
         def emit_json(v: dict[str, Any]) -> None:
-            out(dumps({"type": v["type"], "file": label, **v}) + "\n")
+            text = dumps(v if label is None else {"type": v["type"], "file": label, **v}) + "\n"
+            # the first `"line":` is the key: in the label's JSON string its quotes are escaped
+            put(text, text.index('"line":') + 7 if holes is not None else 0, v["line"])
         return emit_json
 
     prefix = "" if label is None else f"{label}: "
 
     def emit_text(v: dict[str, Any]) -> None:
-        t = verdict_text(v)
+        t = verdict_text(v)  # "line N…"
         if t is not None:
-            out(prefix + t + "\n")
+            put(prefix + t + "\n", len(prefix) + 5, v["line"])
     return emit_text
 
 
 def check_chunk(chunk: Chunk, options: Options, out: Callable[[str], Any] | None = None,
                 progress: Progress | None = None) -> Piece:
     """Check one piece; its output as text (or written to `out` as it comes, and then an
-    interrupt ends the piece early instead of raising), its counts."""
+    interrupt ends the piece early instead of raising), its counts. A piece whose first line is
+    not known is numbered from 1 and says where the numbers are (Piece.holes)."""
     checker = _worker_checker(options, chunk.states)
-    buf = io.StringIO()
-    emit = writer(options, chunk.label, out or buf.write)
+    parts: list[str] = []
+    holes: list[tuple[int, int]] | None = [] if chunk.first_line is None else None
+    emit = writer(options, chunk.label, out or parts.append, holes)
     interrupted = False
     try:
         f = open_bytes(chunk.path)
     except OSError as e:
         checker.tally.input_error = f"{chunk.path}: cannot read: {e.strerror}"
-        return Piece(chunk.label, "", checker.tally, True)
+        return Piece(chunk.label, "", checker.tally, chunk.last)
     try:
         if chunk.end is None:
             stream: Any = decompressing(f)
         else:
             f.seek(chunk.start)
             stream = _Range(f, chunk.end)
-        check_stream(stream, checker, emit, progress, findings_only=not options.json, first_line=chunk.first_line)
+        check_stream(stream, checker, emit, progress, findings_only=not options.json,
+                     first_line=chunk.first_line or 0)
     except KeyboardInterrupt:
         if out is None:
             raise
@@ -316,7 +271,9 @@ def check_chunk(chunk: Chunk, options: Options, out: Callable[[str], Any] | None
     checker.flush()
     if checker.tally.input_error is not None:
         checker.tally.input_error = f"{'standard input' if chunk.path == '-' else chunk.path}: {checker.tally.input_error}"
-    return Piece(chunk.label, buf.getvalue(), checker.tally, chunk.last, interrupted)
+    table = checker.table
+    assert isinstance(table, RecordingTable)
+    return Piece(chunk.label, "".join(parts), checker.tally, chunk.last, interrupted, holes or [], table.handoff())
 
 
 # -- merging --------------------------------------------------------------------------------------
@@ -362,50 +319,3 @@ class Merger:
         if self.many:
             s["files"] = self.files
         return s
-
-
-def run_pieces(chunks: list[Chunk], options: Options, submit: Callable[..., Any], window: int) -> Iterator[Piece]:
-    """The pieces checked by an executor (`submit` as concurrent.futures' or Dask's), yielded in
-    trace order; at most `window` pieces are under way or waiting, so memory stays bounded."""
-    pending: list[Any] = []
-    todo = iter(chunks)
-    for c in todo:
-        pending.append(submit(check_chunk, c, options))
-        if len(pending) >= window:
-            break
-    while pending:
-        piece = pending.pop(0).result()
-        nxt = next(todo, None)
-        if nxt is not None:
-            pending.append(submit(check_chunk, nxt, options))
-        yield piece
-
-
-def index_files(chunks: list[Chunk], options: Options, submit: Callable[..., Any] | None,
-                note: Callable[[str], None]) -> list[Chunk]:
-    """Index the files split in several pieces (see the module's docstring); a file with more
-    distinct state ids than --max-states goes back to one piece."""
-    by_file: dict[str, list[Chunk]] = {}
-    for c in chunks:
-        if c.end is not None:
-            by_file.setdefault(c.path, []).append(c)
-    futures = {p: [submit(index_chunk, c.path, c.start, c.end) if submit else None for c in cs]
-               for p, cs in by_file.items()}
-    whole: set[str] = set()
-    for p, cs in by_file.items():
-        found = [f.result() if f is not None else index_chunk(c.path, c.start, c.end)  # type: ignore[arg-type]
-                 for f, c in zip(futures[p], cs, strict=True)]
-        try:
-            apply_index(cs, found, options.max_states)
-        except TooManyStates:
-            note(f"{p}: more than {options.max_states} distinct state ids (--max-states): checked in one piece, "
-                 "so that states are evicted as in one process")
-            whole.add(p)
-    out: list[Chunk] = []
-    for c in chunks:
-        if c.path in whole:
-            if c.start == 0:
-                out.append(Chunk(c.path, c.label))
-        else:
-            out.append(c)
-    return out

@@ -12,11 +12,12 @@ from typing import IO, Any
 
 from vmxaddr.progress import Progress
 from vmxaddr.trace.checker import Checker
-from vmxaddr.trace.chunks import Merger, Options, check_chunk, index_files, plan, run_pieces, trace_files
+from vmxaddr.trace.chunks import Merger, Options, check_chunk, plan, trace_files
 from vmxaddr.trace.format import DEFAULT_MAX_STATES
 from vmxaddr.trace.ftrace import import_ftrace
 from vmxaddr.trace.jsonline import dumps
 from vmxaddr.trace.reader import InputError, open_bytes, text_lines
+from vmxaddr.trace.schedule import Runner
 from vmxaddr.trace.synth import SHAPES, synth
 from vmxaddr.trace.text import summary_text
 
@@ -100,15 +101,13 @@ def cmd_check(args: argparse.Namespace) -> int:
                 except ParallelError as e:
                     fail(str(e))
                 with client:
-                    chunks = index_files(plan(paths, True), options, client.submit, note)
                     window = 2 * max(1, sum(client.nthreads().values()))
-                    for piece in run_pieces(chunks, options, client.submit, window):
+                    for piece in Runner(plan(paths, True), options, client.submit, window, note):
                         merger.add(piece)
                         prog.update(merger.lines())
             elif workers > 1:
                 with process_pool(workers) as pool:
-                    chunks = index_files(plan(paths, True), options, pool.submit, note)
-                    for piece in run_pieces(chunks, options, pool.submit, 2 * workers):
+                    for piece in Runner(plan(paths, True), options, pool.submit, 2 * workers, note):
                         merger.add(piece)
                         prog.update(merger.lines())
             else:

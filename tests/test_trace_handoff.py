@@ -1,0 +1,205 @@
+"""The state table handed from piece to piece (vmxaddr/trace/handoff.py, schedule.py), against
+the one rule that matters: a trace checked in pieces prints what one process prints, byte for
+byte, verdicts and summary.
+
+The traces here are hostile to splitting: a handful of ids defined, redefined and derived from
+one another all through the trace (so speculation is often wrong), ids used before they are
+defined, a table smaller than the ids in use (so states are evicted, and which one depends on
+every use), malformed records that still name a state, keys written with escapes, lines
+repeated byte for byte under other definitions, blank, non-object and summary lines, and a
+truncated final line. Each is checked whole by one checker and in pieces of random sizes by the
+Runner, on an executor that runs tasks late and out of order, both ways forced (speculation
+only; the index way from the first piece) and as chosen. The expected value is the single
+process's output: the question is only whether splitting changes it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vmxaddr.trace import chunks, schedule
+from vmxaddr.trace.chunks import Chunk, Merger, Options, check_chunk, plan
+from vmxaddr.trace.handoff import RecordingTable, replay, table_ops, verify
+from vmxaddr.trace.records import StateTable
+
+VMREAD = {"instruction": "vmread", "instruction_info": "0x02c10080", "exit_qualification": "0xffffffd8",
+          "bytes": "0f7845d8", "code_size": 32}
+
+
+def _line(rng: random.Random, ids: int) -> str:
+    r = rng.random()
+    ref = rng.randrange(ids)
+    key = rng.choice([str(ref), ref])  # ids may be strings or integers: "3" and 3 are one id
+    if r < 0.25:
+        rec: dict[str, Any] = {"type": "state", "id": key, "state": {"mode": "protected",
+                               "registers": {"rbp": hex(0x1028 + 16 * rng.randrange(3))}}}
+        if rng.random() < 0.3:
+            rec["state_ref"] = rng.randrange(ids)  # derived from another (maybe undefined) state
+            del rec["state"]["mode"]
+        if rng.random() < 0.05:
+            rec["bogus"] = 1  # malformed, but it names its state_ref first
+        text = json.dumps(rec)
+        if rng.random() < 0.1:
+            text = text.replace('"state"', '"st\\u0061te"', 1)  # the key "type"'s value, escaped
+        return text
+    if r < 0.85:
+        rec = {"state_ref": key, "result": {"kind": "ok", "linear_address": hex(0x1000 + 16 * rng.randrange(3))},
+               **VMREAD}
+        if rng.random() < 0.1:
+            rec["state"] = {"registers": {"rbp": "0x1038"}}
+        if rng.random() < 0.05:
+            rec["exit_reason"] = 99  # malformed after naming its state
+        text = json.dumps(rec)
+        if rng.random() < 0.1:
+            text = text.replace('"state_ref"', '"st\\u0061te_ref"')
+        return text
+    return rng.choice(["", "   ", "{not json", "[1, 2]", '{"type": "summary", "lines": 3}', '{"type": "other"}',
+                       '"state"', '{"type": "state"}', '{"state_ref": true}'])
+
+
+def _trace(seed: int, n: int, ids: int) -> bytes:
+    rng = random.Random(seed)
+    lines: list[str] = []
+    for _ in range(n):
+        if lines and rng.random() < 0.2:
+            lines.append(rng.choice(lines))  # a line seen before, perhaps under other definitions
+        else:
+            lines.append(_line(rng, ids))
+    tail = rng.choice(["", '{"state_ref": 1, "instr'])  # sometimes a truncated final line
+    return ("\n".join(lines) + "\n" + tail).encode()
+
+
+class _Later:
+    """A future that runs its task when asked (or when the executor decides it is done)."""
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], rng: random.Random) -> None:
+        self.fn, self.args, self.rng = fn, args, rng
+        self.value: Any = None
+        self.ran = False
+
+    def result(self) -> Any:
+        if not self.ran:
+            self.value, self.ran = self.fn(*self.args), True
+        return self.value
+
+    def done(self) -> bool:
+        if not self.ran and self.rng.random() < 0.5:
+            self.result()
+        return self.ran
+
+    def cancel(self) -> bool:
+        return not self.ran
+
+
+def _pieces(path: Path, options: Options, chunk_bytes: int, window: int, seed: int) -> tuple[str, dict[str, Any]]:
+    rng = random.Random(seed)
+    out: list[str] = []
+    merger = Merger(out.append, many=False)
+    runner = schedule.Runner(plan([str(path)], True, chunk_bytes), options,
+                             lambda fn, *a: _Later(fn, a, rng), window)
+    for piece in runner:
+        merger.add(piece)
+    return "".join(out), merger.summary(options, 0)
+
+
+def _whole(path: Path, options: Options) -> tuple[str, dict[str, Any]]:
+    out: list[str] = []
+    merger = Merger(out.append, many=False)
+    merger.add(check_chunk(Chunk(str(path), None), options, out.append))
+    return "".join(out), merger.summary(options, 0)
+
+
+@pytest.mark.parametrize("way", ["chosen", "speculate", "index"])
+@pytest.mark.parametrize("seed", range(12))
+def test_pieces_print_what_one_process_prints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, way: str,
+                                              seed: int) -> None:
+    if way == "speculate":
+        monkeypatch.setattr(schedule, "DENSE", 0)
+        monkeypatch.setattr(schedule, "REJECTIONS", 10**9)
+    elif way == "index":
+        monkeypatch.setattr(schedule, "DENSE", 10**9)
+    rng = random.Random(seed)
+    ids = rng.choice([3, 6, 20])
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(_trace(seed, rng.choice([150, 400]), ids))
+    options = Options(fingerprint=rng.choice(["wrong", "none"]), max_states=rng.choice([2, 4, ids, 4096]),
+                      json=rng.random() < 0.5)
+    one = _whole(path, options)
+    for k in range(3):
+        chunk_bytes = rng.choice([200, 700, 3000])
+        assert len(plan([str(path)], True, chunk_bytes)) > 2
+        assert _pieces(path, options, chunk_bytes, rng.randint(1, 5), seed * 10 + k) == one
+    assert one[1]["malformed_lines"] > 0 and one[1]["state_records"] > 0
+
+
+def test_the_realistic_shape_is_never_checked_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # states defined once at the start (what `trace synth --shape realistic` writes): after the
+    # first piece every piece is checked once, speculatively, and accepted
+    from vmxaddr.models import get
+    from vmxaddr.trace.synth import synth
+
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in synth(get("sdm"), 3000, 1, "realistic", 0.01)))
+    calls: list[Chunk] = []
+    real = chunks.check_chunk
+
+    def counting(chunk: Chunk, options: Options, *a: Any) -> Any:
+        calls.append(chunk)
+        return real(chunk, options, *a)
+
+    monkeypatch.setattr(schedule, "check_chunk", counting)
+    options = Options(json=True)
+    pieces = plan([str(path)], True, 50_000)
+    assert _pieces(path, options, 50_000, 4, 0) == _whole(path, options)
+    assert len(calls) == len(pieces) > 5
+    assert all(c.first_line is None and c.states for c in calls[1:])  # speculative, with the six states
+
+
+def test_recording_table_notes_first_uses_only() -> None:
+    from vmxaddr.state import CpuState
+
+    a, b = CpuState(cpl=0), CpuState(cpl=3)
+    t = RecordingTable(8, [("x", a), ("y", b)])
+    assert t.get("x") is a and t.get("z") is None
+    t.put("y", a)
+    assert t.get("y") is a and t.get("x") is a
+    h = t.handoff()
+    # x and z were used before the piece defined them; y was defined first: nothing assumed
+    assert h.assumed == {"x": a, "z": None} and h.defined == 1 and h.evicted == 0
+    assert [k for k, _ in h.table] == ["y", "x"]  # least recently used first
+    from collections import OrderedDict
+
+    assert verify(OrderedDict([("x", CpuState(cpl=0)), ("y", b)]), h, 8)  # equal, not identical, is enough
+    assert not verify(OrderedDict([("x", b)]), h, 8)  # x was another state
+    assert not verify(OrderedDict([("x", a), ("z", a)]), h, 8)  # z was defined after all
+    assert not verify(OrderedDict([("x", a), ("q", b)]), h, 2)  # x, q and y: more than 2 ids
+
+
+def test_table_ops_match_what_the_checker_does(tmp_path: Path) -> None:
+    # the index way replays table_ops; the checker's own table must end the same, eviction included
+    from vmxaddr.trace.checker import Checker
+    from vmxaddr.trace.reader import check_stream
+
+    for seed in range(6):
+        path = tmp_path / "t.jsonl"
+        path.write_bytes(_trace(100 + seed, 300, 8))
+        checker = Checker(max_states=3)
+        with open(path, "rb") as f:
+            s = check_stream(f, checker, lambda v: None)
+        table = StateTable(3)
+        replay(table, table_ops(str(path), 0, path.stat().st_size))
+        assert list(table.states.items()) == list(checker.table.states.items())
+        assert table.evicted == s["states_evicted"] > 0
+
+
+def test_escaped_state_record_is_an_operation(tmp_path: Path) -> None:
+    data = b'{"type": "st\\u0061te", "id": "x", "st\\u0061te": {"registers": {"rbp": 4136}}}\n'
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b"\n" * 10 + data + b'{"st\\u0061te_ref": "x"}\n' + b"\n" * 10)
+    assert table_ops(str(path), 0, path.stat().st_size) == [(None, data.rstrip(b"\n")), "x"]
