@@ -16,6 +16,7 @@ process's output: the question is only whether splitting changes it.
 from __future__ import annotations
 
 import json
+import pickle
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +26,7 @@ import pytest
 
 from vmxaddr.trace import chunks, schedule
 from vmxaddr.trace.chunks import Chunk, Merger, Options, check_chunk, plan
-from vmxaddr.trace.handoff import RecordingTable, replay, table_ops, verify
+from vmxaddr.trace.handoff import Packed, RecordingTable, replay, table_ops, verify
 from vmxaddr.trace.records import StateTable
 
 VMREAD = {"instruction": "vmread", "instruction_info": "0x02c10080", "exit_qualification": "0xffffffd8",
@@ -194,7 +195,8 @@ def test_table_ops_match_what_the_checker_does(tmp_path: Path) -> None:
             s = check_stream(f, checker, lambda v: None)
         table = StateTable(3)
         replay(table, table_ops(str(path), 0, path.stat().st_size))
-        assert list(table.states.items()) == list(checker.table.states.items())
+        sent = pickle.loads(pickle.dumps(Packed(table.states.items())))  # flat tuples, rebuilt by the trip
+        assert sent == list(checker.table.states.items())
         assert table.evicted == s["states_evicted"] > 0
 
 
@@ -202,4 +204,24 @@ def test_escaped_state_record_is_an_operation(tmp_path: Path) -> None:
     data = b'{"type": "st\\u0061te", "id": "x", "st\\u0061te": {"registers": {"rbp": 4136}}}\n'
     path = tmp_path / "t.jsonl"
     path.write_bytes(b"\n" * 10 + data + b'{"st\\u0061te_ref": "x"}\n' + b"\n" * 10)
-    assert table_ops(str(path), 0, path.stat().st_size) == [(None, data.rstrip(b"\n")), "x"]
+    from vmxaddr.state import CpuState
+
+    ops = table_ops(str(path), 0, path.stat().st_size)
+    assert ops == [("x", CpuState.for_code_size(32, regs=(0,) * 5 + (4136,) + (0,) * 10)), "x"]
+
+
+def test_packed_tables_and_operations_survive_the_trip() -> None:
+    # what goes to and comes back from a worker: states with 64-bit values, R16-R31, unusable
+    # segments, and operations of all three kinds
+    from vmxaddr.state import CpuState, Segment
+    from vmxaddr.trace.handoff import PackedOps
+
+    st = CpuState(mode="64-bit", cpl=3, la57=True, lam_u57=True, regs=tuple(range(2**64 - 16, 2**64)),
+                  egprs=(7,) * 16, rip=0xFFFFFFFF81000000, cs=Segment(type=0xB, db=0, l=1),
+                  fs=Segment(base=2**64 - 1, unusable=True, selector=0x2B))
+    items = Packed([("a", st), ("b", CpuState())])
+    back = pickle.loads(pickle.dumps(items))
+    assert back == items and type(back) is Packed and back[0][1].fs.unusable is True
+    ops = PackedOps(["a", ("b", st), ("c", b'{"type":"state"}'), (None, b"{}")])
+    flat = pickle.loads(pickle.dumps(ops))  # the parent's replay keeps states flat
+    assert flat[0] == "a" and flat[2:] == ops[2:] and pickle.loads(pickle.dumps(Packed([flat[1]]))) == [("b", st)]

@@ -51,6 +51,12 @@ class Segment:
         return {f.name: (bool(getattr(self, f.name)) if f.name == "unusable" else getattr(self, f.name))
                 for f in fields(self)}
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # by position: a frozen slots dataclass pickles field by field through copyreg, 5x slower,
+        # and check-trace --jobs sends thousands of states to every worker
+        return (Segment, (self.base, self.limit, self.type, self.s, self.dpl, self.p, self.db, self.g, self.l,
+                          self.unusable, self.selector))
+
 
 _SEG_FIELDS = {f.name for f in fields(Segment)}
 
@@ -226,6 +232,10 @@ class CpuState:
     ds: Segment = Segment()
     fs: Segment = Segment()
     gs: Segment = Segment()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (CpuState, (self.mode, self.cpl, self.la57, self.lam_sup, self.lam_u48, self.lam_u57, self.regs,
+                           self.egprs, self.rip, self.es, self.cs, self.ss, self.ds, self.fs, self.gs))  # as Segment's
 
     # -- construction -------------------------------------------------------------------
     @classmethod

@@ -30,7 +30,7 @@ from vmxaddr.progress import Progress
 from vmxaddr.state import CpuState
 from vmxaddr.trace.checker import Checker
 from vmxaddr.trace.format import DEFAULT_MAX_STATES
-from vmxaddr.trace.handoff import Handoff, Items, RecordingTable, _Range
+from vmxaddr.trace.handoff import Handoff, Items, RecordingTable, _Range, unflatten
 from vmxaddr.trace.jsonline import dumps
 from vmxaddr.trace.reader import check_stream, decompressing, open_bytes
 from vmxaddr.trace.tally import Tally
@@ -38,6 +38,8 @@ from vmxaddr.trace.text import verdict_text
 
 CHUNK_BYTES = 16 << 20  # a large file is split into pieces of about this size
 FIRST_PIECE = 16  # ...but its first piece is 1/16 of that: its states are known before the rest start
+MIN_PIECE = 1 << 20  # ...and no piece is made smaller than this to share the work out
+PER_WORKER = 4
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class Chunk:
     last: bool = True  # the file's last piece
     file: int = 0  # which of the files checked
     index: int = 0  # which piece of its file
+    report: bool = True  # return the table as the piece leaves it (Handoff.table; the index way needs none)
 
 
 @dataclass
@@ -157,21 +160,24 @@ def _boundaries(path: str, size: int, first: int, each: int) -> list[int]:
     return out
 
 
-def plan(paths: list[str], split: bool, chunk_bytes: int | None = None) -> list[Chunk]:
+def plan(paths: list[str], split: bool, chunk_bytes: int | None = None, workers: int = 1) -> list[Chunk]:
     """Chunks of `paths`: a large plain file in pieces of about `chunk_bytes` (the first one
-    smaller) when `split`, the rest whole. Pieces after a file's first start with their first
-    line and state table unknown: schedule.py finds them."""
+    smaller; smaller ones too when that gives fewer than PER_WORKER pieces for each of `workers`:
+    a trace whose lines are slow to check must still keep every worker busy to the end) when
+    `split`, the rest whole. Pieces after a file's first start with their first line and state
+    table unknown: schedule.py finds them."""
     chunk_bytes = chunk_bytes or CHUNK_BYTES
     many = len(paths) > 1
     chunks = []
     for i, p in enumerate(paths):
         label = p if many else None
         size = _splittable(p) if split else None
-        if size is None or size <= chunk_bytes:
+        each = max(min(chunk_bytes, MIN_PIECE), min(chunk_bytes, (size or 0) // (PER_WORKER * workers)))
+        if size is None or size <= each:
             chunks.append(Chunk(p, label, file=i))
             continue
         first = max(1, chunk_bytes // FIRST_PIECE)
-        cuts = _boundaries(p, size, first, chunk_bytes)
+        cuts = _boundaries(p, size, first, each)
         for k in range(len(cuts) - 1):
             chunks.append(Chunk(p, label, cuts[k], cuts[k + 1], 0 if k == 0 else None, last=k == len(cuts) - 2,
                                 file=i, index=k))
@@ -199,7 +205,9 @@ def _worker_checker(options: Options, states: Items) -> Checker:
     return c
 
 
-def _intern(key: str, st: CpuState) -> tuple[str, CpuState]:
+def _intern(key: str, st: CpuState | tuple[Any, ...]) -> tuple[str, CpuState]:
+    if isinstance(st, tuple):  # a flat state (handoff.Packed) that did not make the trip (threads)
+        st = unflatten(st)
     seen = _INTERNED.setdefault(key, [])
     for s in seen:
         if s == st:
@@ -273,7 +281,8 @@ def check_chunk(chunk: Chunk, options: Options, out: Callable[[str], Any] | None
         checker.tally.input_error = f"{'standard input' if chunk.path == '-' else chunk.path}: {checker.tally.input_error}"
     table = checker.table
     assert isinstance(table, RecordingTable)
-    return Piece(chunk.label, "".join(parts), checker.tally, chunk.last, interrupted, holes or [], table.handoff())
+    return Piece(chunk.label, "".join(parts), checker.tally, chunk.last, interrupted, holes or [],
+                 table.handoff(chunk.report))
 
 
 # -- merging --------------------------------------------------------------------------------------

@@ -101,13 +101,13 @@ def cmd_check(args: argparse.Namespace) -> int:
                 except ParallelError as e:
                     fail(str(e))
                 with client:
-                    window = 2 * max(1, sum(client.nthreads().values()))
-                    for piece in Runner(plan(paths, True), options, client.submit, window, note):
+                    threads = max(1, sum(client.nthreads().values()))
+                    for piece in Runner(plan(paths, True, workers=threads), options, client.submit, 2 * threads, note):
                         merger.add(piece)
                         prog.update(merger.lines())
             elif workers > 1:
                 with process_pool(workers) as pool:
-                    for piece in Runner(plan(paths, True), options, pool.submit, 2 * workers, note):
+                    for piece in Runner(plan(paths, True, workers=workers), options, pool.submit, 2 * workers, note):
                         merger.add(piece)
                         prog.update(merger.lines())
             else:

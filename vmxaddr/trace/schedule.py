@@ -5,7 +5,8 @@ at its start, so that merging them gives what one process prints.
 Per file (handoff.py explains the two ways):
 - The first piece starts with an empty table and line 1: it is exact. It is small
   (chunks.FIRST_PIECE), and the file's other pieces wait for it: it defines the states most
-  traces then use throughout.
+  traces then use throughout. When it starts the run, it is checked here, before the pool's
+  workers exist (they fork on the first task and inherit the checker it warmed).
 - The other pieces are then checked speculatively, each with the newest table known, at most
   `window` pieces ahead. A piece that saw something else than the true table is checked again
   with the true one (the pieces before it are merged by then).
@@ -19,6 +20,8 @@ error is checked again knowing its first line, so that the message names the rig
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -26,11 +29,13 @@ from typing import Any
 
 from vmxaddr.state import CpuState
 from vmxaddr.trace.chunks import Chunk, Options, Piece, check_chunk
-from vmxaddr.trace.handoff import Items, Op, advance, replay, table_ops, verify
+from vmxaddr.trace.handoff import Items, Op, Packed, advance, flat_table, replay, table_ops, verify
 from vmxaddr.trace.records import StateTable
 
 DENSE = 100  # a first piece with a state record in more than 1 line in this many: index the file
 REJECTIONS = 2  # speculation failing this often in a file: index the rest of it
+POLL = 0.002  # seconds between looks at tasks that cannot be waited on
+WAIT = 1.0  # longest wait for a task before looking again
 
 
 @dataclass
@@ -42,6 +47,35 @@ class _File:
     index_from: int | None = None  # the index way from this chunk (position in the run) on
     replay: StateTable | None = None  # the index way: the table replayed up to `replayed`
     replayed: int = 0  # the next chunk whose operations to replay
+
+
+def wait_futures(futures: list[Any]) -> None:
+    """Return when one of `futures` (concurrent.futures' or Dask's) is done, or after WAIT s."""
+    if not futures:
+        return
+    if not all(hasattr(f, "add_done_callback") for f in futures):
+        time.sleep(POLL)
+        return
+    done = threading.Event()
+    for f in futures:
+        f.add_done_callback(lambda _f: done.set())
+    done.wait(WAIT)
+
+
+class _Done:
+    """A task already done (a future's methods)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self) -> Any:
+        return self.value
+
+    def done(self) -> bool:
+        return True
+
+    def cancel(self) -> bool:
+        return False
 
 
 class Runner:
@@ -70,19 +104,21 @@ class Runner:
     # -- submitting ---------------------------------------------------------------------------
     def _check(self, i: int, states: Items, exact: bool, first_line: int | None = None) -> None:
         c = self.chunks[i]
-        chunk = replace(c, states=states, first_line=0 if c.index == 0 else first_line)
+        f = self._file(c)
+        indexed = f.index_from is not None and i >= f.index_from  # the table is known from the replay
+        chunk = replace(c, states=states, first_line=0 if c.index == 0 else first_line, report=not indexed)
         self.checks[i] = self.submit(check_chunk, chunk, self.options)
         self.exact[i] = exact
         self.given[i] = (states, chunk.first_line)
 
-    def _fill(self, head: int) -> None:
-        end = min(len(self.chunks), head + self.window)
-        for i in range(head, end):  # table operations ahead, for files on the index way
-            c = self.chunks[i]
-            f = self._file(c)
-            if f.index_from is not None and i >= f.replayed and self.ops[i] is None and not c.last:
-                self.ops[i] = self.submit(table_ops, c.path, c.start, c.end)
-        self._replay(block_until=None)
+    def _fill(self, head: int) -> bool:
+        """Submit what can start — checks up to `window` pieces ahead of `head`, then table
+        operations for the pieces after them (at most half a window under way, so that they do
+        not queue ahead of checks that could run) — and replay what came back; whether
+        anything moved."""
+        moved = self._replay()
+        n = len(self.chunks)
+        end = min(n, head + self.window)
         for i in range(head, end):
             if self.checks[i] is not None:
                 continue
@@ -95,27 +131,53 @@ class Runner:
                     break
                 self._check(i, self.snapshots.pop(i), True)
             elif f.started:
-                self._check(i, list(f.table.items()), False)
+                self._check(i, Packed(f.table.items()), False)
             else:
                 break  # keep to trace order: nothing after a piece that cannot start yet
+            moved = True
+        under_way = sum(1 for fut in self.ops if fut is not None and not fut.done())
+        for i in range(head, end):  # the index way: the operations the next snapshots need
+            if under_way >= max(1, self.window // 2):
+                break
+            c = self.chunks[i]
+            f = self._file(c)
+            if f.index_from is not None and i >= f.replayed and self.ops[i] is None and not c.last:
+                self.ops[i] = self.submit(table_ops, c.path, c.start, c.end)
+                under_way += 1
+                moved = True
+        return moved
 
-    def _replay(self, block_until: int | None) -> None:
-        """Replay the table operations that have come back, in order (waiting for those of the
-        chunks before `block_until`), making the snapshots of the chunks after them."""
+    def _replay(self) -> bool:
+        """Replay, in order, the table operations that have come back, making the snapshots of
+        the chunks after them; whether any were."""
+        moved = False
         for f in self.files.values():
             if f.replay is None:
                 continue
             while True:
                 j = f.replayed
                 fut = self.ops[j] if j < len(self.chunks) else None
-                if fut is None or (not fut.done() and (block_until is None or j >= block_until)):
+                if fut is None or not fut.done():
                     break
                 ops: list[Op] = fut.result()
                 self.ops[j] = None
                 replay(f.replay, ops)
                 f.replayed = j + 1
+                moved = True
                 if not self.chunks[j].last:
-                    self.snapshots[j + 1] = list(f.replay.states.items())
+                    self.snapshots[j + 1] = Packed(f.replay.states.items())
+        return moved
+
+    def _wait(self, head: int) -> Piece:
+        """The piece at `head`, keeping the rest moving while it is under way: between looks,
+        wait for it or for table operations that would let more pieces start."""
+        while True:
+            moved = self._fill(head)
+            fut = self.checks[head]
+            if fut is not None and fut.done():
+                return fut.result()  # type: ignore[no-any-return]
+            if not moved:
+                wait_futures([f for f in [fut, *self.ops] if f is not None and not f.done()])
 
     def _to_index(self, i: int, why: str) -> None:
         """Check the chunks of i's file after i the index way (i is merged: its table is known)."""
@@ -126,11 +188,10 @@ class Runner:
         self.note(f"{c.path}: {why}: the rest of it is indexed first, so that every piece starts with the "
                   "exact state table")
         f.index_from = i + 1
-        f.replay = StateTable(self.options.max_states)
-        for key, st in f.table.items():
-            f.replay.states[key] = st
+        f.replay = flat_table(list(f.table.items()))
+        f.replay.limit = self.options.max_states
         f.replayed = i + 1
-        self.snapshots[i + 1] = list(f.table.items())
+        self.snapshots[i + 1] = Packed(f.table.items())
         for j in range(i + 1, len(self.chunks)):  # speculative checks under way are not wanted
             if self.chunks[j].file != c.file:
                 break
@@ -142,24 +203,26 @@ class Runner:
     def __iter__(self) -> Iterator[Piece]:
         limit = self.options.max_states
         head = 0
+        if self.chunks and not self.chunks[0].last:
+            # The first piece of a split file that starts the run is checked here, while nothing
+            # else can start: a process pool forked after it inherits the warm checker.
+            self.checks[0] = _Done(check_chunk(self.chunks[0], self.options))
+            self.given[0] = ([], 0)
+            self.exact[0] = True
         while head < len(self.chunks):
-            self._fill(head)
             c = self.chunks[head]
             f = self._file(c)
-            if self.checks[head] is None:  # the index way, its snapshot not made yet
-                self._replay(block_until=head)
-                self._check(head, self.snapshots.pop(head), True)
-            piece: Piece = self.checks[head].result()
+            piece = self._wait(head)
             h = piece.handoff
             assert h is not None
             states, first_line = self.given[head]
             if not self.exact[head] and not verify(f.table, h, limit):
                 f.rejected += 1
-                self._check(head, list(f.table.items()), True, f.lines)
+                self._check(head, Packed(f.table.items()), True, f.lines)
                 continue
             if piece.tally.input_error is not None and first_line is None:
                 # the message names a line: check the piece again knowing its first line
-                self._check(head, states if self.exact[head] else list(f.table.items()), True, f.lines)
+                self._check(head, states if self.exact[head] else Packed(f.table.items()), True, f.lines)
                 continue
             self.checks[head] = None
             del self.given[head]
