@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -302,3 +303,40 @@ def test_any_json_object_loads_or_gives_one_line_error(obj):
 
     check_state(state)
     assert state.code_size in (16, 32, 64)
+
+
+_SEG_VALUE = st.one_of(st.integers(-2, 20), st.integers(0, 2**64 + 1), st.booleans(), st.sampled_from(["0x10", "1", "true", "x"]),
+                       st.none(), st.just(1.0))
+
+
+_SEG_KEYS = ["base", "limit", "type", "s", "dpl", "p", "db", "g", "l", "unusable", "selector"]
+
+
+@given(st.fixed_dictionaries({k: st.integers(0, 1) for k in _SEG_KEYS}),
+       st.dictionaries(st.sampled_from([*_SEG_KEYS, "bogus"]), _SEG_VALUE, max_size=2),
+       st.lists(st.sampled_from(_SEG_KEYS), max_size=1))
+@settings(max_examples=500, deadline=None)
+def test_whole_segment_fast_path_reads_as_the_loop_does(valid: dict[str, Any], changes: dict[str, Any],
+                                                        dropped: list[str]) -> None:
+    # state._whole_segment takes the form to_json writes without the per-field loop; whatever it
+    # accepts must come out as the loop makes it, and whatever it declines the loop still judges
+    import vmxaddr.state as state_mod
+
+    seg = {**valid, **changes}
+    for k in dropped:
+        seg.pop(k, None)
+    obj = {"segments": {"ds": seg}}
+
+    def read() -> Any:
+        try:
+            return CpuState.from_json(obj)
+        except StateError as e:
+            return str(e)
+
+    fast = read()
+    real = state_mod._whole_segment
+    try:
+        state_mod._whole_segment = lambda sv: None  # type: ignore[assignment]
+        assert read() == fast
+    finally:
+        state_mod._whole_segment = real

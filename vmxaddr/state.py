@@ -8,6 +8,7 @@ DPL, P, D/B, G, L) and the "unusable" bit.
 from __future__ import annotations
 
 import json
+import operator
 import os
 import re
 import stat
@@ -370,6 +371,10 @@ class CpuState:
                 raise StateError(f"unknown segment {_show(sname)} (use es, cs, ss, ds, fs or gs)")
             if not isinstance(sv, dict):
                 raise StateError(f"segments.{sname} must be an object")
+            whole = _whole_segment(sv)
+            if whole is not None:  # every field, plain and in range (to_json's form): no more to check
+                d[sname] = whole
+                continue
             vals: dict[str, Any] = {}
             for k, v in sv.items():
                 if k not in _SEG_FIELDS:
@@ -396,6 +401,27 @@ class CpuState:
 
 
 _STATE_FIELDS = tuple(f.name for f in fields(CpuState))
+_SEG_ORDER = tuple(f.name for f in fields(Segment))
+_SEG_VALUES = operator.itemgetter(*_SEG_ORDER)
+_SEG_BOUNDS = tuple(SEGMENT_RANGES[f] for f in _SEG_ORDER if f != "unusable")
+_UNUSABLE = _SEG_ORDER.index("unusable")
+
+
+def _whole_segment(sv: dict[str, Any]) -> Segment | None:
+    """A segment object with exactly the fields, every one an in-range int (unusable: a bool or
+    0/1) — the form to_json writes, and what from_json's loop would make of it; else None (the
+    loop then reads it, and says what is wrong)."""
+    if len(sv) != len(_SEG_ORDER) or sv.keys() != _SEG_FIELDS:
+        return None
+    vals = list(_SEG_VALUES(sv))
+    unusable = vals.pop(_UNUSABLE)
+    if not (unusable is True or unusable is False or (type(unusable) is int and 0 <= unusable <= 1)):
+        return None
+    for v, (lo, hi) in zip(vals, _SEG_BOUNDS, strict=True):
+        if type(v) is not int or not lo <= v <= hi:
+            return None
+    vals.insert(_UNUSABLE, bool(unusable))
+    return Segment(*vals)
 
 
 def _check_cs(mode: str, cs: Segment) -> None:
