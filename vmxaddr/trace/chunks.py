@@ -37,7 +37,7 @@ from vmxaddr.trace.tally import Tally
 from vmxaddr.trace.text import verdict_text
 
 CHUNK_BYTES = 16 << 20  # a large file is split into pieces of about this size
-FIRST_PIECE = 16  # ...but its first piece is 1/16 of that: its states are known before the rest start
+FIRST_PIECE = 16  # ...but its first piece is 1/16 of that (at most 1/8 of the others): its states are known first
 MIN_PIECE = 1 << 20  # ...and no piece is made smaller than this to share the work out
 PER_WORKER = 4
 
@@ -176,7 +176,7 @@ def plan(paths: list[str], split: bool, chunk_bytes: int | None = None, workers:
         if size is None or size <= each:
             chunks.append(Chunk(p, label, file=i))
             continue
-        first = max(1, chunk_bytes // FIRST_PIECE)
+        first = max(1, min(chunk_bytes // FIRST_PIECE, each // 8))
         cuts = _boundaries(p, size, first, each)
         for k in range(len(cuts) - 1):
             chunks.append(Chunk(p, label, cuts[k], cuts[k + 1], 0 if k == 0 else None, last=k == len(cuts) - 2,
