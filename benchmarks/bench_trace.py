@@ -4,7 +4,8 @@
     python benchmarks/bench_trace.py                      # realistic and worst-case 50-MB traces
     python benchmarks/bench_trace.py --size-mb 1024       # the 1-GB runs (synthesis takes minutes)
     python benchmarks/bench_trace.py --trace FILE         # an existing trace instead
-    python benchmarks/bench_trace.py --jobs 2 --repeat 5  # also --jobs 1 vs 2, five times each
+    python benchmarks/bench_trace.py --jobs 2 --repeat 5  # also --jobs 1 vs 2, five times each (the
+                                                          # realistic one repeated to 1 GB for that)
 
 The traces are `vmxaddr trace synth` output, synthesised in full (not a block repeated):
   realistic  --shape realistic --wrong 0.01: six states, 48 instructions at fixed addresses that
@@ -14,7 +15,8 @@ The traces are `vmxaddr trace synth` output, synthesised in full (not a block re
 Each measurement runs in a child process, so that its peak RSS (getrusage ru_maxrss) is its own.
 Rates are per CPU-second of that process (user + system), so that other load on the machine
 matters less; json.loads and check-trace are timed in the same child, one after the other. The
---jobs comparison is wall time (that is what more cores buy), alternating 1 and N jobs; its
+--jobs comparison is wall time (that is what more cores buy), alternating 1 and N jobs, with the
+CPU seconds each run used (the cost of splitting: N jobs do more work in all than one); its
 spread over --repeat runs is printed. One JSON object on standard output.
 """
 
@@ -89,16 +91,44 @@ def child(path: Path, fingerprint: str, what: str) -> dict[str, float]:
     return json.loads(r.stdout)  # type: ignore[no-any-return]
 
 
-def jobs_run(path: Path, jobs: int) -> float:
+# The --jobs runs start as an installed vmxaddr does: with bytecode caches (kept out of the tree),
+# even where the environment says PYTHONDONTWRITEBYTECODE (compiling every module on every start
+# adds 0.3 s to each run, which would be measured as part of the fixed cost --jobs cannot share).
+JOBS_ENV = {k: v for k, v in ENV.items() if k != "PYTHONDONTWRITEBYTECODE"} | {
+    "PYTHONPYCACHEPREFIX": os.path.join(os.environ.get("TMPDIR", "/tmp"), "vmxaddr-bench-pycache")}
+
+
+def jobs_run(path: Path, jobs: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the run and its workers) of check-trace --jobs `jobs`."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     r = subprocess.run([sys.executable, "-m", "vmxaddr.cli", "check-trace", "-q", "--jobs", str(jobs), str(path)],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=JOBS_ENV)
+    wall = time.monotonic() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode not in (0, 1):
         raise SystemExit(r.stderr)
-    return time.monotonic() - t0
+    return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
-def bench(path: Path, fingerprint: str, jobs: int, repeat: int) -> dict[str, object]:
+def repeated(path: Path, size_mb: float, dir: Path) -> Path:
+    """`path` written over and over up to `size_mb` (a realistic trace for --jobs: synthesising a
+    gigabyte takes minutes; its states are defined again at each repetition, as a recorder
+    restarted would)."""
+    out = dir / f"{path.stem}-x{size_mb:g}mb.jsonl"
+    target = int(size_mb * (1 << 20))
+    if out.exists() and out.stat().st_size >= target:
+        return out
+    data = path.read_bytes()
+    with open(out, "wb") as f:
+        written = 0
+        while written < target:
+            f.write(data)
+            written += len(data)
+    return out
+
+
+def bench(path: Path, fingerprint: str, jobs: int, repeat: int, jobs_path: Path | None = None) -> dict[str, object]:
     out: dict[str, object] = {"file_bytes": path.stat().st_size}
     ratios, checks, loads = [], [], []
     for _ in range(repeat):
@@ -114,13 +144,21 @@ def bench(path: Path, fingerprint: str, jobs: int, repeat: int) -> dict[str, obj
     out["ratio"] = [round(x, 2) for x in ratios]
     out["ratio_median"] = round(statistics.median(ratios), 2)
     if jobs > 1:
-        speedups, one, many = [], [], []
-        for _ in range(repeat):
-            one.append(jobs_run(path, 1))
-            many.append(jobs_run(path, jobs))
+        jobs_path = jobs_path or path
+        speedups, one, many, cpu_one, cpu_many = [], [], [], [], []
+        for _ in range(repeat):  # alternating, so that a machine whose speed drifts affects both alike
+            w, c = jobs_run(jobs_path, 1)
+            one.append(w)
+            cpu_one.append(c)
+            w, c = jobs_run(jobs_path, jobs)
+            many.append(w)
+            cpu_many.append(c)
             speedups.append(one[-1] / many[-1])
+        out["jobs_trace_bytes"] = jobs_path.stat().st_size
         out["jobs_1_seconds"] = [round(x, 2) for x in one]
         out[f"jobs_{jobs}_seconds"] = [round(x, 2) for x in many]
+        out["jobs_1_cpu_seconds"] = [round(x, 2) for x in cpu_one]
+        out[f"jobs_{jobs}_cpu_seconds"] = [round(x, 2) for x in cpu_many]
         out[f"speedup_jobs_{jobs}"] = [round(x, 2) for x in speedups]
         out[f"speedup_jobs_{jobs}_median"] = round(statistics.median(speedups), 2)
     out["load_average"] = [round(x, 1) for x in os.getloadavg()]
@@ -136,6 +174,10 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--fingerprint", choices=("wrong", "all", "none"), default="wrong")
     p.add_argument("--jobs", type=int, default=0, help="also compare --jobs 1 with --jobs N (wall time)")
+    p.add_argument("--jobs-size-mb", type=float, default=1024.0,
+                   help="with --jobs, the realistic trace is repeated up to this size for the comparison "
+                        "(default 1024: checking it takes seconds, of which start-up, the same for any N, "
+                        "is a small part); the worst-case trace is compared as it is")
     p.add_argument("--repeat", type=int, default=3, help="runs of each measurement (default 3)")
     p.add_argument("--dir", type=Path, default=Path("/tmp"), help="where the synthetic traces go (default /tmp)")
     p.add_argument("--child", choices=("json", "check"), help=argparse.SUPPRESS)
@@ -152,7 +194,8 @@ def main() -> int:
                 continue
             path = args.dir / f"vmxaddr-bench-{name}-{args.size_mb:g}mb.jsonl"
             made = make_trace(path, args.size_mb, args.model, shape, wrong, args.seed)
-            r = bench(path, args.fingerprint, args.jobs, args.repeat)
+            jobs_path = repeated(path, args.jobs_size_mb, args.dir) if args.jobs > 1 and name == "realistic" else None
+            r = bench(path, args.fingerprint, args.jobs, args.repeat, jobs_path)
             r.update(made)
             results[name] = r
             print(json.dumps({name: r}), file=sys.stderr)
