@@ -82,16 +82,26 @@ class _Later:
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], rng: random.Random) -> None:
         self.fn, self.args, self.rng = fn, args, rng
         self.value: Any = None
+        self.error: Exception | None = None
         self.ran = False
 
-    def result(self) -> Any:
+    def _run(self) -> None:
         if not self.ran:
-            self.value, self.ran = self.fn(*self.args), True
+            self.ran = True
+            try:
+                self.value = self.fn(*self.args)
+            except Exception as e:  # noqa: BLE001 - kept for result(), as a future does
+                self.error = e
+
+    def result(self) -> Any:
+        self._run()
+        if self.error is not None:
+            raise self.error
         return self.value
 
     def done(self) -> bool:
-        if not self.ran and self.rng.random() < 0.5:
-            self.result()
+        if self.rng.random() < 0.5:
+            self._run()
         return self.ran
 
     def cancel(self) -> bool:
@@ -225,3 +235,40 @@ def test_packed_tables_and_operations_survive_the_trip() -> None:
     ops = PackedOps(["a", ("b", st), ("c", b'{"type":"state"}'), (None, b"{}")])
     flat = pickle.loads(pickle.dumps(ops))  # the parent's replay keeps states flat
     assert flat[0] == "a" and flat[2:] == ops[2:] and pickle.loads(pickle.dumps(Packed([flat[1]]))) == [("b", st)]
+
+
+@pytest.mark.parametrize("where", [0.1, 0.5, 0.93])
+def test_a_read_that_fails_ends_the_file_where_one_process_ends_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   where: float) -> None:
+    # an I/O error at byte B: one process checks the lines before it and says "reading failed
+    # after line N"; in pieces, the piece holding B says the same N and the pieces after it are
+    # not merged
+    from vmxaddr.trace import handoff
+
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(_trace(7, 400, 6))
+    broken = int(path.stat().st_size * where)
+    real_read = handoff._Range.read
+
+    def upto(f: Any, n: int, read: Callable[[int], bytes]) -> bytes:
+        at = f.tell()
+        if at >= broken:
+            raise OSError(5, "Input/output error")
+        return read(min(n if n >= 0 else broken, broken - at))  # the bytes before B, then the error
+
+    class Failing:
+        def __init__(self, f: Any) -> None:
+            self.f = f
+
+        def read(self, n: int = -1) -> bytes:
+            return upto(self.f, n, self.f.read)
+
+    monkeypatch.setattr(handoff._Range, "read", lambda self, n=-1: upto(self.f, n, lambda k: real_read(self, k)))
+    real_decompressing = chunks.decompressing
+    monkeypatch.setattr(chunks, "decompressing", lambda f: Failing(real_decompressing(f)))
+    options = Options(json=True)
+    one = _whole(path, options)
+    lines_before = path.read_bytes()[:broken].count(b"\n")
+    assert one[1]["input_error"].endswith(f"reading failed after line {lines_before}: Input/output error")
+    assert one[1]["lines"] == lines_before > 30
+    assert _pieces(path, options, 3000, 3, 1) == one

@@ -30,6 +30,7 @@ from typing import Any
 from vmxaddr.state import CpuState
 from vmxaddr.trace.chunks import Chunk, Options, Piece, check_chunk
 from vmxaddr.trace.handoff import Items, Op, Packed, advance, flat_table, replay, table_ops, verify
+from vmxaddr.trace.reader import InputError
 from vmxaddr.trace.records import StateTable
 
 DENSE = 100  # a first piece with a state record in more than 1 line in this many: index the file
@@ -47,6 +48,7 @@ class _File:
     index_from: int | None = None  # the index way from this chunk (position in the run) on
     replay: StateTable | None = None  # the index way: the table replayed up to `replayed`
     replayed: int = 0  # the next chunk whose operations to replay
+    ops_error: tuple[int, str] | None = None  # the chunk whose operations could not be listed, and why
 
 
 def wait_futures(futures: list[Any]) -> None:
@@ -159,8 +161,13 @@ class Runner:
                 fut = self.ops[j] if j < len(self.chunks) else None
                 if fut is None or not fut.done():
                     break
-                ops: list[Op] = fut.result()
                 self.ops[j] = None
+                try:
+                    ops: list[Op] = fut.result()
+                except (OSError, InputError) as e:  # the file cannot be read on: the merge ends it at j
+                    f.ops_error = (j, str(e))
+                    f.replay = None
+                    break
                 replay(f.replay, ops)
                 f.replayed = j + 1
                 moved = True
@@ -198,6 +205,20 @@ class Runner:
             if self.checks[j] is not None:
                 self.checks[j].cancel()
                 self.checks[j] = None
+
+    def _skip_file(self, i: int) -> int:
+        """The chunk after i's file, its pieces under way cancelled."""
+        file = self.chunks[i].file
+        j = i + 1
+        while j < len(self.chunks) and self.chunks[j].file == file:
+            for futs in (self.checks, self.ops):
+                if futs[j] is not None:
+                    futs[j].cancel()
+                    futs[j] = None
+            self.given.pop(j, None)
+            self.snapshots.pop(j, None)
+            j += 1
+        return j
 
     # -- merging ------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Piece]:
@@ -239,5 +260,14 @@ class Runner:
                     self._to_index(head, f"it uses more than --max-states ({limit}) state ids")
                 elif f.rejected >= REJECTIONS:
                     self._to_index(head, "its pieces keep needing states defined in the piece before")
+            if f.ops_error is not None and f.ops_error[0] == head and piece.tally.input_error is None:
+                piece.tally.input_error = (f"{c.path}: reading failed after line {piece.tally.lines} (listing the "
+                                           f"state-table operations of bytes {c.start}-{c.end}): {f.ops_error[1]}")
+            if piece.tally.input_error is not None and not c.last:
+                # one process stops reading a file where it broke: so does the merge
+                piece.last = True
+                head = self._skip_file(head)
+                yield piece
+                continue
             yield piece
             head += 1
