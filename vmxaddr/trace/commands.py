@@ -58,7 +58,7 @@ JSON_LINES_HELP = ("JSON Lines as always, then one summary object (type \"summar
 def cmd_check(args: argparse.Namespace) -> int:
     from vmxaddr.cli import fail
     from vmxaddr.models import UnknownModel, get
-    from vmxaddr.parallel import ParallelError, dask_client, process_pool, resolve_jobs
+    from vmxaddr.parallel import ParallelError, dask_client, process_pool, resolve_jobs, stop_pool
 
     try:
         get(args.against)
@@ -107,9 +107,14 @@ def cmd_check(args: argparse.Namespace) -> int:
                         prog.update(merger.lines())
             elif workers > 1:
                 with process_pool(workers) as pool:
-                    for piece in Runner(plan(paths, True, workers=workers), options, pool.submit, 2 * workers, note):
-                        merger.add(piece)
-                        prog.update(merger.lines())
+                    try:
+                        for piece in Runner(plan(paths, True, workers=workers), options, pool.submit, 2 * workers,
+                                            note):
+                            merger.add(piece)
+                            prog.update(merger.lines())
+                    except KeyboardInterrupt:
+                        stop_pool(pool)  # the pieces under way are not wanted: do not wait for them
+                        raise
             else:
                 for chunk in plan(paths, False):
                     piece = check_chunk(chunk, options, out.write, prog)
