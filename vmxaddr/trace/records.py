@@ -82,7 +82,8 @@ def _result(v: Any) -> Recorded:
 
 
 class StateTable:
-    """State records by id, the most recently defined or used `limit` of them."""
+    """State records by id, the most recently defined or used `limit` of them (a record naming an
+    id in state_ref uses it, even a malformed one: checker.Checker.feed)."""
 
     def __init__(self, limit: int = DEFAULT_MAX_STATES) -> None:
         self.limit = limit
