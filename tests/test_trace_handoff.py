@@ -272,3 +272,24 @@ def test_a_read_that_fails_ends_the_file_where_one_process_ends_it(tmp_path: Pat
     assert one[1]["input_error"].endswith(f"reading failed after line {lines_before}: Input/output error")
     assert one[1]["lines"] == lines_before > 30
     assert _pieces(path, options, 3000, 3, 1) == one
+
+
+def test_a_malformed_record_naming_a_state_uses_it(tmp_path: Path) -> None:
+    # --max-states 2, worked by hand: A and B defined; a malformed exit record names A (exit
+    # reason 99), which makes B the least recently used; C's definition then drops B, not A. So
+    # an exit naming A still finds it, and one naming B does not.
+    lines = [{"type": "state", "id": "A", "state": {"registers": {"rbp": "0x1028"}}},
+             {"type": "state", "id": "B", "state": {"registers": {"rbp": "0x1028"}}},
+             {"state_ref": "A", "exit_reason": 99},
+             {"type": "state", "id": "C", "state": {"registers": {"rbp": "0x1028"}}},
+             {"state_ref": "A", "result": {"kind": "ok", "linear_address": "0x1000"}, **VMREAD},
+             {"state_ref": "B", "result": {"kind": "ok", "linear_address": "0x1000"}, **VMREAD}]
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out, summary = _whole(path, Options(json=True, max_states=2))
+    verdicts = [json.loads(v) for v in out.splitlines()]
+    assert [v["type"] for v in verdicts] == ["malformed", "verdict", "verdict"]
+    assert verdicts[1]["hypervisor"]["verdict"] == "correct"  # rbp 0x1028 + disp8 -0x28 = 0x1000
+    assert verdicts[2]["hypervisor"]["verdict"] == "not-checkable"
+    assert "state_ref 'B' is unknown" in verdicts[2]["hypervisor"]["missing"][0]
+    assert summary["states_evicted"] == 1
