@@ -11,6 +11,7 @@ across pieces, and several files with their own state tables.
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -149,3 +150,24 @@ def test_jobs_refuses_nonsense(capsys: pytest.CaptureFixture[str], tmp_path: Pat
 
 def _piece_summary(out: str) -> dict[str, Any]:
     return json.loads(out.splitlines()[-1])  # type: ignore[no-any-return]
+
+
+_PARENT = os.getpid()
+
+
+def _dying_check(chunk: Any, options: Any) -> Any:
+    if os.getpid() != _PARENT:
+        os._exit(3)  # a worker killed (the OOM killer, say)
+    return chunks.check_chunk(chunk, options)
+
+
+def test_a_worker_that_dies_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], small_chunks: None,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from vmxaddr.trace import schedule
+
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(_trace(4, 600))
+    monkeypatch.setattr(schedule, "check_chunk", _dying_check)
+    assert cli.main(["check-trace", "-q", "--jobs", "2", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a check-trace task failed on a worker: BrokenProcessPool" in err[0]

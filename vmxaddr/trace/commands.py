@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from typing import IO, Any
 
 from vmxaddr.progress import Progress
@@ -17,7 +19,7 @@ from vmxaddr.trace.format import DEFAULT_MAX_STATES
 from vmxaddr.trace.ftrace import import_ftrace
 from vmxaddr.trace.jsonline import dumps
 from vmxaddr.trace.reader import InputError, open_bytes, text_lines
-from vmxaddr.trace.schedule import Runner
+from vmxaddr.trace.schedule import Runner, TaskFailed
 from vmxaddr.trace.synth import SHAPES, synth
 from vmxaddr.trace.text import summary_text
 
@@ -53,6 +55,17 @@ The trace format is in docs/trace-format.md.
 
 JSON_LINES_HELP = ("JSON Lines as always, then one summary object (type \"summary\": counts) as the last line; "
                    "check-trace skips it")
+
+
+@contextlib.contextmanager
+def _task_failures(hint: str) -> Iterator[None]:
+    """A task that failed on a worker (schedule.TaskFailed) as one line, exit 2."""
+    from vmxaddr.cli import fail
+
+    try:
+        yield
+    except TaskFailed as e:
+        fail(f"{e} {hint}".strip())
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -100,7 +113,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                     client = dask_client(args.dask)
                 except ParallelError as e:
                     fail(str(e))
-                with client:
+                with client, _task_failures("(do the workers have this vmxaddr installed, and the trace files at the "
+                                            "same paths?)"):
                     threads = max(1, sum(client.nthreads().values()))
 
                     def submit(fn: Any, *a: Any) -> Any:  # not pure: Dask need not hash 4,096 states a task
@@ -110,7 +124,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                         merger.add(piece)
                         prog.update(merger.lines())
             elif workers > 1:
-                with process_pool(workers) as pool:
+                with process_pool(workers) as pool, _task_failures(""):
                     try:
                         for piece in Runner(plan(paths, True, workers=workers), options, pool.submit, 2 * workers,
                                             note):

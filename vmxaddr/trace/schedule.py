@@ -51,6 +51,23 @@ class _File:
     ops_error: tuple[int, str] | None = None  # the chunk whose operations could not be listed, and why
 
 
+class TaskFailed(Exception):
+    """A task failed on a worker for a reason of the worker's (it died, it cannot import vmxaddr,
+    a cluster lost it): one line for the user."""
+
+
+def _outcome(fut: Any) -> Any:
+    """A task's result; a failure that is not the trace's (OSError, InputError) as TaskFailed."""
+    try:
+        return fut.result()
+    except (OSError, InputError):
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever the executor raises: one line
+        text = str(e).strip().splitlines()
+        raise TaskFailed(f"a check-trace task failed on a worker: {type(e).__name__}"
+                         + (f": {text[0]}" if text else "")) from None
+
+
 def wait_futures(futures: list[Any]) -> None:
     """Return when one of `futures` (concurrent.futures' or Dask's) is done, or after WAIT s."""
     if not futures:
@@ -163,7 +180,7 @@ class Runner:
                     break
                 self.ops[j] = None
                 try:
-                    ops: list[Op] = fut.result()
+                    ops: list[Op] = _outcome(fut)
                 except (OSError, InputError) as e:  # the file cannot be read on: the merge ends it at j
                     f.ops_error = (j, str(e))
                     f.replay = None
@@ -182,7 +199,7 @@ class Runner:
             moved = self._fill(head)
             fut = self.checks[head]
             if fut is not None and fut.done():
-                return fut.result()  # type: ignore[no-any-return]
+                return _outcome(fut)  # type: ignore[no-any-return]
             if not moved:
                 wait_futures([f for f in [fut, *self.ops] if f is not None and not f.done()])
 
