@@ -4,11 +4,11 @@ manifests only, and a model is built and loaded at its first call (vmxaddr.realc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from vmxaddr.models.kvm import HANDLED, LimitCheck
 from vmxaddr.realcode import sources
+from vmxaddr.realcode.info import RealCodeInfo
 
 # model name -> the source (vmxaddr.realcode.sources) holding its function
 RELEASES = {"kvm-linux-6.1": "linux-6.1", "kvm-linux-6.12": "linux-6.12"}
@@ -16,19 +16,6 @@ KVM_FUNCTION = "get_vmx_mem_address"
 # What reading the code of both releases shows about the limit check (for the classifier):
 # flat segments skipped, last byte = off + len - 1, the real length, expand-down unknown.
 KVM_LIMIT_CHECK = LimitCheck(fixed_length=None, off_by_one=False, flat_skip=True, expand_down=False)
-
-
-@dataclass(frozen=True)
-class RealCodeInfo:
-    """What a real-code model runs, for `vmxaddr models` and explain."""
-
-    what: str  # e.g. "get_vmx_mem_address() of Debian linux-source-6.1 6.1.176-1"
-    source: str = ""  # the sources name (linux-6.1), if from the cache
-    package: str = ""
-    version: str = ""
-
-    def to_json(self) -> dict[str, str]:
-        return {"what": self.what, "source": self.source, "package": self.package, "version": self.version}
 
 
 def release_info(name: str, f: sources.Fetched) -> RealCodeInfo:

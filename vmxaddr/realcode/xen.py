@@ -21,12 +21,12 @@ model's first call.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmxaddr.realcode import sources
+from vmxaddr.realcode.info import RealCodeInfo
 
 if TYPE_CHECKING:  # (vmxaddr.models imports this module to register the model: nothing of it at run time here)
     from vmxaddr.exitinfo import ExitInfo
@@ -204,22 +204,8 @@ def _load(vvmx: Path, what: str) -> Any:
         raise RealCodeError(str(e)) from None
 
 
-@dataclass(frozen=True)
-class XenInfo:
-    """What the model runs, for `vmxaddr models` and explain (the fields of
-    vmxaddr.realcode's RealCodeInfo, kept here so that registering imports nothing heavy)."""
-
-    what: str
-    source: str = ""
-    package: str = ""
-    version: str = ""
-
-    def to_json(self) -> dict[str, str]:
-        return {"what": self.what, "source": self.source, "package": self.package, "version": self.version}
-
-
-def info_for(name: str, f: sources.Fetched) -> XenInfo:
-    return XenInfo(f"{XEN_FUNCTION}() of Debian {f.package} {f.version}", RELEASES[name], f.package, f.version)
+def info_for(name: str, f: sources.Fetched) -> RealCodeInfo:
+    return RealCodeInfo(f"{XEN_FUNCTION}() of Debian {f.package} {f.version}", RELEASES[name], f.package, f.version)
 
 
 def _model(name: str, info: Any, make_inner: Any) -> Any:

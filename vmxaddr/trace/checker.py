@@ -148,10 +148,7 @@ class Checker:
             elif kind == "exit":
                 rkey = _record_key(obj, ref, base) if exact else None
                 shape = self.records.get(rkey) if rkey is not None else None  # type: ignore[assignment]
-                if shape is not None and shape.base is base:
-                    if ref is not None:
-                        self.table.get(ref)  # used: as parse_exit would
-                else:
+                if shape is None or shape.base is not base:
                     rec = parse_exit(obj, line, self.table)
                     shape = self._shape(rec, ref)
                     shape.base = base

@@ -113,10 +113,10 @@ class RecordingTable(StateTable):
         self.defined = 0
 
     def get(self, key: str) -> CpuState | None:
+        st = self.states.get(key)
         if key not in self.seen:
             self.seen.add(key)
-            self.assumed[key] = self.states.get(key)
-        st = self.states.get(key)
+            self.assumed[key] = st
         if st is not None:
             self.states.move_to_end(key)
         return st
@@ -232,9 +232,9 @@ def replay(table: StateTable, ops: list[Op]) -> None:
         table.put(new, _flat(st))  # type: ignore[arg-type]
 
 
-def flat_table(items: Items) -> StateTable:
+def flat_table(items: Items, limit: int) -> StateTable:
     """A table for `replay`, holding `items` (least recently used first)."""
-    t = StateTable(1 << 62)
+    t = StateTable(limit)
     for key, st in items:
         t.states[key] = _flat(st)  # type: ignore[assignment]
     return t

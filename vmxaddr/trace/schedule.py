@@ -212,8 +212,7 @@ class Runner:
         self.note(f"{c.path}: {why}: the rest of it is indexed first, so that every piece starts with the "
                   "exact state table")
         f.index_from = i + 1
-        f.replay = flat_table(list(f.table.items()))
-        f.replay.limit = self.options.max_states
+        f.replay = flat_table(list(f.table.items()), self.options.max_states)
         f.replayed = i + 1
         self.snapshots[i + 1] = Packed(f.table.items())
         for j in range(i + 1, len(self.chunks)):  # speculative checks under way are not wanted

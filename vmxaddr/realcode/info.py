@@ -1,0 +1,20 @@
+"""What a real-code model runs (KVM's or Xen's), for `vmxaddr models` and explain. A module of
+its own, importing nothing: the model registry and the Xen module both need it, and the registry
+is imported while vmxaddr.models is still being set up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RealCodeInfo:
+    """What a real-code model runs, for `vmxaddr models` and explain."""
+
+    what: str  # e.g. "get_vmx_mem_address() of Debian linux-source-6.1 6.1.176-1"
+    source: str = ""  # the sources name (linux-6.1), if from the cache
+    package: str = ""
+    version: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {"what": self.what, "source": self.source, "package": self.package, "version": self.version}
