@@ -111,3 +111,31 @@ def test_models_json_is_one_object(capsys):
 def test_user_model_by_path(capsys):
     code, out, _ = run("explain", "--json", "--mode", "32", "--model", "vmxaddr.models.sdm:sdm", "0fc730", capsys=capsys)
     assert code == 0 and json.loads(out)["outcome"]["kind"] == "ok"
+
+
+def test_subcommand_table_matches_what_each_module_registers():
+    """`vmxaddr --help` lists commands from cli.SUBCOMMANDS without importing their modules;
+    each line must be the one its module registers, and each module must register its name."""
+    import argparse
+
+    from vmxaddr import cli
+
+    for name, (module, help_line) in cli.SUBCOMMANDS.items():
+        sub = argparse.ArgumentParser().add_subparsers()
+        cli._register_function(module)(sub)
+        assert name in sub.choices, f"{module}.register does not add {name!r}"
+        registered = {a.dest: a.help for a in sub._choices_actions}
+        assert registered[name] == help_line, name
+
+
+def test_one_command_imports_only_its_own_module():
+    """`vmxaddr decode` must not import the fuzzer, the trace checker, the scanner or the oracles
+    (start-up time: issue 24); `vmxaddr fuzz --help` imports the fuzzer."""
+    code = ("import sys\nfrom vmxaddr.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('vmxaddr.fuzz', 'vmxaddr.trace', "
+            "'vmxaddr.scan', 'vmxaddr.oracles', 'vmxaddr.crosscheck', 'vmxaddr.diff'))), file=sys.stderr)")
+    p = subprocess.run([sys.executable, "-c", code, "decode", "--mode", "32", "0f7845d8"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.strip().splitlines()[-1] == "[]"
+    p = subprocess.run([sys.executable, "-c", code, "fuzz", "--help"], capture_output=True, text=True)
+    assert "'vmxaddr.fuzz.cli'" in p.stderr.strip().splitlines()[-1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import errno
+import importlib
 import io
 import json
 import os
@@ -264,26 +265,47 @@ def register_core(sub: Any) -> None:
     p.set_defaults(func=cmd_models)
 
 
-# Each entry adds its subcommands to the parser.
-COMMANDS: list[Callable[[Any], None]] = [register_core]
+# The one place where subcommands register: name -> (module whose `register(sub)` adds it, one-line
+# help). Only the module of the command being run is imported, so `vmxaddr decode` does not pay
+# for the fuzzer, the trace checker or the oracles; the help lines let `vmxaddr --help` list every
+# command without importing any (tests/test_cli.py holds them equal to the modules' own).
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "decode": ("vmxaddr.cli", "decode one instruction and show its VM-exit information"),
+    "explain": ("vmxaddr.cli", "every step from bytes to linear address or fault, with the SDM rules"),
+    "models": ("vmxaddr.cli", "list the models"),
+    "diff": ("vmxaddr.diff", "run several models on one case, side by side, first difference marked"),
+    "cross": ("vmxaddr.cross", "one case through an encoder and a consumer, against the SDM"),
+    "fuzz": ("vmxaddr.fuzz.cli", "find, minimise and classify where two models disagree"),
+    "crosscheck": ("vmxaddr.crosscheck", "check the decoder and address computation against iced-x86, unicorn or Bochs"),
+    "scan": ("vmxaddr.scancli", "find VMX-family instructions in ELF files"),
+    "check-trace": ("vmxaddr.trace.commands",
+                    "check a trace of VM exits: processor report, hypervisor answer, fingerprint"),
+    "trace": ("vmxaddr.trace.commands", "make traces: import a kvm_exit log, or synthesise one from a model"),
+    "sources": ("vmxaddr.realcode.cli", "fetch hypervisor sources from Debian's archive; list the cache"),
+}
 
 
-def _optional_commands() -> list[Callable[[Any], None]]:
-    found = []
-    for modname in ("vmxaddr.diff", "vmxaddr.fuzz", "vmxaddr.crosscheck", "vmxaddr.scan", "vmxaddr.trace",
-                    "vmxaddr.oracles.bochs", "vmxaddr.cross", "vmxaddr.realcode.cli"):
-        try:
-            mod = __import__(modname, fromlist=["register"])
-        except ImportError as e:
-            if e.name != modname:
-                raise
-            continue
-        if hasattr(mod, "register"):
-            found.append(mod.register)
-    return found
+def _register_function(module: str) -> Callable[[Any], None]:
+    if module == __name__ or module == "vmxaddr.cli":
+        return register_core
+    mod = importlib.import_module(module)
+    return mod.register  # type: ignore[no-any-return]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The subcommand argv names: its first word that is not an option (the top level has no
+    option taking a value)."""
+    for a in argv:
+        if a == "--":
+            return None
+        if not a.startswith("-"):
+            return a
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; with argv, only the module of the command it names is imported (the others
+    appear by name and help line, so listing and "invalid choice" errors stay the same)."""
     parser = Parser(prog="vmxaddr", description="How the memory operand of a VMX instruction is reported on a "
                     "VM exit and turned into an effective address, a linear address or a fault — by the "
                     "Intel SDM, and by hypervisors that got it wrong.", epilog=EPILOG,
@@ -291,8 +313,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="on an error, also print the Python traceback "
                         "(e.g. of a --model package.module:function that raised); may be given anywhere")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for reg in COMMANDS + _optional_commands():
-        reg(sub)
+    word = _command_word(argv) if argv is not None else None
+    wanted = [SUBCOMMANDS[word][0]] if word in SUBCOMMANDS else (
+        [] if argv is not None else list(dict.fromkeys(m for m, _ in SUBCOMMANDS.values())))
+    for module in wanted:
+        _register_function(module)(sub)
+    for name, (_, help_line) in SUBCOMMANDS.items():
+        if name not in sub.choices:
+            sub.add_parser(name, help=help_line, add_help=False)
+    # keep `vmxaddr --help` in the table's order whichever module registered first
+    order = {n: i for i, n in enumerate(SUBCOMMANDS)}
+    sub._choices_actions.sort(key=lambda a: order.get(a.dest, len(order)))
     return parser
 
 
@@ -350,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if debug:
         argv = [a for i, a in enumerate(argv) if a != "--debug" or i >= cut]
     _robust_streams()
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         return no_command(parser)
