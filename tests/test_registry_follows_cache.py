@@ -50,3 +50,21 @@ def test_models_command_lists_a_model_fetched_in_the_same_process(tmp_path: Path
     main(["models", "--json"])
     listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)["models"]}
     assert listed["kvm-linux-6.12"]["real_code"]["version"] == "9.9-test"
+
+
+def test_same_models_in_the_same_order_as_a_fresh_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A Dask worker imports vmxaddr.models afresh; check-trace's fingerprint lists the models in
+    # registry order, so a worker must see what the parent sees, in the same order (the cause of
+    # test_dask_local_cluster_gives_the_local_output failing after test_realcode_xen fetched xen-4.17).
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("VMXADDR_CACHE", str(tmp_path))
+    assert "xen-4.17" not in REGISTRY
+    _fake_fetch(tmp_path, "xen-4.17")
+    fresh = subprocess.run([sys.executable, "-c", "from vmxaddr.models import REGISTRY; print(*REGISTRY)"],
+                           capture_output=True, text=True, check=True,
+                           env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)))
+    assert list(REGISTRY) == fresh.stdout.split()
+    assert "xen-4.17" in fresh.stdout.split()

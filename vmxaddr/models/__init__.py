@@ -102,7 +102,9 @@ class _Registry(dict[str, ModelInfo]):
     """The registry, whose real-code entries follow the cache (vmxaddr.realcode.sources): a model
     whose source is fetched later in the same process is listed at once (issue 21). Every read
     first compares the cache's manifests (their stat) with what was last registered; only a change
-    re-registers the real-code models, so a test's own clear()/update() is left alone."""
+    re-registers the real-code models (last, in a fixed order, as a fresh import lists them: a
+    Dask worker's registry must list the models in the order the parent does), so a test's own
+    clear()/update() is left alone."""
 
     _seen: object = None
 
@@ -159,7 +161,8 @@ _KVM = (_kvm_native or _kvm_pure).REGISTERED
 for _n, (_f, _s) in _KVM.items():
     register(_n, _f, _s)
 for _n, (_target, _why) in (_kvm_native or _kvm_pure).ALIASES.items():
-    register(_n, REGISTRY[_target].function, f"alias of {_target} ({_why})", kind="alias")
+    # (read past the sync: the real-code entries come last, after every model registered here)
+    register(_n, dict.__getitem__(REGISTRY, _target).function, f"alias of {_target} ({_why})", kind="alias")
 
 from vmxaddr.models.xen import xen_c447b730  # noqa: E402
 
