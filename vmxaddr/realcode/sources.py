@@ -45,6 +45,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VMXADDR_CACHE") or Path.home() / ".cache" / "vmxaddr")
 
 
+def unwritable(e: OSError) -> str:
+    """One line for a cache that cannot be written (a file, read-only, full, not ours)."""
+    where = f" ({e.filename})" if e.filename and str(e.filename) != str(cache_dir()) else ""
+    return (f"cannot write the cache {cache_dir()} (VMXADDR_CACHE): {e.strerror or e}{where}; "
+            "set VMXADDR_CACHE to a writable directory")
+
+
 @dataclass(frozen=True)
 class SourceSpec:
     name: str  # linux-6.1
@@ -279,28 +286,31 @@ def fetch(name: str, progress: Callable[[str], None] | None = None, force: bool 
         if hit is not None:
             return hit
     say = progress or (lambda _m: None)
-    root = _source_dir(name)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{name}-") as tmp:
-        work = Path(tmp)
-        if spec.kind == "deb":
-            version, pinned, downloads, archive, t_dl = _fetch_deb(spec, work, say)
-            say(f"unpacking {', '.join(spec.members)}")
-            t0 = time.monotonic()
-            files = _unpack_tree(["sh", "-c", f'dpkg-deb --fsys-tarfile "$1" | tar -xO "./{spec.tarball}"', "sh",
-                                  str(archive)], spec.tarball, spec.members, work / "files", name)
-        else:
-            version, pinned, downloads, archive, t_dl = _fetch_dsc(spec, work, say)
-            say(f"unpacking {', '.join(spec.members)}")
-            t0 = time.monotonic()
-            files = _unpack_tree(["cat", str(archive)], archive.name, spec.members, work / "files", name)
-        t_x = time.monotonic() - t0
-        if root.exists():
-            shutil.rmtree(root)
-        root.mkdir()
-        shutil.move(str(work / "files"), root / "files")
-    f = Fetched(name, spec.package, version, pinned, downloads, files, str(root / "files"),
-                {"download": round(t_dl, 3), "extract": round(t_x, 3)},
-                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    (root / "manifest.json").write_text(json.dumps(f.to_json(), indent=2) + "\n")
+    try:
+        root = _source_dir(name)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{name}-") as tmp:
+            work = Path(tmp)
+            if spec.kind == "deb":
+                version, pinned, downloads, archive, t_dl = _fetch_deb(spec, work, say)
+                say(f"unpacking {', '.join(spec.members)}")
+                t0 = time.monotonic()
+                files = _unpack_tree(["sh", "-c", f'dpkg-deb --fsys-tarfile "$1" | tar -xO "./{spec.tarball}"', "sh",
+                                      str(archive)], spec.tarball, spec.members, work / "files", name)
+            else:
+                version, pinned, downloads, archive, t_dl = _fetch_dsc(spec, work, say)
+                say(f"unpacking {', '.join(spec.members)}")
+                t0 = time.monotonic()
+                files = _unpack_tree(["cat", str(archive)], archive.name, spec.members, work / "files", name)
+            t_x = time.monotonic() - t0
+            if root.exists():
+                shutil.rmtree(root)
+            root.mkdir()
+            shutil.move(str(work / "files"), root / "files")
+        f = Fetched(name, spec.package, version, pinned, downloads, files, str(root / "files"),
+                    {"download": round(t_dl, 3), "extract": round(t_x, 3)},
+                    time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        (root / "manifest.json").write_text(json.dumps(f.to_json(), indent=2) + "\n")
+    except OSError as e:
+        raise SourceError(unwritable(e)) from None
     return f
