@@ -270,8 +270,8 @@ def release_model(name: str) -> Any:
     source = RELEASES[name]
     f = sources.lookup(source)
     if f is None:
-        raise RealCodeError(f"{name} runs Debian's {sources.SOURCES[source].package}, which is not in the cache "
-                            f"({sources.cache_dir()}): run `vmxaddr sources fetch {source}` first")
+        raise RealCodeError(f"{name} runs Debian's {sources.SOURCES[source].package}: "
+                            f"{sources.unusable(source)}")
     info = release_info(name, f)
     return _kvm_model(name, lambda: _load_kvm(f.path(NESTED_C), f.path(VMX_C), f"{name} ({f.package} {f.version})"),
                       info)
