@@ -4,6 +4,7 @@ campaigns behind --run-slow still skip. Checked on a throw-away test file in a s
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,27 @@ def test_ci_runs_ruff_then_the_readme_test_command() -> None:
     assert lines[-1] == command  # .ci/run runs it verbatim, last
     lint = [i for i, ln in enumerate(lines) if ln.split("&&")[-1].strip() == "ruff check"]
     assert lint and lint[0] < len(lines) - 1
+
+
+def test_ci_runs_the_test_command_with_a_fresh_empty_cache(tmp_path: Path) -> None:
+    # A green CI must mean a newcomer's first run is green (issue 21 §1): the suite runs with a
+    # new, empty VMXADDR_CACHE, whatever the machine has cached. .ci/run is run in a copy of the
+    # repository without scripts/system-deps.sh, with pip, ruff and pytest stubbed on PATH; the
+    # pytest stub reports the cache it was given.
+    (tmp_path / ".ci").mkdir()
+    shutil.copy(TESTS.parent / ".ci" / "run", tmp_path / ".ci" / "run")
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for name, body in (("pip", ""), ("ruff", ""),
+                       ("pytest", 'echo "cache=$VMXADDR_CACHE entries=$(ls -A "$VMXADDR_CACHE" | wc -l)"')):
+        (stubs / name).write_text(f"#!/bin/sh\n{body}\n")
+        (stubs / name).chmod(0o755)
+    old = tmp_path / "old-cache"
+    (old / "sources").mkdir(parents=True)
+    env = dict(os.environ, PATH=f"{stubs}:{os.environ['PATH']}", VMXADDR_CACHE=str(old))
+    p = subprocess.run(["bash", str(tmp_path / ".ci" / "run")], capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 0, p.stderr
+    line = p.stdout.strip().splitlines()[-1]
+    cache, entries = line.removeprefix("cache=").rsplit(" entries=", 1)
+    assert cache and Path(cache) != old and entries == "0"
+    assert not Path(cache).exists()  # removed afterwards: nothing left behind in /tmp

@@ -9,6 +9,7 @@ worked out by hand from the SDM."""
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
 import random
@@ -302,7 +303,8 @@ def _fake_source(tmp_path: Path, text: str = VVMX_C) -> None:
     f.parent.mkdir(parents=True)
     f.write_text(text)
     manifest = {"name": "xen-4.17", "package": "xen", "version": "0.0-stand-in", "pinned": False,
-                "downloads": {}, "files": {xen.VVMX_C: "0" * 64}, "root": str(root / "files")}
+                "downloads": {}, "files": {xen.VVMX_C: hashlib.sha256(f.read_bytes()).hexdigest()},  # checked at load
+                "root": str(root / "files")}
     (root / "manifest.json").write_text(json.dumps(manifest))
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from vmxaddr.models import kvm as _kvm_pure
 from vmxaddr.models import sdm as _sdm_pure
@@ -65,7 +67,87 @@ class ModelInfo:
     real_code: dict[str, str] | None = None  # compiled C (vmxaddr.realcode): what, package, version
 
 
-REGISTRY: dict[str, ModelInfo] = {}
+_REAL_CODE_NAMES = ("kvm-linux-6.1", "kvm-linux-6.12", "xen-4.17")  # vmxaddr.realcode.models.RELEASES, .xen.RELEASES
+
+
+def _real_code_state() -> tuple[object, ...]:
+    """What the real-code entries depend on: the cache directory and each source's manifest."""
+    from vmxaddr.realcode import sources
+
+    root = sources.cache_dir() / "sources"
+    out: list[object] = [str(root)]
+    for name in sources.SOURCES:
+        try:
+            st = (root / name / "manifest.json").stat()
+            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+def _register_real_code(registry: dict[str, ModelInfo]) -> None:
+    """kvm-linux-6.1, kvm-linux-6.12 and xen-4.17: one entry for each release whose Debian source
+    is cached now (vmxaddr.realcode.registry, vmxaddr.realcode.xen); none for the others."""
+    from vmxaddr.realcode import registry as kvm_real
+    from vmxaddr.realcode import xen as xen_real
+
+    xen_real.release_model.cache_clear()  # a model made from an older manifest
+    for name in _REAL_CODE_NAMES:
+        dict.pop(registry, name, None)
+    for name, fn, summary, info in [*kvm_real.registered(), *xen_real.registered()]:
+        dict.__setitem__(registry, name, ModelInfo(name, fn, summary, "consumer", info.to_json()))
+
+
+class _Registry(dict[str, ModelInfo]):
+    """The registry, whose real-code entries follow the cache (vmxaddr.realcode.sources): a model
+    whose source is fetched later in the same process is listed at once (issue 21). Every read
+    first compares the cache's manifests (their stat) with what was last registered; only a change
+    re-registers the real-code models (last, in a fixed order, as a fresh import lists them: a
+    Dask worker's registry must list the models in the order the parent does), so a test's own
+    clear()/update() is left alone."""
+
+    _seen: object = None
+
+    def _sync(self) -> None:
+        state = _real_code_state()
+        if state != self._seen:
+            self._seen = state
+            _register_real_code(self)
+
+    def __getitem__(self, key: str) -> ModelInfo:
+        self._sync()
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        self._sync()
+        return super().__contains__(key)
+
+    def __iter__(self) -> Iterator[str]:
+        self._sync()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self._sync()
+        return super().__len__()
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        self._sync()
+        return super().get(key, default)
+
+    def keys(self) -> Any:
+        self._sync()
+        return super().keys()
+
+    def values(self) -> Any:
+        self._sync()
+        return super().values()
+
+    def items(self) -> Any:
+        self._sync()
+        return super().items()
+
+
+REGISTRY: dict[str, ModelInfo] = _Registry()
 
 
 def register(name: str, function: Model, summary: str, kind: str = "consumer") -> None:
@@ -79,7 +161,8 @@ _KVM = (_kvm_native or _kvm_pure).REGISTERED
 for _n, (_f, _s) in _KVM.items():
     register(_n, _f, _s)
 for _n, (_target, _why) in (_kvm_native or _kvm_pure).ALIASES.items():
-    register(_n, REGISTRY[_target].function, f"alias of {_target} ({_why})", kind="alias")
+    # (read past the sync: the real-code entries come last, after every model registered here)
+    register(_n, dict.__getitem__(REGISTRY, _target).function, f"alias of {_target} ({_why})", kind="alias")
 
 from vmxaddr.models.xen import xen_c447b730  # noqa: E402
 
@@ -97,28 +180,6 @@ def _register_encoders() -> None:
 _register_encoders()
 
 
-def _register_real_code() -> None:
-    """kvm-linux-6.1 etc., for each release whose Debian source is cached (vmxaddr.realcode)."""
-    from vmxaddr.realcode.registry import registered
-
-    for name, fn, summary, info in registered():
-        REGISTRY[name] = ModelInfo(name, fn, summary, "consumer", info.to_json())
-
-
-_register_real_code()
-
-
-def _register_xen_real_code() -> None:
-    """xen-4.17 when its Debian source is cached (vmxaddr.realcode.xen)."""
-    from vmxaddr.realcode.xen import registered
-
-    for name, fn, summary, info in registered():
-        REGISTRY[name] = ModelInfo(name, fn, summary, "consumer", info.to_json())
-
-
-_register_xen_real_code()
-
-
 class UnknownModel(LookupError):
     pass
 
@@ -134,9 +195,6 @@ def not_covered(name: str, model: Model, instruction: str) -> str:
     """The one line that says so (for a command that was asked about it)."""
     listed = ", ".join(getattr(model, "mnemonics", ()))
     return f"{name} does not cover {instruction.upper()} (it covers {listed}; `vmxaddr models` says why)"
-
-
-_REAL_CODE_NAMES = ("kvm-linux-6.1", "kvm-linux-6.12", "xen-4.17")  # vmxaddr.realcode.models.RELEASES, .xen.RELEASES
 
 
 def get(name: str) -> Model:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vmxaddr.realcode.extract import Extracted
-from vmxaddr.realcode.sources import cache_dir
+from vmxaddr.realcode.sources import cache_dir, unwritable
 
 SHIM_DIR = Path(__file__).with_name("shim")
 CFLAGS = ("-O2", "-shared", "-fPIC", "-std=gnu11", "-fno-strict-aliasing", "-fno-strict-overflow",
@@ -103,20 +103,23 @@ def build_source(source: str, what: str, include_dirs: Sequence[Path] = (SHIM_DI
     lib = out_dir / f"{key}.so"
     if lib.exists():
         return lib
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        src = Path(tmp) / "unit.c"
-        src.write_text(source)
-        target = Path(tmp) / "lib.so"
-        cmd = [cc, *CFLAGS, *(f"-I{d}" for d in include_dirs), "-o", str(target), str(src), *map(str, extra_files)]
-        env = dict(os.environ, LC_ALL="C", LANG="C")
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-        except (OSError, subprocess.SubprocessError) as e:
-            raise BuildError(f"cannot build {what}: the compiler did not run: {e}") from None
-        if proc.returncode != 0:
-            raise compile_error(what, proc.stderr)
-        os.replace(target, lib)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+            src = Path(tmp) / "unit.c"
+            src.write_text(source)
+            target = Path(tmp) / "lib.so"
+            cmd = [cc, *CFLAGS, *(f"-I{d}" for d in include_dirs), "-o", str(target), str(src), *map(str, extra_files)]
+            env = dict(os.environ, LC_ALL="C", LANG="C")
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+            except (OSError, subprocess.SubprocessError) as e:
+                raise BuildError(f"cannot build {what}: the compiler did not run: {e}") from None
+            if proc.returncode != 0:
+                raise compile_error(what, proc.stderr)
+            os.replace(target, lib)
+    except OSError as e:  # the cache is a file, read-only, full
+        raise BuildError(f"cannot build {what}: {unwritable(e)}") from None
     return lib
 
 
@@ -221,7 +224,10 @@ def build_marshaller() -> Path:
     lib = out_dir / f"marshal-{h.hexdigest()[:32]}{suffix}"
     if lib.exists():
         return lib
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BuildError(f"cannot build the marshaller: {unwritable(e)}") from None
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         target = Path(tmp) / f"m{suffix}"
         flags = [f for f in CFLAGS if f != "-Wl,-z,defs"]  # the interpreter provides the Python symbols

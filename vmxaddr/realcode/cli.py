@@ -28,6 +28,8 @@ def cmd_sources(args: argparse.Namespace) -> int:
     from vmxaddr.cli import fail, print_json
 
     if args.action == "list":
+        if args.name:
+            fail(f"sources list takes no name (got {' '.join(args.name)}); to fetch one: sources fetch NAME")
         got = {f.name: f for f in sources.cached()}
         if args.json:
             print_json({"cache": str(sources.cache_dir()),
@@ -67,6 +69,25 @@ def _say(name: str) -> Callable[[str], None]:
     return lambda m: print(f"{name}: {m}", file=sys.stderr)
 
 
+def _intermixed(p: argparse.ArgumentParser) -> None:
+    """Let `p` take its options between its positionals (`sources fetch --force NAME`): argparse
+    otherwise gives the empty NAME list to `fetch` at once and refuses the NAME after an option."""
+    plain = p.parse_known_args
+    inside = False
+
+    def parse_known_args(args: Any = None, namespace: Any = None) -> Any:
+        nonlocal inside
+        if inside:  # parse_known_intermixed_args calls parse_known_args itself
+            return plain(args, namespace)
+        inside = True
+        try:
+            return p.parse_known_intermixed_args(args, namespace)
+        finally:
+            inside = False
+
+    p.parse_known_args = parse_known_args  # type: ignore[method-assign]
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("sources", help="fetch hypervisor sources from Debian's archive; list the cache",
                        description="Fetch the hypervisor sources the real-code models compile (kvm-linux-6.1, "
@@ -78,3 +99,4 @@ def register(sub: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--json", action="store_true", help="print one JSON object (package, version, SHA-256 of what was used)")
     p.set_defaults(func=cmd_sources)
+    _intermixed(p)

@@ -270,16 +270,26 @@ def release_model(name: str) -> Any:
     source = RELEASES[name]
     f = sources.lookup(source)
     if f is None:
-        raise RealCodeError(f"{name} runs Debian's {sources.SOURCES[source].package}, which is not in the cache "
-                            f"({sources.cache_dir()}): run `vmxaddr sources fetch {source}` first")
+        raise RealCodeError(f"{name} runs Debian's {sources.SOURCES[source].package}: "
+                            f"{sources.unusable(source)}")
     info = release_info(name, f)
     return _kvm_model(name, lambda: _load_kvm(f.path(NESTED_C), f.path(VMX_C), f"{name} ({f.package} {f.version})"),
                       info)
 
 
+def user_path(text: str, spec: str) -> Path:
+    """`text` with a leading ~ or ~user expanded, or RealCodeError naming a user that does not exist."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # ~user of no such user (or no home directory to expand ~ to)
+        user = text.split("/", 1)[0]
+        raise RealCodeError(f"{spec}: cannot expand {user}: no user {user[1:]!r} on this system"
+                            if len(user) > 1 else f"{spec}: cannot expand ~: no home directory") from None
+
+
 @cache
 def tree_model(path: str) -> Any:
-    p = Path(path).expanduser()
+    p = user_path(path, f"kvm-tree:{path}")
     if p.is_dir():
         nested, vmx = p / NESTED_C, p / VMX_C
     else:
@@ -316,7 +326,7 @@ def c_model(spec: str) -> Any:
     file, sep, function = body.rpartition(":")
     if not sep or not file or not re.fullmatch(r"[A-Za-z_]\w*", function):
         raise RealCodeError(f"{spec!r}: expected c:FILE.c:FUNCTION or c:LIB.so:FUNCTION")
-    path = Path(file).expanduser()
+    path = user_path(file, spec)
     if not path.is_file():
         raise RealCodeError(f"{spec}: no file {path}")
     lib_path = path if path.suffix == ".so" or ".so." in path.name else build_adapter(path)

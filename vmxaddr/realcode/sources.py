@@ -2,7 +2,8 @@
 
     fetch("linux-6.1")  -> Fetched (package, version, SHA-256 of what was downloaded, the files kept)
     cached()            -> every Fetched already in the cache
-    lookup("linux-6.1") -> the cached Fetched, or None
+    lookup("linux-6.1") -> the cached Fetched, or None (absent, or a file changed since it was fetched)
+    unusable("linux-6.1") -> why not, and what to do
 
 The cache is `$VMXADDR_CACHE` (default `~/.cache/vmxaddr`): `sources/<name>/manifest.json` and
 `sources/<name>/files/<path in the tree>`. Nothing fetched enters the repository.
@@ -43,6 +44,13 @@ class SourceError(RuntimeError):
 
 def cache_dir() -> Path:
     return Path(os.environ.get("VMXADDR_CACHE") or Path.home() / ".cache" / "vmxaddr")
+
+
+def unwritable(e: OSError) -> str:
+    """One line for a cache that cannot be written (a file, read-only, full, not ours)."""
+    where = f" ({e.filename})" if e.filename and str(e.filename) != str(cache_dir()) else ""
+    return (f"cannot write the cache {cache_dir()} (VMXADDR_CACHE): {e.strerror or e}{where}; "
+            "set VMXADDR_CACHE to a writable directory")
 
 
 @dataclass(frozen=True)
@@ -103,16 +111,68 @@ def _source_dir(name: str) -> Path:
 
 
 def lookup(name: str) -> Fetched | None:
-    """The cached source `name`, if every file it lists is still there."""
-    manifest = _source_dir(name) / "manifest.json"
+    """The cached source `name`, if every file it lists is there with the SHA-256 recorded when it
+    was fetched; else None (`unusable` says why)."""
+    return _check(name)[0]
+
+
+def unusable(name: str) -> str | None:
+    """Why the cached source `name` cannot be used, with what to do; None when it can."""
+    f, why = _check(name)
+    if f is not None:
+        return None
+    if why is None:
+        return f"it is not in the cache ({cache_dir()}): run `vmxaddr sources fetch {name}` first"
+    return f"the cached copy is broken: {why}; run `vmxaddr sources fetch {name}` to repair it"
+
+
+def _stamp(digest: str, path: Path) -> list[Any]:
+    """What a verified file is remembered by: any write changes its ctime, a replacement its inode."""
+    st = path.stat()
+    return [digest, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _remember(root: Path, verified: dict[str, Any]) -> None:
     try:
-        obj = json.loads(manifest.read_text())
-        f = Fetched(**obj)
-    except (OSError, ValueError, TypeError):
-        return None
-    if not all(f.path(m).is_file() for m in f.files):
-        return None
-    return f
+        tmp = root / f".verified.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(verified))
+        os.replace(tmp, root / "verified.json")
+    except OSError:
+        pass  # a read-only cache: files are hashed at every load
+
+
+def _check(name: str) -> tuple[Fetched | None, str | None]:
+    """(the cached source, None), or (None, None) when absent, or (None, what is wrong with it).
+    Hashing a file is remembered in verified.json beside the manifest, by _stamp."""
+    root = _source_dir(name)
+    manifest = root / "manifest.json"
+    try:
+        f = Fetched(**json.loads(manifest.read_text()))
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError, TypeError) as e:
+        return None, f"its manifest {manifest} is unreadable ({getattr(e, 'strerror', None) or type(e).__name__})"
+    try:
+        verified = json.loads((root / "verified.json").read_text())
+        verified = verified if isinstance(verified, dict) else {}
+    except (OSError, ValueError):
+        verified = {}
+    changed = False
+    for member, digest in f.files.items():
+        path = f.path(member)
+        try:
+            stamp = _stamp(digest, path)
+            if verified.get(member) == stamp:
+                continue
+            if _sha256(path) != digest:
+                return None, f"{path} changed after it was fetched (its SHA-256 is not the one in {manifest})"
+        except OSError as e:
+            return None, f"{path}: {e.strerror}"
+        verified[member] = stamp
+        changed = True
+    if changed:
+        _remember(root, verified)
+    return f, None
 
 
 def cached() -> list[Fetched]:
@@ -274,33 +334,39 @@ def fetch(name: str, progress: Callable[[str], None] | None = None, force: bool 
     spec = SOURCES.get(name)
     if spec is None:
         raise SourceError(f"unknown source {name!r} (known: {', '.join(SOURCES)})")
+    say = progress or (lambda _m: None)
     if not force:
-        hit = lookup(name)
+        hit, broken = _check(name)
         if hit is not None:
             return hit
-    say = progress or (lambda _m: None)
-    root = _source_dir(name)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{name}-") as tmp:
-        work = Path(tmp)
-        if spec.kind == "deb":
-            version, pinned, downloads, archive, t_dl = _fetch_deb(spec, work, say)
-            say(f"unpacking {', '.join(spec.members)}")
-            t0 = time.monotonic()
-            files = _unpack_tree(["sh", "-c", f'dpkg-deb --fsys-tarfile "$1" | tar -xO "./{spec.tarball}"', "sh",
-                                  str(archive)], spec.tarball, spec.members, work / "files", name)
-        else:
-            version, pinned, downloads, archive, t_dl = _fetch_dsc(spec, work, say)
-            say(f"unpacking {', '.join(spec.members)}")
-            t0 = time.monotonic()
-            files = _unpack_tree(["cat", str(archive)], archive.name, spec.members, work / "files", name)
-        t_x = time.monotonic() - t0
-        if root.exists():
-            shutil.rmtree(root)
-        root.mkdir()
-        shutil.move(str(work / "files"), root / "files")
-    f = Fetched(name, spec.package, version, pinned, downloads, files, str(root / "files"),
-                {"download": round(t_dl, 3), "extract": round(t_x, 3)},
-                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    (root / "manifest.json").write_text(json.dumps(f.to_json(), indent=2) + "\n")
+        if broken:  # a plain fetch repairs the cache
+            say(f"the cached copy is broken ({broken}): fetching it again")
+    try:
+        root = _source_dir(name)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{name}-") as tmp:
+            work = Path(tmp)
+            if spec.kind == "deb":
+                version, pinned, downloads, archive, t_dl = _fetch_deb(spec, work, say)
+                say(f"unpacking {', '.join(spec.members)}")
+                t0 = time.monotonic()
+                files = _unpack_tree(["sh", "-c", f'dpkg-deb --fsys-tarfile "$1" | tar -xO "./{spec.tarball}"', "sh",
+                                      str(archive)], spec.tarball, spec.members, work / "files", name)
+            else:
+                version, pinned, downloads, archive, t_dl = _fetch_dsc(spec, work, say)
+                say(f"unpacking {', '.join(spec.members)}")
+                t0 = time.monotonic()
+                files = _unpack_tree(["cat", str(archive)], archive.name, spec.members, work / "files", name)
+            t_x = time.monotonic() - t0
+            if root.exists():
+                shutil.rmtree(root)
+            root.mkdir()
+            shutil.move(str(work / "files"), root / "files")
+        f = Fetched(name, spec.package, version, pinned, downloads, files, str(root / "files"),
+                    {"download": round(t_dl, 3), "extract": round(t_x, 3)},
+                    time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        (root / "manifest.json").write_text(json.dumps(f.to_json(), indent=2) + "\n")
+        _remember(root, {m: _stamp(d, f.path(m)) for m, d in files.items()})  # hashed while unpacking
+    except OSError as e:
+        raise SourceError(unwritable(e)) from None
     return f

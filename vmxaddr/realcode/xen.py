@@ -242,8 +242,8 @@ def release_model(name: str) -> Any:
     if f is None:
         from vmxaddr.realcode.models import RealCodeError
 
-        raise RealCodeError(f"{name} runs Debian's {sources.SOURCES[source].package} source, which is not in the cache "
-                            f"({sources.cache_dir()}): run `vmxaddr sources fetch {source}` first")
+        raise RealCodeError(f"{name} runs Debian's {sources.SOURCES[source].package}: "
+                            f"{sources.unusable(source)}")
     info = info_for(name, f)
     what = f"{name} ({f.package} {f.version})"
 
