@@ -26,7 +26,7 @@ from vmxaddr.decode import DecodeError, Instruction, decode
 from vmxaddr.gen import SEG_PREFIXES
 from vmxaddr.isa import SPECS, XMM, reg_name
 from vmxaddr.oracles import CaseReport, Disagreement, Summary
-from vmxaddr.oracles.llvm_cases import llvm_encodings
+from vmxaddr.oracles.llvm_cases import exhaustive_rex2, llvm_encodings
 from vmxaddr.oracles.llvm_lib import disasm, parse
 from vmxaddr.progress import Progress
 
@@ -303,3 +303,51 @@ def crosscheck_llvm(n: int, seed: int, progress: Progress | None = None,
     if progress is not None and not summary.interrupted:
         progress.update(n, f"{summary.unexplained_cases} unexplained")
     return summary
+
+
+def _exhaustive_part(args: tuple[bool, tuple[int, ...]]) -> Summary:
+    subset, payloads = args
+    return crosscheck_cases(exhaustive_rex2(subset, payloads), None, Summary("llvm"))
+
+
+def crosscheck_exhaustive(subset: bool = False, jobs: int = 1) -> Summary:
+    """Every REX2 payload × ModRM × SIB of VMREAD/VMWRITE (llvm_cases.exhaustive_rex2), the
+    payloads dealt over `jobs` processes."""
+    import multiprocessing as mp
+    import time
+
+    start = time.monotonic()
+    parts = [(subset, tuple(range(j, 256, jobs))) for j in range(jobs)]
+    if jobs <= 1:
+        results = [_exhaustive_part(parts[0])]
+    else:
+        with mp.get_context("fork").Pool(jobs) as pool:
+            results = pool.map(_exhaustive_part, parts)
+    summary = Summary("llvm")
+    for r in results:
+        summary.merge(r)
+    summary.details = {"out_of_scope_rdmsr_wrmsrns_imm": 0, "llvm": disasm().version, "exhaustive": True,
+                       "subset": subset}
+    summary.seconds = time.monotonic() - start
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m vmxaddr.oracles.llvm [--subset] [--jobs N]`: the exhaustive REX2 VMREAD/VMWRITE sweep."""
+    import argparse
+
+    from vmxaddr.crosscheck import report_text
+
+    ap = argparse.ArgumentParser(prog="python -m vmxaddr.oracles.llvm", description=crosscheck_exhaustive.__doc__)
+    ap.add_argument("--subset", action="store_true", help="ModRM.reg, SIB scale and index fixed per payload")
+    ap.add_argument("--jobs", type=int, default=1)
+    args = ap.parse_args(argv)
+    s = crosscheck_exhaustive(args.subset, max(1, args.jobs))
+    print(report_text(s, 0, args.jobs))
+    return 1 if s.unexplained_cases else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    sys.exit(main())

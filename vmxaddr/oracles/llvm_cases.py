@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from vmxaddr.gen import NO_REX2, OPCODES, OTHER_OPCODES, SEG_PREFIXES, RandomChooser, gen_encoding
 from vmxaddr.oracles.encodings import Encoding, encodings
@@ -122,32 +122,35 @@ def llvm_encodings(seed: int) -> Iterator[Encoding]:
 
 
 def _memory_forms(opcode: int, payload: int, subset: bool) -> Iterator[bytes]:
-    """Every ModRM (and SIB where there is one) after D5 payload opcode; `subset`: ModRM.reg and
-    the SIB scale fixed per payload, all else complete."""
+    """Every ModRM (and SIB where there is one) after D5 payload opcode. `subset`: ModRM.reg, the
+    SIB scale and the SIB index (besides 100, "none") fixed per payload, every base kept."""
     regs = (payload & 7,) if subset else range(8)
-    scales = (payload >> 3 & 3,) if subset else range(4)
+    scales = (payload >> 6,) if subset else range(4)
+    indexes = sorted({4, payload >> 3 & 7}) if subset else range(8)
     for mod in range(4):
         for reg in regs:
             for rm in range(8):
                 modrm = mod << 6 | reg << 3 | rm
                 if mod != 3 and rm == 4:
                     for ss in scales:
-                        for ib in range(64):
-                            yield bytes([0xD5, payload, opcode, modrm, ss << 6 | ib])
+                        for index in indexes:
+                            for base in range(8):
+                                yield bytes([0xD5, payload, opcode, modrm, ss << 6 | index << 3 | base])
                 else:
                     yield bytes([0xD5, payload, opcode, modrm])
 
 
-def exhaustive_rex2(subset: bool = False) -> Iterator[Encoding]:
+def exhaustive_rex2(subset: bool = False, payloads: Iterable[int] = range(256)) -> Iterator[Encoding]:
     """Every REX2 payload (M0 = 0 included: #UD) × ModRM × SIB of VMREAD (0F 78) and VMWRITE
-    (0F 79), each followed by displacement bytes and padding. 2 × 256 × 6376 = 3 264 512 cases;
-    `subset` (ModRM.reg and SIB scale fixed per payload) 2 × 256 × 221 = 113 152."""
-    for opcode in (0x78, 0x79):
-        for payload in range(256):
+    (0F 79), each followed by displacement bytes and padding: 2 × 256 × 6376 = 3 264 512 cases.
+    `subset` (ModRM.reg, SIB scale and index fixed per payload) has 37 888."""
+    for payload in payloads:
+        for opcode in (0x78, 0x79):
             for head in _memory_forms(opcode, payload, subset):
                 yield Encoding(head + DISP_TAIL, 64, f"exhaustive:{opcode:02x}/{payload:02x}")
 
 
 def exhaustive_count(subset: bool = False) -> int:
-    per = (3 * 7 + 8 + 3 * 64) if subset else (3 * 8 * 7 + 64 + 3 * 8 * 256)
-    return 2 * 256 * per
+    if subset:
+        return sum(2 * (3 * 7 + 8 + 3 * 8 * len({4, p >> 3 & 7})) for p in range(256))
+    return 2 * 256 * (3 * 8 * 7 + 64 + 3 * 8 * 256)
