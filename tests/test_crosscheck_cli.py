@@ -19,12 +19,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from proc_util import alive, children, reap_all, wait_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-ORACLES = ["iced", "unicorn", "bochs"]
+ORACLES = ["iced", "unicorn", "bochs", "llvm"]
 KEYS = {"oracle", "cases", "agreements", "skipped", "explained_cases", "unexplained_cases", "disagreements_by_field",
         "seconds", "interrupted", "details", "examples", "seed", "jobs"}
 
 
 def _bochs_or_skip(oracle: str) -> None:
+    if oracle == "llvm":
+        from vmxaddr.oracles import llvm_lib
+
+        if llvm_lib.missing():  # fails under CI=true (tests/ci_policy.py)
+            pytest.skip(f"LLVM oracle: {llvm_lib.missing()}")
     if oracle == "bochs":
         from vmxaddr.oracles import bochs as B
 
