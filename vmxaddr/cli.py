@@ -171,13 +171,15 @@ def cmd_decode(args: argparse.Namespace) -> int:
         from vmxaddr.pictures import exit_fields_picture
 
         write_svg(args.svg, exit_fields_picture(exit, f"{case.instruction.text()}: instruction information "
-                                                f"{exit.instruction_info:#010x}"))
+                                                f"{exit.instruction_info:#010x}", case.instruction.code_size))
         if args.svg == "-":
             return 0
     if args.json:
-        print_json(case_json(case, exit, result))
+        from vmxaddr.exitinfo import exit_fields_json
+
+        print_json({**case_json(case, exit, result), **exit_fields_json(exit, case.instruction.code_size)})
     else:
-        print("\n".join(describe_instruction(case) + [""] + describe_exit(exit)))
+        print("\n".join(describe_instruction(case) + [""] + describe_exit(exit, code_size=case.instruction.code_size)))
     return 0
 
 
@@ -204,7 +206,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if args.svg == "-":
             return 0
     if args.json:
-        obj = case_json(case, exit, result)
+        from vmxaddr.exitinfo import exit_fields_json
+
+        obj = {**case_json(case, exit, result), **exit_fields_json(exit, case.instruction.code_size)}
         obj["model"] = args.model
         print_json(obj)
     else:

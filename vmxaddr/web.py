@@ -65,6 +65,7 @@ def _answer(argv: list[str]) -> dict[str, Any]:
     from vmxaddr.case import case_json
     from vmxaddr.cli import Parser, UsageError, add_case_options, case_from
     from vmxaddr.decode import capstone_guard_on
+    from vmxaddr.exitinfo import exit_fields_json
     from vmxaddr.explain import describe_exit, describe_instruction, explain_text
     from vmxaddr.models import UnknownModel, get
     from vmxaddr.models.base import InvalidExitInfo
@@ -92,10 +93,10 @@ def _answer(argv: list[str]) -> dict[str, Any]:
     o = result.outcome
     heading = f"{case.instruction.text()}: instruction information {exit.instruction_info:#010x}"
     return {
-        "case": case_json(case, exit, result),
-        "decode": "\n".join(describe_instruction(case) + [""] + describe_exit(exit)),
+        "case": {**case_json(case, exit, result), **exit_fields_json(exit, case.instruction.code_size)},
+        "decode": "\n".join(describe_instruction(case) + [""] + describe_exit(exit, code_size=case.instruction.code_size)),
         "text": explain_text(case, exit, result, args.model),
-        "field_svg": str(exit_fields_picture(exit, heading)),
+        "field_svg": str(exit_fields_picture(exit, heading, case.instruction.code_size)),
         "flow_svg": str(flow_picture(case, exit, result, args.model)),
         "steps": steps,
         "outcome": {"kind": o.kind, "verdict": {"ok": "no fault"}.get(o.kind, o.short()), "rule": o.rule,
