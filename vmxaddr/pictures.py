@@ -22,6 +22,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from vmxaddr import layouts as lay_tables
 from vmxaddr.apx import VMCS_EXTENDED_INSTRUCTION_INFO, fields_extended
@@ -268,6 +269,20 @@ def exit_fields_picture(exit: ExitInfo, heading: str, code_size: int | None = No
     svg = Svg(max(field.width, ext.width), field.height + ext.height, heading)
     svg.embed(field, 0, 0)
     svg.embed(ext, 0, field.height)
+    return svg
+
+
+def decode_picture(instr: Any, exit: ExitInfo, bytemap: Any = None) -> Svg:
+    """`vmxaddr decode --svg`: the bytes taken apart (vmxaddr.bytemap), then the fields."""
+    from vmxaddr.bytemap import breakdown
+    from vmxaddr.bytemap import picture as bytes_picture
+
+    heading = f"{instr.text()}: instruction information {exit.instruction_info:#010x}"
+    top = bytes_picture(bytemap or breakdown(instr), f"{instr.text()}: the bytes {instr.raw.hex(' ')}")
+    fields_svg = exit_fields_picture(exit, heading, instr.code_size)
+    svg = Svg(max(top.width, fields_svg.width), top.height + fields_svg.height, heading)
+    svg.embed(top, 0, 0)
+    svg.embed(fields_svg, 0, top.height)
     return svg
 
 
