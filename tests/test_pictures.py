@@ -172,11 +172,27 @@ def test_conditions_are_worded_as_the_sdm() -> None:
     assert "11 operand size: undefined for VM exits from 64-bit mode" in dt  # Table 27-10
 
 
-@pytest.mark.parametrize("name", [*sorted(SDM_PICTURES), "apx-extended", "apx-extended:vmread"])
+def _explain_svg(argv: list[str]) -> str:
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main([*argv, "--svg", "-"]) == 0
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("name", [*sorted(SDM_PICTURES), "apx-extended", "apx-extended:vmread", "explain", "decode"])
 def test_pictures_fit_a_phone(name: str) -> None:
     # Issue 25 §5: readable 390 px wide without shrinking text below 10 px: the natural width
     # must fit 390 px (so it is shown at scale >= 1) and no text is smaller than 10 px.
-    root = ET.fromstring(str(picture(name)))
+    if name == "explain":
+        svg = _explain_svg(["explain", "--mode", "64", "--reg", "r21=0x5000", "--reg", "r20=0x10", "d5 b4 c7 74 25 08"])
+    elif name == "decode":
+        svg = _explain_svg(["decode", "--mode", "64", "26 64 4c 0f 78 44 a5 f0"])
+    else:
+        svg = str(picture(name))
+    root = ET.fromstring(svg)
     assert float(root.get("width", 0)) <= 390
     assert root.get("viewBox") == f"0 0 {root.get('width')} {root.get('height')}"
     sizes = {float(t.get("font-size", 0)) for t in root.iter(f"{NS}text")}

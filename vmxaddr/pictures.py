@@ -150,6 +150,12 @@ def picture(name: str) -> Svg:
     return layout_picture(Layout(name))
 
 
+def layout_name_of(mnemonic: str) -> str:
+    """The layout name `picture` takes for an instruction (its instruction-information layout;
+    for INS and OUTS draw "io-qualification" too)."""
+    return SPECS[mnemonic].layout.value
+
+
 def layout_picture(layout: Layout) -> Svg:
     """The layout as the SDM's table gives it: names, bit ranges, undefined bits."""
     t = lay_tables.INSTRUCTION_INFO[layout.value]
@@ -343,9 +349,8 @@ def _field_svg(title: str, boxes: list[_Box], lines: list[str], with_values: boo
 
 # -- the computation as a flow ------------------------------------------------------------------
 
-FLOW_WIDTH = 820
-STAGE_COLUMN = 150
-WRAP = 88  # characters per line of step text
+FLOW_WIDTH = WIDTH  # as narrow as the field pictures: readable on a phone
+WRAP = int((WIDTH - 2 * MARGIN - 16) / (11 * 0.62))  # characters per line of step text (11 px)
 OUTCOME_FILL = {"ok": "#dff3e3", "fault": "#fbe0e0", "implementation-specific": "#fff1cc"}
 
 _STAGE_OF = {"displacement": "displacement", "effective-address": "effective address", "segment": "segment",
@@ -382,10 +387,13 @@ def _stages(case: Case, exit: ExitInfo, result: Result) -> list[tuple[str, str, 
 def flow_picture(case: Case, exit: ExitInfo, result: Result, model_name: str = "sdm") -> Svg:
     svg = Svg(FLOW_WIDTH, 0, f"{case.instruction.text()}: the computation ({model_name})")
     arrow = svg.arrow_marker("flow-arrow")
-    svg.text(MARGIN, 22, f"The computation ({model_name}): bytes -> fields -> displacement -> EA -> segment "
-             "-> linear -> checks -> outcome", 13, font_weight="bold")
-    y = 36.0
-    body_x = MARGIN + STAGE_COLUMN
+    y = 6.0
+    for ln in _wrap(f"The computation ({model_name}): bytes -> fields -> displacement -> EA -> segment "
+                    "-> linear -> checks -> outcome", TITLE_SIZE):
+        y += TITLE_SIZE + 4
+        svg.text(MARGIN, y, ln, TITLE_SIZE, font_weight="bold")
+    y += 12
+    body_x = MARGIN + 10
     box_w = FLOW_WIDTH - 2 * MARGIN
     o = result.outcome
     boxes: list[tuple[str, list[str], str, bool]] = []
@@ -400,11 +408,11 @@ def flow_picture(case: Case, exit: ExitInfo, result: Result, model_name: str = "
                               WRAP, subsequent_indent="    ")
     boxes.append(("outcome", out_lines, OUTCOME_FILL.get(o.kind, "#ffffff"), True))
     for n, (stage, lines, fill, reached) in enumerate(boxes):
-        h = 14 + 15 * len(lines)
+        h = 14 + 15 * (len(lines) + 1)  # the stage's name on its own line, its text under it
         svg.rect(MARGIN, y, box_w, h, fill=fill, stroke="#333333" if reached else "#aaaaaa", stroke_width=1, rx=4)
         svg.text(MARGIN + 10, y + 19, stage, 12, font_weight="bold", fill="#222222" if reached else "#999999")
         for i, ln in enumerate(lines):
-            svg.text(body_x, y + 19 + 15 * i, ln, 11, style="white-space:pre",
+            svg.text(body_x, y + 34 + 15 * i, ln, 11, style="white-space:pre",
                      fill="#222222" if reached else "#999999", font_weight="bold" if i == 0 else None)
         y += h
         if n + 1 < len(boxes):
