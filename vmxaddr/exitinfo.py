@@ -52,6 +52,7 @@ _BASE_LO = layouts.shared("base").lo
 _REG1_LO = layouts.shared("reg1").lo
 _REG2_LO = layouts.shared("reg2").lo
 _IDENTITY_LO = layouts.shared("identity").lo
+IDENTITY_MASK = F_IDENTITY >> _IDENTITY_LO
 _DT_OPSIZE_LO = layouts.field(_INFO["dt"], "operand size").lo
 _RDRAND_OPSIZE_LO = layouts.field(_INFO["rdrand"], "operand size").lo
 _RDRAND_REG_LO = layouts.field(_INFO["rdrand"], "reg").lo
@@ -199,6 +200,16 @@ def encode_info(instr: Instruction, policy: Policy = DEFAULT_POLICY) -> tuple[in
     if defined is None:
         defined = defined_bits(layout, info, code_size, instr.mnemonic)
     return info, defined
+
+
+def identity_of(info: int) -> int:
+    """The instruction identity of the LGDT and LLDT layouts (bits 29:28)."""
+    return info >> _IDENTITY_LO & IDENTITY_MASK
+
+
+def address_size_of(info: int) -> int:
+    """The address size the field reports (16, 32, 64; larger for the unused codes)."""
+    return 16 << ((info & F_ASZ) >> _ASZ_LO)
 
 
 def defined_mask(instr: Instruction, policy: Policy = DEFAULT_POLICY) -> int:
