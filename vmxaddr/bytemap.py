@@ -286,6 +286,8 @@ def _modrm_sib(instr: Instruction, raw: bytes, i: int, rex_at: int, roles: list[
             rm_meaning = f"[{_RM16[rm]}]"
             if op is not None and op.base is not None:
                 links.append(Link(i, "rm", "base", f"{rm:03b} -> {REG64[op.base]}"))
+            elif op is not None:  # mod 00, rm 110: [disp16], no base (Table 2-1)
+                links.append(Link(i, "rm", "base invalid", "110 with mod 00: disp16 only, no base (1)"))
             if op is not None and op.index is not None:
                 links.append(Link(i, "rm", "index", f"{rm:03b} -> {REG64[op.index]}"))
         elif rm == 4:
