@@ -100,7 +100,8 @@ def _prefix_notes(instr: Instruction, mandatory: int | None) -> dict[int, tuple[
         if p in SEGMENT_PREFIX:
             name = f"segment override {_SEG_NAMES[p]} ({p:02x})"
             if k != last_seg:
-                why = "overridden: the last segment prefix is the one used (Vol. 2 §2.1.1: one per group)"
+                why = ("overridden by a later segment prefix: the last one is used (as iced-x86 and the decoders "
+                       "measured do; Vol. 2 §2.1.1 calls more than one prefix of a group not useful)")
             elif instr.mnemonic == "ins":
                 why = "no effect: INS always writes through ES"
             elif cs == 64 and p not in (0x64, 0x65):
