@@ -97,7 +97,8 @@ def _answer(argv: list[str]) -> dict[str, Any]:
     heading = f"{case.instruction.text()}: instruction information {exit.instruction_info:#010x}"
     return {
         "case": {**case_json(case, exit, result), **exit_fields_json(exit, case.instruction.code_size)},
-        "decode": "\n".join(describe_instruction(case) + [""] + describe_exit(exit, code_size=case.instruction.code_size)),
+        "decode": "\n".join(describe_instruction(case) + [""] + bm.text() + [""]
+                             + describe_exit(exit, code_size=case.instruction.code_size)),  # as `vmxaddr decode`
         "text": explain_text(case, exit, result, args.model),
         "field_svg": str(exit_fields_picture(exit, heading, case.instruction.code_size)),
         "bytes_breakdown": bm.to_json(),
