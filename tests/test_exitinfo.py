@@ -15,7 +15,7 @@ SEGS = ("es", "cs", "ss", "ds", "fs", "gs")
 def test_round_trip(ins):
     """encode -> fields gives back the operand's own fields (those the SDM defines)."""
     exit = encode(ins)
-    f = fields_json(exit.instruction_info, ins.mnemonic)
+    f = fields_json(exit.instruction_info, ins.mnemonic, ins.code_size)
     op = ins.operand
     layout = ins.spec.layout.value
     if layout == "rdrand":

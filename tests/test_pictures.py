@@ -19,7 +19,7 @@ import pytest
 from vmxaddr.cli import main
 from vmxaddr.exitinfo import InfoField
 from vmxaddr.isa import Layout
-from vmxaddr.pictures import CELL, MARGIN, ROW_BITS, across_layouts_picture, field_picture, layout_picture, layouts
+from vmxaddr.pictures import BOX_H, CELL, MARGIN, ROW_BITS, field_picture, layout_picture, layouts, picture
 
 ROOT = Path(__file__).resolve().parents[1]
 NS = "{http://www.w3.org/2000/svg}"
@@ -31,21 +31,47 @@ sys.modules["docs_pictures"] = pictures_tool
 _spec.loader.exec_module(pictures_tool)
 
 
+def _rows(root: ET.Element) -> list[float]:
+    return sorted({float(r.get("y", 0)) for r in root.iter(f"{NS}rect") if r.get("height") == str(BOX_H)})
+
+
 def _boxes(svg_text: str) -> dict[tuple[int, int], dict[str, str]]:
-    """(hi, lo) -> attributes of each bit-field box (a field split over two rows of a 64-bit
-    picture gives one box per row)."""
+    """(hi, lo) -> attributes and label of each bit-field box, found from the geometry alone:
+    rows of 16 bits, the highest first; the bit under x is row_hi - (x - MARGIN) / CELL. A field
+    split over two rows (its two pieces meet at a row boundary and carry the same label) counts
+    once, with its full range. The label is the 11-px text drawn inside the box or under it."""
     root = ET.fromstring(svg_text)
-    rects = [r for r in root.iter(f"{NS}rect") if r.get("height") == "34"]
-    ys = sorted({float(r.get("y", 0)) for r in rects})
-    width = len(ys) * ROW_BITS  # rows of 32 bits, the highest first
-    out = {}
-    for r in rects:
+    ys = _rows(root)
+    width = len(ys) * ROW_BITS
+    texts = [(float(t.get("x", 0)), float(t.get("y", 0)), t.text or "") for t in root.iter(f"{NS}text")
+             if t.get("font-size") == "11"]
+    pieces = []
+    for r in root.iter(f"{NS}rect"):
+        if r.get("height") != str(BOX_H):
+            continue
         row = ys.index(float(r.get("y", 0)))
-        x, w = float(r.get("x", 0)), float(r.get("width", 0))
+        x, y, w = float(r.get("x", 0)), float(r.get("y", 0)), float(r.get("width", 0))
         hi = width - 1 - row * ROW_BITS - round((x - MARGIN) / CELL)
         lo = hi - round(w / CELL) + 1
-        out[(hi, lo)] = dict(r.attrib)
+        label = next(t for tx, ty, t in texts if x < tx < x + w and y < ty <= y + BOX_H + 14)
+        pieces.append((hi, lo, label, dict(r.attrib)))
+    pieces.sort(reverse=True)
+    out: dict[tuple[int, int], dict[str, str]] = {}
+    prev = None
+    for hi, lo, label, attrs in pieces:
+        if prev and prev[1] == hi + 1 and (hi + 1) % ROW_BITS == 0 and prev[2] == label:
+            del out[(prev[0], prev[1])]
+            hi = prev[0]
+        out[(hi, lo)] = {**attrs, "label": label}
+        prev = (hi, lo, label)
     return out
+
+
+def _abbreviations(svg_text: str) -> dict[str, str]:
+    """The picture's own key to its short labels ("BI = base invalid; ...")."""
+    lines = [t.text or "" for t in ET.fromstring(svg_text).iter(f"{NS}text") if t.get("font-size") == "11"]
+    joined = " ".join(" ".join(lines).split())
+    return {k: v for k, v in re.findall(r"(\S+) = ([A-Za-z][A-Za-z0-9/ ]*?)(?=;|$| \S+ = )", joined)}
 
 
 def _digits(svg_text: str) -> str:
@@ -81,28 +107,101 @@ def test_every_layout_has_a_picture_shown_by_a_page() -> None:
         assert f"(pictures/{name})" in shown, f"no docs page shows pictures/{name}"
 
 
-@pytest.mark.parametrize("layout", layouts(), ids=lambda lay: lay.value)
-def test_layout_pictures_cover_every_bit_once(layout: Layout) -> None:
-    boxes = _boxes(str(layout_picture(layout)))
-    bits = sorted(b for hi, lo in boxes for b in range(lo, hi + 1))
-    assert bits == list(range(32)), f"{layout.value}: bits drawn {bits}"
+# The SDM's tables, transcribed by hand (tests/test_layouts.py cites each: SDM Vol. 3C Tables
+# 27-5, 27-8 ... 27-14 of the edition docs/index.md names): (hi, lo) -> (name, drawing), the
+# drawing "U" for always undefined (hatched), "C" for undefined under a condition (dashed), "D"
+# for always defined (solid).
+_MEMORY = {(27, 27): ("base invalid", "D"), (26, 23): ("base", "C"), (22, 22): ("index invalid", "D"),
+           (21, 18): ("index", "C"), (17, 15): ("segment", "D"), (9, 7): ("address size", "D"),
+           (1, 0): ("scaling", "C")}
+_REG_FORM = {k: (n, "D" if n == "mem/reg" else "C") for k, (n, _) in _MEMORY.items()}
+SDM_PICTURES: dict[str, dict[tuple[int, int], tuple[str, str]]] = {
+    "vmptr": {**_MEMORY, (31, 28): ("undefined", "U"), (14, 11): ("undefined", "U"), (10, 10): ("cleared to 0", "D"),
+              (6, 2): ("undefined", "U")},
+    "vmread": {**_REG_FORM, (31, 28): ("reg2", "D"), (14, 11): ("undefined", "U"), (10, 10): ("mem/reg", "D"),
+               (6, 3): ("reg1", "C"), (2, 2): ("undefined", "U")},
+    "inv": {**_MEMORY, (31, 28): ("reg2", "D"), (14, 11): ("undefined", "U"), (10, 10): ("cleared to 0", "D"),
+            (6, 2): ("undefined", "U")},
+    "dt": {**_MEMORY, (31, 30): ("undefined", "U"), (29, 28): ("identity", "D"), (14, 12): ("undefined", "U"),
+           (11, 11): ("operand size", "C"), (10, 10): ("cleared to 0", "D"), (6, 2): ("undefined", "U")},
+    "ldt": {**_REG_FORM, (31, 30): ("undefined", "U"), (29, 28): ("identity", "D"), (14, 11): ("undefined", "U"),
+            (10, 10): ("mem/reg", "D"), (6, 3): ("reg1", "C"), (2, 2): ("undefined", "U")},
+    "rdrand": {(31, 13): ("undefined", "U"), (12, 11): ("operand size", "D"), (10, 7): ("undefined", "U"),
+               (6, 3): ("reg", "D"), (2, 0): ("undefined", "U")},
+    "io": {(31, 18): ("undefined", "U"), (17, 15): ("segment", "C"), (14, 10): ("undefined", "U"),
+           (9, 7): ("address size", "D"), (6, 0): ("undefined", "U")},
+    "reg": {(31, 7): ("undefined", "U"), (6, 3): ("reg1", "D"), (2, 0): ("undefined", "U")},
+    "loadiwkey": {(31, 28): ("reg2", "D"), (27, 7): ("undefined", "U"), (6, 3): ("reg1", "D"), (2, 0): ("undefined", "U")},
+    # Table 27-5: the reserved ranges are drawn hatched (cleared to 0, nothing to read).
+    "io-qualification": {(63, 32): ("reserved", "U"), (31, 16): ("port", "D"), (15, 7): ("reserved", "U"),
+                         (6, 6): ("operand encoding", "D"), (5, 5): ("REP prefixed", "D"),
+                         (4, 4): ("string instruction", "D"), (3, 3): ("direction", "D"), (2, 0): ("size of access", "D")},
+}
+# vmread's memory fields are undefined for a register operand too, so all but mem/reg are dashed
+SDM_PICTURES["vmread"][(17, 15)] = SDM_PICTURES["ldt"][(17, 15)] = ("segment", "C")
 
 
-def test_vmread_layout_matches_the_sdm_table() -> None:
-    # The SDM's VMREAD/VMWRITE table: 1:0 scaling, 2 undefined, 6:3 reg1 (undefined for a memory
-    # operand), 9:7 address size, 10 mem/reg, 14:11 undefined, 17:15 segment, 21:18 index,
-    # 22 index invalid, 26:23 base, 27 base invalid, 31:28 reg2.
-    svg = str(layout_picture(Layout.VMREAD))
+def _drawing(attrs: dict[str, str]) -> str:
+    if attrs["fill"] == "url(#hatch-undefined)":
+        return "U"
+    return "C" if attrs.get("stroke-dasharray") == "4,3" else "D"
+
+
+@pytest.mark.parametrize("name", sorted(SDM_PICTURES))
+def test_layout_picture_is_the_sdm_table(name: str) -> None:
+    svg = str(picture(name))
     boxes = _boxes(svg)
-    assert sorted(boxes) == sorted([(1, 0), (2, 2), (6, 3), (9, 7), (10, 10), (14, 11), (17, 15),
-                                    (21, 18), (22, 22), (26, 23), (27, 27), (31, 28)])
-    always = {k for k, a in boxes.items() if a["fill"] == "url(#hatch-undefined)"}
-    assert always == {(2, 2), (14, 11)}
-    # reg2 and mem/reg are always defined; everything else depends on bit 10 (and 22/27).
-    solid = {k for k, a in boxes.items() if "stroke-dasharray" not in a and k not in always}
-    assert solid == {(31, 28), (10, 10)}
-    assert "reg1            defined only when mem/reg = register" in svg
-    assert "index           undefined when index invalid = invalid or mem/reg = register" in svg
+    keys = _abbreviations(svg)
+    got = {k: (keys.get(a["label"], a["label"]), _drawing(a)) for k, a in boxes.items()}
+    assert got == SDM_PICTURES[name]
+
+
+def test_every_layout_has_a_checked_picture() -> None:
+    assert {lay.value for lay in layouts()} | {"io-qualification"} == set(SDM_PICTURES)
+
+
+def test_conditions_are_worded_as_the_sdm() -> None:
+    svg = " ".join(" ".join(t.text or "" for t in ET.fromstring(str(layout_picture(Layout.VMREAD))).iter(f"{NS}text")
+                            ).split())
+    # Table 27-14: Reg1 "Undefined for memory instructions (bit 10 is clear)"; IndexReg "Undefined
+    # for register instructions (bit 10 is set) and for ... no index register (... bit 22 is set)".
+    assert "6:3 reg1: undefined for memory instructions (bit 10 is clear)" in svg
+    assert ("21:18 index: undefined for register instructions (bit 10 is set) and for no index register "
+            "(bit 22 is set)") in svg
+    dt = " ".join(" ".join(t.text or "" for t in ET.fromstring(str(picture("dt"))).iter(f"{NS}text")).split())
+    assert "11 operand size: undefined for VM exits from 64-bit mode" in dt  # Table 27-10
+
+
+def _explain_svg(argv: list[str]) -> str:
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main([*argv, "--svg", "-"]) == 0
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("name", [*sorted(SDM_PICTURES), "apx-extended", "apx-extended:vmread", "explain", "decode"])
+def test_pictures_fit_a_phone(name: str) -> None:
+    # Issue 25 §5: readable 390 px wide without shrinking text below 10 px: the natural width
+    # must fit 390 px (so it is shown at scale >= 1) and no text is smaller than 10 px.
+    if name == "explain":
+        svg = _explain_svg(["explain", "--mode", "64", "--reg", "r21=0x5000", "--reg", "r20=0x10", "d5 b4 c7 74 25 08"])
+    elif name == "decode":
+        svg = _explain_svg(["decode", "--mode", "64", "26 64 4c 0f 78 44 a5 f0"])
+    else:
+        svg = str(picture(name))
+    root = ET.fromstring(svg)
+    assert float(root.get("width", 0)) <= 390
+    assert root.get("viewBox") == f"0 0 {root.get('width')} {root.get('height')}"
+    sizes = {float(t.get("font-size", 0)) for t in root.iter(f"{NS}text")}
+    assert min(sizes) >= 10
+    for t in root.iter(f"{NS}text"):  # monospace text, 0.6 em a character, stays within the width
+        size = float(t.get("font-size", 0))
+        x = float(t.get("x", 0))
+        left = x - (len(t.text or "") * size * 0.6 / 2 if t.get("text-anchor") == "middle" else 0)
+        assert left + len(t.text or "") * size * 0.6 <= float(root.get("width", 0)) + 1, t.text
 
 
 def test_decode_svg_draws_the_readme_example(tmp_path: Path) -> None:
@@ -152,7 +251,7 @@ def test_svg_to_stdout_and_unwritable_file(tmp_path: Path, capsys: pytest.Captur
     assert re.fullmatch(r"vmxaddr decode: error: cannot write .*x\.svg: No such file or directory\n", err)
 
 
-def _wide_fields(x: int, instruction: str) -> list[InfoField]:
+def _wide_fields(x: int, instruction: str, code_size: int | None = None) -> list[InfoField]:
     """A made-up 64-bit field for the drawing: 63:40 reserved, 39:24 'wide' (crossing the row
     boundary at bit 32), 23 'flag', 22:0 reserved; 'wide' is undefined when 'flag' is 1."""
     flag = bool(x >> 23 & 1)
@@ -162,15 +261,14 @@ def _wide_fields(x: int, instruction: str) -> list[InfoField]:
             InfoField("reserved", 22, 0, x & 0x7FFFFF, "", False)]
 
 
-def test_a_64_bit_field_is_drawn_in_two_rows() -> None:
-    svg = str(across_layouts_picture(_wide_fields, "wide", "made up"))
-    boxes = _boxes(svg)
-    # 'wide' (39:24) is split at the row boundary into 39:32 (second half of row 1) and 31:24.
-    assert sorted(boxes) == [(22, 0), (23, 23), (31, 24), (39, 32), (63, 40)]
-    assert boxes[(39, 32)]["stroke-dasharray"] == "4,3"  # conditional, in every layout
-    assert boxes[(63, 40)]["fill"] == "url(#hatch-undefined)"
-    valued = str(field_picture(0x12_3456_0000_0000 | 0xABCD << 24, "vmread", "v", _wide_fields))
-    assert _digits(valued) == format(0x12_3456_0000_0000 | 0xABCD << 24, "064b")
+def test_a_64_bit_field_is_drawn_in_four_rows_of_16() -> None:
+    value = 0x12_3456_0000_0000 | 0xABCD << 24
+    svg = str(field_picture(value, "vmread", "v", _wide_fields))
+    assert len(_rows(ET.fromstring(svg))) == 4
+    # 'wide' (39:24) crosses the row boundary at bit 32 and is drawn as 39:32 and 31:24, merged
+    # back by its label; 'reserved' (63:40) spans rows 63:48 and 47:40.
+    assert sorted(_boxes(svg)) == [(22, 0), (23, 23), (39, 24), (63, 40)]
+    assert _digits(svg) == format(value, "064b")
 
 
 def test_pictures_of_random_cases_are_well_formed_and_show_the_bits() -> None:
@@ -205,10 +303,9 @@ def test_apx_extended_layout_picture_has_the_series_positions() -> None:
     # The extended field's layout (KVM's "Enable APX for guests" v2, patch 04/16, quoted in
     # vmxaddr/apx.py): reserved 15:12, 23:21, 31:29, 39:37, 63:45; reg2 44:40, base 36:32,
     # index 28:24, reg1 20:16, base/index invalid 11/10, segment 9:7, operand size 6:5,
-    # mem/reg 4, address size 3:2, scaling 1:0. Two rows of 32 bits; no field crosses bit 32.
-    from vmxaddr.pictures import extended_layout_picture
-
-    boxes = _boxes(str(extended_layout_picture()))
+    # mem/reg 4, address size 3:2, scaling 1:0. In rows of 16, 63:45 is drawn as 63:48 and
+    # 47:45, merged back; no other field crosses a row boundary.
+    boxes = _boxes(str(picture("apx-extended")))
     assert sorted(boxes) == sorted([(63, 45), (44, 40), (39, 37), (36, 32), (31, 29), (28, 24), (23, 21),
                                     (20, 16), (15, 12), (11, 11), (10, 10), (9, 7), (6, 5), (4, 4),
                                     (3, 2), (1, 0)])
@@ -224,4 +321,5 @@ def test_decode_svg_draws_the_extended_field_too(tmp_path: Path) -> None:
     svg = out.read_text()
     # 32-bit field: base RAX, no index (1 << 22), DS (3 << 15), 64-bit (2 << 7) = 0x00418100.
     assert _digits(svg) == format(0x00418100, "032b") + format(0x588, "064b")
-    assert "extended instruction information (APX, VMCS 0x2406) 0x0000000000000588" in svg
+    words = " ".join(t.text or "" for t in ET.fromstring(svg).iter(f"{NS}text"))  # the heading is wrapped
+    assert "extended instruction information (APX, VMCS 0x2406) 0x0000000000000588" in words

@@ -168,17 +168,23 @@ def cmd_decode(args: argparse.Namespace) -> int:
     case = case_from(args)
     exit = case.exit
     result = case.run(get("sdm"), explain=True)
-    if args.svg:
-        from vmxaddr.pictures import exit_fields_picture
+    from vmxaddr.bytemap import breakdown
 
-        write_svg(args.svg, exit_fields_picture(exit, f"{case.instruction.text()}: instruction information "
-                                                f"{exit.instruction_info:#010x}"))
+    bm = breakdown(case.instruction)
+    if args.svg:
+        from vmxaddr.pictures import decode_picture
+
+        write_svg(args.svg, decode_picture(case.instruction, exit, bm))
         if args.svg == "-":
             return 0
     if args.json:
-        print_json(case_json(case, exit, result))
+        from vmxaddr.exitinfo import exit_fields_json
+
+        print_json({**case_json(case, exit, result), **exit_fields_json(exit, case.instruction.code_size),
+                    "bytes_breakdown": bm.to_json()})
     else:
-        print("\n".join(describe_instruction(case) + [""] + describe_exit(exit)))
+        print("\n".join(describe_instruction(case) + [""] + bm.text() + [""]
+                        + describe_exit(exit, code_size=case.instruction.code_size)))
     return 0
 
 
@@ -205,7 +211,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if args.svg == "-":
             return 0
     if args.json:
-        obj = case_json(case, exit, result)
+        from vmxaddr.exitinfo import exit_fields_json
+
+        obj = {**case_json(case, exit, result), **exit_fields_json(exit, case.instruction.code_size)}
         obj["model"] = args.model
         print_json(obj)
     else:
@@ -242,8 +250,9 @@ def register_core(sub: Any) -> None:
                        "instruction-information field a processor reports for it.", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_case_options(p)
-    p.add_argument("--svg", metavar="FILE", help="also draw the instruction-information field, values filled in, "
-                   "as an SVG picture into FILE (- : the picture to stdout instead of the text)")
+    p.add_argument("--svg", metavar="FILE", help="also draw the bytes taken apart (prefixes, REX/REX2, opcode, "
+                   "ModRM, SIB, displacement, and where each field goes) and the instruction-information field, "
+                   "values filled in, as an SVG picture into FILE (- : the picture to stdout instead of the text)")
     p.set_defaults(func=cmd_decode)
     p = sub.add_parser("explain", help="every step from bytes to linear address or fault, with the SDM rules",
                        description="Decode one instruction, encode its VM-exit information as a processor "

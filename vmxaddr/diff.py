@@ -22,7 +22,7 @@ from typing import Any
 from vmxaddr.case import Case, access_of, case_json, run_model
 from vmxaddr.decode import Instruction
 from vmxaddr.encoders import ENCODERS, get_encoder
-from vmxaddr.exitinfo import ExitInfo, Policy, encode, encode_info, exit_qualification
+from vmxaddr.exitinfo import ExitInfo, Policy, address_size_of, encode, encode_info, exit_qualification
 from vmxaddr.isa import SPECS
 from vmxaddr.models import UnknownModel, covers, get, not_covered
 from vmxaddr.models.base import FAULT, IMPL, OK, Access, InvalidExitInfo, Model, Result
@@ -177,7 +177,7 @@ def classify(exit: ExitInfo, state: CpuState, access: Access, ra: Result, rb: Re
     ext = exit.extended_info
     if ext is not None and step in ("effective-address", "register-operand") and _names_egpr(ext):
         return EGPR_FROM_LEGACY
-    asz = 16 << (info >> 7 & 3)
+    asz = address_size_of(info)
     if step == "displacement":
         return DISPLACEMENT_NOT_SIGN_EXTENDED
     if step == "effective-address":

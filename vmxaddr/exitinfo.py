@@ -12,32 +12,69 @@ import random
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from vmxaddr import layouts
 from vmxaddr.decode import Instruction
-from vmxaddr.isa import EXIT_REASONS, SEGMENTS, SPECS, Layout
+from vmxaddr.isa import EXIT_REASONS, REG64, SEGMENTS, SPECS, XMM, Layout
+from vmxaddr.layouts import InfoField
+
+__all__ = ["InfoField", "ExitInfo", "Policy", "encode", "encode_info", "fields", "fields_json", "operand_bits"]
 
 MASK64 = (1 << 64) - 1
-ASZ_CODE = {16: 0, 32: 1, 64: 2}
-ASZ_BITS = {0: 16, 1: 32, 2: 64}
+ASZ_CODE = {int(s[:2]): n for n, s in enumerate(layouts.ADDRESS_SIZES)}  # 16-bit -> 0 ...
+ASZ_BITS = {n: bits for bits, n in ASZ_CODE.items()}
 
 EXIT_QUAL_POLICIES = ("sign-extend", "zero-extend", "random-upper")
 UNDEFINED_BITS_POLICIES = ("zero", "random")
 IGNORED_SEGMENT_POLICIES = ("default", "prefix")
 SI_DI_POLICIES = ("base", "index")
 
-# Bit ranges of the common memory-operand fields.
-F_SCALING = 0x3
-F_ASZ = 0x7 << 7
-F_MEMREG = 1 << 10
-F_SEG = 0x7 << 15
-F_INDEX = 0xF << 18
-F_INDEX_INV = 1 << 22
-F_BASE = 0xF << 23
-F_BASE_INV = 1 << 27
-F_REG1 = 0xF << 3
-F_REG2 = 0xF << 28
-F_IDENTITY = 0x3 << 28
-F_DT_OPSIZE = 1 << 11
-F_RDRAND_OPSIZE = 0x3 << 11
+# Positions, from the one table (vmxaddr.layouts); `shared` fails at import if a layout disagrees.
+_INFO = layouts.INSTRUCTION_INFO
+F_SCALING = layouts.shared("scaling").mask
+F_ASZ = layouts.shared("address size").mask
+F_MEMREG = layouts.shared("mem/reg").mask
+assert layouts.shared("cleared to 0").mask == F_MEMREG
+F_SEG = layouts.shared("segment").mask
+F_INDEX = layouts.shared("index").mask
+F_INDEX_INV = layouts.shared("index invalid").mask
+F_BASE = layouts.shared("base").mask
+F_BASE_INV = layouts.shared("base invalid").mask
+F_REG1 = layouts.shared("reg1").mask
+F_REG2 = layouts.shared("reg2").mask
+F_IDENTITY = layouts.shared("identity").mask
+F_DT_OPSIZE = layouts.field(_INFO["dt"], "operand size").mask
+F_RDRAND_OPSIZE = layouts.field(_INFO["rdrand"], "operand size").mask
+F_RDRAND_REG = layouts.field(_INFO["rdrand"], "reg").mask
+_ASZ_LO = layouts.shared("address size").lo
+_SEG_LO = layouts.shared("segment").lo
+_INDEX_LO = layouts.shared("index").lo
+_BASE_LO = layouts.shared("base").lo
+_REG1_LO = layouts.shared("reg1").lo
+_REG2_LO = layouts.shared("reg2").lo
+_IDENTITY_LO = layouts.shared("identity").lo
+IDENTITY_MASK = F_IDENTITY >> _IDENTITY_LO
+_DT_OPSIZE_LO = layouts.field(_INFO["dt"], "operand size").lo
+_RDRAND_OPSIZE_LO = layouts.field(_INFO["rdrand"], "operand size").lo
+_RDRAND_REG_LO = layouts.field(_INFO["rdrand"], "reg").lo
+# Dicts and sets keyed by the Layout members themselves: a lookup with a member in a dict of
+# plain strings, or `Layout.X` (a class attribute of an Enum), costs several times more.
+_HAS_REG2 = frozenset(Layout(n) for n, lay in _INFO.items() if any(f.name == "reg2" for f in lay.fields))
+_HAS_IDENTITY = frozenset(Layout(n) for n, lay in _INFO.items() if any(f.name == "identity" for f in lay.fields))
+_RDRAND, _REG, _LOADIWKEY, _DT = Layout.RDRAND, Layout.REG, Layout.LOADIWKEY, Layout.DT
+
+# The defined mask of a value, by layout: it depends only on the bits the conditions read
+# (10, 22, 27), the mode (64-bit or not) and whether the instruction is INS; memoised on those.
+_COND_BITS = {Layout(n): layouts.condition_bits(lay) for n, lay in _INFO.items()}
+_DEFINED: dict[Layout, dict[int, int]] = {Layout(n): {} for n in _INFO}
+
+
+def defined_bits(layout: Layout, info: int, code_size: int, instruction: str) -> int:
+    """The bits of `info` the SDM defines for `instruction` exiting from `code_size`-bit code."""
+    key = info & _COND_BITS[layout] | (code_size == 64) << 32 | (instruction == "ins") << 33
+    mask = _DEFINED[layout].get(key)
+    if mask is None:
+        mask = _DEFINED[layout][key] = layouts.defined_mask(_INFO[layout], info, code_size, instruction)
+    return mask
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,63 +157,59 @@ def reported_segment(instr: Instruction, policy: Policy = DEFAULT_POLICY) -> str
 
 
 def encode_info(instr: Instruction, policy: Policy = DEFAULT_POLICY) -> tuple[int, int]:
-    """(instruction_info with undefined bits zero, mask of the bits the SDM defines)."""
+    """(instruction_info with undefined bits zero, mask of the bits the SDM defines). What goes
+    into each field is decided here; where it goes, and when it is defined, by vmxaddr.layouts."""
     layout = instr.spec.layout
-    info = 0
-    defined = 0
     op = instr.operand
-    if layout is Layout.RDRAND:
+    if layout is _RDRAND:
         # R16-R31 do not fit the 4-bit fields: the low 4 bits are written (vmxaddr.apx; the
         # extended field holds the full number).
-        info = (instr.reg1 or 0) % 16 << 3 | {16: 0, 32: 1, 64: 2}[instr.operand_size or 32] << 11
-        return info, F_REG1 | F_RDRAND_OPSIZE
-    if layout is Layout.REG:  # TPAUSE, UMWAIT: Reg1 only
-        return (instr.reg1 or 0) % 16 << 3, F_REG1
-    if layout is Layout.LOADIWKEY:  # Reg1 = xmm1 (ModRM.reg), Reg2 = xmm2 (ModRM.rm)
-        return (instr.reg1 or 0) << 3 | (instr.reg2 or 0) << 28, F_REG1 | F_REG2
-    if layout is Layout.IO:
-        # SDM Vol. 3C, "Format of the VM-Exit Instruction-Information Field as Used for INS and
-        # OUTS": 9:7 address size, 17:15 segment ("Undefined for VM exits due to execution of
-        # INS"), everything else undefined. INS's own segment is ES; that is what is written.
+        info = (instr.reg1 or 0) % 16 << _RDRAND_REG_LO | ASZ_CODE[instr.operand_size or 32] << _RDRAND_OPSIZE_LO
+    elif layout is _REG:  # TPAUSE, UMWAIT, RDMSR/WRMSRNS imm: Reg1 only
+        info = (instr.reg1 or 0) % 16 << _REG1_LO
+    elif layout is _LOADIWKEY:  # Reg1 = xmm1 (ModRM.reg), Reg2 = xmm2 (ModRM.rm)
+        info = (instr.reg1 or 0) << _REG1_LO | (instr.reg2 or 0) << _REG2_LO
+    elif layout is _IO:
+        # The segment is undefined for INS (the table says so); INS's own segment, ES, is written.
         assert op is not None
         seg = reported_segment(instr, policy) if instr.mnemonic == "outs" else op.segment
-        info = ASZ_CODE[op.address_size] << 7 | SEGMENTS.index(seg) << 15
-        return info, F_ASZ | (F_SEG if instr.mnemonic == "outs" else 0)
-    if op is not None:
-        base, index, scale = op.base, op.index, op.scale
-        if base is not None:
-            base %= 16
-        if index is not None:
-            index %= 16
-        if op.address_size == 16 and policy.si_di == "index" and index is None and base in (6, 7):
-            base, index, scale = None, base, 1
-        info |= ASZ_CODE[op.address_size] << 7 | SEGMENTS.index(reported_segment(instr, policy)) << 15
-        defined |= F_ASZ | F_SEG | F_INDEX_INV | F_BASE_INV
-        if index is None:
-            info |= F_INDEX_INV
-        else:
-            info |= (scale.bit_length() - 1) | index << 18
-            defined |= F_SCALING | F_INDEX
-        if base is None:
-            info |= F_BASE_INV
-        else:
-            info |= base << 23
-            defined |= F_BASE
-    # bit 10: "cleared to 0" (VMPTR, INV, DT layouts) or mem/reg (VMREAD, LDT layouts): defined.
-    defined |= F_MEMREG
-    if op is None:
-        info |= F_MEMREG | (instr.reg1 or 0) % 16 << 3
-        defined |= F_REG1
-    if layout in (Layout.VMREAD, Layout.INV):
-        info |= (instr.reg2 or 0) % 16 << 28
-        defined |= F_REG2
-    elif layout in (Layout.DT, Layout.LDT):
-        info |= (instr.spec.identity or 0) << 28
-        defined |= F_IDENTITY
-        if layout is Layout.DT and instr.code_size != 64:
-            info |= (instr.operand_size == 32) << 11
-            defined |= F_DT_OPSIZE
+        info = ASZ_CODE[op.address_size] << _ASZ_LO | SEGMENTS.index(seg) << _SEG_LO
+    else:
+        if op is not None:
+            base, index, scale = op.base, op.index, op.scale
+            if base is not None:
+                base %= 16
+            if index is not None:
+                index %= 16
+            if op.address_size == 16 and policy.si_di == "index" and index is None and base in (6, 7):
+                base, index, scale = None, base, 1
+            info = ASZ_CODE[op.address_size] << _ASZ_LO | SEGMENTS.index(reported_segment(instr, policy)) << _SEG_LO
+            info |= F_INDEX_INV if index is None else (scale.bit_length() - 1) | index << _INDEX_LO
+            info |= F_BASE_INV if base is None else base << _BASE_LO
+        else:  # a register operand (VMREAD/VMWRITE, the LLDT group): mem/reg = 1, Reg1
+            info = F_MEMREG | (instr.reg1 or 0) % 16 << _REG1_LO
+        if layout in _HAS_REG2:
+            info |= (instr.reg2 or 0) % 16 << _REG2_LO
+        elif layout in _HAS_IDENTITY:
+            info |= (instr.spec.identity or 0) << _IDENTITY_LO
+            if layout is _DT and instr.code_size != 64:
+                info |= (instr.operand_size == 32) << _DT_OPSIZE_LO
+    code_size = instr.code_size
+    key = info & _COND_BITS[layout] | (code_size == 64) << 32 | (instr.mnemonic == "ins") << 33
+    defined = _DEFINED[layout].get(key)
+    if defined is None:
+        defined = defined_bits(layout, info, code_size, instr.mnemonic)
     return info, defined
+
+
+def identity_of(info: int) -> int:
+    """The instruction identity of the LGDT and LLDT layouts (bits 29:28)."""
+    return info >> _IDENTITY_LO & IDENTITY_MASK
+
+
+def address_size_of(info: int) -> int:
+    """The address size the field reports (16, 32, 64; larger for the unused codes)."""
+    return 16 << ((info & F_ASZ) >> _ASZ_LO)
 
 
 def defined_mask(instr: Instruction, policy: Policy = DEFAULT_POLICY) -> int:
@@ -240,101 +273,36 @@ def encode(instr: Instruction, rip: int = 0, policy: Policy = DEFAULT_POLICY, st
 
 # -- the inverse: instruction_info -> named fields -----------------------------------------------
 
-@dataclass(frozen=True, slots=True)
-class InfoField:
-    name: str
-    hi: int
-    lo: int
-    value: int
-    meaning: str
-    defined: bool
+def fields(info: int, instruction: str, code_size: int | None = None) -> list[InfoField]:
+    """The instruction-information field of `instruction`'s layout (vmxaddr.layouts), as labelled
+    bit fields, most significant first. `defined` is False where the SDM says the bits are
+    undefined for this value of the field (e.g. the index register when bit 22 is set) or for an
+    exit from `code_size`-bit code (the LGDT group's operand size from 64-bit mode; with the mode
+    not given, such a field counts as undefined)."""
+    return layouts.read(_INFO[SPECS[instruction].layout], info, instruction, code_size, _NAMES)
 
 
-def fields(info: int, instruction: str) -> list[InfoField]:
-    """The instruction-information field of `instruction`'s layout, as labelled bit fields,
-    most significant first. `defined` is False where the SDM says the bits are undefined for
-    this value of the field (e.g. the index register when bit 22 is set)."""
-    spec = SPECS[instruction]
-    layout = spec.layout
-    out: list[InfoField] = []
-
-    def add(name: str, hi: int, lo: int, meaning: str | None = None, defined: bool = True) -> int:
-        v = (info >> lo) & ((1 << (hi - lo + 1)) - 1)
-        out.append(InfoField(name, hi, lo, v, meaning if meaning is not None else str(v), defined))
-        return v
-
-    if layout is Layout.IO:
-        add("undefined", 6, 0, "", False)
-        add("address size", 9, 7, {0: "16-bit", 1: "32-bit", 2: "64-bit"}.get(info >> 7 & 7, "not used"))
-        add("undefined", 14, 10, "", False)
-        seg = info >> 15 & 7
-        add("segment", 17, 15, SEGMENTS[seg] if seg < 6 else "not used", instruction == "outs")
-        add("undefined", 31, 18, "", False)
-        return out[::-1]
-    if layout is Layout.REG or layout is Layout.LOADIWKEY:
-        from vmxaddr.isa import XMM
-
-        names = XMM if layout is Layout.LOADIWKEY else None
-        add("undefined", 2, 0, "", False)
-        add("reg1", 6, 3, names[info >> 3 & 15] if names else _reg(info >> 3 & 15))
-        if names:
-            add("undefined", 27, 7, "", False)
-            add("reg2", 31, 28, names[info >> 28 & 15])
-        else:
-            add("undefined", 31, 7, "", False)
-        return out[::-1]
-    if layout is Layout.RDRAND:
-        add("undefined", 2, 0, "", False)
-        add("reg", 6, 3, _reg(info >> 3 & 15))
-        add("undefined", 10, 7, "", False)
-        add("operand size", 12, 11, {0: "16-bit", 1: "32-bit", 2: "64-bit"}.get(info >> 11 & 3, "not used"))
-        add("undefined", 31, 13, "", False)
-        return out[::-1]
-    has_memreg = layout in (Layout.VMREAD, Layout.LDT)
-    is_reg = has_memreg and bool(info & F_MEMREG)
-    mem = not is_reg
-    index_inv = bool(info & F_INDEX_INV)
-    base_inv = bool(info & F_BASE_INV)
-    add("scaling", 1, 0, f"x{1 << (info & 3)}", mem and not index_inv)
-    if layout in (Layout.VMREAD, Layout.LDT):
-        add("undefined", 2, 2, "", False)
-        add("reg1", 6, 3, _reg(info >> 3 & 15), is_reg)
-    else:
-        add("undefined", 6, 2, "", False)
-    add("address size", 9, 7, {0: "16-bit", 1: "32-bit", 2: "64-bit"}.get(info >> 7 & 7, "not used"), mem)
-    add("mem/reg" if has_memreg else "cleared to 0", 10, 10,
-        ("register" if is_reg else "memory") if has_memreg else str(info >> 10 & 1))
-    if layout is Layout.DT:
-        # Undefined for exits from 64-bit mode; a 64-bit address size says the exit came from there.
-        add("operand size", 11, 11, "32-bit" if info & F_DT_OPSIZE else "16-bit", (info >> 7 & 7) != 2)
-        add("undefined", 14, 12, "", False)
-    else:
-        add("undefined", 14, 11, "", False)
-    seg = info >> 15 & 7
-    add("segment", 17, 15, SEGMENTS[seg] if seg < 6 else "not used", mem)
-    add("index", 21, 18, _reg(info >> 18 & 15), mem and not index_inv)
-    add("index invalid", 22, 22, "invalid" if index_inv else "valid", mem)
-    add("base", 26, 23, _reg(info >> 23 & 15), mem and not base_inv)
-    add("base invalid", 27, 27, "invalid" if base_inv else "valid", mem)
-    if layout in (Layout.VMREAD, Layout.INV):
-        add("reg2", 31, 28, _reg(info >> 28 & 15))
-    elif layout in (Layout.DT, Layout.LDT):
-        names = ("sgdt", "sidt", "lgdt", "lidt") if layout is Layout.DT else ("sldt", "str", "lldt", "ltr")
-        add("identity", 29, 28, names[info >> 28 & 3])
-        add("undefined", 31, 30, "", False)
-    else:
-        add("undefined", 31, 28, "", False)
-    return out[::-1]
+_NAMES = {"gpr": REG64, "xmm": XMM}
 
 
-def _reg(n: int) -> str:
-    from vmxaddr.isa import REG64
-
-    return REG64[n]
+def fields_json(info: int, instruction: str, code_size: int | None = None) -> dict[str, Any]:
+    return {f.name: f.value for f in fields(info, instruction, code_size) if f.defined}
 
 
-def fields_json(info: int, instruction: str) -> dict[str, Any]:
-    return {f.name: f.value for f in fields(info, instruction) if f.name != "undefined" and f.defined}
+def exit_fields_json(exit: ExitInfo, code_size: int | None) -> dict[str, Any]:
+    """The exit's fields for `--json` and the site: {"instruction_info_fields": [...]} (and
+    "extended_info_fields" with APX), each field {"name", "bits", "value", "meaning",
+    "defined"}, most significant first, as `fields` reads them for an exit from `code_size`."""
+    def rows(fs: list[InfoField]) -> list[dict[str, Any]]:
+        return [{"name": f.name, "bits": f"{f.hi}:{f.lo}" if f.hi != f.lo else str(f.lo), "value": f.value,
+                 "meaning": f.meaning, "defined": f.defined} for f in fs]
+
+    out = {"instruction_info_fields": rows(fields(exit.instruction_info, exit.instruction, code_size))}
+    if exit.extended_info is not None:
+        from vmxaddr.apx import fields_extended
+
+        out["extended_info_fields"] = rows(fields_extended(exit.extended_info, exit.instruction, code_size))
+    return out
 
 
 # -- the memory-operand fields, read once per value ----------------------------------------------
@@ -345,15 +313,15 @@ _OPERAND_BITS: dict[int, OperandBits] = {}
 
 def operand_bits(info: int) -> OperandBits:
     """(scaling, address-size code, segment number, index register or None, base register or
-    None) — bits 1:0, 9:7, 17:15, 21:18 (None when bit 22 is set) and 26:23 (None when bit 27
-    is set), the raw values, unchecked. Memoised: a fuzzing run reads a few thousand distinct
+    None) — the memory-operand fields of vmxaddr.layouts (bits 1:0, 9:7, 17:15, 21:18 unless
+    bit 22 is set, 26:23 unless bit 27 is set), the raw values, unchecked. Memoised: a fuzzing run reads a few thousand distinct
     values millions of times, and models read them with `_OPERAND_BITS.get(info) or
     operand_bits(info)` (a tuple is never empty)."""
     bits = _OPERAND_BITS.get(info)
     if bits is None:
         if len(_OPERAND_BITS) >= 1 << 16:  # random undefined bits make the values many
             _OPERAND_BITS.clear()
-        bits = _OPERAND_BITS[info] = (info & F_SCALING, info >> 7 & 7, info >> 15 & 7,
-                                      None if info & F_INDEX_INV else info >> 18 & 15,
-                                      None if info & F_BASE_INV else info >> 23 & 15)
+        bits = _OPERAND_BITS[info] = (info & F_SCALING, (info & F_ASZ) >> _ASZ_LO, (info & F_SEG) >> _SEG_LO,
+                                      None if info & F_INDEX_INV else (info & F_INDEX) >> _INDEX_LO,
+                                      None if info & F_BASE_INV else (info & F_BASE) >> _BASE_LO)
     return bits

@@ -40,14 +40,17 @@ def _field_lines(rows: list[InfoField]) -> list[str]:
         bits = f"{f.hi}:{f.lo}" if f.hi != f.lo else f"{f.hi}"
         mark = " " if f.defined else "~"
         blank = f.name in ("undefined", "reserved")
-        meaning = f.meaning if f.defined else (f.name if blank else f"({f.meaning}: undefined here)")
+        meaning = f.meaning if f.defined else (f.name if blank else "undefined in this layout" if not f.meaning
+                                               else f"({f.meaning}: undefined here)")
         width = f.hi - f.lo + 1
         value = f"{f.value:0{width}b}" if width <= 19 else f"{f.value:#x}"
         lines.append(f"   {mark}{bits:>6}  {f.name:<15} {value}".ljust(46) + f"  {meaning}")
     return lines
 
 
-def describe_exit(exit: ExitInfo, policy_note: str = "") -> list[str]:
+def describe_exit(exit: ExitInfo, policy_note: str = "", code_size: int | None = None) -> list[str]:
+    """The exit information, field by field; `code_size` is the mode the exit came from (some
+    fields are undefined for exits from 64-bit mode; without it they are marked undefined)."""
     io = SPECS[exit.instruction].layout is Layout.IO
     reason = f"I/O instruction: {exit.instruction.upper()}" if io else exit.instruction.upper()
     lines = [f"VM exit: reason {exit.exit_reason} ({reason}), instruction length {exit.length}",
@@ -61,10 +64,10 @@ def describe_exit(exit: ExitInfo, policy_note: str = "") -> list[str]:
             lines.append(f"  guest-linear address    {exit.guest_linear_address:#018x}   (the first element; "
                          "reported when IA32_VMX_BASIC[54] = 1)")
     lines.append(f"  instruction information {exit.instruction_info:#010x}:")
-    lines += _field_lines(fields(exit.instruction_info, exit.instruction))
+    lines += _field_lines(fields(exit.instruction_info, exit.instruction, code_size))
     if exit.extended_info is not None:
         lines.append(f"  extended instruction information (APX, VMCS 0x2406) {exit.extended_info:#018x}:")
-        lines += _field_lines(fields_extended(exit.extended_info, exit.instruction))
+        lines += _field_lines(fields_extended(exit.extended_info, exit.instruction, code_size))
         lines.append("    (the 32-bit field holds only the low 4 bits of a register number; R16-R31 are named here)")
     lines.append("    (~ marks bits the SDM leaves undefined for this operand; a hypervisor must ignore them)")
     return lines
@@ -104,5 +107,6 @@ def explain_text(case: Case, exit: ExitInfo, result: Result, model_name: str = "
         from vmxaddr.string_io import guest_linear_address
 
         exit = exit._replace(guest_linear_address=guest_linear_address(case.instruction, case.state))
-    out = describe_instruction(case) + [""] + describe_exit(exit, note) + [""] + describe_result(result, model_name)
+    out = (describe_instruction(case) + [""] + describe_exit(exit, note, case.instruction.code_size) + [""]
+           + describe_result(result, model_name))
     return "\n".join(out)

@@ -74,9 +74,10 @@ def defined_differences(case: Case, got: ExitInfo, sdm: ExitInfo) -> list[str]:
     qmask = qualification_mask(case)
     if (got.exit_qualification ^ sdm.exit_qualification) & qmask:
         diffs.add("exit qualification")
-    mine = {(f.name, f.lo): f.value for f in fields(got.instruction_info, got.instruction)}
-    for f in fields(sdm.instruction_info, sdm.instruction):
-        if f.defined and f.name != "undefined" and mine.get((f.name, f.lo)) != f.value:
+    cs = case.instruction.code_size
+    mine = {(f.name, f.lo): f.value for f in fields(got.instruction_info, got.instruction, cs)}
+    for f in fields(sdm.instruction_info, sdm.instruction, cs):
+        if f.defined and mine.get((f.name, f.lo)) != f.value:
             diffs.add(f.name)
     return sorted(diffs, key=lambda n: _ORDER.index(n) if n in _ORDER else len(_ORDER))
 

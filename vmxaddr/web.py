@@ -62,9 +62,12 @@ class _Refused(Exception):
 
 
 def _answer(argv: list[str]) -> dict[str, Any]:
+    from vmxaddr.bytemap import breakdown
+    from vmxaddr.bytemap import picture as bytes_picture
     from vmxaddr.case import case_json
     from vmxaddr.cli import Parser, UsageError, add_case_options, case_from
     from vmxaddr.decode import capstone_guard_on
+    from vmxaddr.exitinfo import exit_fields_json
     from vmxaddr.explain import describe_exit, describe_instruction, explain_text
     from vmxaddr.models import UnknownModel, get
     from vmxaddr.models.base import InvalidExitInfo
@@ -87,15 +90,19 @@ def _answer(argv: list[str]) -> dict[str, Any]:
         result = case.run(model, explain=True)
     except (UsageError, UnknownModel, InvalidExitInfo) as e:
         raise _Refused(str(e)) from None
+    bm = breakdown(case.instruction)
     steps = [{"rule": s.rule, "text": s.text, "title": RULES[s.rule].title if s.rule in RULES else "",
               "source": RULES[s.rule].source if s.rule in RULES else ""} for s in result.steps]
     o = result.outcome
     heading = f"{case.instruction.text()}: instruction information {exit.instruction_info:#010x}"
     return {
-        "case": case_json(case, exit, result),
-        "decode": "\n".join(describe_instruction(case) + [""] + describe_exit(exit)),
+        "case": {**case_json(case, exit, result), **exit_fields_json(exit, case.instruction.code_size)},
+        "decode": "\n".join(describe_instruction(case) + [""] + bm.text() + [""]
+                             + describe_exit(exit, code_size=case.instruction.code_size)),  # as `vmxaddr decode`
         "text": explain_text(case, exit, result, args.model),
-        "field_svg": str(exit_fields_picture(exit, heading)),
+        "field_svg": str(exit_fields_picture(exit, heading, case.instruction.code_size)),
+        "bytes_breakdown": bm.to_json(),
+        "bytes_svg": str(bytes_picture(bm, f"{case.instruction.text()}: the bytes {case.instruction.raw.hex(' ')}")),
         "flow_svg": str(flow_picture(case, exit, result, args.model)),
         "steps": steps,
         "outcome": {"kind": o.kind, "verdict": {"ok": "no fault"}.get(o.kind, o.short()), "rule": o.rule,

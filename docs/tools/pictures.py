@@ -2,6 +2,7 @@
 """Write the docs' pictures (docs/pictures/*.svg) from vmxaddr's own tables.
 
 * ``layout-apx-extended.svg``: APX's 64-bit extended field, every layout's use of it.
+* ``layout-io-qualification.svg``: the I/O exit qualification (INS/OUTS).
 * ``layout-<layout>.svg`` for every instruction-information layout some instruction in
   vmxaddr.isa.SPECS uses (vmxaddr.pictures.layout_picture): a layout added to the tables gets
   its picture on the next run, and tests/test_pictures.py fails until it exists and a page
@@ -52,10 +53,11 @@ def _cli_svg(argv: list[str]) -> str:
 
 def expected() -> dict[str, str]:
     """file name -> content, for every picture the docs should have."""
-    from vmxaddr.pictures import extended_layout_picture, layout_picture, layouts
+    from vmxaddr.pictures import layouts, picture
 
-    want = {f"layout-{lay.value}.svg": str(layout_picture(lay)) for lay in layouts()}
-    want["layout-apx-extended.svg"] = str(extended_layout_picture())
+    want = {f"layout-{lay.value}.svg": str(picture(lay.value)) for lay in layouts()}
+    want["layout-apx-extended.svg"] = str(picture("apx-extended"))
+    want["layout-io-qualification.svg"] = str(picture("io-qualification"))
     for name, argv in EXAMPLES:
         want[name] = _cli_svg(argv)
     return want

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmxaddr.isa import SPECS
+from vmxaddr.layouts import INSTRUCTION_INFO, IO_QUALIFICATION, field
 from vmxaddr.models.base import OK
 from vmxaddr.state import CpuState
 
@@ -96,11 +97,16 @@ def resolve_instruction(exit_reason: int, instruction_info: int | None,
     names = REASON_INSTRUCTIONS[exit_reason]
     if len(names) == 1:
         return names[0]
-    if exit_reason == 30:  # I/O instruction: the qualification's direction bit (3) says INS or OUTS
-        if exit_qualification is None or not exit_qualification >> 4 & 1:
+    if exit_reason == 30:  # I/O instruction: the qualification's direction bit says INS or OUTS
+        if exit_qualification is None or not exit_qualification & _STRING.mask:
             return None  # not given, or IN/OUT (not a string instruction: no instruction information)
-        return "ins" if exit_qualification >> 3 & 1 else "outs"
+        return "ins" if exit_qualification & _DIRECTION.mask else "outs"
     if instruction_info is None:
         return None
-    return _IDENTITY[exit_reason][instruction_info >> 28 & 3]
+    return _IDENTITY[exit_reason][(instruction_info & _IDENTITY_FIELD.mask) >> _IDENTITY_FIELD.lo]
+
+
+_STRING = field(IO_QUALIFICATION, "string instruction")
+_DIRECTION = field(IO_QUALIFICATION, "direction")  # 1 = IN
+_IDENTITY_FIELD = field(INSTRUCTION_INFO["dt"], "identity")
 

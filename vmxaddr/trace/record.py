@@ -21,7 +21,7 @@ from typing import Any
 
 from vmxaddr.case import access_of, run_model
 from vmxaddr.decode import DecodeError, decode
-from vmxaddr.exitinfo import ExitInfo
+from vmxaddr.exitinfo import ExitInfo, identity_of
 from vmxaddr.isa import REG64, SPECS
 from vmxaddr.models.base import FAULT, IMPL, OK, Model
 from vmxaddr.state import CpuState, Segment
@@ -158,7 +158,7 @@ def record_bochs(model: Model, model_name: str, n: int, seed: int = 0, batch: in
             instr = decode(p.raw, p.code_size)
             names = REASON_INSTRUCTIONS[r.basic_reason]
             name = names[0] if len(names) == 1 else next(
-                (m for m in names if SPECS[m].identity == r.instruction_info >> 28 & 3), None)
+                (m for m in names if SPECS[m].identity == identity_of(r.instruction_info)), None)
             if name is not None:
                 exit = ExitInfo(name, r.instruction_info, r.exit_qualification, r.length)
                 try:
