@@ -68,10 +68,12 @@ def test_index_links_every_page_and_links_resolve() -> None:
 
 
 def _anchors(page: Path) -> set[str]:
-    """The heading anchors a code-hosting site generates: lower case, punctuation dropped,
-    spaces to hyphens."""
+    """The heading anchors the site generates (docs/tools/site_nav.py's github_slug), written
+    out independently: lower case, punctuation dropped, spaces to hyphens, and an "s" before an
+    anchor that would start with a digit (the theme's scroll-spy cannot select '#14-...')."""
     heads = re.findall(r"^#+\s+(.*)$", re.sub(r"```.*?```", "", page.read_text(), flags=re.S), flags=re.M)
-    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+    slugs = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+    return {"s" + a if a[:1].isdigit() else a for a in slugs}
 
 
 def test_refresh_inserts_and_rewrites_output_blocks(tmp_path: Path) -> None:

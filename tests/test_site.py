@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ci_policy import under_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -45,7 +46,7 @@ site_nav = _load("docs_site_nav", ROOT / "docs" / "tools" / "site_nav.py")
 def need(ok: bool, why: str) -> None:
     if ok:
         return
-    if os.environ.get("CI"):
+    if under_ci():
         pytest.fail(f"CI must not skip the site: {why}")
     pytest.skip(why)
 
@@ -309,3 +310,136 @@ def test_page_computes_the_readme_example_in_chromium(served: str, browser: obje
               "load_to_first_answer_ms": round(timings["firstAnswer"]), "entered_case_roundtrip_s": round(compute_s, 3)}
     (ARTIFACTS / "site-timings.json").write_text(json.dumps(report, indent=1) + "\n")
     print(f"\nbrowser page: {report}")
+
+
+# -- issue 21: every page in a browser, on a phone, from disk ---------------------------------
+
+def test_heading_ids_never_start_with_a_digit(site: Path) -> None:
+    # The theme's scroll-spy calls querySelector('#' + id); '#14-gp-or-ss' is not a valid CSS
+    # selector (an identifier cannot start with a digit), which threw on every numbered page.
+    bad = [f"{p.relative_to(site)}: {i}" for p in site.rglob("*.html") for i in build_site.parse_page(p).ids
+           if i[:1].isdigit()]
+    assert not bad, bad
+    assert site_nav.github_slug("14. #GP or #SS?") == "s14-gp-or-ss"
+    assert site_nav.github_slug("The --model option") == "the---model-option"  # unchanged otherwise
+
+
+def test_404_page_links_are_relative(site: Path) -> None:
+    # It sits at the site's root: "/css/base.css" would reach nothing from disk or below a server's root.
+    page = (site / "404.html").read_text()
+    assert not re.findall(r'(?:href|src)="/(?!/)', page)
+    assert 'href="css/base.css"' in page and 'src="js/base.js"' in page
+
+
+def _all_pages(site: Path) -> list[str]:
+    return sorted(str(p.relative_to(site)) for p in site.rglob("*.html"))
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("width", [390, 1280])
+def test_no_console_error_on_any_page(site: Path, served: str, browser: object, width: int) -> None:
+    # Every page, at a phone's width and a desktop's: the browser's log (SEVERE: uncaught
+    # exceptions, failed loads, console.error) must stay empty; at 390 px nothing may stick out
+    # of the screen outside a scrolling box and no picture's text may be shown below 10 px.
+    d = browser
+    d.set_window_size(width, 1200)  # type: ignore[attr-defined]
+    browser_tools.console_errors(d)  # drain what earlier tests left
+    errors, layout = {}, {}
+    for rel in _all_pages(site):
+        if rel == "try.html":
+            try:
+                browser_tools.first_answer(d, f"{served}/{rel}?bytes=0f0110&mode=32")  # an LGDT-group picture
+            except (TimeoutError, RuntimeError) as e:
+                pytest.fail(f"{rel}: {e}")
+        else:
+            d.get(f"{served}/{rel}")  # type: ignore[attr-defined]
+            _wait(d, "return document.readyState === 'complete'", 30)
+        if errs := browser_tools.console_errors(d):
+            errors[rel] = errs
+        if width <= 390 and (problems := browser_tools.layout_problems(d)):
+            layout[rel] = problems
+    assert not errors, errors
+    assert not layout, layout
+
+
+@pytest.mark.browser
+def test_try_page_from_disk_says_it_must_be_served(site: Path, browser: object) -> None:
+    # Opened as file://, a browser will not load the page's modules: it must say so, and how to
+    # serve it, instead of "Loading…" forever.
+    d = browser
+    d.get((site / "try.html").as_uri())  # type: ignore[attr-defined]
+    text = _wait(d, "var e = document.getElementById('vx-error'); return !e.hidden && e.textContent", 30)
+    assert "must be served" in str(text) and "http.server" in str(text)
+    assert "not served" in str(d.execute_script("return window.vmxaddrTimings.error"))  # type: ignore[attr-defined]
+
+
+# -- issue 21 §3: the build refuses what it would damage, in one line --------------------------
+
+def _build_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "docs" / "tools" / "build_site.py"), *args], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, **(env or {})}, cwd=ROOT)
+
+
+def test_build_refuses_a_directory_that_is_not_a_build(tmp_path: Path) -> None:
+    # mkdocs empties the directory it builds into: a directory holding anything else is refused
+    # and left as it was.
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "thesis.tex").write_text("years of work")
+    proc = _build_cli("--out", str(keep), "--no-check")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "not a previous build" in proc.stderr
+    assert (keep / "thesis.tex").read_text() == "years of work"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--out"], "--out needs a directory"),
+    (["--out", "--no-check"], "--out needs a directory"),
+    (["--frobnicate"], "unknown argument"),
+])
+def test_build_usage_errors_are_one_line(args: list[str], words: str) -> None:
+    proc = _build_cli(*args)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr
+    assert words in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_build_out_that_is_a_file_or_under_one(tmp_path: Path) -> None:
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    for out, words in ((f, "is not a directory"), (f / "sub", "cannot write the site")):
+        proc = _build_cli("--out", str(out), "--no-check")
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert words in proc.stderr and "Traceback" not in proc.stderr
+    assert f.read_text() == "x"
+
+
+def test_build_write_errors_become_build_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A full disk or a read-only file system (root can write through chmod, so the OSError is
+    # injected): BuildError naming the path, not a traceback.
+    import errno
+
+    def full(*a: object, **k: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "out" / "x"))
+    monkeypatch.setattr(build_site, "_build", full)
+    with pytest.raises(build_site.BuildError, match="No space left on device"):
+        build_site.build(tmp_path / "out")
+
+
+def test_cache_path_that_is_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "vmxaddr").write_text("not a directory")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    with pytest.raises(build_site.BuildError, match="cannot use the cache directory .*XDG_CACHE_HOME"):
+        build_site.pyodide_tarball()
+
+
+def test_npm_failure_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An npm that fails as a closed network does: its stderr's last lines are the reason given.
+    fake = tmp_path / "bin" / "npm"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'npm error code ENOTFOUND' >&2\necho 'npm error network request failed' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(build_site.BuildError) as e:
+        build_site.pyodide_tarball()
+    assert "exit status 1" in str(e.value) and "ENOTFOUND" in str(e.value) and "network request failed" in str(e.value)
