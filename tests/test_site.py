@@ -59,8 +59,14 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("site")
     t = time.perf_counter()
     build_site.build(out)
+    seconds = time.perf_counter() - t
     n, nbytes = build_site.size(out)
-    print(f"\nsite built in {time.perf_counter() - t:.1f} s: {n} files, {nbytes / 1e6:.1f} MB")
+    pages = sum(1 for _ in out.rglob("*.html"))
+    print(f"\nsite built in {seconds:.1f} s: {pages} pages, {n} files, {nbytes / 1e6:.1f} MB")
+    # Recorded, not asserted (one sample on a shared machine; benchmarks/ measures).
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "site-build.json").write_text(json.dumps(
+        {"build_s": round(seconds, 1), "pages": pages, "files": n, "bytes": nbytes}, indent=1) + "\n")
     return out
 
 
@@ -443,3 +449,66 @@ def test_npm_failure_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(build_site.BuildError) as e:
         build_site.pyodide_tarball()
     assert "exit status 1" in str(e.value) and "ENOTFOUND" in str(e.value) and "network request failed" in str(e.value)
+
+
+# -- issue 25: the instruction pages in the site ------------------------------------------------
+
+EDITION = re.compile(r"Order Number 325462-\d{3}US, (January|February|March|April|May|June|July|August|September|"
+                     r"October|November|December) 20\d\d")
+
+
+def test_edition_on_every_page(site: Path) -> None:
+    # The SDM edition (order number and date) in every page's footer, generated pages included.
+    missing = [p for p in _all_pages(site) if not EDITION.search(" ".join(_text(site / p).split()))]
+    assert not missing, missing
+
+
+def test_every_instruction_has_its_page_in_the_site(site: Path) -> None:
+    from vmxaddr.isa import SPECS
+
+    for m in SPECS:
+        page = site / "instruction" / f"{m}.html"
+        assert page.exists(), m
+        imgs = re.findall(r'<img[^>]*src="([^"]+)"', page.read_text())
+        assert f"pictures/{m}-layout.svg" in imgs and (page.parent / "pictures" / f"{m}-layout.svg").exists()
+    index = (site / "index.html").read_text()
+    assert 'href="instruction/index.html"' in index  # in the navigation
+
+
+@pytest.mark.browser
+def test_instruction_index_sorts_and_pages_screenshot(site: Path, served: str, browser: object) -> None:
+    from selenium.webdriver.common.by import By
+
+    from vmxaddr.isa import SPECS
+
+    d = browser
+    d.set_window_size(1280, 1200)  # type: ignore[attr-defined]
+    browser_tools.console_errors(d)
+    d.get(f"{served}/instruction/index.html")  # type: ignore[attr-defined]
+    _wait(d, "return document.readyState === 'complete'", 30)
+
+    def column(i: int) -> list[str]:
+        return [str(x) for x in d.execute_script(  # type: ignore[attr-defined]
+            f"return [...document.querySelectorAll('#vx-instructions tbody tr')].map(r => r.cells[{i}].textContent.trim())")]
+
+    heads = d.find_elements(By.CSS_SELECTOR, "#vx-instructions thead th")  # type: ignore[attr-defined]
+    heads[2].click()  # exit reason, ascending by number (not as text: 19 < 21 < ... < 84)
+    reasons = [int(x) for x in column(2)]
+    assert reasons == sorted(s.exit_reason for s in SPECS.values())
+    heads[2].click()  # again: descending
+    assert [int(x) for x in column(2)] == sorted(reasons, reverse=True)
+    heads[1].click()  # opcode, by map and byte whatever the mandatory prefix: 0F 00 first, 0F .. before
+    ops = column(1)  # 6C/6E (map 0 after the 0F escape's bytes by value: 0x0F < 0x6C), VEX map 7 last
+    assert ops[0] == "0F 00 /0" and ops[-1].startswith("VEX")
+    assert ops.index("0F 01 /0") < ops.index("NP 0F 78 /r") < ops.index("66 0F AE /6") < ops.index("6C") < ops.index("6E")
+    assert browser_tools.console_errors(d) == []
+    # An instruction page at a phone's width and a desktop's (look at them: tests/artifacts/).
+    ARTIFACTS.mkdir(exist_ok=True)
+    for width in (390, 1280):
+        d.set_window_size(width, 2400)  # type: ignore[attr-defined]
+        d.get(f"{served}/instruction/lgdt.html")  # type: ignore[attr-defined]
+        _wait(d, "return document.readyState === 'complete'", 30)
+        d.save_screenshot(str(ARTIFACTS / f"site-instruction-lgdt-{width}.png"))  # type: ignore[attr-defined]
+        assert browser_tools.console_errors(d) == []
+        if width == 390:
+            assert browser_tools.layout_problems(d) == []

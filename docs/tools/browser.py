@@ -59,6 +59,10 @@ def chromium(profile: Path | None = None) -> Iterator[Any]:
         # The browser's console (errors, warnings, uncaught exceptions), read with console_errors().
         opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+        # Generous limits: on a loaded machine (2 cores, many jobs) a page or a script can take
+        # longer than selenium's 30 s default, which is a slow machine, not a broken page.
+        driver.set_script_timeout(180)
+        driver.set_page_load_timeout(180)
         try:
             yield driver
         finally:
