@@ -307,6 +307,21 @@ def test_page_computes_the_readme_example_in_chromium(served: str, browser: obje
     compute()
     assert field("vx-error").is_displayed() and "cannot decode 0f 78" in field("vx-error").text
 
+    # The bytes taken apart (issue 25 item 2): shown when the answer carries "bytes", hidden
+    # otherwise (today's vmxaddr.web has none: the box stays hidden). The shape assumed:
+    # [{offset, hex, role, fields: [[name, value], ...], note}, ...].
+    enter("vx-bytes", "0f7845d8")
+    compute()
+    assert field("vx-answer").is_displayed() and not field("vx-bytes-box").is_displayed()
+    d.execute_script("window.vmxaddrShowBytes([{offset: 0, hex: '0f 78', role: 'opcode', fields: [], note: 'map 1'},"  # type: ignore[attr-defined]
+                     " {offset: 2, hex: '45', role: 'ModRM', fields: [['mod', '01'], ['reg', '000'], ['rm', '101']]}])")
+    rows = d.find_elements(By.CSS_SELECTOR, "#vx-bytes-rows tr")  # type: ignore[attr-defined]
+    assert field("vx-bytes-box").is_displayed() and len(rows) == 2
+    assert rows[1].text.split() == ["2", "45", "ModRM", "mod", "=", "01,", "reg", "=", "000,", "rm", "=", "101"]
+    d.execute_script("window.vmxaddrShowBytes(undefined)")  # type: ignore[attr-defined]
+    assert not field("vx-bytes-box").is_displayed()
+    assert browser_tools.console_errors(d) == []
+
     # Everything the page loaded came from the local server.
     loaded = d.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")  # type: ignore[attr-defined]
     assert loaded and all(u.startswith(served) for u in loaded), [u for u in loaded if not u.startswith(served)]

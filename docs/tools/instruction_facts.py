@@ -99,6 +99,42 @@ def ask(**form: str) -> dict[str, Any]:
     return dict(json.loads(answer(json.dumps({"cpl": "0", "model": "sdm", "exit_qual": "zero-extend", **form}))))
 
 
+def quick(text: bool = False, **form: str) -> dict[str, Any]:
+    """ask() without the pictures (most of its cost): the outcome and addresses only, for the
+    fault tables and the model comparisons. The case goes through the same command-line parsing
+    (vmxaddr.web.argv_of, vmxaddr.cli.case_from); a refused case is asked in full for its error."""
+    import contextlib
+    import io
+
+    from vmxaddr.cli import Parser, UsageError, add_case_options, case_from
+    from vmxaddr.models import UnknownModel, get
+    from vmxaddr.models.base import InvalidExitInfo
+    from vmxaddr.web import argv_of
+
+    full = {"cpl": "0", "model": "sdm", "exit_qual": "zero-extend", **form}
+    parser = Parser(prog="vmxaddr explain")
+    add_case_options(parser)
+    parser.add_argument("--model", default="sdm")
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            args = parser.parse_args(argv_of(full))
+        case = case_from(args)
+        result = case.run(get(args.model), explain=text)
+    except (SystemExit, UsageError, UnknownModel, InvalidExitInfo):
+        return ask(**form)
+    o = result.outcome
+    out = {"ok": True, "outcome": {"kind": o.kind, "verdict": {"ok": "no fault"}.get(o.kind, o.short()), "rule": o.rule},
+           "effective_address": None if result.effective_address is None else f"{result.effective_address:#x}",
+           "linear_address": None if result.linear_address is None else f"{result.linear_address:#x}",
+           "instruction_info": f"{case.exit.instruction_info:#010x}",
+           "exit_qualification": f"{case.exit.exit_qualification:#x}"}
+    if text:  # what `vmxaddr explain` prints (vmxaddr.web.answer's "text")
+        from vmxaddr.explain import explain_text
+
+        out["text"] = explain_text(case, case.exit, result, args.model)
+    return out
+
+
 def check_encodings(mnemonic: str) -> list[str]:
     """Problems: an encoding form the decoder does not read as `mnemonic` (build-time drift check)."""
     from vmxaddr.decode import DecodeError, decode
@@ -189,8 +225,8 @@ def examples(mnemonic: str) -> list[Example]:
                     f"({spec.size} bytes: the last at {bx + spec.size - 1:#x})",
                     ["explain", "--mode", "16", "--seg", "ds.limit=0xfff", "--reg", f"bx={bx:#x}", plain_bytes_16(mnemonic)]),
         ]
-    for ex in out:
-        ex.answer = ask(**form_of(ex.argv))
+    for i, ex in enumerate(out):  # the first in full (its field picture is shown); the others without pictures
+        ex.answer = ask(**form_of(ex.argv)) if i == 0 else quick(text=True, **form_of(ex.argv))
     return out
 
 
@@ -217,7 +253,7 @@ def fault_table(mnemonic: str) -> list[tuple[str, int, dict[str, Any]]]:
             raw = plain_bytes_16(mnemonic) if size == 16 else plain_bytes(mnemonic)
             form_mode = str(size)
         for cpl in cpls:
-            a = ask(bytes=raw, mode=form_mode, cpu_mode=mode, cpl=str(cpl), registers="ebx=0x1000" if size != 16 else "")
+            a = quick(bytes=raw, mode=form_mode, cpu_mode=mode, cpl=str(cpl), registers="ebx=0x1000" if size != 16 else "")
             rows.append((mode, cpl, a))
     return rows
 
@@ -246,7 +282,7 @@ def consumers_on(mnemonic: str, exs: list[Example], prefix: str) -> list[tuple[s
             continue
         cells = []
         for ex in exs:
-            a = ask(**{**form_of(ex.argv), "model": info.name})
+            a = quick(**{**form_of(ex.argv), "model": info.name})
             cells.append(verdict(a))
         rows.append((info.name, info.summary, cells))
     return rows

@@ -116,6 +116,8 @@ function showBytes(rows) {
   }
 }
 
+window.vmxaddrShowBytes = showBytes;  // for tests/test_site.py, until vmxaddr.web's answer carries "bytes"
+
 function compute() {
   if (!answer) return;
   const started = performance.now();
