@@ -56,6 +56,7 @@ def main() -> None:
             builds.append(time.perf_counter() - t)
             print(f"build {i + 1}: {builds[-1]:.2f} s", flush=True)
         n, nbytes = build_site.size(out)
+        pages = sum(1 for _ in out.rglob("*.html"))
         pyodide = sum(p.stat().st_size for p in (out / "try" / "pyodide").iterdir())
         cold, warm = [], []
         with browser.serve(out) as url:
@@ -66,7 +67,7 @@ def main() -> None:
                     warm.append(browser.first_answer(d, f"{url}/try.html")["firstAnswer"] / 1000)
                 print(f"load {i + 1}: cold {cold[-1]:.2f} s, warm {warm[-1]:.2f} s", flush=True)
     print(_summary("build", builds, "s"))
-    print(f"size: {n} files, {nbytes / 1e6:.1f} MB ({pyodide / 1e6:.1f} MB of it the Pyodide runtime)")
+    print(f"size: {pages} pages, {n} files, {nbytes / 1e6:.1f} MB ({pyodide / 1e6:.1f} MB of it the Pyodide runtime)")
     print(_summary("load to first answer, cold", cold, "s"))
     print(_summary("load to first answer, warm", warm, "s"))
     print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")

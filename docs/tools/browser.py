@@ -56,11 +56,68 @@ def chromium(profile: Path | None = None) -> Iterator[Any]:
         for flag in FLAGS:
             opts.add_argument(flag)
         opts.add_argument(f"--user-data-dir={profile or tmp}")
+        # The browser's console (errors, warnings, uncaught exceptions), read with console_errors().
+        opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+        # Generous limits: on a loaded machine (2 cores, many jobs) a page or a script can take
+        # longer than selenium's 30 s default, which is a slow machine, not a broken page.
+        driver.set_script_timeout(180)
+        driver.set_page_load_timeout(180)
         try:
             yield driver
         finally:
             driver.quit()
+
+
+def console_errors(driver: Any) -> list[str]:
+    """The console messages at level SEVERE since the last call (the log is drained on read):
+    uncaught exceptions, failed loads and console.error()."""
+    return [f"{e.get('source', '')}: {e.get('message', '')}" for e in driver.get_log("browser")
+            if e.get("level") == "SEVERE"]
+
+
+# What a narrow screen gets wrong, as a list of problems (empty when none): an element whose
+# right edge is past the viewport with no sideways-scrolling box around it (the page itself
+# would scroll, or the content is cut off), and text in a picture shown below MIN_TEXT_PX (an
+# inline <svg>: font-size times its display scale; an <img> picture: data-min-font, its smallest
+# font, set by docs/tools/site_pictures.py, times its scale).
+MIN_TEXT_PX = 10
+LAYOUT_PROBLEMS_JS = """
+const W = document.documentElement.clientWidth, MIN = arguments[0], out = [];
+const name = (el) => el.tagName.toLowerCase() + (el.id ? '#' + el.id : '')
+  + (typeof el.className === 'string' && el.className ? '.' + el.className.split(' ')[0] : '');
+function scrolls(el) {
+  for (let p = el.parentElement; p; p = p.parentElement) {
+    const s = getComputedStyle(p);
+    if (s.overflowX === 'auto' || s.overflowX === 'scroll') return p.getBoundingClientRect().right <= W + 1;
+  }
+  return false;
+}
+for (const el of document.querySelectorAll('body *')) {
+  if (el.closest('svg') && el.tagName.toLowerCase() !== 'svg') continue;
+  const r = el.getBoundingClientRect();
+  if (r.width === 0 || r.height === 0 || getComputedStyle(el).visibility === 'hidden') continue;
+  if (r.right > W + 1 && !scrolls(el)) out.push(`${name(el)} sticks out: right edge ${Math.round(r.right)} > ${W}`);
+}
+for (const svg of document.querySelectorAll('svg')) {
+  const vb = svg.viewBox && svg.viewBox.baseVal, r = svg.getBoundingClientRect();
+  if (!vb || !vb.width || !r.width) continue;
+  for (const t of svg.querySelectorAll('text[font-size]')) {
+    const px = parseFloat(t.getAttribute('font-size')) * r.width / vb.width;
+    if (px < MIN - 0.05) { out.push(`text in ${name(svg.parentElement)} shown at ${px.toFixed(1)} px`); break; }
+  }
+}
+for (const img of document.querySelectorAll('img[data-min-font]')) {
+  if (!img.naturalWidth || !img.clientWidth) continue;
+  const px = parseFloat(img.dataset.minFont) * img.clientWidth / img.naturalWidth;
+  if (px < MIN - 0.05) out.push(`picture ${img.getAttribute('src')} text shown at ${px.toFixed(1)} px`);
+}
+return out;
+"""
+
+
+def layout_problems(driver: Any) -> list[str]:
+    return list(driver.execute_script(LAYOUT_PROBLEMS_JS, MIN_TEXT_PX))
 
 
 def wait_for(driver: Any, script: str, timeout: float) -> Any:

@@ -13,8 +13,11 @@
    well-formed SVG, and nothing (script, style sheet, picture) is loaded from another host.
 
 Usage: python docs/tools/build_site.py [--out DIR] [--no-check]
-  DIR defaults to site/ (git-ignored). Prints the build time and the site's size; exits 1 if
-  a check fails. Needs mkdocs (`pip install -e '.[test]'`) and npm (for the first fetch only).
+  DIR defaults to site/ (git-ignored). It must be empty, missing, or a previous build of the site
+  (marked by the file .vmxaddr-site): a build replaces DIR's contents, so any other directory is
+  refused rather than emptied. Prints the build time, the number of pages and the site's size;
+  exits 1 if a check fails, 2 on a usage or environment error (one line on stderr). Needs
+  mkdocs (`pip install -e '.[test]'`) and npm (for the first fetch of Pyodide only).
 """
 
 from __future__ import annotations
@@ -51,11 +54,37 @@ class BuildError(Exception):
     pass
 
 
+# A build leaves this file in its directory: the mark that the directory may be replaced.
+MARK = ".vmxaddr-site"
+
+
+def check_out(out: Path) -> None:
+    """Refuse an output path a build would damage: a file, or a non-empty directory that is not
+    a previous build (mkdocs empties the directory it builds into)."""
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"--out {out}: exists and is not a directory")
+    if out.is_dir():
+        try:
+            entries = [p.name for p in out.iterdir()]
+        except OSError as e:
+            raise BuildError(f"--out {out}: cannot read it: {e.strerror}") from None
+        # Builds made before the mark existed: mkdocs's sitemap and the Try page's rule map.
+        earlier = (out / "sitemap.xml").is_file() and (out / "try" / "rules.json").is_file()
+        if entries and MARK not in entries and not earlier:
+            raise BuildError(f"--out {out}: a non-empty directory that is not a previous build of the site "
+                             f"(no {MARK} in it); a build would delete its {len(entries)} entries. "
+                             "Name an empty or new directory")
+
+
 # -- Pyodide, from the npm registry -------------------------------------------------------------
 
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "vmxaddr" / "site"
+
+
+def _tail(text: str, lines: int = 6) -> str:
+    return " | ".join(ln.strip() for ln in text.strip().splitlines()[-lines:] if ln.strip())
 
 
 def _integrity(path: Path) -> str:
@@ -71,17 +100,32 @@ def pyodide_tarball() -> Path:
     if npm is None:
         raise BuildError("npm not found: it fetches Pyodide for the in-browser page from the npm registry "
                          "(install Node.js/npm, e.g. bash scripts/system-deps.sh)")
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cached.parent) as tmp:
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp_dir = tempfile.TemporaryDirectory(dir=cached.parent)
+    except OSError as e:
+        raise BuildError(f"cannot use the cache directory {cached.parent}: {e.strerror} "
+                         "(it holds the Pyodide download; set XDG_CACHE_HOME to a writable directory)") from None
+    with tmp_dir as tmp:
         print(f"build_site: npm pack pyodide@{PYODIDE_VERSION} (once; cached in {cached.parent})", file=sys.stderr)
-        proc = subprocess.run([npm, "pack", f"pyodide@{PYODIDE_VERSION}", "--pack-destination", tmp, "--silent"],
-                              capture_output=True, text=True, timeout=600)
+        cmd = [npm, "pack", f"pyodide@{PYODIDE_VERSION}", "--pack-destination", tmp, "--loglevel", "error"]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        except subprocess.TimeoutExpired:
+            raise BuildError(f"npm pack pyodide@{PYODIDE_VERSION} did not finish in 600 s "
+                             "(is the npm registry reachable? see `npm config get registry`)") from None
+        except OSError as e:
+            raise BuildError(f"cannot run npm ({npm}): {e.strerror}") from None
         got = Path(tmp) / f"pyodide-{PYODIDE_VERSION}.tgz"
         if proc.returncode or not got.exists():
-            raise BuildError(f"npm pack pyodide@{PYODIDE_VERSION} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+            why = _tail(proc.stderr) or _tail(proc.stdout) or "it printed nothing"
+            raise BuildError(f"npm pack pyodide@{PYODIDE_VERSION} failed (exit status {proc.returncode}): {why}")
         if _integrity(got) != PYODIDE_INTEGRITY:
             raise BuildError(f"pyodide@{PYODIDE_VERSION} from npm does not match its pinned sha512")
-        got.replace(cached)
+        try:
+            got.replace(cached)
+        except OSError as e:
+            raise BuildError(f"cannot store the Pyodide download in {cached.parent}: {e.strerror}") from None
     return cached
 
 
@@ -124,7 +168,17 @@ def rule_pages() -> dict[str, str]:
 # -- build ------------------------------------------------------------------------------------
 
 def build(out: Path, with_pyodide: bool = True) -> dict[str, float]:
-    """Build the site into `out`; returns the seconds each part took."""
+    """Build the site into `out` (see check_out); returns the seconds each part took. A write
+    that fails (read-only, full, not a directory) is a BuildError naming the path."""
+    check_out(out)
+    try:
+        return _build(out, with_pyodide)
+    except OSError as e:
+        where = e.filename or out
+        raise BuildError(f"cannot write the site to {out}: {where}: {e.strerror or e}") from None
+
+
+def _build(out: Path, with_pyodide: bool) -> dict[str, float]:
     from mkdocs.commands.build import build as mkdocs_build
     from mkdocs.config import load_config
     from mkdocs.exceptions import MkDocsException
@@ -136,6 +190,8 @@ def build(out: Path, with_pyodide: bool = True) -> dict[str, float]:
         mkdocs_build(cfg)
     except (MkDocsException, SystemExit) as e:
         raise BuildError(f"mkdocs build failed: {e}") from None
+    (out / MARK).write_text("A build of vmxaddr's site (docs/tools/build_site.py); the next build replaces this directory.\n")
+    relative_404(out / "404.html")
     times["mkdocs"] = time.perf_counter() - t
     t = time.perf_counter()
     vmxaddr_zip(out / "try" / "vmxaddr.zip")
@@ -144,6 +200,15 @@ def build(out: Path, with_pyodide: bool = True) -> dict[str, float]:
         stage_pyodide(out / "try" / "pyodide")
     times["browser page"] = time.perf_counter() - t
     return times
+
+
+def relative_404(page: Path) -> None:
+    """mkdocs writes 404.html with root-absolute links ("/css/base.css"), which reach nothing when
+    the site is opened from disk or served below a server's root; the page sits at the site's
+    root, so its links are made relative to it."""
+    if page.exists():
+        text = page.read_text()
+        page.write_text(re.sub(r'((?:href|src)=")/(?!/)', r"\1", text))
 
 
 def size(out: Path) -> tuple[int, int]:
@@ -187,8 +252,6 @@ def check(out: Path) -> list[str]:
     pages = {p: parse_page(p) for p in sorted(out.rglob("*.html"))}
     for page, parsed in pages.items():
         rel = page.relative_to(out)
-        if rel.name == "404.html":
-            continue  # its links are written for any depth
         for tag, attr, url in parsed.refs:
             parts = urlsplit(url)
             if parts.scheme in ("http", "https") or url.startswith("//"):
@@ -218,21 +281,46 @@ def check(out: Path) -> list[str]:
     return problems
 
 
-def main(argv: list[str]) -> int:
+USAGE = "usage: python docs/tools/build_site.py [--out DIR] [--no-check]"
+
+
+def parse_args(argv: list[str]) -> tuple[Path, bool]:
+    """(output directory, run the checks); BuildError with the usage on a bad command line."""
     out = ROOT / "site"
-    if "--out" in argv:
-        out = Path(argv[argv.index("--out") + 1]).resolve()
+    checks = True
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("-h", "--help"):
+            raise SystemExit(print(__doc__) or 0)
+        if a == "--no-check":
+            checks = False
+        elif a == "--out" or a.startswith("--out="):
+            value = a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
+            i += 0 if "=" in a else 1
+            if not value or value.startswith("--"):
+                raise BuildError(f"--out needs a directory ({USAGE})")
+            out = Path(value).expanduser().resolve()
+        else:
+            raise BuildError(f"unknown argument {a!r} ({USAGE})")
+        i += 1
+    return out, checks
+
+
+def main(argv: list[str]) -> int:
     t = time.perf_counter()
     try:
+        out, checks = parse_args(argv)
         times = build(out)
     except BuildError as e:
         print(f"build_site: error: {e}", file=sys.stderr)
-        return 1
+        return 2
     total = time.perf_counter() - t
     n, nbytes = size(out)
     parts = ", ".join(f"{k} {v:.1f} s" for k, v in times.items())
-    print(f"built {out} in {total:.1f} s ({parts}): {n} files, {nbytes / 1e6:.1f} MB")
-    if "--no-check" in argv:
+    pages = sum(1 for _ in out.rglob("*.html"))
+    print(f"built {out} in {total:.1f} s ({parts}): {pages} pages, {n} files, {nbytes / 1e6:.1f} MB")
+    if not checks:
         return 0
     problems = check(out)
     for p in problems:

@@ -82,8 +82,14 @@ def _title(page: Path) -> str:
 def github_slug(value: str, separator: str = "-") -> str:
     """Heading anchors as a code host makes them (and as the pages' links are written, checked
     by tests/test_docs.py): lower case, punctuation dropped, each space a hyphen. Python-Markdown's
-    own slugify would merge `--model` into `-model` and break those links."""
-    return re.sub(r"[^\w\- ]", "", value.strip().lower()).replace(" ", separator)
+    own slugify would merge `--model` into `-model` and break those links.
+
+    One change: an anchor never starts with a digit ("14. #GP or #SS?" -> "s14-gp-or-ss", not
+    "14-gp-or-ss"). The theme's scroll-spy looks each heading up with querySelector('#14-...'),
+    which is not a valid CSS selector: it threw on every numbered page and stopped the page's
+    scripts (issue 21)."""
+    slug = re.sub(r"[^\w\- ]", "", value.strip().lower()).replace(" ", separator)
+    return "s" + slug if slug[:1].isdigit() else slug
 
 
 def on_config(config: Any) -> Any:

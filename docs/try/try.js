@@ -60,6 +60,9 @@ function show(result) {
   // The pictures are SVG that vmxaddr.pictures wrote, every text in it escaped.
   $("vx-field").innerHTML = result.field_svg;
   $("vx-flow").innerHTML = result.flow_svg;
+  readable($("vx-field"));
+  readable($("vx-flow"));
+  showBytes(result.bytes);
   const steps = $("vx-steps");
   steps.replaceChildren();
   const items = result.steps.map((s) => [s.rule, s.text, s.title, s.source]);
@@ -78,6 +81,42 @@ function show(result) {
   }
   $("vx-answer").dataset.state = "answered";
 }
+
+// A picture is never shrunk: shown at its own size, or larger when its smallest text is under
+// 10 px (as docs/tools/site_pictures.py does for the pages' pictures); its box scrolls sideways.
+function readable(box) {
+  const svg = box.querySelector("svg");
+  if (!svg) return;
+  const sizes = [...svg.querySelectorAll("[font-size]")].map((e) => parseFloat(e.getAttribute("font-size")));
+  const scale = Math.max(1, 10 / Math.min(10, ...sizes.filter((n) => n > 0)));
+  for (const dim of ["width", "height"]) {
+    const v = parseFloat(svg.getAttribute(dim));
+    if (v > 0) svg.setAttribute(dim, String(Math.ceil(v * scale)));
+  }
+}
+
+// The bytes taken apart (issue 25 item 2), when vmxaddr.web's answer carries them:
+// result.bytes = [{offset, hex, role, fields: [[name, value], ...], note}, ...]; shown as a table.
+function showBytes(rows) {
+  const box = $("vx-bytes-box");
+  if (!box) return;
+  const body = $("vx-bytes-rows");
+  body.replaceChildren();
+  box.hidden = !Array.isArray(rows) || rows.length === 0;
+  if (box.hidden) return;
+  for (const row of rows) {
+    const tr = document.createElement("tr");
+    const fields = (row.fields || []).map((f) => (Array.isArray(f) ? `${f[0]} = ${f[1]}` : String(f))).join(", ");
+    for (const text of [String(row.offset ?? ""), row.hex ?? "", row.role ?? "", fields, row.note ?? ""]) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.appendChild(td);
+    }
+    body.appendChild(tr);
+  }
+}
+
+window.vmxaddrShowBytes = showBytes;  // for tests/test_site.py, until vmxaddr.web's answer carries "bytes"
 
 function compute() {
   if (!answer) return;
