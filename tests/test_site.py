@@ -307,19 +307,17 @@ def test_page_computes_the_readme_example_in_chromium(served: str, browser: obje
     compute()
     assert field("vx-error").is_displayed() and "cannot decode 0f 78" in field("vx-error").text
 
-    # The bytes taken apart (issue 25 item 2): shown when the answer carries "bytes", hidden
-    # otherwise (today's vmxaddr.web has none: the box stays hidden). The shape assumed:
-    # [{offset, hex, role, fields: [[name, value], ...], note}, ...].
+    # The bytes taken apart (issue 25 item 2), derived by hand from the SDM Vol. 2 encoding
+    # (§2.1): 0F is the two-byte escape, 78 the VMREAD opcode, 45 = 01 000 101 is ModRM (mod 01:
+    # disp8 follows; reg 000: the register operand, number 0; rm 101: base EBP), D8 the disp8,
+    # sign-extended -0x28.
     enter("vx-bytes", "0f7845d8")
     compute()
-    assert field("vx-answer").is_displayed() and not field("vx-bytes-box").is_displayed()
-    d.execute_script("window.vmxaddrShowBytes([{offset: 0, hex: '0f 78', role: 'opcode', fields: [], note: 'map 1'},"  # type: ignore[attr-defined]
-                     " {offset: 2, hex: '45', role: 'ModRM', fields: [['mod', '01'], ['reg', '000'], ['rm', '101']]}])")
-    rows = d.find_elements(By.CSS_SELECTOR, "#vx-bytes-rows tr")  # type: ignore[attr-defined]
-    assert field("vx-bytes-box").is_displayed() and len(rows) == 2
-    assert rows[1].text.split() == ["2", "45", "ModRM", "mod", "=", "01,", "reg", "=", "000,", "rm", "=", "101"]
-    d.execute_script("window.vmxaddrShowBytes(undefined)")  # type: ignore[attr-defined]
-    assert not field("vx-bytes-box").is_displayed()
+    assert field("vx-answer").is_displayed() and field("vx-bytes-box").is_displayed()
+    rows = [r.text for r in d.find_elements(By.CSS_SELECTOR, "#vx-bytes-rows tr")]  # type: ignore[attr-defined]
+    assert [r.split()[:3] for r in rows] == [["0", "0f", "escape"], ["1", "78", "opcode"], ["2", "45", "modrm"],
+                                             ["3", "d8", "displacement"]], rows
+    assert "mod = 01" in rows[2] and "base ebp" in rows[2] and "-0x28" in rows[3], rows
     assert browser_tools.console_errors(d) == []
 
     # Everything the page loaded came from the local server.

@@ -36,19 +36,18 @@ def _tool(name: str) -> Any:
 
 def layout_svg(mnemonic: str) -> str:
     """The instruction-information layout of `mnemonic` as an SVG picture."""
-    from vmxaddr.isa import SPECS
-    from vmxaddr.pictures import layout_picture
+    from vmxaddr.pictures import layout_name_of, picture
 
-    return str(layout_picture(SPECS[mnemonic].layout))
+    return str(picture(layout_name_of(mnemonic)))
 
 
 def layout_rows(mnemonic: str) -> list[tuple[str, str, str]]:
     """(bits, field, when defined) of the layout, most significant first."""
-    from vmxaddr.isa import SPECS
-    from vmxaddr.pictures import layout_fields
+    from vmxaddr.layouts import INSTRUCTION_INFO
+    from vmxaddr.pictures import layout_fields, layout_name_of
 
     out = []
-    for f in layout_fields(SPECS[mnemonic].layout):
+    for f in layout_fields(INSTRUCTION_INFO[layout_name_of(mnemonic)]):
         bits = f"{f.hi}:{f.lo}" if f.hi != f.lo else str(f.hi)
         when = {"defined": "always", "undefined": "undefined"}.get(f.kind, f.condition)
         out.append((bits, f.name, when))
@@ -106,6 +105,10 @@ def page(mnemonic: str) -> tuple[str, dict[str, str]]:
     lay = spec.layout.value
     exs = facts.examples(mnemonic)
     pictures = {f"pictures/{mnemonic}-layout.svg": layout_svg(mnemonic)}
+    if lay == "io":  # INS/OUTS: their exit qualification is the one with fields (SDM Vol. 3C Table 27-5)
+        from vmxaddr.pictures import picture
+
+        pictures[f"pictures/{mnemonic}-io-qualification.svg"] = str(picture("io-qualification"))
     first = exs[0].answer
     if first.get("ok"):
         pictures[f"pictures/{mnemonic}-example-1.svg"] = first["field_svg"]
@@ -140,6 +143,9 @@ def page(mnemonic: str) -> tuple[str, dict[str, str]]:
            "| bits | field | defined |", "|---|---|---|"]
     md += [f"| {b} | {_esc(n)} | {_esc(w)} |" for b, n, w in layout_rows(mnemonic)]
     md.append("")
+    if lay == "io":
+        md += ["Their exit qualification has fields too (the port, the size, string and REP):", "",
+               f"![the I/O exit qualification](pictures/{mnemonic}-io-qualification.svg)", ""]
     if lay in EDITION_NOTES:
         md += [f"**Editions.** {EDITION_NOTES[lay]}", ""]
     if f"pictures/{mnemonic}-example-1.svg" in pictures:

@@ -62,7 +62,7 @@ function show(result) {
   $("vx-flow").innerHTML = result.flow_svg;
   readable($("vx-field"));
   readable($("vx-flow"));
-  showBytes(result.bytes);
+  showBytes(result.bytes_breakdown ? result.bytes_breakdown.bytes : undefined);
   const steps = $("vx-steps");
   steps.replaceChildren();
   const items = result.steps.map((s) => [s.rule, s.text, s.title, s.source]);
@@ -95,8 +95,9 @@ function readable(box) {
   }
 }
 
-// The bytes taken apart (issue 25 item 2), when vmxaddr.web's answer carries them:
-// result.bytes = [{offset, hex, role, fields: [[name, value], ...], note}, ...]; shown as a table.
+// The bytes taken apart (issue 25 item 2): vmxaddr.web's answer carries them as
+// result.bytes_breakdown.bytes = [{offset, hex, role, name, note, fields: [{name, bits, value, meaning}]}];
+// shown as a table (the links to the exit-information fields are in the decode text beside it).
 function showBytes(rows) {
   const box = $("vx-bytes-box");
   if (!box) return;
@@ -106,8 +107,9 @@ function showBytes(rows) {
   if (box.hidden) return;
   for (const row of rows) {
     const tr = document.createElement("tr");
-    const fields = (row.fields || []).map((f) => (Array.isArray(f) ? `${f[0]} = ${f[1]}` : String(f))).join(", ");
-    for (const text of [String(row.offset ?? ""), row.hex ?? "", row.role ?? "", fields, row.note ?? ""]) {
+    const fields = (row.fields || []).map((f) => `${f.name} = ${f.meaning ?? f.value}`).join("; ");
+    const note = [row.name, row.note].filter((t) => t).join(": ");
+    for (const text of [String(row.offset ?? ""), row.hex ?? "", row.role ?? "", fields, note]) {
       const td = document.createElement("td");
       td.textContent = text;
       tr.appendChild(td);
@@ -116,7 +118,6 @@ function showBytes(rows) {
   }
 }
 
-window.vmxaddrShowBytes = showBytes;  // for tests/test_site.py, until vmxaddr.web's answer carries "bytes"
 
 function compute() {
   if (!answer) return;
