@@ -1,7 +1,7 @@
 """`vmxaddr scan` on APX code: REX2-encoded VMX-family instructions (D5 + payload, R16–R31) are
 found exactly where `llvm-objdump-19 -d` shows them, on objects assembled by `llvm-mc-19` (GNU as
-2.40 and objdump 2.40 know no APX). With --no-apx the scan keeps binutils 2.40's view, where D5
-is "(bad)". Under CI=true a missing llvm-19 fails these tests (tests/ci_policy.py).
+2.40 and objdump 2.40 know no APX). By default REX2 is read in sections that look like APX code;
+--apx always, --no-apx never (binutils 2.40's view, where D5 is "(bad)"). Under CI=true a missing llvm-19 fails these tests (tests/ci_policy.py).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _llvm_family(obj: Path) -> set[tuple[str, int, str]]:
     return {(s, a, m) for _, s, a, m in parse_llvm_objdump(text)}
 
 
-def _ours(obj: Path, apx: bool = True) -> set[tuple[str, int, str]]:
+def _ours(obj: Path, apx: bool | None = None) -> set[tuple[str, int, str]]:
     res = scan_file(str(obj), apx=apx)
     assert res.error is None
     return {(f["section"], f["address"], f["mnemonic"]) for f in res.findings}
@@ -71,7 +71,7 @@ def test_scan_finds_what_llvm_objdump_finds(llvm_tools: None, tmp_path: Path) ->
     theirs = _llvm_family(obj)
     # 25 REX2 VMX-family lines, 3 legacy ones (the three pieces before the other instructions)
     assert len(theirs) == 28
-    assert _ours(obj) == theirs
+    assert _ours(obj) == theirs == _ours(obj, apx=True)  # APX code: the default reads REX2
 
 
 def test_scan_finds_what_llvm_objdump_finds_in_shuffled_code(llvm_tools: None, tmp_path: Path) -> None:
@@ -87,7 +87,8 @@ def test_rex2_findings_decode_r16_to_r31(llvm_tools: None, tmp_path: Path) -> No
     # vmreadq %r17, (%r20): D5 D0 78 0C 24. Payload D0 = M0 1, R4 1, B4 1; ModRM 0C: mod 00,
     # reg 001 (+16 = R17), rm 100 -> SIB 24: index 100 (none, X4 = 0), base 100 (+16 = R20).
     obj = _assemble(tmp_path, ["vmreadq %r17, (%r20)"], "one")
-    (f,) = scan_file(str(obj)).findings
+    assert scan_file(str(obj)).findings == []  # one REX2 form alone does not look like APX code
+    (f,) = scan_file(str(obj), apx=True).findings
     assert f["bytes"] == "d5d0780c24" and f["form"] == "memory sib disp0"
     op = f["instruction"]["operand"]
     assert (op["base"], op["index"], f["instruction"]["registers"]) == ("r20", None, {"reg2": "r17"})

@@ -75,6 +75,10 @@ CANDIDATE = re.compile(_LEGACY, re.DOTALL)
 # A pattern of its own: one alternation of the two would cost the search its fast first-byte scan
 # (measured: 6x slower on 0.6 GB of code).
 CANDIDATE_REX2 = re.compile(b"\xd5(?=[\x80-\xff](?:" + _MAP1 + b"|\xae[\xf0-\xf7]))", re.DOTALL)
+# What APX-compiled code is full of: REX2 MOV/LEA/ALU (map 0) and MOVZX/MOVSX/IMUL/CMOVcc/SETcc
+# (map 1). In code built without APX, D5 (#UD in 64-bit mode) turns up in data and immediates only.
+APX_EVIDENCE = re.compile(b"\xd5(?:[\x00-\x7f][\x01\x03\x09\x0b\x21\x23\x29\x2b\x31\x33\x39\x3b\x85\x89\x8b\x8d]"
+                          b"|[\x80-\xff][\x40-\x4f\x90-\x9f\xaf\xb6\xb7\xbe\xbf])", re.DOTALL)
 STRING_CANDIDATE = re.compile(b"[\x6c-\x6f]")
 """INS/OUTS (6C-6F), looked for only with `scan --string-io`: these bytes are common inside other
 instructions, so every section holding one must be swept — a slower scan."""
@@ -603,11 +607,13 @@ class _Enclosing:
 
 def scan_image(path: str, data: bytes | bytearray, mode: int | None = None, compression: str | None = None,
                on_finding: Callable[[dict[str, Any]], None] | None = None, string_io: bool = False,
-               apx: bool = True) -> FileResult:
+               apx: bool | None = None) -> FileResult:
     """Scan an ELF image. Each finding goes to `on_finding` when given (and is not kept: memory
     does not grow with the findings), else into the result's `findings`; both ways it is counted.
-    `apx` (64-bit code): read D5 as the APX REX2 prefix, as llvm-objdump-19 does; without it D5 is
-    "(bad)", as binutils 2.40's objdump shows it (and a processor without APX raises #UD)."""
+    `apx` (64-bit code): True reads D5 as the APX REX2 prefix, as llvm-objdump-19 does; False as
+    binutils 2.40's objdump shows it, "(bad)" (a processor without APX raises #UD); None (the
+    default) reads REX2 in a section that holds REX2 VMX candidates and looks like APX code
+    (`_looks_like_apx`), so that code built without APX costs one more search and nothing else."""
     decode, DecodeError, encode = _core()
     res = FileResult(path)
     keep = res.findings.append if on_finding is None else on_finding
@@ -617,8 +623,7 @@ def scan_image(path: str, data: bytes | bytearray, mode: int | None = None, comp
                 "machine": X86_MACHINES[elf.machine], "mode": bits, "mode_from": "option" if mode else "elf-class",
                 "compression": compression, "size": len(data), "sections_scanned": 0, "bytes_scanned": 0}
     execs = elf.executable_sections()
-    apx = apx and bits == 64
-    res.info["apx"] = apx
+    res.info["apx"] = "no" if bits != 64 or apx is False else "yes" if apx else "auto"
     if mode is None and elf.bits == 32:
         ev = sum(_long_mode_evidence(elf.section_bytes(s)) * s.size for s in execs) / max(1, sum(s.size for s in execs))
         if ev > 2.0:
@@ -636,14 +641,18 @@ def scan_image(path: str, data: bytes | bytearray, mode: int | None = None, comp
         rend = last_at = -1
         # candidates come in increasing order (streamed, never listed), so do the regions
         # between symbols and the instructions holding them
-        for c in _candidates(body, string_io, apx):
+        rex2 = [m.start() for m in CANDIDATE_REX2.finditer(body)] if bits == 64 and apx is not False else []
+        sec_apx = bool(rex2) and (apx is True or _looks_like_apx(body))
+        if not sec_apx:
+            rex2 = []
+        for c in _candidates(body, string_io, rex2):
             if starts is None:
                 starts = elf.symbol_starts(sec)
             r = bisect.bisect_right(starts, c) - 1
             if r != region or bounds is None:
                 region = r
                 rend = starts[r + 1] if r + 1 < len(starts) else len(body)
-                bounds = Boundaries(body, starts[r], rend, bits, apx)
+                bounds = Boundaries(body, starts[r], rend, bits, sec_apx)
                 last_at = -1
             insns = bounds.upto(c)
             k = bisect.bisect_right(insns, c) - 1
@@ -661,7 +670,7 @@ def scan_image(path: str, data: bytes | bytearray, mode: int | None = None, comp
                     res.reject({"section": sec.name, "offset": at, "address": base + at, "bytes": window[:16].hex(),
                                 "kind": exc.kind, "message": str(exc)})
                 continue
-            after = sweep(body, at, rend, at + instr.length, bits, apx)
+            after = sweep(body, at, rend, at + instr.length, bits, sec_apx)
             if (after[1] if len(after) > 1 else rend) != at + instr.length:
                 res.warn(f"{sec.name}+{at:#x}: the decoder and the sweep disagree on the "
                          f"length of {instr.raw.hex()} ({instr.length} bytes)")
@@ -686,13 +695,17 @@ def scan_image(path: str, data: bytes | bytearray, mode: int | None = None, comp
     return res
 
 
-def _candidates(body: bytes, string_io: bool, apx: bool = False) -> Iterator[int]:
-    """Offsets of the candidates in increasing order, each once, streamed."""
+def _looks_like_apx(body: bytes) -> bool:
+    """At least 2 REX2 forms of APX_EVIDENCE, and one per 2 KiB."""
+    return sum(1 for _ in APX_EVIDENCE.finditer(body)) >= max(2, len(body) >> 11)
+
+
+def _candidates(body: bytes, string_io: bool, rex2: list[int] | None = None) -> Iterator[int]:
+    """Offsets of the candidates in increasing order, each once, streamed; `rex2`: the REX2 ones
+    (CANDIDATE_REX2), found beforehand."""
     found: Iterator[int] = (m.start() for m in CANDIDATE.finditer(body))
-    if apx:
-        rex2 = [m.start() for m in CANDIDATE_REX2.finditer(body)]  # few: D5 is #UD without APX
-        if rex2:
-            found = heapq.merge(found, rex2)
+    if rex2:
+        found = heapq.merge(found, rex2)
     if not string_io:
         yield from found
         return
@@ -711,7 +724,7 @@ def _pfx_len(b: bytes, bits: int) -> int:
 
 
 def scan_file(path: str, mode: int | None = None, on_finding: Callable[[dict[str, Any]], None] | None = None,
-              limit: int = MAX_IMAGE, string_io: bool = False, apx: bool = True) -> FileResult:
+              limit: int = MAX_IMAGE, string_io: bool = False, apx: bool | None = None) -> FileResult:
     """Scan one file (at most `limit` bytes after decompression); a damaged or oversized file
     gives a FileResult with `error` set, never an exception."""
     try:

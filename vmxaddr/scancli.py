@@ -84,9 +84,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--string-io", action="store_true",
                    help="also find INS/OUTS (6C-6F), which have an instruction-information field too; slower, "
                    "since those bytes occur inside many other instructions")
-    p.add_argument("--no-apx", dest="apx", action="store_false",
-                   help="in 64-bit code read D5 as binutils 2.40's objdump does, '(bad)' (a processor without APX "
-                   "raises #UD), not as the APX REX2 prefix (R16-R31) that llvm-objdump-19 decodes (the default)")
+    apx = p.add_mutually_exclusive_group()
+    apx.add_argument("--apx", dest="apx", action="store_const", const=True, default=None,
+                     help="in 64-bit code always read D5 as the APX REX2 prefix (R16-R31), as llvm-objdump-19 "
+                     "does; by default it is read so only in sections that look like APX code (REX2 MOV/LEA/ALU "
+                     "forms, at least one per 2 KiB)")
+    apx.add_argument("--no-apx", dest="apx", action="store_const", const=False,
+                     help="never: D5 is '(bad)' as binutils 2.40's objdump shows it (#UD without APX)")
     p.set_defaults(func=run)
 
 
@@ -114,7 +118,7 @@ def _discard(f: dict[str, Any]) -> None:
     pass
 
 
-def _scan_job(job: tuple[int, str, int | None, bool, int, bool, bool]) -> tuple[int, FileResult]:
+def _scan_job(job: tuple[int, str, int | None, bool, int, bool, bool | None]) -> tuple[int, FileResult]:
     i, path, mode, counts_only, limit, string_io, apx = job
     return i, scan_file(path, mode, _discard if counts_only else None, limit, string_io, apx)
 
@@ -128,7 +132,7 @@ def _size(path: str) -> int:
 
 def scan_files(jobs: list[tuple[str, int | None]], workers: int = 1, on_finding: Callable[[dict[str, Any]], None]
                | None = None, counts_only: bool = False, limit: int = MAX_IMAGE,
-               string_io: bool = False, apx: bool = True) -> Iterator[FileResult]:
+               string_io: bool = False, apx: bool | None = None) -> Iterator[FileResult]:
     """Scan files, in `workers` processes when more than one; results come in the order of
     `jobs`. In one process each finding goes to `on_finding` as it is found; from workers, a
     file's findings come with its result (none with counts_only). The largest files are handed
