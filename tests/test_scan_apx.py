@@ -1,7 +1,8 @@
 """`vmxaddr scan` on APX code: REX2-encoded VMX-family instructions (D5 + payload, R16–R31) are
 found exactly where `llvm-objdump-19 -d` shows them, on objects assembled by `llvm-mc-19` (GNU as
 2.40 and objdump 2.40 know no APX). By default REX2 is read in sections that look like APX code;
---apx always, --no-apx never (binutils 2.40's view, where D5 is "(bad)"). Under CI=true a missing llvm-19 fails these tests (tests/ci_policy.py).
+--apx always, --no-apx never (binutils 2.40's view, where D5 is "(bad)"). Under CI=true a missing
+llvm-19 fails these tests (tests/ci_policy.py).
 """
 
 from __future__ import annotations
