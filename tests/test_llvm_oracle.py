@@ -162,7 +162,9 @@ def test_llvm_check_can_fail(llvm, monkeypatch):
 def test_rex2_vmread_vmwrite_sweep_subset(llvm):
     from vmxaddr.oracles.llvm_cases import exhaustive_count
 
-    s = llvm.crosscheck_exhaustive(subset=True)
+    from vmxaddr.parallel import cpus
+
+    s = llvm.crosscheck_exhaustive(subset=True, jobs=min(cpus(), 2))
     assert s.cases == exhaustive_count(subset=True) == 37_888
     assert s.unexplained_cases == 0, [e.to_json() for e in s.examples if e.unexplained]
     # explained: the payloads with M0 = 1 and B4 = 1 (64) × 2 opcodes × mod 00 / SIB base 101 with
