@@ -1,7 +1,7 @@
 """Throughput of the cross-check oracles, one process: cases per second (wall and CPU).
 
-    python benchmarks/crosscheck.py [-n 20000] [--oracle iced unicorn]
-    (needs `pip install -e '.[oracles]'`, or PYTHONPATH=. from the checkout)
+    python benchmarks/crosscheck.py [-n 20000] [--oracle iced llvm unicorn]
+    (needs `pip install -e '.[oracles]'`, or PYTHONPATH=. from the checkout; llvm: Debian's llvm-19)
 
 CPU time is printed too because wall time on a shared machine says little. A 1 000 000-case
 `vmxaddr crosscheck` run takes about n / (rate × jobs).
@@ -13,9 +13,10 @@ import argparse
 import time
 
 from vmxaddr.oracles.iced import crosscheck_iced
+from vmxaddr.oracles.llvm import crosscheck_llvm
 from vmxaddr.oracles.unicorn import crosscheck_unicorn
 
-RUNNERS = {"iced": crosscheck_iced, "unicorn": crosscheck_unicorn}
+RUNNERS = {"iced": crosscheck_iced, "llvm": crosscheck_llvm, "unicorn": crosscheck_unicorn}
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the system packages the Bochs oracle needs (issue 8) and the site's browser test (issue 17).
+# Install the system packages the Bochs oracle needs (issue 8), the site's browser test (issue 17) and
+# the LLVM oracle and APX scan tests (issue 23: llvm-19's libLLVM-19, llvm-mc-19, llvm-objdump-19).
 # Idempotent; run as root (CI runs as root). Debian bookworm's bochs 2.7 is built
 # with VMX but without the `nogui` display library; the oracle uses `term` (bochs-term)
 # on a pseudo-terminal. Listing bochs-term with bochs also keeps apt from pulling bochs-wx.
@@ -15,9 +16,12 @@ command -v as >/dev/null 2>&1 && command -v ld >/dev/null 2>&1 && command -v obj
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+# the LLVM 19 decoder oracle (libLLVM-19.so via ctypes) and the APX scan tests (llvm-mc-19 assembles
+# REX2 forms, llvm-objdump-19 is their yardstick); bookworm has 19.1.7
+command -v llvm-mc-19 >/dev/null 2>&1 && command -v llvm-objdump-19 >/dev/null 2>&1 || need+=(llvm-19)
 
 if [ ${#need[@]} -eq 0 ]; then
-    echo "system-deps: bochs, bochs-term, bochsbios, binutils, chromium, chromium-driver and npm already installed"
+    echo "system-deps: bochs, bochs-term, bochsbios, binutils, chromium, chromium-driver, npm and llvm-19 already installed"
     exit 0
 fi
 

@@ -205,7 +205,9 @@ def test_matches_objdump_on_random_bytes(tmp_path: Path, mode: int) -> None:
     lines = [".code16" if mode == 16 else "", ".text", "r:"]
     lines += [".byte " + ",".join(str(b) for b in blob[i:i + 16]) for i in range(0, len(blob), 16)]
     obj = assemble(tmp_path, f"rnd{mode}", "\n".join(lines) + "\n", bits32=mode != 64)
-    res = scan_file(str(obj), mode)
+    # binutils 2.40 shows D5 as "(bad)": compared with the scan's --no-apx view (the APX view is
+    # checked against llvm-objdump-19 in tests/test_scan_apx.py)
+    res = scan_file(str(obj), mode, apx=False)
     ours = {(f["section"], f["address"], f["mnemonic"]) for f in res.findings}
     theirs = objdump_family(obj, "i8086" if mode == 16 else None)
     refused = {(r["section"], r["address"]) for r in res.rejected}

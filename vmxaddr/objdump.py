@@ -39,3 +39,32 @@ def parse_objdump(text: str, names: dict[str, str] | None = None,
         if m:
             found.add((current, section, int(parts[0].strip()[:-1], 16), m.group(1)))
     return found
+
+
+_LLVM_LINE = re.compile(r"^\s*([0-9a-f]+):\s+(?:[0-9a-f]{2} )+\s*\t(.*)$")
+
+
+def parse_llvm_objdump(text: str, string_io: bool = False) -> set[tuple[str, str, int, str]]:
+    """The same from `llvm-objdump-19 -d` (AT&T syntax), whose lines are `addr: bytes<TAB>mnemonic
+    <TAB>operands`; it decodes APX's REX2 (vmreadq %r17, (%r20)), which binutils 2.40 cannot."""
+    found: set[tuple[str, str, int, str]] = set()
+    current = section = ""
+    for line in text.splitlines():
+        if ":\tfile format" in line:
+            current = line.split(":\tfile format")[0].strip()
+            continue
+        if line.startswith("Disassembly of section "):
+            section = line[len("Disassembly of section "):].rstrip(":")
+            continue
+        m = _LLVM_LINE.match(line)
+        if not m:
+            continue
+        words = m.group(2).split()
+        while len(words) > 1 and _OBJDUMP_PREFIX_WORDS.match(words[0]):
+            words.pop(0)
+        mm = _OBJDUMP_MNEMONIC.match(words[0]) if words else None
+        if mm is None and string_io and words:
+            mm = _OBJDUMP_STRING_IO.match(words[0])
+        if mm:
+            found.add((current, section, int(m.group(1), 16), mm.group(1)))
+    return found

@@ -61,22 +61,30 @@ def _byte_class(values: bytes) -> bytes:
     return b"[" + b"".join(re.escape(bytes([v])) for v in values) + b"]"
 
 
-CANDIDATE = re.compile(
-    b"\x0f(?=[\x78\x79]"
-    + b"|\xc7" + _byte_class(_modrm_class((3, 5, 6, 7), False))
-    + b"|\x00" + _byte_class(_modrm_class((0, 1, 2, 3), False))
-    + b"|\x01" + _byte_class(_modrm_class((0, 1, 2, 3), True))
-    + b"|\x38[\x80-\x82]"
-    + b"|\x38\xdc" + _byte_class(bytes(range(0xC0, 0x100)))  # LOADIWKEY (mod = 11)
-    + b"|\xae[\xf0-\xf7])",  # TPAUSE / UMWAIT (0F AE /6, mod = 11)
-    re.DOTALL,
-)
+_MAP1 = (b"[\x78\x79]"
+         + b"|\xc7" + _byte_class(_modrm_class((3, 5, 6, 7), False))
+         + b"|\x00" + _byte_class(_modrm_class((0, 1, 2, 3), False))
+         + b"|\x01" + _byte_class(_modrm_class((0, 1, 2, 3), True)))
+_LEGACY = (b"\x0f(?=" + _MAP1
+           + b"|\x38[\x80-\x82]"
+           + b"|\x38\xdc" + _byte_class(bytes(range(0xC0, 0x100)))  # LOADIWKEY (mod = 11)
+           + b"|\xae[\xf0-\xf7])")  # TPAUSE / UMWAIT (0F AE /6, mod = 11)
+CANDIDATE = re.compile(_LEGACY, re.DOTALL)
+# APX (64-bit code): REX2 = D5 + payload with M0 = 1 (map 1, the 0F written no more) + the same
+# opcodes; map 2 (INVEPT & co., LOADIWKEY) cannot be reached with REX2 (vmxaddr/rex2.py).
+# A pattern of its own: one alternation of the two would cost the search its fast first-byte scan
+# (measured: 6x slower on 0.6 GB of code).
+CANDIDATE_REX2 = re.compile(b"\xd5(?=[\x80-\xff](?:" + _MAP1 + b"|\xae[\xf0-\xf7]))", re.DOTALL)
+# What APX-compiled code is full of: REX2 MOV/LEA/ALU (map 0) and MOVZX/MOVSX/IMUL/CMOVcc/SETcc
+# (map 1). In code built without APX, D5 (#UD in 64-bit mode) turns up in data and immediates only.
+APX_EVIDENCE = re.compile(b"\xd5(?:[\x00-\x7f][\x01\x03\x09\x0b\x21\x23\x29\x2b\x31\x33\x39\x3b\x85\x89\x8b\x8d]"
+                          b"|[\x80-\xff][\x40-\x4f\x90-\x9f\xaf\xb6\xb7\xbe\xbf])", re.DOTALL)
 STRING_CANDIDATE = re.compile(b"[\x6c-\x6f]")
 """INS/OUTS (6C-6F), looked for only with `scan --string-io`: these bytes are common inside other
 instructions, so every section holding one must be swept — a slower scan."""
-"""Where the opcode of a VMX-family instruction may start (the 0F byte); a superset. The match
-is the 0F byte alone (the rest is a lookahead) so that overlapping candidates, as in 0F 00 0F C7,
-are all found."""
+"""Where the opcode of a VMX-family instruction may start (the 0F byte, or a REX2 prefix's D5 in
+64-bit code); a superset. The match is that byte alone (the rest is a lookahead) so that
+overlapping candidates, as in 0F 00 0F C7, are all found."""
 
 # -- reading files: vmxaddr/scanio.py (bounded) ------------------------------------------------
 
@@ -367,9 +375,10 @@ class Sweeper:
     `run(pos, upto)` gives the instruction starts from pos to upto. Bytes past upto + 15 cannot
     change the instructions that start at or before upto, so hi = min(end, upto + 16) is enough."""
 
-    def __init__(self, data: bytes, lo: int, hi: int, end: int, bits: int) -> None:
+    def __init__(self, data: bytes, lo: int, hi: int, end: int, bits: int, apx: bool = False) -> None:
         iced = _iced()
         self.data, self.lo, self.end, self.bits = data, lo, end, bits
+        self.apx = apx and bits == 64
         self.dec = iced.Decoder(bits, data[lo:hi], _options(bits)[0], lo)
         self.ins = iced.Instruction()
         self.rex = {m.start() for m in _REX_PREFIX.finditer(data, lo, hi)} if bits == 64 else set()
@@ -377,6 +386,7 @@ class Sweeper:
     def run(self, start: int, upto: int) -> list[int]:
         iced = _iced()
         data, lo, end, bits, dec, ins, rex = self.data, self.lo, self.end, self.bits, self.dec, self.ins, self.rex
+        apx = self.apx
         invalid, wait = iced.Code.INVALID, iced.Code.WAIT
         sse4a = _sse4a_codes()
         starts: list[int] = []
@@ -399,7 +409,8 @@ class Sweeper:
                     dec.position = q + 1 - lo
                     continue
             if code == invalid:
-                dec.position = pos + min(15, _objdump_length(data, pos + lo, end, bits, ins.len))
+                n = _rex2_length(data, pos + lo, end) if apx else 0
+                dec.position = pos + (n or min(15, _objdump_length(data, pos + lo, end, bits, ins.len)))
             elif code == wait and dec.can_decode:
                 # objdump reads FWAIT as a prefix: with an x87 instruction after it (and any prefixes
                 # between) it prints one instruction; prefixes then another FWAIT belong to the first
@@ -418,10 +429,34 @@ class Sweeper:
         return starts
 
 
-def sweep(data: bytes, start: int, end: int, upto: int, bits: int) -> list[int]:
+def sweep(data: bytes, start: int, end: int, upto: int, bits: int, apx: bool = False) -> list[int]:
     """Offsets of the instructions objdump -d shows in data[start:end] that start at or before
-    `upto` (a linear sweep from `start` that never reads past `end`)."""
-    return Sweeper(data, start, min(end, upto + 16), end, bits).run(start, upto)
+    `upto` (a linear sweep from `start` that never reads past `end`); `apx`: REX2 read as APX
+    does (llvm-objdump-19), in 64-bit code."""
+    return Sweeper(data, start, min(end, upto + 16), end, bits, apx).run(start, upto)
+
+
+def _rex2_length(data: bytes, p: int, end: int) -> int:
+    """Length of the REX2 (APX) instruction at p (64-bit code: legacy prefixes, D5, payload,
+    opcode …), 0 if there is none. REX2 changes no field's width: the instruction is as long as
+    the legacy one with a REX holding W/R3/X3/B3 and, for M0 = 1, the 0F escape, less one byte
+    (2 bytes of REX2 for REX + 0F) or plus one (M0 = 0: REX2 for REX). The rows REX2 makes #UD
+    (vmxaddr/rex2.py) give 0, and so does a REX before D5."""
+    q = p
+    while q < end and data[q] in _PREFIXES:
+        q += 1
+    if q + 2 >= end or data[q] != 0xD5:
+        return 0
+    payload, op = data[q + 1], data[q + 2]
+    m0 = payload >> 7
+    if (op >> 4) in ((0x3, 0x8) if m0 else (0x4, 0x7, 0xA, 0xE)) or (not m0 and op == 0x0F):
+        return 0
+    iced = _iced()
+    legacy = data[p:q] + bytes([0x40 | payload & 0xF]) + (b"\x0f" if m0 else b"") + data[q + 2:min(end, q + 17)]
+    ins = iced.Decoder(64, legacy, _options(64)[0]).decode()
+    if ins.code == iced.Code.INVALID:
+        return 0
+    return ins.len + 1 - m0
 
 
 class Boundaries:
@@ -438,8 +473,8 @@ class Boundaries:
     FAR = 512
     W = 32
 
-    def __init__(self, data: bytes, start: int, end: int, bits: int) -> None:
-        self.data, self.start, self.end, self.bits = data, start, end, bits
+    def __init__(self, data: bytes, start: int, end: int, bits: int, apx: bool = False) -> None:
+        self.data, self.start, self.end, self.bits, self.apx = data, start, end, bits, apx
         self.known = [start]  # true starts, contiguous from known[0]
         self.resyncs = self.swept = 0
 
@@ -450,7 +485,7 @@ class Boundaries:
             return self.known
         if c - last > self.FAR and c - self.W - 16 > last:
             lo = c - self.W - 16
-            sw = Sweeper(self.data, lo, min(self.end, c + 16), self.end, self.bits)
+            sw = Sweeper(self.data, lo, min(self.end, c + 16), self.end, self.bits, self.apx)
             lists = [sw.run(s, c) for s in range(lo, c - self.W + 1)]
             common = set(lists[0]).intersection(*lists[1:])
             if common:
@@ -458,7 +493,7 @@ class Boundaries:
                 self.known = [x for x in lists[0] if x >= b]
                 self.resyncs += 1
                 return self.known
-        more = sweep(self.data, last, self.end, c, self.bits)
+        more = sweep(self.data, last, self.end, c, self.bits, self.apx)
         self.swept += more[-1] - last
         self.known.extend(more[1:])
         return self.known
@@ -523,9 +558,12 @@ def operand_form(raw: bytes, bits: int) -> str:
         if raw[i] == 0x67:
             addr = {16: 32, 32: 16, 64: 32}[bits]
         i += 1
+    rex2 = bits == 64 and raw[i:i + 1] == b"\xd5"
+    if rex2:
+        i += 2  # D5 and its payload; M0 = 1 stands for the 0F escape
     if i < len(raw) and 0x6C <= raw[i] <= 0x6F:
         return "string (implicit ES:rDI / seg:rSI)"
-    i += 3 if raw[i:i + 2] == b"\x0f\x38" else 2
+    i += 1 if rex2 else 3 if raw[i:i + 2] == b"\x0f\x38" else 2
     if i >= len(raw):
         return "?"
     mod, rm = raw[i] >> 6, raw[i] & 7
@@ -568,9 +606,14 @@ class _Enclosing:
 
 
 def scan_image(path: str, data: bytes | bytearray, mode: int | None = None, compression: str | None = None,
-               on_finding: Callable[[dict[str, Any]], None] | None = None, string_io: bool = False) -> FileResult:
+               on_finding: Callable[[dict[str, Any]], None] | None = None, string_io: bool = False,
+               apx: bool | None = None) -> FileResult:
     """Scan an ELF image. Each finding goes to `on_finding` when given (and is not kept: memory
-    does not grow with the findings), else into the result's `findings`; both ways it is counted."""
+    does not grow with the findings), else into the result's `findings`; both ways it is counted.
+    `apx` (64-bit code): True reads D5 as the APX REX2 prefix, as llvm-objdump-19 does; False as
+    binutils 2.40's objdump shows it, "(bad)" (a processor without APX raises #UD); None (the
+    default) reads REX2 in a section that holds REX2 VMX candidates and looks like APX code
+    (`_looks_like_apx`), so that code built without APX costs one more search and nothing else."""
     decode, DecodeError, encode = _core()
     res = FileResult(path)
     keep = res.findings.append if on_finding is None else on_finding
@@ -580,6 +623,7 @@ def scan_image(path: str, data: bytes | bytearray, mode: int | None = None, comp
                 "machine": X86_MACHINES[elf.machine], "mode": bits, "mode_from": "option" if mode else "elf-class",
                 "compression": compression, "size": len(data), "sections_scanned": 0, "bytes_scanned": 0}
     execs = elf.executable_sections()
+    res.info["apx"] = "no" if bits != 64 or apx is False else "yes" if apx else "auto"
     if mode is None and elf.bits == 32:
         ev = sum(_long_mode_evidence(elf.section_bytes(s)) * s.size for s in execs) / max(1, sum(s.size for s in execs))
         if ev > 2.0:
@@ -597,14 +641,18 @@ def scan_image(path: str, data: bytes | bytearray, mode: int | None = None, comp
         rend = last_at = -1
         # candidates come in increasing order (streamed, never listed), so do the regions
         # between symbols and the instructions holding them
-        for c in _candidates(body, string_io):
+        rex2 = [m.start() for m in CANDIDATE_REX2.finditer(body)] if bits == 64 and apx is not False else []
+        sec_apx = bool(rex2) and (apx is True or _looks_like_apx(body))
+        if not sec_apx:
+            rex2 = []
+        for c in _candidates(body, string_io, rex2):
             if starts is None:
                 starts = elf.symbol_starts(sec)
             r = bisect.bisect_right(starts, c) - 1
             if r != region or bounds is None:
                 region = r
                 rend = starts[r + 1] if r + 1 < len(starts) else len(body)
-                bounds = Boundaries(body, starts[r], rend, bits)
+                bounds = Boundaries(body, starts[r], rend, bits, sec_apx)
                 last_at = -1
             insns = bounds.upto(c)
             k = bisect.bisect_right(insns, c) - 1
@@ -622,7 +670,7 @@ def scan_image(path: str, data: bytes | bytearray, mode: int | None = None, comp
                     res.reject({"section": sec.name, "offset": at, "address": base + at, "bytes": window[:16].hex(),
                                 "kind": exc.kind, "message": str(exc)})
                 continue
-            after = sweep(body, at, rend, at + instr.length, bits)
+            after = sweep(body, at, rend, at + instr.length, bits, sec_apx)
             if (after[1] if len(after) > 1 else rend) != at + instr.length:
                 res.warn(f"{sec.name}+{at:#x}: the decoder and the sweep disagree on the "
                          f"length of {instr.raw.hex()} ({instr.length} bytes)")
@@ -647,9 +695,17 @@ def scan_image(path: str, data: bytes | bytearray, mode: int | None = None, comp
     return res
 
 
-def _candidates(body: bytes, string_io: bool) -> Iterator[int]:
-    """Offsets of the candidates in increasing order, each once, streamed."""
-    found = (m.start() for m in CANDIDATE.finditer(body))
+def _looks_like_apx(body: bytes) -> bool:
+    """At least 2 REX2 forms of APX_EVIDENCE, and one per 2 KiB."""
+    return sum(1 for _ in APX_EVIDENCE.finditer(body)) >= max(2, len(body) >> 11)
+
+
+def _candidates(body: bytes, string_io: bool, rex2: list[int] | None = None) -> Iterator[int]:
+    """Offsets of the candidates in increasing order, each once, streamed; `rex2`: the REX2 ones
+    (CANDIDATE_REX2), found beforehand."""
+    found: Iterator[int] = (m.start() for m in CANDIDATE.finditer(body))
+    if rex2:
+        found = heapq.merge(found, rex2)
     if not string_io:
         yield from found
         return
@@ -668,12 +724,12 @@ def _pfx_len(b: bytes, bits: int) -> int:
 
 
 def scan_file(path: str, mode: int | None = None, on_finding: Callable[[dict[str, Any]], None] | None = None,
-              limit: int = MAX_IMAGE, string_io: bool = False) -> FileResult:
+              limit: int = MAX_IMAGE, string_io: bool = False, apx: bool | None = None) -> FileResult:
     """Scan one file (at most `limit` bytes after decompression); a damaged or oversized file
     gives a FileResult with `error` set, never an exception."""
     try:
         data, compression = read_image(path, limit)
-        return scan_image(path, data, mode, compression, on_finding, string_io)
+        return scan_image(path, data, mode, compression, on_finding, string_io, apx)
     except ScanError as exc:
         return FileResult(path, error=str(exc))
     except (struct.error, IndexError, ValueError, UnicodeError, OverflowError, MemoryError) as exc:

@@ -84,6 +84,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--string-io", action="store_true",
                    help="also find INS/OUTS (6C-6F), which have an instruction-information field too; slower, "
                    "since those bytes occur inside many other instructions")
+    apx = p.add_mutually_exclusive_group()
+    apx.add_argument("--apx", dest="apx", action="store_const", const=True, default=None,
+                     help="in 64-bit code always read D5 as the APX REX2 prefix (R16-R31), as llvm-objdump-19 "
+                     "does; by default it is read so only in sections that look like APX code (REX2 MOV/LEA/ALU "
+                     "forms, at least one per 2 KiB)")
+    apx.add_argument("--no-apx", dest="apx", action="store_const", const=False,
+                     help="never: D5 is '(bad)' as binutils 2.40's objdump shows it (#UD without APX)")
     p.set_defaults(func=run)
 
 
@@ -111,9 +118,9 @@ def _discard(f: dict[str, Any]) -> None:
     pass
 
 
-def _scan_job(job: tuple[int, str, int | None, bool, int, bool]) -> tuple[int, FileResult]:
-    i, path, mode, counts_only, limit, string_io = job
-    return i, scan_file(path, mode, _discard if counts_only else None, limit, string_io)
+def _scan_job(job: tuple[int, str, int | None, bool, int, bool, bool | None]) -> tuple[int, FileResult]:
+    i, path, mode, counts_only, limit, string_io, apx = job
+    return i, scan_file(path, mode, _discard if counts_only else None, limit, string_io, apx)
 
 
 def _size(path: str) -> int:
@@ -125,7 +132,7 @@ def _size(path: str) -> int:
 
 def scan_files(jobs: list[tuple[str, int | None]], workers: int = 1, on_finding: Callable[[dict[str, Any]], None]
                | None = None, counts_only: bool = False, limit: int = MAX_IMAGE,
-               string_io: bool = False) -> Iterator[FileResult]:
+               string_io: bool = False, apx: bool | None = None) -> Iterator[FileResult]:
     """Scan files, in `workers` processes when more than one; results come in the order of
     `jobs`. In one process each finding goes to `on_finding` as it is found; from workers, a
     file's findings come with its result (none with counts_only). The largest files are handed
@@ -133,7 +140,8 @@ def scan_files(jobs: list[tuple[str, int | None]], workers: int = 1, on_finding:
     this process (vmxaddr.parallel); on ^C the queued files are dropped."""
     if workers <= 1 or len(jobs) < 2:
         for path, mode in jobs:
-            yield scan_file(path, mode, _discard if counts_only and on_finding is None else on_finding, limit, string_io)
+            yield scan_file(path, mode, _discard if counts_only and on_finding is None else on_finding, limit, string_io,
+                            apx)
         return
     from vmxaddr.parallel import process_pool
 
@@ -149,7 +157,8 @@ def scan_files(jobs: list[tuple[str, int | None]], workers: int = 1, on_finding:
                     i = next(queue, None)
                     if i is None:
                         break
-                    pending.add(pool.submit(_scan_job, (i, jobs[i][0], jobs[i][1], counts_only, limit, string_io)))
+                    pending.add(pool.submit(_scan_job, (i, jobs[i][0], jobs[i][1], counts_only, limit, string_io,
+                                                        apx)))
                 if not pending:
                     break
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -236,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         for n, res in enumerate(scan_files(jobs, workers, None if args.summary_only else emit,
                                            counts_only=args.summary_only, limit=args.max_size,
-                                           string_io=args.string_io), 1):
+                                           string_io=args.string_io, apx=args.apx), 1):
             _account(tally, res, emit)
             bar.update(n, f"{sum(tally.counts.values())} instructions")
     except KeyboardInterrupt:

@@ -95,6 +95,12 @@ class Summary:
 
     def merge(self, other: Summary) -> None:
         self.interrupted = self.interrupted or other.interrupted
+        for k, v in other.details.items():  # counts add up (parallel jobs); anything else is kept once
+            mine = self.details.get(k)
+            if isinstance(v, int) and not isinstance(v, bool) and isinstance(mine, int):
+                self.details[k] = mine + v
+            elif mine is None:
+                self.details[k] = v
         self.cases += other.cases
         self.agreements += other.agreements
         self.skipped += other.skipped
