@@ -161,7 +161,6 @@ def test_llvm_check_can_fail(llvm, monkeypatch):
 
 def test_rex2_vmread_vmwrite_sweep_subset(llvm):
     from vmxaddr.oracles.llvm_cases import exhaustive_count
-
     from vmxaddr.parallel import cpus
 
     s = llvm.crosscheck_exhaustive(subset=True, jobs=min(cpus(), 2))
