@@ -219,18 +219,20 @@ def make_model(name: str, load: Callable[[], Any], info: RealCodeInfo,
                 except TypeError:  # an unhashable state: not remembered
                     pass
 
-    def prefetch(items: list[tuple[ExitInfo, CpuState, Access]]) -> None:
+    def prefetch(items: list[tuple[ExitInfo, CpuState, Access]], deadline: float | None = None) -> int:
         """Run the model on many cases in one round trip to its worker; the calls that follow on
-        the very same objects take these results (fuzz's batches)."""
+        the very same objects take these results (fuzz's batches). How many cases have one: all,
+        unless cases failed (hung, say) past `deadline` (time.time())."""
         lib = cell[0] if cell else load_now()
         ahead.clear()
         held[0] = None
         if not isinstance(lib, Worker) or not items:
-            return
-        raws = lib.run(items, operand_only, [plan_of(e) for e, _, _ in items] if operand_only else None)
-        remember(items, raws)
+            return len(items)
+        raws = lib.run(items, operand_only, [plan_of(e) for e, _, _ in items] if operand_only else None, deadline)
+        remember(items[:len(raws)], raws)
         held[0] = items
-        ahead.update(zip([(id(e), id(s), id(a)) for e, s, a in items], raws))
+        ahead.update(zip([(id(e), id(s), id(a)) for e, s, a in items[:len(raws)]], raws))
+        return len(raws)
 
     def model(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) -> Result:
         lib = cell[0] if cell else load_now()

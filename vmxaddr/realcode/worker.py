@@ -307,7 +307,7 @@ class Worker:
                     last, since = cur, now
                 elif now - since >= limit:
                     self.stop()
-                    return Failure("timed out", f"no answer within {limit:g} s{'' if loading else ' (--call-timeout)'}")
+                    return Failure("timed out", f"no answer within {limit:g} s{'' if loading else ', the --call-timeout'}")
         except BaseException:  # ^C: the worker is stopped, the interrupt goes on
             self.stop()
             raise
@@ -339,9 +339,10 @@ class Worker:
         self.mm[off + EXIT.size:off + EXIT.size + STATE] = b.state
         self.mm[off + EXIT.size + STATE:off + RECORD] = b.access
 
-    def run(self, items: list[tuple[Any, Any, Any]], operand_only: bool, plans: list[Any] | None = None
-            ) -> list[tuple[int, ...] | Failure]:
-        """Each case's raw result, or the Failure it caused (the run goes on with a fresh worker)."""
+    def run(self, items: list[tuple[Any, Any, Any]], operand_only: bool, plans: list[Any] | None = None,
+            deadline: float | None = None) -> list[tuple[int, ...] | Failure]:
+        """Each case's raw result, or the Failure it caused (the run goes on with a fresh worker).
+        After a failure past `deadline` (time.time()) no more cases are run: fewer results."""
         out: list[tuple[int, ...] | Failure] = []
         with self.lock:
             if self.proc is None or self.pid != os.getpid():
@@ -365,6 +366,9 @@ class Worker:
                     out.extend(unpack(mm, OUT_OFFSET + RESULT.size * i) for i in range(first, bad))
                     out.append(f)
                     first = bad + 1
+                    if deadline is not None and first < len(chunk) and time.time() >= deadline:
+                        self._trim_output()
+                        return out
                 self._trim_output()
         return out
 

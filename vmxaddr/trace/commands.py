@@ -236,7 +236,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    from vmxaddr.cli import Parser, no_command
+    from vmxaddr.cli import Parser, add_call_timeout, no_command
 
     p = sub.add_parser("check-trace", help="check a trace of VM exits: processor report, hypervisor answer, fingerprint",
                        description="Check a JSON Lines trace of VM exits caused by VMX-family instructions, record by "
@@ -256,6 +256,7 @@ def register(sub: Any) -> None:
                    "see the files at the same paths. See docs/trace-format.md")
     p.add_argument("--against", default="sdm", metavar="MODEL",
                    help="reference model for the hypervisor verdict (default sdm; `vmxaddr models` lists them)")
+    add_call_timeout(p)
     p.add_argument("--fingerprint", choices=("wrong", "all", "none"), default="wrong",
                    help="run every registered model on: the records the hypervisor got wrong (default), all "
                    "checkable records (slower; the summary then names the models consistent with the whole trace), "
@@ -281,6 +282,7 @@ def register(sub: Any) -> None:
                         epilog="example:\n  vmxaddr trace synth --model kvm-f9eb4af6 -n 1000 --seed 7 | vmxaddr check-trace -",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--model", required=True, help="the hypervisor model whose answers are recorded")
+    add_call_timeout(s)
     s.add_argument("-n", type=int, default=1000, help="number of exit records (default 1000)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--shape", choices=SHAPES, default="random",

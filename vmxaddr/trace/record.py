@@ -244,6 +244,8 @@ def cmd_record(args: Any) -> int:
 def register_trace(tsub: Any) -> None:
     import argparse
 
+    from vmxaddr.cli import add_call_timeout
+
     r = tsub.add_parser("record", help="record a trace from a processor: random cases run under Bochs 2.7",
                         description="Run N random cases (vmxaddr's generator) as guest code under Bochs 2.7 with "
                         "VMX and write one trace record per VM exit: what the emulated processor wrote (exit "
@@ -258,6 +260,7 @@ def register_trace(tsub: Any) -> None:
     r.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     r.add_argument("--hypervisor", default="sdm", metavar="MODEL",
                    help="the consumer model whose answers are recorded (default sdm; `vmxaddr models` lists them)")
+    add_call_timeout(r)
     r.add_argument("--out", metavar="FILE", help="write here instead of standard output")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress or counts on standard error")
     r.add_argument("--json", action="store_true",
