@@ -176,13 +176,17 @@ def cmd_synth(args: argparse.Namespace) -> int:
     else:
         out = sys.stdout
     states = 0
+    failures: list[str] = []  # what the model did instead of answering (vmxaddr.trace.synth)
+    first_failure: str | None = None
     try:
         with Progress(args.n, "synth", enabled=not args.quiet, unit="exits") as prog:
             made = 0
-            for rec in synth(model, args.n, args.seed, args.shape, args.wrong):
+            for rec in synth(model, args.n, args.seed, args.shape, args.wrong, failures):
                 out.write(json.dumps(rec, separators=(",", ":")) + "\n")
                 if rec["type"] == "exit":
                     made += 1
+                    if failures and first_failure is None:
+                        first_failure = f"line {made + states}: {failures[0]}"
                     if not made & 1023:
                         prog.update(made)
                 else:
@@ -191,11 +195,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
     finally:
         if out is not sys.stdout:
             out.close()
+    if failures:
+        print(f"vmxaddr trace synth: {args.model} gave no answer for {len(failures)} of {made} exit records, which "
+              f"have no result (first: {first_failure})", file=sys.stderr)
     if args.json:  # the summary object last (check-trace skips it)
         print(json.dumps({"type": "summary", "command": "trace synth", "model": args.model, "seed": args.seed,
-                          "exit_records": made, "state_records": states, "out": args.out or "-"},
+                          "exit_records": made, "state_records": states, "out": args.out or "-",
+                          "model_errors": len(failures), "model_error_first": first_failure},
                          separators=(",", ":")))
-    return 0
+    return 1 if failures else 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:
