@@ -231,7 +231,7 @@ def make_model(name: str, load: Callable[[], Any], info: RealCodeInfo,
         raws = lib.run(items, operand_only, [plan_of(e) for e, _, _ in items] if operand_only else None, deadline)
         remember(items[:len(raws)], raws)
         held[0] = items
-        ahead.update(zip([(id(e), id(s), id(a)) for e, s, a in items[:len(raws)]], raws))
+        ahead.update(zip([(id(e), id(s), id(a)) for e, s, a in items[:len(raws)]], raws, strict=True))
         return len(raws)
 
     def model(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) -> Result:

@@ -78,21 +78,32 @@ ADAPTER(h_exit0)
 	return plain(ex, out);
 }
 
+static void mark(void)
+{
+	const char *name = getenv("HOSTILE_MARK");
+	FILE *f = name ? fopen(name, "w") : NULL;
+	if (f)
+		fclose(f);
+}
+
+/* (creates the file named by $HOSTILE_MARK before it loops: the ^C tests wait for it) */
 ADAPTER(h_loop)
 {
 	(void)state; (void)access;
-	if (triggered(ex))
+	if (triggered(ex)) {
+		mark();
 		for (;;)
 			depth++;
+	}
 	return plain(ex, out);
 }
 
 ADAPTER(h_print)
 {
 	(void)state; (void)access;
-	printf("{\"type\": \"summary\", \"from\": \"the C code\"}\n");
+	printf("{\"type\": \"summary\", \"from\": \"HOSTILE-PRINT\"}\n");
 	fflush(stdout);
-	fprintf(stderr, "the C code on stderr\n");
+	fprintf(stderr, "HOSTILE-PRINT on stderr\n");
 	return plain(ex, out);
 }
 
@@ -130,12 +141,7 @@ ADAPTER(h_late_loop)
 	static unsigned long calls;
 	(void)state; (void)access;
 	if (++calls > 2000) {
-		const char *mark = getenv("HOSTILE_MARK");
-		if (mark) {
-			FILE *f = fopen(mark, "w");
-			if (f)
-				fclose(f);
-		}
+		mark();
 		for (;;)
 			depth++;
 	}

@@ -33,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "vmxaddr.h"
@@ -121,6 +122,10 @@ int main(int argc, char **argv)
 	shm = mmap(NULL, sizeof(*shm), PROT_READ | PROT_WRITE, MAP_SHARED, shm_fd, 0);
 	if (shm == MAP_FAILED)
 		return 3;
+	{
+		struct rlimit none = { 0, 0 };
+		setrlimit(RLIMIT_CORE, &none);  /* a crash is a finding, not a core file per case */
+	}
 	if (pthread_create(&t, NULL, watch, NULL) != 0)
 		internal_error(shm, rep, "cannot start the lifeline thread");
 	signal(SIGPIPE, SIG_IGN);
