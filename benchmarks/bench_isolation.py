@@ -10,6 +10,12 @@ figure is the report's cases_per_second (cases over the generating phase, shrink
 Per model: every run's rate, the median of each mode, and isolated / in-process (1.0: no cost;
 issue 21 allows no less than 0.8). Default models: kvm-linux-6.1 (needs `vmxaddr sources fetch
 linux-6.1`) and the example adapter c:docs/examples/tinyvmx.c:tinyvmx_operand.
+
+`--calls N` measures fuzz's comparison loop without the case generation, less exposed to the
+noise: N fuzz cases generated once, then each compared with sdm (vmxaddr.diff.divergence) with
+the model in process, and isolated the way fuzz runs it (256 cases per round trip, the next
+chunk submitted before this one is compared): wall-clock microseconds per case, best of R
+interleaved repeats.
 """
 
 from __future__ import annotations
@@ -39,12 +45,73 @@ def rate(model: str, seconds: float, in_process: bool) -> float:
     return float(json.loads(p.stdout)["cases_per_second"])
 
 
+def calls(model: str, n: int, repeat: int) -> None:
+    """Microseconds per case of the model's calls, in process and isolated (fuzz's chunks)."""
+    import random
+    import time
+
+    sys.path.insert(0, str(ROOT))
+    from vmxaddr.diff import divergence, exit_and_access
+    from vmxaddr.exitinfo import DEFAULT_POLICY
+    from vmxaddr.fuzz.campaign import CHUNK, model_mnemonics
+    from vmxaddr.fuzz.choosers import RecordingChooser, gen_case
+    from vmxaddr.models import get
+    from vmxaddr.realcode import models as rm
+
+    os.environ["VMXADDR_IN_PROCESS"] = "1"
+    inproc = rm.resolve(model)
+    os.environ.pop("VMXADDR_IN_PROCESS")
+    for f in (rm.c_model, rm.release_model, rm.tree_model):
+        f.cache_clear()
+    isolated = rm.resolve(model)
+    ch = RecordingChooser(random.Random(7))
+    mn = model_mnemonics(isolated)
+    items = []
+    for _ in range(n):
+        case = gen_case(ch, mn, DEFAULT_POLICY)
+        exit, access = exit_and_access(case.instruction, case.state.rip, DEFAULT_POLICY)
+        items.append((exit, case.state, access))
+    chunks = [items[i:i + CHUNK] for i in range(0, n, CHUNK)]
+
+    sdm = get("sdm")
+
+    def in_process() -> float:
+        t = time.perf_counter()
+        for e, st, a in items:
+            divergence(e, st, a, inproc, sdm)
+        return time.perf_counter() - t
+
+    def isolated_run() -> float:
+        t = time.perf_counter()
+        isolated.submit(chunks[0])
+        for k, c in enumerate(chunks):
+            isolated.collect(c)
+            if k + 1 < len(chunks):
+                isolated.submit(chunks[k + 1])
+            for e, st, a in c:
+                divergence(e, st, a, isolated, sdm)
+        return time.perf_counter() - t
+
+    best = {"in process": 1e9, "isolated": 1e9}
+    for _ in range(repeat):
+        best["in process"] = min(best["in process"], in_process())
+        best["isolated"] = min(best["isolated"], isolated_run())
+    a, b = (best[k] / n * 1e6 for k in ("in process", "isolated"))
+    print(f"{model}: {n} cases, best of {repeat}: in process {a:.2f} us/case, isolated {b:.2f} us/case "
+          f"(+{b - a:.2f} us a case)", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--time", type=float, default=15.0)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--model", action="append", help=f"a model to measure (repeatable; default: {', '.join(MODELS)})")
+    ap.add_argument("--calls", type=int, metavar="N", help="measure the model's calls on N cases instead (see above)")
     args = ap.parse_args()
+    if args.calls:
+        for model in args.model or MODELS:
+            calls(model, args.calls, args.repeat)
+        return 0
     for model in args.model or MODELS:
         rate(model, 1.0, False)  # build the library, the worker and the marshaller once, outside the figures
         runs: dict[bool, list[float]] = {True: [], False: []}

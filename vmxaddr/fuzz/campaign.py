@@ -92,8 +92,10 @@ def scan_block(a: Model, b: Model, mnemonics: Sequence[str], policy: Policy, enc
     timed = limits.hard_stop is not None or stop is not None
     # Models that run in a worker process (vmxaddr.realcode.worker) get each chunk of cases in one
     # round trip before it is compared: the cases are generated a chunk ahead, in the same order.
-    ahead = [m.prefetch for m in (b, a) if getattr(m, "prefetch", None) is not None] if encoder == "sdm" else []
+    ahead = list({id(m): m for m in (b, a) if getattr(m, "submit", None) is not None}.values()) \
+        if encoder == "sdm" else []
     chunk: list[tuple[Any, ...]] = []
+    following: list[tuple[Any, ...]] = []  # the next chunk, submitted to the workers
     cut = False  # the worker's cases ran out of time within a chunk
     i = 0
     try:
@@ -111,13 +113,17 @@ def scan_block(a: Model, b: Model, mnemonics: Sequence[str], policy: Policy, enc
                 if ahead and not chunk:
                     if cut:
                         break
-                    chunk = _chunk(ch, mnemonics, policy, min(CHUNK, n - i))
+                    chunk = following or _submit(ahead, _chunk(ch, mnemonics, policy, min(CHUNK, n - i)))
                     items = [(e, c.state, acc) for c, _, e, acc in chunk]
-                    for fetch in ahead:
-                        done = fetch(items, limits.hard_stop)
+                    for m in ahead:
+                        done = m.collect(items, limits.hard_stop)
                         if done < len(chunk):  # (a model that hangs on many cases)
                             del chunk[done:], items[done:]
                             cut = True
+                    left = n - i - len(chunk)
+                    # the workers run the next chunk while this one is compared
+                    following = _submit(ahead, _chunk(ch, mnemonics, policy, min(CHUNK, left))) if left > 0 and \
+                        not cut else []
                     chunk.reverse()
                 if chunk:
                     case, log, exit, access = chunk.pop()
@@ -167,6 +173,13 @@ def _chunk(ch: RecordingChooser, mnemonics: Sequence[str], policy: Policy, k: in
         exit, access = exit_and_access(case.instruction, case.state.rip, policy)
         out.append((case, ch.log, exit, access))
     return out
+
+
+def _submit(models: list[Any], chunk: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    items = [(e, c.state, acc) for c, _, e, acc in chunk]
+    for m in models:
+        m.submit(items)
+    return chunk
 
 
 def fuzz(a: Model, b: Model, *, seed: int = 0, max_examples: int | None = None, seconds: float | None = None,

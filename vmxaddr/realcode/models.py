@@ -219,20 +219,37 @@ def make_model(name: str, load: Callable[[], Any], info: RealCodeInfo,
                 except TypeError:  # an unhashable state: not remembered
                     pass
 
-    def prefetch(items: list[tuple[ExitInfo, CpuState, Access]], deadline: float | None = None) -> int:
-        """Run the model on many cases in one round trip to its worker; the calls that follow on
-        the very same objects take these results (fuzz's batches). How many cases have one: all,
-        unless cases failed (hung, say) past `deadline` (time.time())."""
+    def submit(items: list[tuple[ExitInfo, CpuState, Access]]) -> bool:
+        """Start the model's worker on these cases (at most worker.BATCH) and return at once;
+        `collect(items)` takes the results. False if the model does not run in a worker."""
         lib = cell[0] if cell else load_now()
+        if not isinstance(lib, Worker):
+            return False
+        plans = [plan_of(e) for e, _, _ in items] if operand_only and not lib.packs else None  # (ctypes packing)
+        lib.submit(items, operand_only, plans)
+        return True
+
+    def collect(items: list[tuple[ExitInfo, CpuState, Access]], deadline: float | None = None) -> int:
+        """The results of the cases `submit` sent (the same list): the calls that follow on these
+        very objects take them. How many cases have one: all, unless cases failed (hung, say)
+        past `deadline` (time.time())."""
+        lib = cell[0]
         ahead.clear()
         held[0] = None
         if not isinstance(lib, Worker) or not items:
             return len(items)
-        raws = lib.run(items, operand_only, [plan_of(e) for e, _, _ in items] if operand_only else None, deadline)
+        raws = lib.collect(deadline)
         remember(items[:len(raws)], raws)
         held[0] = items
         ahead.update(zip([(id(e), id(s), id(a)) for e, s, a in items[:len(raws)]], raws, strict=True))
         return len(raws)
+
+    def prefetch(items: list[tuple[ExitInfo, CpuState, Access]], deadline: float | None = None) -> int:
+        """submit() and collect() in one: many cases in one round trip to the worker."""
+        if not submit(items):
+            ahead.clear()
+            return len(items)
+        return collect(items, deadline)
 
     def model(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) -> Result:
         lib = cell[0] if cell else load_now()
@@ -303,6 +320,8 @@ def make_model(name: str, load: Callable[[], Any], info: RealCodeInfo,
         model.limit_check = limit_check  # type: ignore[attr-defined]
     model.load = load_now  # type: ignore[attr-defined]
     model.prefetch = prefetch  # type: ignore[attr-defined]
+    model.submit = submit  # type: ignore[attr-defined]
+    model.collect = collect  # type: ignore[attr-defined]
     model.marshalled = lambda: bool(fast)  # type: ignore[attr-defined]
     return model
 

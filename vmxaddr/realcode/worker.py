@@ -135,14 +135,16 @@ class Worker:
         self.mnemonics: str | None = None
         self.layout: tuple[int, ...] | None = None
         self.starts = 0
+        self.pending = 0  # cases submitted, not collected (negative: the request could not be sent)
         m = marshaller()  # the module's call(); its pack() writes a case into the shared memory
         self._pack = getattr(getattr(m, "__self__", None), "pack", None)
+        self.packs = self._pack is not None  # else run() needs each case's plan (bridge._Buffers.load_operand)
         self._buffers = _Buffers()
 
     # -- the process --------------------------------------------------------------------------
     def _files(self) -> None:
         if self.pid != os.getpid():  # forked: the parent's worker and memory are not ours
-            self.proc, self.mm, self.fds, self.pid = None, None, [], os.getpid()
+            self.proc, self.mm, self.fds, self.pid, self.pending = None, None, [], os.getpid(), 0
             self.lock = threading.Lock()
         if self.mm is None:
             shm = os.memfd_create("vmxaddr-worker", os.MFD_CLOEXEC)
@@ -345,31 +347,68 @@ class Worker:
         After a failure past `deadline` (time.time()) no more cases are run: fewer results."""
         out: list[tuple[int, ...] | Failure] = []
         with self.lock:
-            if self.proc is None or self.pid != os.getpid():
-                self.start()
-            unpack, mm = RESULT.unpack_from, self.mm
+            self._drain()
             for start in range(0, len(items), BATCH):
                 chunk = items[start:start + BATCH]
-                assert self.mm is not None
-                mm = self.mm
-                for i, (exit, state, access) in enumerate(chunk):
-                    self.pack(i, exit, state, access, operand_only, plans[start + i] if plans else None)
-                first = 0
-                while first < len(chunk):
-                    f = self._request(OP_BATCH, first, len(chunk) - first)
-                    if f is None:
-                        out.extend(unpack(mm, OUT_OFFSET + RESULT.size * i) for i in range(first, len(chunk)))
-                        break
-                    bad = min(_U32.unpack_from(mm, 0)[0], len(chunk))
-                    if bad < first:  # died before its first call of this request
-                        bad = first
-                    out.extend(unpack(mm, OUT_OFFSET + RESULT.size * i) for i in range(first, bad))
-                    out.append(f)
-                    first = bad + 1
-                    if deadline is not None and first < len(chunk) and time.time() >= deadline:
-                        self._trim_output()
-                        return out
-                self._trim_output()
+                self._pack_all(chunk, operand_only, plans[start:start + BATCH] if plans else None)
+                out.extend(self._batch(len(chunk), deadline, False))
+                if len(out) < start + len(chunk):
+                    break
+        return out
+
+    def submit(self, items: list[tuple[Any, Any, Any]], operand_only: bool, plans: list[Any] | None = None) -> None:
+        """Start the worker on up to BATCH cases and return at once (fuzz compares the cases of
+        one chunk while the worker runs the next): `collect` gives the results."""
+        with self.lock:
+            self._drain()
+            items = items[:BATCH]
+            self._pack_all(items, operand_only, plans)
+            try:
+                os.write(self.fds[2], _REQUEST.pack(OP_BATCH, 0, len(items)))
+                self.pending = len(items)
+            except OSError:  # it died after its last request: collect() finds out why
+                self.pending = -len(items)
+
+    def collect(self, deadline: float | None = None) -> list[tuple[int, ...] | Failure]:
+        """The results of the cases `submit` sent (fewer after a failure past `deadline`)."""
+        with self.lock:
+            n, self.pending = self.pending, 0
+            return self._batch(abs(n), deadline, n > 0)
+
+    def _drain(self) -> None:
+        """Wait out (and drop) a batch submitted and never collected."""
+        if self.pending:
+            n, self.pending = self.pending, 0
+            if n > 0 and self.proc is not None:
+                self._wait(call_timeout())
+
+    def _pack_all(self, items: list[tuple[Any, Any, Any]], operand_only: bool, plans: list[Any] | None) -> None:
+        if self.proc is None or self.pid != os.getpid():
+            self.start()
+        for i, (exit, state, access) in enumerate(items):
+            self.pack(i, exit, state, access, operand_only, plans[i] if plans else None)
+
+    def _batch(self, n: int, deadline: float | None, sent: bool) -> list[tuple[int, ...] | Failure]:
+        """Records 0…n-1 (packed) run: each result or failure. `sent`: the request for all n is
+        already on its way."""
+        out: list[tuple[int, ...] | Failure] = []
+        unpack = RESULT.unpack_from
+        first = 0
+        while first < n:
+            f = self._wait(call_timeout()) if sent else self._request(OP_BATCH, first, n - first)
+            sent = False
+            assert self.mm is not None
+            mm = self.mm
+            if f is None:
+                out.extend(unpack(mm, OUT_OFFSET + RESULT.size * i) for i in range(first, n))
+                break
+            bad = min(max(_U32.unpack_from(mm, 0)[0], first), n)  # (at `first`: died before its first call)
+            out.extend(unpack(mm, OUT_OFFSET + RESULT.size * i) for i in range(first, bad))
+            out.append(f)
+            first = bad + 1
+            if deadline is not None and first < n and time.time() >= deadline:
+                break
+        self._trim_output()
         return out
 
     def _trim_output(self) -> None:
@@ -383,6 +422,7 @@ class Worker:
         """symbol(exit, state, access, p0, p1, p2, p3), p0…p3 four zeroed scratch areas of SCRATCH
         bytes: its return value and the areas after the call (explain's instrumented calls)."""
         with self.lock:
+            self._drain()
             if self.proc is None or self.pid != os.getpid():
                 self.start()
             assert self.mm is not None
@@ -398,6 +438,7 @@ class Worker:
     def string_at(self, address: int) -> str:
         """The C string at `address` in the worker (a pointer a call_symbol left in its scratch)."""
         with self.lock:
+            self._drain()
             if self.proc is None:
                 return ""
             assert self.mm is not None
@@ -408,6 +449,7 @@ class Worker:
     def symbol_bytes(self, symbol: str, size: int) -> bytes | None:
         """The first `size` bytes of the library's data symbol `symbol` (None if it has none)."""
         with self.lock:
+            self._drain()
             if self.proc is None or self.pid != os.getpid():
                 self.start()
             assert self.mm is not None

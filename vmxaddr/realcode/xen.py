@@ -233,6 +233,10 @@ def _model(name: str, info: Any, make_inner: Any) -> Any:
     model.load = load  # type: ignore[attr-defined]
     model.mnemonics = MNEMONICS  # type: ignore[attr-defined]
     model.classify = classify  # type: ignore[attr-defined]
+    # fuzz's batches (vmxaddr.realcode.models.make_model), passed on
+    model.submit = lambda items: load().submit(items)  # type: ignore[attr-defined]
+    model.collect = lambda items, deadline=None: load().collect(items, deadline)  # type: ignore[attr-defined]
+    model.prefetch = lambda items, deadline=None: load().prefetch(items, deadline)  # type: ignore[attr-defined]
     return model
 
 
