@@ -157,6 +157,10 @@ def scan_block(a: Model, b: Model, mnemonics: Sequence[str], policy: Policy, enc
                     progress(i, len(classes))
     except KeyboardInterrupt:
         out.interrupted = True
+    finally:
+        if following:  # submitted, not needed: a worker still busy with it is stopped
+            for m in ahead:
+                m.cancel()
     out.cases = i
     return out
 

@@ -244,6 +244,13 @@ def make_model(name: str, load: Callable[[], Any], info: RealCodeInfo,
         ahead.update(zip([(id(e), id(s), id(a)) for e, s, a in items[:len(raws)]], raws, strict=True))
         return len(raws)
 
+    def cancel() -> None:
+        """Drop what submit() sent and nobody collected (fuzz's block ended early)."""
+        ahead.clear()
+        held[0] = None
+        if cell and isinstance(cell[0], Worker):
+            cell[0].cancel()
+
     def prefetch(items: list[tuple[ExitInfo, CpuState, Access]], deadline: float | None = None) -> int:
         """submit() and collect() in one: many cases in one round trip to the worker."""
         if not submit(items):
@@ -322,6 +329,7 @@ def make_model(name: str, load: Callable[[], Any], info: RealCodeInfo,
     model.prefetch = prefetch  # type: ignore[attr-defined]
     model.submit = submit  # type: ignore[attr-defined]
     model.collect = collect  # type: ignore[attr-defined]
+    model.cancel = cancel  # type: ignore[attr-defined]
     model.marshalled = lambda: bool(fast)  # type: ignore[attr-defined]
     return model
 

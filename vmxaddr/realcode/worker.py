@@ -136,6 +136,7 @@ class Worker:
         self.layout: tuple[int, ...] | None = None
         self.starts = 0
         self.pending = 0  # cases submitted, not collected (negative: the request could not be sent)
+        self.stash: list[tuple[int, ...] | Failure] | None = None  # their results, when another call came first
         m = marshaller()  # the module's call(); its pack() writes a case into the shared memory
         self._pack = getattr(getattr(m, "__self__", None), "pack", None)
         self.packs = self._pack is not None  # else run() needs each case's plan (bridge._Buffers.load_operand)
@@ -144,7 +145,7 @@ class Worker:
     # -- the process --------------------------------------------------------------------------
     def _files(self) -> None:
         if self.pid != os.getpid():  # forked: the parent's worker and memory are not ours
-            self.proc, self.mm, self.fds, self.pid, self.pending = None, None, [], os.getpid(), 0
+            self.proc, self.mm, self.fds, self.pid, self.pending, self.stash = None, None, [], os.getpid(), 0, None
             self.lock = threading.Lock()
         if self.mm is None:
             shm = os.memfd_create("vmxaddr-worker", os.MFD_CLOEXEC)
@@ -222,9 +223,12 @@ class Worker:
         self._close_pipes()
         if proc is not None and proc.returncode is None:
             try:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)  # its session: with any process the C started
             except OSError:
-                pass
+                try:
+                    proc.kill()
+                except OSError:
+                    pass
             try:
                 proc.wait(5)
             except subprocess.TimeoutExpired:
@@ -317,13 +321,20 @@ class Worker:
     def _request(self, op: int, first: int = 0, count: int = 0) -> Failure | None:
         if self.proc is None or self.pid != os.getpid():
             self.start()
+        sent = False
         try:
             os.write(self.fds[2], _REQUEST.pack(op, first, count))
-        except OSError:  # it died between two requests
-            f = self._died()
+            sent = True
+            return self._wait(call_timeout())
+        except OSError:
+            if sent:
+                raise
+            f = self._died()  # it died between two requests
             self.stop()
             return f
-        return self._wait(call_timeout())
+        except BaseException:  # ^C: a worker left busy would answer the next request late
+            self.stop()
+            raise
 
     # -- the calls --------------------------------------------------------------------------
     def pack(self, i: int, exit: Any, state: Any, access: Any, operand_only: bool, plan: Any = None) -> None:
@@ -363,24 +374,36 @@ class Worker:
             self._drain()
             items = items[:BATCH]
             self._pack_all(items, operand_only, plans)
+            self.pending = len(items)  # first: a ^C right after the write must find the worker busy
             try:
                 os.write(self.fds[2], _REQUEST.pack(OP_BATCH, 0, len(items)))
-                self.pending = len(items)
             except OSError:  # it died after its last request: collect() finds out why
                 self.pending = -len(items)
 
     def collect(self, deadline: float | None = None) -> list[tuple[int, ...] | Failure]:
         """The results of the cases `submit` sent (fewer after a failure past `deadline`)."""
         with self.lock:
+            if self.stash is not None:
+                out, self.stash = self.stash, None
+                return out
             n, self.pending = self.pending, 0
             return self._batch(abs(n), deadline, n > 0)
 
+    def cancel(self) -> None:
+        """Drop a batch submitted and not collected (fuzz's block ended: ^C, out of time): a busy
+        worker is killed, the next call starts another."""
+        with self.lock:
+            self.stash = None
+            if self.pending:
+                self.pending = 0
+                self.stop()
+
     def _drain(self) -> None:
-        """Wait out (and drop) a batch submitted and never collected."""
+        """Before another request: finish the batch submitted and not collected, its results
+        kept for collect()."""
         if self.pending:
             n, self.pending = self.pending, 0
-            if n > 0 and self.proc is not None:
-                self._wait(call_timeout())
+            self.stash = self._batch(abs(n), None, n > 0)
 
     def _pack_all(self, items: list[tuple[Any, Any, Any]], operand_only: bool, plans: list[Any] | None) -> None:
         if self.proc is None or self.pid != os.getpid():

@@ -237,6 +237,7 @@ def _model(name: str, info: Any, make_inner: Any) -> Any:
     model.submit = lambda items: load().submit(items)  # type: ignore[attr-defined]
     model.collect = lambda items, deadline=None: load().collect(items, deadline)  # type: ignore[attr-defined]
     model.prefetch = lambda items, deadline=None: load().prefetch(items, deadline)  # type: ignore[attr-defined]
+    model.cancel = lambda: load().cancel()  # type: ignore[attr-defined]
     return model
 
 
