@@ -16,6 +16,10 @@ noise: N fuzz cases generated once, then each compared with sdm (vmxaddr.diff.di
 the model in process, and isolated the way fuzz runs it (256 cases per round trip, the next
 chunk submitted before this one is compared): wall-clock microseconds per case, best of R
 interleaved repeats.
+
+`--cases N` runs whole fuzz campaigns in one process instead (vmxaddr.fuzz.campaign.fuzz on N
+cases, seed 1, no shrinking), the model in process and isolated alternately: wall-clock and CPU
+seconds of each run. No process start-up, no --time: the steadiest of the three on a busy machine.
 """
 
 from __future__ import annotations
@@ -101,13 +105,56 @@ def calls(model: str, n: int, repeat: int) -> None:
           f"(+{b - a:.2f} us a case)", flush=True)
 
 
+def campaigns(model: str, n: int, repeat: int) -> None:
+    """Whole fuzz campaigns of n cases, in process and isolated alternately, in this process."""
+    import time
+
+    sys.path.insert(0, str(ROOT))
+    from vmxaddr.fuzz.campaign import fuzz
+    from vmxaddr.models import get
+    from vmxaddr.realcode import models as rm
+
+    os.environ["VMXADDR_IN_PROCESS"] = "1"
+    inproc = rm.resolve(model)
+    os.environ.pop("VMXADDR_IN_PROCESS")
+    for f in (rm.c_model, rm.release_model, rm.tree_model):
+        f.cache_clear()
+    from vmxaddr.realcode import xen
+
+    xen.release_model.cache_clear()
+    isolated = rm.resolve(model)
+    sdm = get("sdm")
+    fuzz(inproc, sdm, max_examples=min(n, 2000), shrink=False)  # warm both (memos, the worker)
+    fuzz(isolated, sdm, max_examples=min(n, 2000), shrink=False)
+    runs: dict[str, list[tuple[float, float]]] = {"in process": [], "isolated": []}
+    for i in range(repeat):
+        order = (("in process", inproc), ("isolated", isolated))
+        for name, m in order if i % 2 == 0 else order[::-1]:
+            t, c = time.perf_counter(), time.process_time()
+            fuzz(m, sdm, max_examples=n, shrink=False, seed=1)
+            runs[name].append((time.perf_counter() - t, time.process_time() - c))
+    for name, v in runs.items():
+        walls = [w for w, _ in v]
+        print(f"{model}: {name:10} {n} cases: wall {', '.join(f'{w:.2f}' for w in walls)} s "
+              f"(median {n / statistics.median(walls):,.0f} cases/s); vmxaddr's CPU "
+              f"{', '.join(f'{c:.2f}' for _, c in v)} s", flush=True)
+    w_in = statistics.median([w for w, _ in runs["in process"]])
+    w_iso = statistics.median([w for w, _ in runs["isolated"]])
+    print(f"{model}: isolated / in process (cases/s, medians) = {w_in / w_iso:.2f}\n", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--time", type=float, default=15.0)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--model", action="append", help=f"a model to measure (repeatable; default: {', '.join(MODELS)})")
     ap.add_argument("--calls", type=int, metavar="N", help="measure the model's calls on N cases instead (see above)")
+    ap.add_argument("--cases", type=int, metavar="N", help="time whole campaigns of N cases in one process (see above)")
     args = ap.parse_args()
+    if args.cases:
+        for model in args.model or MODELS:
+            campaigns(model, args.cases, args.repeat)
+        return 0
     if args.calls:
         for model in args.model or MODELS:
             calls(model, args.calls, args.repeat)
