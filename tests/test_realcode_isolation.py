@@ -295,3 +295,19 @@ def test_a_batch_goes_on_past_each_failing_case(env: dict[str, str], monkeypatch
         assert w.starts == 3  # the first worker, and one after each crash
     finally:
         w.close()
+
+
+def test_isolated_fuzz_reports_what_in_process_fuzz_does(env: dict[str, str]) -> None:
+    """The batches (256 cases a round trip, the next chunk run while this one is compared) give
+    each case its own answer: the same classes, counts and first cases as the C loaded into
+    vmxaddr (VMXADDR_IN_PROCESS=1, the code path before the isolation) — the oracle here."""
+    def report(extra: dict[str, str]) -> list[tuple[str, int, int]]:
+        p = subprocess.run([sys.executable, "-m", "vmxaddr.cli", "fuzz", "--model",
+                            "c:docs/examples/tinyvmx.c:tinyvmx_operand", "--max-examples", "1500", "--seed", "4",
+                            "--json", "--quiet", "--hypothesis-examples", "0"], capture_output=True, text=True,
+                           env={**env, **extra}, cwd=ROOT, timeout=300)
+        assert p.returncode == 0, p.stderr
+        return sorted((c["name"], c["count"], c["first_case"]) for c in json.loads(p.stdout)["classes"])
+
+    isolated = report({})
+    assert isolated and isolated == report({"VMXADDR_IN_PROCESS": "1"})
