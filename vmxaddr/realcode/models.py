@@ -225,8 +225,8 @@ def make_model(name: str, load: Callable[[], Any], info: RealCodeInfo,
         lib = cell[0] if cell else load_now()
         if not isinstance(lib, Worker):
             return False
-        plans = [plan_of(e) for e, _, _ in items] if operand_only and not lib.packs else None  # (ctypes packing)
-        lib.submit(items, operand_only, plans)
+        lib.submit(items, operand_only,  # each case's plan only for the ctypes packing (no marshaller)
+                   [plan_of(e) for e, _, _ in items] if operand_only and not lib.packs else None)
         return True
 
     def collect(items: list[tuple[ExitInfo, CpuState, Access]], deadline: float | None = None) -> int:
