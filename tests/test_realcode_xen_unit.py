@@ -253,7 +253,7 @@ def test_canonical_check_and_the_exception_slot(tmp_path):
     t = xen.trace(lib, ExitInfo("vmptrld", INFO, 0x8000_0000_0000), st, ACCESS)
     assert (t.returned, t.queued, t.vector, t.error_code) == (2, 1, 13, 0)
     # the line of the injecting call, in the file it was extracted from (#line)
-    assert t.file.decode().endswith("vvmx.c")
+    assert lib.string_at(t.file).endswith("vvmx.c")
     assert VVMX_C.splitlines()[t.line - 1].strip() == "hvm_inject_hw_exception(TRAP_gp_fault, 0);"
 
 

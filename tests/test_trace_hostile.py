@@ -152,8 +152,8 @@ def test_reference_model_that_raises_is_not_success(capsys: pytest.CaptureFixtur
     status = cli.main(["check-trace", "-q", "--against", raising_model, str(DATA / "good.jsonl")])
     out = capsys.readouterr().out
     assert status == 1
-    assert "the reference model test-raises raised on 6 records, which are not checked (first: an answer from " \
-           "test-raises (ZeroDivisionError: no answer))" in out
+    assert "the reference model test-raises failed on 6 records (it raised, crashed or hung), which are not checked " \
+           "(first: line 2: an answer from test-raises (ZeroDivisionError: no answer))" in out  # line 1: a state
     status, objs, _ = _json_run(["check-trace", "-q", "--json", "--against", raising_model, str(DATA / "good.jsonl")],
                                 capsys)
     assert status == 1 and objs[-1]["reference_errors"] == 6 and objs[-1]["exit_status"] == 1

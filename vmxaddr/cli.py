@@ -80,6 +80,27 @@ def add_case_options(p: argparse.ArgumentParser, hex_arg: bool = True) -> None:
         p.add_argument("hex", nargs="+", metavar="HEX", help="instruction bytes in hex; spaces allowed (e.g. 0f7845d8 or '0f 78 45 d8')")
 
 
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < v <= 86400:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0 (at most 86400)")
+    return v
+
+
+def add_call_timeout(p: argparse.ArgumentParser) -> None:
+    """--call-timeout, for every command that runs a model (applied in main)."""
+    from vmxaddr.realcode.worker import DEFAULT_CALL_TIMEOUT
+
+    p.add_argument("--call-timeout", type=_seconds, metavar="SECONDS",
+                   help="time limit for one call of a compiled model (c:FILE.c:FUNCTION, c:LIB.so:FUNCTION, "
+                   f"kvm-tree:PATH, kvm-linux-*, xen-*; default {DEFAULT_CALL_TIMEOUT:g}): such models run in a worker "
+                   "process, and a call that takes longer, like a crash or an exit, is reported as what the model "
+                   "did (\"model timed out\"), not waited for")
+
+
 def policy_from(args: argparse.Namespace) -> Policy:
     return Policy(args.exit_qual, args.undefined_bits, args.ignored_segment, args.si_di, args.seed,
                   getattr(args, "apx", False))
@@ -262,6 +283,7 @@ def register_core(sub: Any) -> None:
     add_case_options(p)
     p.add_argument("--model", default="sdm", help="model to run (default sdm; `vmxaddr models` lists them, "
                    "or module.path:function)")
+    add_call_timeout(p)
     p.add_argument("--svg", metavar="FILE", help="also draw the field and the computation as a flow (bytes -> "
                    "fields -> displacement -> EA -> segment -> linear -> checks -> outcome) into FILE, an SVG "
                    "picture (- : the picture to stdout instead of the text)")
@@ -385,6 +407,26 @@ def _silence_stdout() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; the exit statuses are listed in docs/state-format.md."""
+    top = argv is None  # the program itself (not a test calling main): may end at once after ^C
+    code = _run(argv)
+    if code == 130 and top:
+        _end_now(code)
+    return code
+
+
+def _end_now(code: int) -> None:
+    """After ^C, with the results written: end without the interpreter's teardown, which takes a
+    second or more on a loaded machine (hypothesis, which fuzz imports, and the memos). The
+    compiled models' worker processes end with us (their lifeline, vmxaddr.realcode.worker)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cut = argv.index("--") if "--" in argv else len(argv)
     debug = "--debug" in argv[:cut]
@@ -398,6 +440,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vmxaddr.models.guard import ModelError
 
     name = f"vmxaddr {args.command}"
+    if getattr(args, "call_timeout", None) is not None:
+        from vmxaddr.realcode.worker import set_call_timeout
+
+        set_call_timeout(args.call_timeout)  # (in the environment: fuzz --jobs workers inherit it)
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a full disk must be reported here, not at interpreter exit

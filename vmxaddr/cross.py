@@ -79,4 +79,5 @@ def register(sub: Any) -> None:
                    f"(default sdm; one of {', '.join(ENCODERS)})")
     p.add_argument("--model", required=True, help="the consumer under test (`vmxaddr models` lists them)")
     p.add_argument("--against", default="sdm", help="the reference consumer, run on the SDM encoder's information (default sdm)")
+    cli.add_call_timeout(p)
     p.set_defaults(func=cmd_cross)

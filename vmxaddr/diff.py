@@ -469,7 +469,7 @@ EPILOG = """examples:
 
 
 def register(sub: Any) -> None:
-    from vmxaddr.cli import add_case_options
+    from vmxaddr.cli import add_call_timeout, add_case_options
 
     p = sub.add_parser("diff", help="run several models on one case, side by side, first difference marked",
                        description="Run several models on one instruction and CPU state and compare them with "
@@ -479,6 +479,7 @@ def register(sub: Any) -> None:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", required=True, metavar="A,B,...",
                    help="comma-separated model names (`vmxaddr models`) or module.path:function; the first is the reference")
+    add_call_timeout(p)
     p.add_argument("--lam", action="append", default=[], choices=("sup", "u48", "u57"),
                    help="enable linear-address masking: CR4.LAM_SUP (sup) or CR3.LAM_U48/LAM_U57")
     p.add_argument("--encoder", default="sdm", metavar="NAME",

@@ -90,6 +90,13 @@ def scan_block(a: Model, b: Model, mnemonics: Sequence[str], policy: Policy, enc
     classes: dict[str, ClassReport] = {}
     out = Block(index, 0, classes)
     timed = limits.hard_stop is not None or stop is not None
+    # Models that run in a worker process (vmxaddr.realcode.worker) get each chunk of cases in one
+    # round trip before it is compared: the cases are generated a chunk ahead, in the same order.
+    ahead = list({id(m): m for m in (b, a) if getattr(m, "submit", None) is not None}.values()) \
+        if encoder == "sdm" else []
+    chunk: list[tuple[Any, ...]] = []
+    following: list[tuple[Any, ...]] = []  # the next chunk, submitted to the workers
+    cut = False  # the worker's cases ran out of time within a chunk
     i = 0
     try:
         with bulk_work():  # millions of short-lived objects (vmxaddr.throughput)
@@ -103,11 +110,31 @@ def scan_block(a: Model, b: Model, mnemonics: Sequence[str], policy: Policy, enc
                         break
                     if limits.soft_stop is not None and (classes or limits.known) and now >= limits.soft_stop:
                         break
-                ch.log = []
-                case = gen_case(ch, mnemonics, policy)
+                if ahead and not chunk:
+                    if cut:
+                        break
+                    chunk = following or _submit(ahead, _chunk(ch, mnemonics, policy, min(CHUNK, n - i)))
+                    items = [(e, c.state, acc) for c, _, e, acc in chunk]
+                    for m in ahead:
+                        done = m.collect(items, limits.hard_stop)
+                        if done < len(chunk):  # (a model that hangs on many cases)
+                            del chunk[done:], items[done:]
+                            cut = True
+                    left = n - i - len(chunk)
+                    # the workers run the next chunk while this one is compared
+                    following = _submit(ahead, _chunk(ch, mnemonics, policy, min(CHUNK, left))) if left > 0 and \
+                        not cut else []
+                    chunk.reverse()
+                if chunk:
+                    case, log, exit, access = chunk.pop()
+                else:
+                    ch.log = []
+                    case = gen_case(ch, mnemonics, policy)
+                    log = ch.log
                 try:
                     if encoder == "sdm":
-                        exit, access = exit_and_access(case.instruction, case.state.rip, policy)
+                        if not ahead:
+                            exit, access = exit_and_access(case.instruction, case.state.rip, policy)
                         name = divergence(exit, case.state, access, a, b)
                     else:
                         name = case_divergence(case, a, b, encoder)
@@ -119,7 +146,7 @@ def scan_block(a: Model, b: Model, mnemonics: Sequence[str], policy: Policy, enc
                 if name is not None:
                     rep = classes.get(name)
                     if rep is None:
-                        rep = classes[name] = ClassReport(name, 0, base + i, time.time() - limits.start, ch.log, case,
+                        rep = classes[name] = ClassReport(name, 0, base + i, time.time() - limits.start, log, case,
                                                           first_seed=bseed)
                         if stop_when is not None and stop_when(classes):
                             rep.count += 1
@@ -130,8 +157,33 @@ def scan_block(a: Model, b: Model, mnemonics: Sequence[str], policy: Policy, enc
                     progress(i, len(classes))
     except KeyboardInterrupt:
         out.interrupted = True
+    finally:
+        if following:  # submitted, not needed: a worker still busy with it is stopped
+            for m in ahead:
+                m.cancel()
     out.cases = i
     return out
+
+
+CHUNK = 256  # cases per round trip to a model's worker process (a multiple of the 256 of the clock checks)
+
+
+def _chunk(ch: RecordingChooser, mnemonics: Sequence[str], policy: Policy, k: int) -> list[tuple[Any, ...]]:
+    """The next `k` cases of the chooser, each with its recorded choices, exit and access."""
+    out = []
+    for _ in range(k):
+        ch.log = []
+        case = gen_case(ch, mnemonics, policy)
+        exit, access = exit_and_access(case.instruction, case.state.rip, policy)
+        out.append((case, ch.log, exit, access))
+    return out
+
+
+def _submit(models: list[Any], chunk: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    items = [(e, c.state, acc) for c, _, e, acc in chunk]
+    for m in models:
+        m.submit(items)
+    return chunk
 
 
 def fuzz(a: Model, b: Model, *, seed: int = 0, max_examples: int | None = None, seconds: float | None = None,

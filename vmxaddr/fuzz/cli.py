@@ -199,6 +199,7 @@ printed anyway), 2 bad usage, 130 interrupted
 
 
 def register(sub: Any) -> None:
+    from vmxaddr.cli import add_call_timeout
     from vmxaddr.exitinfo import EXIT_QUAL_POLICIES
 
     p = sub.add_parser("fuzz", help="find, minimise and classify where two models disagree",
@@ -208,6 +209,7 @@ def register(sub: Any) -> None:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model under test: a name (`vmxaddr models`) or module.path:function")
     p.add_argument("--against", default="sdm", help="reference model (default sdm)")
+    add_call_timeout(p)
     p.add_argument("--encoder", default="sdm", metavar="NAME",
                    help="what writes the exit information --model gets (default sdm; bochs-2.7, vbox-iem: an "
                    "emulator acting as the processor); --against always gets the SDM's. Classes then say which side "

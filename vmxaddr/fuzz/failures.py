@@ -26,6 +26,7 @@ from vmxaddr.isa import SEGMENTS
 from vmxaddr.models import get
 from vmxaddr.models.base import Model, Outcome, Result
 from vmxaddr.models.guard import KINDS, VECTORS, GuardedModel, result_problem
+from vmxaddr.realcode.worker import ModelFailure
 from vmxaddr.state import MASK64
 
 MODEL = "model under test"
@@ -69,6 +70,8 @@ def resolve(name: str) -> Model:
 
 
 def failure_class(side: str, exc: BaseException) -> str:
+    if isinstance(exc, ModelFailure):  # a compiled model's worker: "model crashed: SIGSEGV", "model timed out"
+        return f"{'model' if side == MODEL else side} {exc.finding}"
     if isinstance(exc, BadAnswer):
         return f"{side} {exc}"
     return f"{side} raised {type(exc).__name__}"

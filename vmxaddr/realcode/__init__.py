@@ -9,5 +9,7 @@ One module per concern:
   shim/    vmxaddr.h (the C interface of every adapter), kvm.h and kvm_adapter.c (KVM's world)
   bridge   ctypes: pack the case into the adapter's structures, call, unpack
   models   kvm-linux-6.1, kvm-linux-6.12, kvm-tree:PATH, c:FILE.c:FUNCTION as models
+  worker   the process each runs in (shim/worker.c) and its supervisor: a crash, hang or exit
+           of the C is a finding (ModelFailure), never vmxaddr's end
   cli      `vmxaddr sources fetch|list`
 """

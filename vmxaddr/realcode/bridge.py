@@ -116,6 +116,32 @@ class Library:
         return RESULT.unpack_from(b.out)
 
 
+    # explain's instrumented calls, as vmxaddr.realcode.worker.Worker offers them
+    def call_symbol(self, symbol: str, exit: ExitInfo, state: CpuState, access: Access) -> tuple[int, list[bytes]]:
+        """symbol(exit, state, access, p0, p1, p2, p3) over four zeroed areas: (return, the areas)."""
+        fn = getattr(self.dll, symbol, None)
+        if fn is None:
+            return -1, [bytes(SCRATCH)] * 4
+        b = _Buffers()
+        b.load(exit, state, access)
+        areas = [ctypes.create_string_buffer(SCRATCH) for _ in range(4)]
+        fn.restype = ctypes.c_int
+        ret = fn(b.c_exit, b.c_state, b.c_access, *areas)
+        return int(ret), [a.raw for a in areas]
+
+    def string_at(self, address: int) -> str:
+        return ctypes.string_at(address).decode(errors="replace") if address else ""
+
+    def symbol_bytes(self, symbol: str, size: int) -> bytes | None:
+        try:
+            return bytes((ctypes.c_char * size).in_dll(self.dll, symbol))
+        except ValueError:
+            return None
+
+
+SCRATCH = 1024  # bytes of each area call_symbol passes (worker.c's SCRATCH)
+
+
 def check_layout(dll: Any, path: Path) -> None:
     try:
         arr = (ctypes.c_uint32 * len(LAYOUT)).in_dll(dll, "vmxaddr_layout")

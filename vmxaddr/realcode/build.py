@@ -240,3 +240,32 @@ def build_marshaller() -> Path:
             raise compile_error("the marshaller (shim/marshal.c)", proc.stderr)
         os.replace(target, lib)
     return lib
+
+
+# -- the worker process's program (shim/worker.c) ------------------------------------------------
+
+def build_worker(defines: Sequence[tuple[str, int]]) -> Path:
+    """Compile shim/worker.c (vmxaddr.realcode.worker) into a cached executable; `defines` are the
+    layout worker.py expects, which the program asserts at compile time."""
+    cc = compiler()
+    flags = ["-O2", "-std=gnu11", "-pthread", *(f"-D{k}={v}" for k, v in defines)]
+    source = (SHIM_DIR / "worker.c").read_text()
+    h = hashlib.sha256()
+    for item in (compiler_id(cc), " ".join(flags), (SHIM_DIR / "vmxaddr.h").read_text(), source):
+        h.update(item.encode() + b"\0")
+    out_dir = cache_dir() / "build"
+    exe = out_dir / f"worker-{h.hexdigest()[:32]}"
+    if exe.exists():
+        return exe
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        target = Path(tmp) / "worker"
+        cmd = [cc, *flags, f"-I{SHIM_DIR}", "-o", str(target), str(SHIM_DIR / "worker.c"), "-ldl"]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, LC_ALL="C"), timeout=300)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise BuildError(f"cannot build the model worker: {e}") from None
+        if proc.returncode != 0:
+            raise compile_error("the model worker (shim/worker.c)", proc.stderr)
+        os.replace(target, exe)
+    return exe

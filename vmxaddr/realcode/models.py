@@ -28,6 +28,7 @@ from typing import Any
 from vmxaddr.exitinfo import ExitInfo, operand_bits
 from vmxaddr.isa import REG64, SEGMENTS
 from vmxaddr.models.base import FAULT, OK, Access, InvalidExitInfo, Result, Step, outcome
+from vmxaddr.models.guard import describe_case
 from vmxaddr.models.kvm import HANDLED, LimitCheck
 from vmxaddr.realcode import sources
 from vmxaddr.realcode.bridge import (
@@ -48,6 +49,7 @@ from vmxaddr.realcode.bridge import (
 from vmxaddr.realcode.build import SHIM_DIR, BuildError, build_library, build_source
 from vmxaddr.realcode.extract import Extracted, ExtractError, find_function, mask
 from vmxaddr.realcode.registry import KVM_FUNCTION, KVM_LIMIT_CHECK, RELEASES, RealCodeInfo, release_info
+from vmxaddr.realcode.worker import Failure, ModelFailure, Worker, isolated
 from vmxaddr.state import CpuState
 
 MASK32 = 0xFFFFFFFF
@@ -149,7 +151,34 @@ def _call_ctypes(lib: Library, exit: ExitInfo, state: CpuState, access: Access, 
     return RESULT.unpack_from(b.out)
 
 
-def make_model(name: str, load: Callable[[], Library], info: RealCodeInfo,
+def open_library(path: Path, function: str, what: str) -> Any:
+    """The library as a model runs it: in a worker process (vmxaddr.realcode.worker), started now
+    so that a library that cannot load is reported before any case; or, with VMXADDR_IN_PROCESS=1,
+    loaded into this process."""
+    if not isolated():
+        return Library(path, function)
+    w = Worker(path, function, what)
+    w.start()
+    return w
+
+
+def _invalid(name: str, raw: tuple[int, ...], exit: ExitInfo, state: CpuState) -> ModelFailure | None:
+    """A result vmxaddr.h does not allow: a status other than OK, FAULT and NO_MEMORY, or a fault
+    whose vector is not an exception vector (0…31, SDM Vol. 3A §6.3.1)."""
+    status, vector = raw[0], raw[1]
+    if status > STATUS_NO_MEMORY:
+        detail = f"status {status}, not 0 (OK), 1 (FAULT) or 2 (NO_MEMORY)"
+    elif status == STATUS_FAULT and vector > 31:
+        detail = f"vector {vector}, not an exception vector 0…31"
+    else:
+        return None
+    return ModelFailure(name, INVALID, detail, describe_case(exit, state))
+
+
+INVALID = "returned an invalid result"
+
+
+def make_model(name: str, load: Callable[[], Any], info: RealCodeInfo,
                rule: Callable[[CpuState, str | None, Access, bool], str] = _generic_rule,
                explain_steps: Callable[[Library, ExitInfo, CpuState, Access], list[Step]] | None = None,
                mnemonics: tuple[str, ...] | None = None, limit_check: LimitCheck | None = None,
@@ -160,29 +189,97 @@ def make_model(name: str, load: Callable[[], Library], info: RealCodeInfo,
     read (bits 15:0) and, in `segment`, the segment it read (kvm.h does); the bridge then passes
     only the operand's base, index and segment, and any other read is an error, not a silent
     use of stale values."""
-    cell: list[Library] = []
-    fast: list[Any] = []  # (marshaller call, function pointer) once loaded, if the marshaller is there
+    cell: list[Any] = []  # the Worker (or, in process, the Library)
+    fast: list[Any] = []  # (marshaller call, function pointer) once loaded in process, with the marshaller
     plans: dict[int, tuple[int, int | None, int | None, int]] = {}
+    ahead: dict[tuple[int, int, int], Any] = {}  # prefetched results, by the ids of (exit, state, access)
+    held: list[Any] = [None]  # the prefetched cases (their ids stay theirs while held)
+    failed: dict[tuple[Any, ...], Failure] = {}  # cases that made the worker fail, by value
 
-    def load_now() -> Library:
+    def load_now() -> Any:
         if not cell:
             lib = load()
-            m = marshaller()
-            if m is not None:
-                fast[:] = [m, function_pointer(lib.fn)]
+            if isinstance(lib, Library):
+                m = marshaller()
+                if m is not None:
+                    fast[:] = [m, function_pointer(lib.fn)]
             cell.append(lib)
         return cell[0]
 
+    def plan_of(exit: ExitInfo) -> tuple[int, int | None, int | None, int]:
+        return plans.get(exit.instruction_info) or _plan(plans, exit.instruction_info)
+
+    def remember(items: list[tuple[ExitInfo, CpuState, Access]], raws: list[Any]) -> None:
+        for item, raw in zip(items, raws, strict=True):
+            if type(raw) is Failure:
+                if len(failed) >= 256:
+                    failed.clear()
+                try:
+                    failed[item] = raw
+                except TypeError:  # an unhashable state: not remembered
+                    pass
+
+    def submit(items: list[tuple[ExitInfo, CpuState, Access]]) -> bool:
+        """Start the model's worker on these cases (at most worker.BATCH) and return at once;
+        `collect(items)` takes the results. False if the model does not run in a worker."""
+        lib = cell[0] if cell else load_now()
+        if not isinstance(lib, Worker):
+            return False
+        lib.submit(items, operand_only,  # each case's plan only for the ctypes packing (no marshaller)
+                   [plan_of(e) for e, _, _ in items] if operand_only and not lib.packs else None)
+        return True
+
+    def collect(items: list[tuple[ExitInfo, CpuState, Access]], deadline: float | None = None) -> int:
+        """The results of the cases `submit` sent (the same list): the calls that follow on these
+        very objects take them. How many cases have one: all, unless cases failed (hung, say)
+        past `deadline` (time.time())."""
+        lib = cell[0]
+        ahead.clear()
+        held[0] = None
+        if not isinstance(lib, Worker) or not items:
+            return len(items)
+        raws = lib.collect(deadline)
+        remember(items[:len(raws)], raws)
+        held[0] = items
+        ahead.update(zip([(id(e), id(s), id(a)) for e, s, a in items[:len(raws)]], raws, strict=True))
+        return len(raws)
+
+    def cancel() -> None:
+        """Drop what submit() sent and nobody collected (fuzz's block ended early)."""
+        ahead.clear()
+        held[0] = None
+        if cell and isinstance(cell[0], Worker):
+            cell[0].cancel()
+
+    def prefetch(items: list[tuple[ExitInfo, CpuState, Access]], deadline: float | None = None) -> int:
+        """submit() and collect() in one: many cases in one round trip to the worker."""
+        if not submit(items):
+            ahead.clear()
+            return len(items)
+        return collect(items, deadline)
+
     def model(exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) -> Result:
-        if not cell:
-            load_now()
+        lib = cell[0] if cell else load_now()
         plan = _NO_PLAN
         if operand_only:
             plan = plans.get(exit.instruction_info) or _plan(plans, exit.instruction_info)
         if fast:
             raw = fast[0](fast[1], exit, state, access, operand_only)
+        elif type(lib) is Worker:
+            raw = ahead.pop((id(exit), id(state), id(access)), None) if ahead else None
+            if raw is None:
+                raw = failed.get((exit, state, access)) if failed else None
+                if raw is None:
+                    raw = lib.run([(exit, state, access)], operand_only, [plan])[0]
+                    remember([(exit, state, access)], [raw])
+            if type(raw) is Failure:
+                raise raw.error(name, describe_case(exit, state))
         else:
-            raw = _call_ctypes(cell[0], exit, state, access, operand_only, plan)
+            raw = _call_ctypes(lib, exit, state, access, operand_only, plan)
+        if raw[0] > STATUS_NO_MEMORY or (raw[0] == STATUS_FAULT and raw[1] > 31):
+            bad = _invalid(name, raw, exit, state)
+            if bad is not None:
+                raise bad
         status, vector, err, valid, ea, la, sbase, disp, segno, reads = raw
         if valid & HAVE_SEGMENT:
             if segno > 5:
@@ -229,25 +326,32 @@ def make_model(name: str, load: Callable[[], Library], info: RealCodeInfo,
     if limit_check is not None:
         model.limit_check = limit_check  # type: ignore[attr-defined]
     model.load = load_now  # type: ignore[attr-defined]
+    model.prefetch = prefetch  # type: ignore[attr-defined]
+    model.submit = submit  # type: ignore[attr-defined]
+    model.collect = collect  # type: ignore[attr-defined]
+    model.cancel = cancel  # type: ignore[attr-defined]
     model.marshalled = lambda: bool(fast)  # type: ignore[attr-defined]
     return model
 
 
-def _kvm_explain(lib: Library, exit: ExitInfo, state: CpuState, access: Access) -> list[Step]:
-    import ctypes
+def explain_call(lib: Any, symbol: str, exit: ExitInfo, state: CpuState, access: Access, model: str
+                 ) -> tuple[int, list[bytes]]:
+    """symbol(exit, state, access, p0…p3) in the model's worker (or in process): (return, areas)."""
+    got = lib.call_symbol(symbol, exit, state, access)
+    if type(got) is Failure:
+        raise got.error(model, describe_case(exit, state))
+    return got  # type: ignore[no-any-return]
 
-    fn = getattr(lib.dll, "vmxaddr_kvm_explain", None)
-    if fn is None:
+
+def _kvm_explain(lib: Any, exit: ExitInfo, state: CpuState, access: Access) -> list[Step]:
+    ret, areas = explain_call(lib, "vmxaddr_kvm_explain", exit, state, access, str(getattr(lib, "model", lib.path)))
+    if ret <= 0:  # not exported (-1), or no call made (0)
         return []
-    b = lib.buffers()
-    b.load(exit, state, access)
-    line, queued, regs = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
-    if not fn(b.c_exit, b.c_state, b.c_access, b.c_out, ctypes.byref(line), ctypes.byref(queued), ctypes.byref(regs)):
-        return []
-    read = [REG64[i] for i in range(16) if regs.value >> i & 1]
+    line, queued, regs = (int.from_bytes(a[:4], "little", signed=True) for a in areas[1:])
+    read = [REG64[i] for i in range(16) if regs >> i & 1]
     text = f"{KVM_FUNCTION}() read {', '.join(read) if read else 'no register'} (kvm_register_read)"
-    if queued.value:
-        text += f"; it queued the exception at line {line.value} of nested.c ({queued.value} call)"
+    if queued:
+        text += f"; it queued the exception at line {line} of nested.c ({queued} call)"
     else:
         text += "; it queued no exception"
     return [Step("real-code", "real-code", text)]
@@ -257,9 +361,9 @@ def _kvm_model(name: str, load: Callable[[], Library], info: RealCodeInfo) -> An
     return make_model(name, load, info, _kvm_rule, _kvm_explain, HANDLED, KVM_LIMIT_CHECK, operand_only=True)
 
 
-def _load_kvm(nested: Path, vmx: Path | None, what: str) -> Library:
+def _load_kvm(nested: Path, vmx: Path | None, what: str) -> Any:
     try:
-        return Library(build_kvm(nested, vmx, what), "vmxaddr_kvm")
+        return open_library(build_kvm(nested, vmx, what), "vmxaddr_kvm", what)
     except (BuildError, ExtractError, RuntimeError) as e:
         raise RealCodeError(str(e)) from None
 
@@ -332,24 +436,29 @@ def c_model(spec: str) -> Any:
     lib_path = path if path.suffix == ".so" or ".so." in path.name else build_adapter(path)
     info = RealCodeInfo(f"{function}() of {path}")
     try:
-        lib = Library(lib_path, function)
+        lib = open_library(lib_path, function, spec)
     except RuntimeError as e:
         raise RealCodeError(f"{spec}: {e}") from None
     return make_model(spec, lambda: lib, info, mnemonics=adapter_mnemonics(lib, spec))
 
 
-def adapter_mnemonics(lib: Library, spec: str) -> tuple[str, ...] | None:
+def adapter_mnemonics(lib: Any, spec: str) -> tuple[str, ...] | None:
     """The adapter's `vmxaddr_mnemonics` (vmxaddr.h), if it exports one."""
-    import ctypes
-
     from vmxaddr.isa import SPECS
 
-    try:
-        raw = ctypes.c_char_p.in_dll(lib.dll, "vmxaddr_mnemonics")
-    except ValueError:
-        return None
-    # a `const char name[]` is the bytes at the symbol's address, not a pointer to them
-    text = ctypes.string_at(ctypes.addressof(raw)).decode(errors="replace")
+    if isinstance(lib, Worker):
+        text = lib.mnemonics  # read by the worker when it loaded the library
+        if text is None:
+            return None
+    else:
+        import ctypes
+
+        try:
+            raw = ctypes.c_char_p.in_dll(lib.dll, "vmxaddr_mnemonics")
+        except ValueError:
+            return None
+        # a `const char name[]` is the bytes at the symbol's address, not a pointer to them
+        text = ctypes.string_at(ctypes.addressof(raw)).decode(errors="replace")
     names = tuple(n.strip().lower() for n in text.split(",") if n.strip())
     bad = [n for n in names if n not in SPECS]
     if bad or not names:

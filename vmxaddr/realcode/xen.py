@@ -96,7 +96,8 @@ def _trace_type() -> Any:
     class Trace(ctypes.Structure):
         _fields_ = [("stage", ctypes.c_int32), ("returned", ctypes.c_int32), ("queued", ctypes.c_int32),
                     ("vector", ctypes.c_uint32), ("error_code", ctypes.c_int32), ("line", ctypes.c_int32),
-                    ("file", ctypes.c_char_p), ("registers_read", ctypes.c_uint32), ("segment_read", ctypes.c_int32),
+                    ("file", ctypes.c_uint64),  # a pointer, in the process that ran the call
+                    ("registers_read", ctypes.c_uint32), ("segment_read", ctypes.c_int32),
                     ("decoded_type", ctypes.c_int32), ("decoded_len", ctypes.c_uint32), ("decoded_mem", ctypes.c_uint64),
                     ("fetch_address", ctypes.c_uint64), ("fetch_asked", ctypes.c_uint32), ("fetch_copied", ctypes.c_uint32),
                     ("unknown_vmcs_field", ctypes.c_uint64), ("x86_mode", ctypes.c_int32),
@@ -106,18 +107,19 @@ def _trace_type() -> Any:
 
 
 def trace(lib: Any, exit: ExitInfo, state: CpuState, access: Access) -> Any:
-    """What one call of the library did (shim/xen_adapter.c's struct vmxaddr_xen_trace)."""
+    """What one call of the library (a Worker, or a Library in process) did: shim/xen_adapter.c's
+    struct vmxaddr_xen_trace; its `file` is an address in that process (lib.string_at reads it)."""
     import ctypes
 
+    from vmxaddr.realcode.models import explain_call
+
     Trace = _trace_type()
-    size = ctypes.c_uint32.in_dll(lib.dll, "vmxaddr_xen_trace_size").value
+    raw = lib.symbol_bytes("vmxaddr_xen_trace_size", 4)
+    size = int.from_bytes(raw, "little") if raw else 0
     if size != ctypes.sizeof(Trace):
         raise RuntimeError(f"{lib.path.name}: struct vmxaddr_xen_trace is {size} bytes, vmxaddr reads {ctypes.sizeof(Trace)}")
-    b = lib.buffers()
-    b.load(exit, state, access)
-    t = Trace()
-    lib.dll.vmxaddr_xen_explain(b.c_exit, b.c_state, b.c_access, ctypes.byref(t))
-    return t
+    _, areas = explain_call(lib, "vmxaddr_xen_explain", exit, state, access, str(getattr(lib, "model", lib.path)))
+    return Trace.from_buffer_copy(areas[0][:ctypes.sizeof(Trace)])
 
 
 _RETURNS = {0: "X86EMUL_OKAY", 1: "X86EMUL_UNHANDLEABLE", 2: "X86EMUL_EXCEPTION"}
@@ -129,7 +131,8 @@ def explain_steps(lib: Any, exit: ExitInfo, state: CpuState, access: Access) -> 
     from vmxaddr.models.base import Step
 
     t = trace(lib, exit, state, access)
-    where = f"{Path(t.file.decode()).name}:{t.line}" if t.file else "?"
+    file = lib.string_at(t.file) if t.file else ""
+    where = f"{Path(file).name}:{t.line}" if file else "?"
     inj = (f"#{_VECTORS.get(t.vector, t.vector)}" + ("" if t.error_code < 0 else f"({t.error_code})") + f" at {where}"
            if t.queued else "no exception")
     if t.stage == 1:
@@ -193,13 +196,12 @@ def _rule(state: CpuState, seg: str | None, access: Access, fault: bool) -> str:
 # -- the models ---------------------------------------------------------------------------------------
 
 def _load(vvmx: Path, what: str) -> Any:
-    from vmxaddr.realcode.bridge import Library
     from vmxaddr.realcode.build import BuildError
     from vmxaddr.realcode.extract import ExtractError
-    from vmxaddr.realcode.models import RealCodeError
+    from vmxaddr.realcode.models import RealCodeError, open_library
 
     try:
-        return Library(build_xen(vvmx, what), "vmxaddr_xen")
+        return open_library(build_xen(vvmx, what), "vmxaddr_xen", what)
     except (BuildError, ExtractError, sources.SourceError, RuntimeError) as e:
         raise RealCodeError(str(e)) from None
 
@@ -231,6 +233,11 @@ def _model(name: str, info: Any, make_inner: Any) -> Any:
     model.load = load  # type: ignore[attr-defined]
     model.mnemonics = MNEMONICS  # type: ignore[attr-defined]
     model.classify = classify  # type: ignore[attr-defined]
+    # fuzz's batches (vmxaddr.realcode.models.make_model), passed on
+    model.submit = lambda items: load().submit(items)  # type: ignore[attr-defined]
+    model.collect = lambda items, deadline=None: load().collect(items, deadline)  # type: ignore[attr-defined]
+    model.prefetch = lambda items, deadline=None: load().prefetch(items, deadline)  # type: ignore[attr-defined]
+    model.cancel = lambda: load().cancel()  # type: ignore[attr-defined]
     return model
 
 

@@ -191,7 +191,8 @@ class Checker:
         if rec.rip is not None:
             v["rip"] = hex(rec.rip)
         hw = v["hardware"] = check_hardware(rec)
-        hv, missing, exit, access, s.reference_error = check_hypervisor(rec, self.reference, self.answers)
+        hv, missing, exit, access, failed = check_hypervisor(rec, self.reference, self.answers)
+        s.reference_error = rec.line if failed else 0  # the line of the first record it failed on
         v["hypervisor"] = hv
         wrong_hv = hv["verdict"] == "wrong"
         if missing or exit is None:
@@ -228,7 +229,7 @@ class Checker:
             if s.names is not None:
                 t.add_fingerprint(s.names, s.wrong_hv, n)
             if s.reference_error:
-                t.note_reference_error(s.hv, n)
+                t.note_reference_error(s.hv, n, s.reference_error)
         self.pending.clear()
 
     def summary(self) -> dict[str, Any]:

@@ -176,13 +176,17 @@ def cmd_synth(args: argparse.Namespace) -> int:
     else:
         out = sys.stdout
     states = 0
+    failures: list[str] = []  # what the model did instead of answering (vmxaddr.trace.synth)
+    first_failure: str | None = None
     try:
         with Progress(args.n, "synth", enabled=not args.quiet, unit="exits") as prog:
             made = 0
-            for rec in synth(model, args.n, args.seed, args.shape, args.wrong):
+            for rec in synth(model, args.n, args.seed, args.shape, args.wrong, failures):
                 out.write(json.dumps(rec, separators=(",", ":")) + "\n")
                 if rec["type"] == "exit":
                     made += 1
+                    if failures and first_failure is None:
+                        first_failure = f"line {made + states}: {failures[0]}"
                     if not made & 1023:
                         prog.update(made)
                 else:
@@ -191,11 +195,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
     finally:
         if out is not sys.stdout:
             out.close()
+    if failures:
+        print(f"vmxaddr trace synth: {args.model} gave no answer for {len(failures)} of {made} exit records, which "
+              f"have no result (first: {first_failure})", file=sys.stderr)
     if args.json:  # the summary object last (check-trace skips it)
         print(json.dumps({"type": "summary", "command": "trace synth", "model": args.model, "seed": args.seed,
-                          "exit_records": made, "state_records": states, "out": args.out or "-"},
+                          "exit_records": made, "state_records": states, "out": args.out or "-",
+                          "model_errors": len(failures), "model_error_first": first_failure},
                          separators=(",", ":")))
-    return 0
+    return 1 if failures else 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -236,7 +244,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    from vmxaddr.cli import Parser, no_command
+    from vmxaddr.cli import Parser, add_call_timeout, no_command
 
     p = sub.add_parser("check-trace", help="check a trace of VM exits: processor report, hypervisor answer, fingerprint",
                        description="Check a JSON Lines trace of VM exits caused by VMX-family instructions, record by "
@@ -256,6 +264,7 @@ def register(sub: Any) -> None:
                    "see the files at the same paths. See docs/trace-format.md")
     p.add_argument("--against", default="sdm", metavar="MODEL",
                    help="reference model for the hypervisor verdict (default sdm; `vmxaddr models` lists them)")
+    add_call_timeout(p)
     p.add_argument("--fingerprint", choices=("wrong", "all", "none"), default="wrong",
                    help="run every registered model on: the records the hypervisor got wrong (default), all "
                    "checkable records (slower; the summary then names the models consistent with the whole trace), "
@@ -281,6 +290,7 @@ def register(sub: Any) -> None:
                         epilog="example:\n  vmxaddr trace synth --model kvm-f9eb4af6 -n 1000 --seed 7 | vmxaddr check-trace -",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--model", required=True, help="the hypervisor model whose answers are recorded")
+    add_call_timeout(s)
     s.add_argument("-n", type=int, default=1000, help="number of exit records (default 1000)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--shape", choices=SHAPES, default="random",

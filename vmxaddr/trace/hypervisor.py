@@ -11,6 +11,7 @@ from vmxaddr.decode import DecodeError
 from vmxaddr.exitinfo import ExitInfo
 from vmxaddr.isa import SPECS
 from vmxaddr.models.base import FAULT, OK, Access, InvalidExitInfo, Model, Outcome, Result
+from vmxaddr.realcode.worker import ModelFailure
 from vmxaddr.state import CpuState
 from vmxaddr.trace.format import MASK64, ExitRecord, Recorded
 from vmxaddr.trace.hardware import _decode
@@ -136,6 +137,9 @@ def check_hypervisor(rec: ExitRecord, reference: str, answers: Answers
         results = answers.answer(exit, rec.state, access)
     except InvalidExitInfo as e:
         hv = {"verdict": "not-checkable", "missing": [f"valid exit information ({e})"]}
+    except ModelFailure as e:  # a compiled model that crashed, hung, exited (its worker goes on afresh)
+        hv = {"verdict": "not-checkable", "missing": [f"an answer from {reference} (it {e.what})"]}
+        failed = True
     except Exception as e:  # a user's reference model must not stop a multi-GB check
         hv = {"verdict": "not-checkable", "missing": [f"an answer from {reference} ({type(e).__name__}: {e})"]}
         failed = True

@@ -67,6 +67,7 @@ class RecordStats:
     no_exit: int = 0  # cases that caused no VMX-family exit (listed on stderr by the command)
     other_exits: list[str] = field(default_factory=list)
     model_errors: int = 0
+    model_error: str = ""  # what the model did the last time it gave no answer
 
 
 def _cases(model: Model, n: int, seed: int) -> list[_Planned]:
@@ -163,8 +164,11 @@ def record_bochs(model: Model, model_name: str, n: int, seed: int = 0, batch: in
                 exit = ExitInfo(name, r.instruction_info, r.exit_qualification, r.length)
                 try:
                     answer = _answer(model, exit, state, instr, rng)
-                except Exception:  # noqa: BLE001 - a model that cannot answer leaves the result out
+                except Exception as e:  # noqa: BLE001 - a model that cannot answer leaves the result out
+                    from vmxaddr.trace.synth import model_failure
+
                     stats.model_errors += 1
+                    stats.model_error = model_failure(e)
                     answer = None
                 if answer is not None:
                     rec["result"] = answer.to_json()
@@ -210,12 +214,16 @@ def cmd_record(args: Any) -> int:
     except OSError as e:
         fail(f"cannot write {args.out}: {e.strerror}")
     stats = RecordStats()
-    states = 0
+    states = lines = 0
+    first_error: str | None = None  # the line of the first record the model gave no answer for
     try:
         with Progress(args.n, "record (bochs)", enabled=not args.quiet, unit="cases") as prog:
             for rec in record_bochs(model, args.hypervisor, args.n, args.seed, progress=prog.update, stats=stats):
                 out.write(json.dumps(rec, separators=(",", ":")) + "\n")
                 states += rec["type"] == "state"
+                lines += 1
+                if stats.model_errors and first_error is None:
+                    first_error = f"line {lines}: {stats.model_error}"
     except BochsUnavailable as e:
         fail(str(e))
     except BochsError as e:
@@ -227,7 +235,8 @@ def cmd_record(args: Any) -> int:
     if not args.quiet:
         print(f"recorded {stats.exits} exits of {stats.cases} cases in {stats.boots} Bochs boot(s), "
               f"{stats.seconds:.1f} s in Bochs; {stats.no_exit} without a VMX-family exit"
-              + (f"; {stats.model_errors} without an answer from {args.hypervisor}" if stats.model_errors else ""),
+              + (f"; {stats.model_errors} without an answer from {args.hypervisor} (first: {first_error})"
+                 if stats.model_errors else ""),
               file=sys.stderr)
         for line in stats.other_exits[:10]:
             print("  " + line, file=sys.stderr)
@@ -236,13 +245,16 @@ def cmd_record(args: Any) -> int:
                           "hypervisor": args.hypervisor, "seed": args.seed, "cases": stats.cases,
                           "exit_records": stats.exits, "state_records": states, "no_exit": stats.no_exit,
                           "other_exits": stats.other_exits[:50], "model_errors": stats.model_errors,
+                          "model_error_first": first_error,
                           "boots": stats.boots, "bochs_seconds": round(stats.seconds, 2),
                           "out": args.out or "-"}, separators=(",", ":")))
-    return 0
+    return 1 if stats.model_errors else 0
 
 
 def register_trace(tsub: Any) -> None:
     import argparse
+
+    from vmxaddr.cli import add_call_timeout
 
     r = tsub.add_parser("record", help="record a trace from a processor: random cases run under Bochs 2.7",
                         description="Run N random cases (vmxaddr's generator) as guest code under Bochs 2.7 with "
@@ -258,6 +270,7 @@ def register_trace(tsub: Any) -> None:
     r.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     r.add_argument("--hypervisor", default="sdm", metavar="MODEL",
                    help="the consumer model whose answers are recorded (default sdm; `vmxaddr models` lists them)")
+    add_call_timeout(r)
     r.add_argument("--out", metavar="FILE", help="write here instead of standard output")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress or counts on standard error")
     r.add_argument("--json", action="store_true",

@@ -49,7 +49,15 @@ def covered(model: Model) -> tuple[str, ...]:
 SHAPES = ("random", "realistic")
 
 
-def synth(model: Model, n: int, seed: int = 0, shape: str = "random", wrong: float = 0.0) -> Iterator[dict[str, Any]]:
+def model_failure(e: BaseException) -> str:
+    """What a model that gave no answer did, for a count's first line ("it crashed: SIGSEGV")."""
+    from vmxaddr.realcode.worker import ModelFailure
+
+    return f"it {e.what}" if isinstance(e, ModelFailure) else f"it raised {type(e).__name__}: {e}"
+
+
+def synth(model: Model, n: int, seed: int = 0, shape: str = "random", wrong: float = 0.0,
+          failures: list[str] | None = None) -> Iterator[dict[str, Any]]:
     """Records of a trace as `model` would have handled n cases (vmxaddr.gen, seeded), of the
     instructions the model handles (`covered`).
 
@@ -58,9 +66,10 @@ def synth(model: Model, n: int, seed: int = 0, shape: str = "random", wrong: flo
     shape "realistic": what a guest hypervisor's exits look like — a few states (two per code
     size, defined once), 48 instructions at fixed addresses that recur, four vCPUs, one exit in
     ten with one of the eight legacy registers changed inline (to one of four values).
-    `wrong`: the fraction of exits whose recorded answer is replaced by one no model gives."""
+    `wrong`: the fraction of exits whose recorded answer is replaced by one no model gives.
+    An exit record the model gave no answer for has no result; `failures` gets what it did."""
     if shape == "realistic":
-        yield from _realistic(model, n, seed, wrong)
+        yield from _realistic(model, n, seed, wrong, failures)
         return
     from vmxaddr.gen import RandomChooser, gen_encoding, gen_policy, gen_state
 
@@ -106,7 +115,7 @@ def synth(model: Model, n: int, seed: int = 0, shape: str = "random", wrong: flo
                      rng.choice(SI_DI_POLICIES), pol.seed)
         exit = encode(instr, rip, pol)
         rec.update(_exit_fields(instr, raw, cs, rip, exit))
-        _answer(rec, model, exit, st, instr, rng, wrong)
+        _answer(rec, model, exit, st, instr, rng, wrong, failures)
         made += 1
         yield rec
 
@@ -118,10 +127,12 @@ def _exit_fields(instr: Instruction, raw: bytes, cs: int, rip: int, exit: ExitIn
 
 
 def _answer(rec: dict[str, Any], model: Model, exit: ExitInfo, st: CpuState, instr: Instruction,
-            rng: random.Random, wrong: float) -> None:
+            rng: random.Random, wrong: float, failures: list[str] | None = None) -> None:
     try:
         result = run_model(model, exit, st, access_of(instr))
-    except Exception:  # noqa: BLE001 - a model that cannot answer leaves the result out
+    except Exception as e:  # noqa: BLE001 - a model that cannot answer leaves the result out (counted)
+        if failures is not None:
+            failures.append(model_failure(e))
         return
     recorded = _recorded_from(result, rng)
     if wrong and rng.random() < wrong:
@@ -129,7 +140,8 @@ def _answer(rec: dict[str, Any], model: Model, exit: ExitInfo, st: CpuState, ins
     rec["result"] = recorded.to_json()
 
 
-def _realistic(model: Model, n: int, seed: int, wrong: float) -> Iterator[dict[str, Any]]:
+def _realistic(model: Model, n: int, seed: int, wrong: float, failures: list[str] | None
+               ) -> Iterator[dict[str, Any]]:
     from vmxaddr.gen import RandomChooser, gen_encoding, gen_state
 
     rng = random.Random(seed)
@@ -163,7 +175,7 @@ def _realistic(model: Model, n: int, seed: int, wrong: float) -> Iterator[dict[s
             st = state_from_json(rec["state"], st)
         st = replace(st, rip=rip)
         rec.update(_exit_fields(instr, raw, cs, rip, exit))
-        _answer(rec, model, exit, st, instr, rng, wrong)
+        _answer(rec, model, exit, st, instr, rng, wrong, failures)
         yield rec
 
 

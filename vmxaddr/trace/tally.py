@@ -59,11 +59,12 @@ class Tally:
             for name in names:
                 self.wrong_matches[name] += n
 
-    def note_reference_error(self, hv: dict[str, Any], n: int = 1) -> None:
-        """The reference model raised on `n` records (the first reason is kept)."""
+    def note_reference_error(self, hv: dict[str, Any], n: int = 1, line: int = 0) -> None:
+        """The reference model raised (crashed, hung: vmxaddr.realcode.worker) on `n` records
+        (the first reason is kept, with the line of its record)."""
         self.reference_errors += n
         if self.reference_error is None:
-            self.reference_error = hv["missing"][0]
+            self.reference_error = (f"line {line}: " if line else "") + hv["missing"][0]
 
     def merge(self, later: Tally, lines: str = "last") -> None:
         """Add the counts of the part of the trace that follows this one: the next piece of the

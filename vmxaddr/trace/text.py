@@ -76,8 +76,8 @@ def summary_text(s: dict[str, Any]) -> str:
         every = fp["consistent_with_every_record"]
         out.append(f"  models consistent with all {fp['records']} checkable answers: {', '.join(every) or 'none'}")
     if s.get("reference_errors"):
-        out.append(f"  the reference model {s['against']} raised on {s['reference_errors']} records, which are not "
-                   f"checked (first: {s['reference_error_first']})")
+        out.append(f"  the reference model {s['against']} failed on {s['reference_errors']} records (it raised, crashed "
+                   f"or hung), which are not checked (first: {s['reference_error_first']})")
     if s.get("input_error"):
         out.append(f"  the input broke off: {s['input_error']} (nothing after it was checked)")
     if s["malformed_lines"]:

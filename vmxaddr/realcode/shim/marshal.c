@@ -5,6 +5,7 @@
  *
  *     call(fnptr, exit, state, access, operand_only) -> (status, vector, error_code, valid,
  *          effective_address, linear_address, segment_base, displacement, segment, reserved)
+ *     pack(buffer, offset, exit, state, access, operand_only)   (for the worker process)
  *
  * It does what vmxaddr/realcode/bridge.py's pure-ctypes path does (that path stays, and a test
  * checks the two agree), without building Python integers and struct arguments per field. With
@@ -220,6 +221,64 @@ static PyObject *marshal_call(PyObject *self, PyObject *const *args, Py_ssize_t 
 	return result_tuple(&out);
 }
 
+/* pack(buffer, offset, exit, state, access, operand_only): the same structures as call() fills,
+ * written at `offset` of a writable buffer (the worker's shared memory, vmxaddr.realcode.worker)
+ * as struct { exit; state; access; } — the worker calls the adapter on them there. */
+static PyObject *marshal_pack(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+	struct record {
+		struct vmxaddr_exit exit;
+		struct vmxaddr_state state;
+		struct vmxaddr_access access;
+	} *rec;
+	Py_buffer view;
+	Py_ssize_t offset;
+	PyObject *exit, *reason, *acc;
+	int operand_only, ok;
+
+	(void)self;
+	if (nargs != 6) {
+		PyErr_SetString(PyExc_TypeError, "pack(buffer, offset, exit, state, access, operand_only)");
+		return NULL;
+	}
+	offset = PyLong_AsSsize_t(args[1]);
+	if (offset < 0 && PyErr_Occurred())
+		return NULL;
+	exit = args[2];
+	acc = args[4];
+	operand_only = PyObject_IsTrue(args[5]);
+	if (!PyTuple_Check(exit) || PyTuple_GET_SIZE(exit) < 4 || !PyTuple_Check(acc) || PyTuple_GET_SIZE(acc) < 2) {
+		PyErr_SetString(PyExc_TypeError, "exit and access must be vmxaddr's ExitInfo and Access");
+		return NULL;
+	}
+	reason = PyDict_GetItemWithError(reasons, PyTuple_GET_ITEM(exit, 0));
+	if (!reason) {
+		if (!PyErr_Occurred())
+			PyErr_SetObject(PyExc_KeyError, PyTuple_GET_ITEM(exit, 0));
+		return NULL;
+	}
+	if (PyObject_GetBuffer(args[0], &view, PyBUF_WRITABLE) < 0)
+		return NULL;
+	if (offset < 0 || offset > view.len - (Py_ssize_t)sizeof(*rec)) {
+		PyBuffer_Release(&view);
+		PyErr_SetString(PyExc_IndexError, "record outside the buffer");
+		return NULL;
+	}
+	rec = (struct record *)((char *)view.buf + offset);
+	memset(rec, 0, sizeof(*rec));
+	rec->exit.exit_reason = (uint32_t)PyLong_AsUnsignedLongMask(reason);
+	rec->exit.instruction_info = (uint32_t)PyLong_AsUnsignedLongMask(PyTuple_GET_ITEM(exit, 1));
+	rec->exit.exit_qualification = PyLong_AsUnsignedLongLongMask(PyTuple_GET_ITEM(exit, 2));
+	rec->exit.instruction_length = (uint32_t)PyLong_AsUnsignedLongMask(PyTuple_GET_ITEM(exit, 3));
+	rec->access.size = (uint32_t)PyLong_AsUnsignedLongMask(PyTuple_GET_ITEM(acc, 0));
+	rec->access.write = PyObject_IsTrue(PyTuple_GET_ITEM(acc, 1)) == 1;
+	ok = !PyErr_Occurred() && fill_state(args[3], &rec->state, operand_only, rec->exit.instruction_info) == 0;
+	PyBuffer_Release(&view);
+	if (!ok)
+		return NULL;
+	Py_RETURN_NONE;
+}
+
 static PyObject *marshal_init(PyObject *self, PyObject *arg)
 {
 	(void)self;
@@ -235,6 +294,7 @@ static PyObject *marshal_init(PyObject *self, PyObject *arg)
 
 static PyMethodDef methods[] = {
 	{ "call", (PyCFunction)(void (*)(void))marshal_call, METH_FASTCALL, "call an adapter on one case" },
+	{ "pack", (PyCFunction)(void (*)(void))marshal_pack, METH_FASTCALL, "pack one case into a buffer" },
 	{ "init", marshal_init, METH_O, "set the exit reasons" },
 	{ NULL, NULL, 0, NULL },
 };
