@@ -71,7 +71,7 @@ def _task_failures(hint: str) -> Iterator[None]:
 def cmd_check(args: argparse.Namespace) -> int:
     from vmxaddr.cli import fail
     from vmxaddr.models import UnknownModel, get
-    from vmxaddr.parallel import ParallelError, dask_client, process_pool, resolve_jobs, stop_pool
+    from vmxaddr.parallel import ParallelError, dask_address, dask_client, process_pool, resolve_jobs, stop_pool
 
     try:
         get(args.against)
@@ -94,8 +94,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     try:
         workers, capped = resolve_jobs(args.jobs)
+        dask_address(args.dask)
     except ParallelError as e:
         fail(str(e))
+    if args.dask is not None and args.jobs != 1:
+        fail("--jobs and --dask exclude each other: with --dask the cluster's workers do the checking")
     if capped:
         note(capped)
     if "-" in paths and (workers > 1 or args.dask):
