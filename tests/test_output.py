@@ -74,10 +74,13 @@ def test_model_error_under_ascii_stderr(tmp_path):
     assert "raised ValueError: bad ... value -- here" in p.stderr
 
 
-@pytest.mark.parametrize("args,prog", [([], "vmxaddr"), (["trace"], "vmxaddr trace")])
-def test_no_subcommand_is_usage_and_one_error_on_stderr(args, prog):
+@pytest.mark.parametrize("args,prog,some", [([], "vmxaddr", ["decode", "check-trace", "trace"]),
+                                            (["trace"], "vmxaddr trace", ["synth", "import", "record"])])
+def test_no_subcommand_is_one_error_line_naming_the_commands(args, prog, some):
     p = vmxaddr(args)
     assert p.returncode == 2 and p.stdout == ""
     lines = p.stderr.splitlines()
-    assert lines[0].startswith(f"usage: {prog} ")
-    assert lines[-1] == f"{prog}: error: give a command (see {prog} --help)"
+    assert len(lines) == 1, p.stderr  # one line (issue 21 §3), not the usage and then the error
+    assert lines[0].startswith(f"{prog}: error: give a command: ") and lines[0].endswith(f"(see {prog} --help)")
+    for command in some:
+        assert f" {command}," in lines[0] or f" {command} (" in lines[0], lines[0]

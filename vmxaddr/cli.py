@@ -297,9 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def no_command(parser: argparse.ArgumentParser) -> int:
-    """`vmxaddr` or `vmxaddr trace` without a subcommand: usage and one error line on stderr, exit 2."""
-    sys.stderr.write(parser.format_usage())
-    sys.stderr.write(f"{parser.prog}: error: give a command (see {parser.prog} --help)\n")
+    """`vmxaddr` or `vmxaddr trace` without a subcommand: one error line naming the commands, exit 2."""
+    names = [name for a in parser._actions if isinstance(a, argparse._SubParsersAction) for name in a.choices]
+    sys.stderr.write(f"{parser.prog}: error: give a command: {', '.join(names)} (see {parser.prog} --help)\n")
     return 2
 
 
