@@ -178,10 +178,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
             fail(f"cannot write {args.out}: {e.strerror}")
     else:
         out = sys.stdout
-    states = 0
+    states = made = 0
+    interrupted = False
     try:
         with Progress(args.n, "synth", enabled=not args.quiet, unit="exits") as prog:
-            made = 0
             for rec in synth(model, args.n, args.seed, args.shape, args.wrong):
                 out.write(json.dumps(rec, separators=(",", ":")) + "\n")
                 if rec["type"] == "exit":
@@ -191,14 +191,17 @@ def cmd_synth(args: argparse.Namespace) -> int:
                 else:
                     states += 1
             prog.update(made)
+    except KeyboardInterrupt:  # what was written stays written; the summary says how much
+        interrupted = True
+        print(f"vmxaddr trace synth: interrupted after {made} exit records", file=sys.stderr)
     finally:
         if out is not sys.stdout:
             out.close()
     if args.json:  # the summary object last (check-trace skips it)
         print(json.dumps({"type": "summary", "command": "trace synth", "model": args.model, "seed": args.seed,
-                          "exit_records": made, "state_records": states, "out": args.out or "-"},
-                         separators=(",", ":")))
-    return 0
+                          "exit_records": made, "state_records": states, "out": args.out or "-",
+                          "interrupted": interrupted}, separators=(",", ":")))
+    return 130 if interrupted else 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:
