@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ci_policy import under_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -45,7 +46,7 @@ site_nav = _load("docs_site_nav", ROOT / "docs" / "tools" / "site_nav.py")
 def need(ok: bool, why: str) -> None:
     if ok:
         return
-    if os.environ.get("CI"):
+    if under_ci():
         pytest.fail(f"CI must not skip the site: {why}")
     pytest.skip(why)
 
