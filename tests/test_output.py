@@ -51,11 +51,26 @@ def test_full_disk_on_stdout_is_one_line(args, trace):
 
 @pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a[:2]))
 def test_ascii_stdout_encoding(args, trace):
+    # Under an ASCII stdout the output is the UTF-8 output with each character ASCII lacks
+    # replaced by a readable stand-in, nothing else changed or lost: the stand-ins
+    # docs/state-format.md names ("--" for an em dash, "..." for an ellipsis) exactly, any other
+    # non-ASCII character by some non-empty ASCII text; every line kept, in order.
+    import re
+
     args = [a.replace("{trace}", trace) for a in args]
     p = vmxaddr(args, PYTHONIOENCODING="ascii")
     assert p.returncode == 0, p.stderr
     assert "Traceback" not in p.stderr
     p.stdout.encode("ascii")
+    utf8 = vmxaddr(args, PYTHONIOENCODING="utf-8")
+    assert utf8.returncode == 0, utf8.stderr
+    documented = {"\u2014": "--", "\u2026": "..."}
+    got, want = p.stdout.splitlines(), utf8.stdout.splitlines()
+    assert len(got) == len(want)
+    for ascii_line, line in zip(got, want, strict=True):
+        pattern = "".join(re.escape(documented.get(c, c)) if c.isascii() or c in documented else "[ -~]+"
+                          for c in line)
+        assert re.fullmatch(pattern, ascii_line), (line, ascii_line)
 
 
 def test_ascii_stand_ins_are_readable():
