@@ -1,7 +1,7 @@
 """Output robustness, handled once in vmxaddr.cli.main for every command (issue 13, item 6): a
 full disk on stdout and a stdout encoding without the text's — and … give one line or readable
-ASCII, never a traceback; `vmxaddr` and `vmxaddr trace` without a subcommand give usage and one
-error line on stderr, exit 2."""
+ASCII, never a traceback; `vmxaddr` and `vmxaddr trace` without a subcommand give one error line
+naming the commands on stderr, exit 2."""
 
 from __future__ import annotations
 
