@@ -124,10 +124,14 @@ def dask_client(address: str, timeout: float | None = None) -> Any:
         comm = await connect(address, timeout=timeout)
         await comm.close()
 
+    # (a little longer than connect's own limit, so that an address where nothing listens gets
+    # connect's own "cannot reach" first)
+    bound = timeout + max(1.0, timeout / 2)
     try:
-        asyncio.run(asyncio.wait_for(probe(), timeout))
+        asyncio.run(asyncio.wait_for(probe(), bound))
     except TimeoutError:  # (asyncio.TimeoutError is TimeoutError; before OSError, its base)
-        raise ParallelError(f"no Dask scheduler answered at {address} within {timeout:g} s") from None
+        raise ParallelError(f"no Dask scheduler answered at {address}: the connection was accepted, then "
+                            f"nothing came within {bound:g} s (--dask waits {timeout:g} s to connect)") from None
     except OSError as e:
         raise ParallelError(f"cannot reach a Dask scheduler at {address} within {timeout:g} s: "
                             f"{_first_line(e)}") from None
