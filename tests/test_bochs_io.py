@@ -11,10 +11,10 @@ guest-linear address. Skips when bochs/binutils are missing, fails under CI.
 
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
+from ci_policy import under_ci
 
 from vmxaddr.decode import decode
 from vmxaddr.encoders import bochs_2_7
@@ -48,7 +48,7 @@ def run() -> dict[str, object]:
     missing = B.missing_tools()
     if missing:
         msg = "Bochs oracle needs: " + ", ".join(missing) + " (run scripts/system-deps.sh as root)"
-        if os.environ.get("CI"):
+        if under_ci():
             pytest.fail("CI must not skip the Bochs oracle: " + msg)
         pytest.skip(msg)
     hand = [B.Case(bytes.fromhex(h), cs, regs) for _, h, cs, regs, *_ in HAND]

@@ -15,9 +15,8 @@ only when bochs/binutils are missing; under CI (env CI set) they fail instead.
 
 from __future__ import annotations
 
-import os
-
 import pytest
+from ci_policy import under_ci
 
 from vmxaddr.oracles import bochs as B
 
@@ -105,7 +104,7 @@ def oracle() -> dict[str, object]:
     missing = B.missing_tools()
     if missing:
         msg = "Bochs oracle needs: " + ", ".join(missing) + " (run scripts/system-deps.sh as root)"
-        if os.environ.get("CI"):
+        if under_ci():
             pytest.fail("CI must not skip the Bochs oracle: " + msg)
         pytest.skip(msg)
     raw = [B.Case(bytes.fromhex(h), cs, ZERO_REGS) for _, h, cs, *_ in RAW]

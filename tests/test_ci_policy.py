@@ -94,3 +94,13 @@ def test_ci_runs_the_test_command_with_a_fresh_empty_cache(tmp_path: Path) -> No
     cache, entries = line.removeprefix("cache=").rsplit(" entries=", 1)
     assert cache and Path(cache) != old and entries == "0"
     assert not Path(cache).exists()  # removed afterwards: nothing left behind in /tmp
+
+
+def test_every_test_asks_the_one_helper_whether_it_runs_under_ci() -> None:
+    # CI=false or CI=0 is not CI (under_ci); a test reading the variable itself took "false" as CI.
+    import re
+
+    direct = re.compile(r"""environ(?:\.get)?\s*[\[(]\s*["']CI["']|getenv\(\s*["']CI["']""")
+    readers = [f"{p.name}:{i}" for p in sorted(TESTS.glob("*.py")) if p.name != "ci_policy.py"
+               for i, line in enumerate(p.read_text().splitlines(), 1) if direct.search(line)]
+    assert readers == [], "use ci_policy.under_ci() instead: " + ", ".join(readers)

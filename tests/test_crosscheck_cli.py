@@ -44,8 +44,17 @@ def test_every_oracle_gives_the_same_json_report(oracle: str, capsys: pytest.Cap
     assert main(["crosscheck", "--oracle", oracle, "-n", "120", "--seed", "3", "--quiet", "--json"]) == 0
     obj = json.loads(capsys.readouterr().out)
     assert set(obj) == KEYS and obj["oracle"] == oracle and obj["cases"] == 120
-    assert obj["agreements"] + obj["skipped"] + obj["explained_cases"] + obj["unexplained_cases"] == 120
     assert obj["interrupted"] is False
+    # What the oracle says, not a sum that holds by construction: on these 120 cases it agrees
+    # with vmxaddr except where a documented departure explains the difference (docs/oracles.md,
+    # docs/known-oracle-issues.md), so nothing is unexplained, and each explanation counted names
+    # a departure those documents describe. A wrong encoder would show as unexplained cases.
+    assert obj["unexplained_cases"] == 0, obj["examples"]
+    assert obj["agreements"] > obj["explained_cases"] + obj["skipped"]
+    documented = (ROOT / "docs" / "oracles.md").read_text() + (ROOT / "docs" / "known-oracle-issues.md").read_text()
+    for counts in obj["disagreements_by_field"].values():
+        for why in counts:
+            assert why.split(":")[0] in documented, why
     for ex in obj["examples"]:
         assert set(ex) == {"bytes", "code_size", "command", "note", "disagreements"} and ex["command"].startswith("vmxaddr ")
         for d in ex["disagreements"]:

@@ -66,6 +66,18 @@ def test_xsaves_misaligned_through_ss_is_gp_not_ss() -> None:
     assert outcome(XSAVES_ESP, 32, registers={"esp": "0x1010"}) == "#GP(0) [alignment]"
 
 
+@pytest.mark.parametrize("raw", [XSAVES_EAX, XRSTORS_EAX])
+@pytest.mark.parametrize("code_size,reg", [(32, "eax"), (64, "rax")])
+def test_xsaves_alignment_boundary_is_64_bytes(raw: str, code_size: int, reg: str) -> None:
+    # The boundary itself: 0x1020 = 0x1000 + 32 is a multiple of 32 but not of 64 (0x1020 mod 64
+    # = 0x20) -> #GP(0); 0x1060 likewise; 0x1040 and 0x1080 are multiples of 64 -> no fault. A
+    # model that aligned to 32 (or 16) passes every address above that is off by less than 32.
+    ok = "ok [limit]" if code_size == 32 else "ok [canonical]"
+    for address, expected in ((0x1020, "#GP(0) [alignment]"), (0x1040, ok), (0x1060, "#GP(0) [alignment]"),
+                              (0x1080, ok)):
+        assert outcome(raw, code_size, registers={reg: hex(address)}) == expected, hex(address)
+
+
 def test_xsaves_alignment_is_of_the_linear_address() -> None:
     # The XSAVES Operation section names the area by its linear address ("LAXA := linear address
     # of XSAVE area"), so the 64 bytes are counted on it: DS base 0x10 + EA 0x1030 = 0x1040 is

@@ -94,3 +94,52 @@ def test_sources_fetch_options_wherever_users_put_them(monkeypatch: pytest.Monke
     assert calls == [(name, "--force" in argv)]
     if "--json" in argv:
         assert json.loads(capsys.readouterr().out)["fetched"][0]["name"] == name
+
+
+CASE = ["--mode", "32", "0f7845d8"]  # VMREAD [EBP-0x28], EAX
+
+
+@pytest.mark.parametrize("command", ["decode", "explain"])
+def test_svg_empty_name_is_refused(capsys: pytest.CaptureFixture[str], command: str) -> None:
+    _one_line_error(capsys, [command, *CASE, "--svg", ""], "--svg")
+
+
+@pytest.mark.parametrize("command", ["decode", "explain"])
+def test_svg_dash_is_the_picture_alone_and_refuses_json(capsys: pytest.CaptureFixture[str], command: str) -> None:
+    assert cli.main([command, *CASE, "--svg", "-"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("<svg ") and out.rstrip().endswith("</svg>")  # the picture, no text around it
+    _one_line_error(capsys, [command, *CASE, "--svg", "-", "--json"], "--svg -", "--json")
+
+
+@pytest.mark.parametrize("command", ["decode", "explain"])
+def test_svg_to_a_fifo_without_reader_does_not_block(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     command: str) -> None:
+    import threading
+
+    fifo = tmp_path / "pic"
+    os.mkfifo(fifo)
+    result: list[int] = []
+    worker = threading.Thread(target=lambda: result.append(cli.main([command, *CASE, "--svg", str(fifo)])),
+                              daemon=True)
+    worker.start()
+    worker.join(30)
+    if not result:  # unblock the thread before failing
+        with open(fifo, "rb") as r:
+            r.read()
+        worker.join(5)
+        pytest.fail("--svg FIFO blocked waiting for a reader")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert result == [2] and len(err) == 1 and str(fifo) in err[0] and "no reader" in err[0], err
+
+
+def test_svg_to_a_fifo_with_a_reader_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fifo = tmp_path / "pic"
+    os.mkfifo(fifo)
+    r = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the reader is there first (the picture fits the pipe)
+    try:
+        assert cli.main(["decode", *CASE, "--svg", str(fifo)]) == 0
+        got = os.read(r, 1 << 20)
+    finally:
+        os.close(r)
+    assert got.startswith(b"<svg ") and got.rstrip().endswith(b"</svg>")

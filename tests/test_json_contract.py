@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -115,3 +116,62 @@ def test_sources_fetch_json_is_one_object(monkeypatch: pytest.MonkeyPatch, capsy
     assert main(["sources", "fetch", name, "--quiet", "--json"]) == 0
     obj = json.loads(capsys.readouterr().out)
     assert isinstance(obj, dict) and obj["fetched"] == [{"name": name, "package": "pkg"}]
+
+
+def _json_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> Any:
+    main([*argv, "--json"])
+    return json.loads(capsys.readouterr().out)
+
+
+def test_json_objects_say_what_was_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    # The contract test above checks the shape; these check the content, each value worked by hand.
+    # VMREAD [EBP-0x28], EAX in 32-bit code (0f 78 45 d8): SDM Vol. 3C §28.2.5 instruction
+    # information = address size 32 (1 << 7) | segment SS (2 << 15) | index invalid (1 << 22) |
+    # base EBP (5 << 23) = 0x02c10080; the exit qualification is the displacement -0x28, in 32 bits
+    # 0xffffffd8 (zero-extended above: the default policy). EBP = 0: EA = 0xffffffd8 (32-bit wrap),
+    # SS flat: linear the same.
+    d = _json_of(["decode", "--mode", "32", "0f7845d8"], capsys)
+    assert (d["mnemonic"], d["exit_reason"], d["instruction_info"], d["exit_qualification"]) == \
+        ("vmread", 23, 0x02C10080, 0xFFFFFFD8)
+    assert (d["effective_address"], d["linear_address"], d["segment"]) == (0xFFFFFFD8, 0xFFFFFFD8, "ss")
+    # explain with EBP = 0x1000: EA = 0x1000 - 0x28 = 0xfd8.
+    e = _json_of(["explain", "--mode", "32", "--reg", "ebp=0x1000", "0f7845d8"], capsys)
+    assert (e["effective_address"], e["linear_address"], e["segment"]) == (0xFD8, 0xFD8, "ss")
+    # VMPTRLD [EBX+0x20] (0f c7 73 20: ModRM 73 = mod 01, /6, rm EBX; disp8 0x20), EBX = 0xfffffff0:
+    # the SDM wraps the sum at the 32-bit address size to 0x10; KVM f9eb4af6 (2015) does not mask
+    # it (0x100000010): they first differ in the effective address.
+    f = _json_of(["diff", "--models", "sdm,kvm-f9eb4af6", "--mode", "32", "--reg", "ebx=0xfffffff0", "0f c7 73 20"],
+                 capsys)
+    assert f["results"]["sdm"]["effective_address"] == 0x10
+    assert f["results"]["kvm-f9eb4af6"]["effective_address"] == 0x1_0000_0010
+    assert (f["agree"], f["first_difference"]) == (False, "effective-address")
+    # counts asked for are the counts done
+    assert _json_of(["fuzz", "--model", "kvm-f9eb4af6", "--max-examples", "200", "--hypothesis-examples", "0",
+                     "--quiet"], capsys)["cases"] == 200
+    c = _json_of(["crosscheck", "--oracle", "iced", "-n", "50", "--quiet"], capsys)
+    assert (c["cases"], c["unexplained_cases"]) == (50, 0)  # iced agrees but for documented departures
+    from vmxaddr.realcode import sources
+
+    s = _json_of(["sources", "list"], capsys)
+    assert s["cache"] == str(sources.cache_dir())
+    assert {x["name"] for x in s["sources"]} == {"linux-6.1", "linux-6.12", "xen-4.17"}
+    m = _json_of(["models"], capsys)
+    listed = {(x["name"], x["kind"]) for x in m["models"]}
+    # sdm is both: the reference consumer and the encoder of what a processor reports
+    assert {("sdm", "consumer"), ("sdm", "encoder"), ("kvm-f9eb4af6", "consumer"), ("vbox-iem", "encoder")} <= listed
+
+
+def test_json_lines_count_what_they_say(capsys: pytest.CaptureFixture[str]) -> None:
+    # trace synth -n 20 writes 20 exit records, and its summary says so.
+    main(["trace", "synth", "--model", "sdm", "-n", "20", "--quiet", "--json"])
+    objs = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert sum(o.get("type") == "exit" for o in objs[:-1]) == objs[-1]["exit_records"] == 20
+    assert sum(o.get("type") == "state" for o in objs[:-1]) == objs[-1]["state_records"]
+    # check-trace of good.jsonl: one verdict per exit record of the file, counted here from the
+    # file itself (a record without "type" is an exit record: docs/trace-format.md), none wrong.
+    lines = [json.loads(x) for x in (DATA / "good.jsonl").read_text().splitlines() if x.strip()]
+    exits = sum(o.get("type", "exit") == "exit" for o in lines)
+    main(["check-trace", "--quiet", "--json", str(DATA / "good.jsonl")])
+    objs = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(objs) - 1 == objs[-1]["exit_records"] == exits
+    assert objs[-1]["wrong_records"] == 0 and objs[-1]["lines"] == len((DATA / "good.jsonl").read_text().splitlines())

@@ -1,7 +1,7 @@
 """Output robustness, handled once in vmxaddr.cli.main for every command (issue 13, item 6): a
 full disk on stdout and a stdout encoding without the text's — and … give one line or readable
-ASCII, never a traceback; `vmxaddr` and `vmxaddr trace` without a subcommand give usage and one
-error line on stderr, exit 2."""
+ASCII, never a traceback; `vmxaddr` and `vmxaddr trace` without a subcommand give one error line
+naming the commands on stderr, exit 2."""
 
 from __future__ import annotations
 
@@ -51,11 +51,26 @@ def test_full_disk_on_stdout_is_one_line(args, trace):
 
 @pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a[:2]))
 def test_ascii_stdout_encoding(args, trace):
+    # Under an ASCII stdout the output is the UTF-8 output with each character ASCII lacks
+    # replaced by a readable stand-in, nothing else changed or lost: the stand-ins
+    # docs/state-format.md names ("--" for an em dash, "..." for an ellipsis) exactly, any other
+    # non-ASCII character by some non-empty ASCII text; every line kept, in order.
+    import re
+
     args = [a.replace("{trace}", trace) for a in args]
     p = vmxaddr(args, PYTHONIOENCODING="ascii")
     assert p.returncode == 0, p.stderr
     assert "Traceback" not in p.stderr
     p.stdout.encode("ascii")
+    utf8 = vmxaddr(args, PYTHONIOENCODING="utf-8")
+    assert utf8.returncode == 0, utf8.stderr
+    documented = {"\u2014": "--", "\u2026": "..."}
+    got, want = p.stdout.splitlines(), utf8.stdout.splitlines()
+    assert len(got) == len(want)
+    for ascii_line, line in zip(got, want, strict=True):
+        pattern = "".join(re.escape(documented.get(c, c)) if c.isascii() or c in documented else "[ -~]+"
+                          for c in line)
+        assert re.fullmatch(pattern, ascii_line), (line, ascii_line)
 
 
 def test_ascii_stand_ins_are_readable():
@@ -74,10 +89,13 @@ def test_model_error_under_ascii_stderr(tmp_path):
     assert "raised ValueError: bad ... value -- here" in p.stderr
 
 
-@pytest.mark.parametrize("args,prog", [([], "vmxaddr"), (["trace"], "vmxaddr trace")])
-def test_no_subcommand_is_usage_and_one_error_on_stderr(args, prog):
+@pytest.mark.parametrize("args,prog,some", [([], "vmxaddr", ["decode", "check-trace", "trace"]),
+                                            (["trace"], "vmxaddr trace", ["synth", "import", "record"])])
+def test_no_subcommand_is_one_error_line_naming_the_commands(args, prog, some):
     p = vmxaddr(args)
     assert p.returncode == 2 and p.stdout == ""
     lines = p.stderr.splitlines()
-    assert lines[0].startswith(f"usage: {prog} ")
-    assert lines[-1] == f"{prog}: error: give a command (see {prog} --help)"
+    assert len(lines) == 1, p.stderr  # one line (issue 21 §3), not the usage and then the error
+    assert lines[0].startswith(f"{prog}: error: give a command: ") and lines[0].endswith(f"(see {prog} --help)")
+    for command in some:
+        assert f" {command}," in lines[0] or f" {command} (" in lines[0], lines[0]

@@ -122,6 +122,19 @@ def test_64bit_fs_base_and_32bit_address_size():
     assert (r.effective_address, r.linear_address, r.outcome.kind) == (0x10, 0x7FFF00000010, "ok")
 
 
+@pytest.mark.parametrize("hex_, seg, reg", [("6c", "es", "rdi"), ("6e", "ds", "rsi")])
+def test_64bit_es_and_ds_bases_are_not_added(hex_, seg, reg):
+    # SDM Vol. 3A §3.4.4 (segment registers in 64-bit mode): the processor treats the bases of CS,
+    # DS, ES and SS as zero, whatever the descriptor cache holds; only FS and GS add theirs. INSB
+    # ES:[RDI] and OUTSB DS:[RSI] with that base set to 0x12340000 and the register 0x5000: the
+    # guest-linear address (the VMCS field, Vol. 3C §28.2.1) and the linear address are 0x5000.
+    c = case(hex_, 64, **{reg: 0x5000})
+    c = Case(c.instruction, c.state.with_segment(seg, base=0x12340000))
+    assert c.exit.guest_linear_address == 0x5000
+    r = sdm(c.exit, c.state, c.access)
+    assert (r.effective_address, r.linear_address, r.outcome.kind) == (0x5000, 0x5000, "ok")
+
+
 def test_64bit_non_canonical_is_gp():
     c = case("6e", 64, rsi=0x0000800000000000)
     r = sdm(c.exit, c.state, c.access)

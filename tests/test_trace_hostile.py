@@ -288,6 +288,30 @@ def test_a_repeated_line_under_a_redefined_state_is_checked_again() -> None:
     assert [v["hypervisor"]["verdict"] for v in verdicts if v] == ["correct", "wrong", "correct"]
 
 
+def test_a_repeated_line_under_a_redefined_state_is_checked_again_through_check_stream() -> None:
+    # The command line reads through check_stream, which feeds whole batches (Checker.feed_batch):
+    # the same memo check as Checker.feed must hold there. One exit line, three times, under a
+    # state "s" redefined between them: rbp 0x1028 makes [ebp-0x28] = 0x1000 (the recorded answer:
+    # correct), rbp 0x2028 makes it 0x2000 (wrong), then 0x1028 again (correct). The state lines
+    # differ in a second register too, so that no line repeats but the exit line.
+    import io
+
+    from vmxaddr.trace import check_stream
+
+    exit_line = json.dumps({"state_ref": "s", "instruction": "vmread", "instruction_info": "0x02c10080",
+                            "exit_qualification": "0xffffffd8", "result": {"kind": "ok", "linear_address": "0x1000"}})
+    lines = []
+    for i, rbp in enumerate(("0x1028", "0x2028", "0x1028", "0x2028")):
+        lines += [json.dumps({"type": "state", "id": "s", "state": {"registers": {"rbp": rbp, "rax": hex(i)}}}),
+                  exit_line, exit_line]
+    verdicts: list[dict[str, Any]] = []
+    summary = check_stream(io.BytesIO(("\n".join(lines) + "\n").encode()), Checker(), verdicts.append)
+    assert [v["hypervisor"]["verdict"] for v in verdicts] == ["correct", "correct", "wrong", "wrong",
+                                                              "correct", "correct", "wrong", "wrong"]
+    assert [v["line"] for v in verdicts] == [2, 3, 5, 6, 8, 9, 11, 12]
+    assert summary["wrong_records"] == 4
+
+
 @pytest.mark.parametrize("value", ["true", "1.0", "\"1\"", "1"])
 def test_equal_python_values_of_different_json_do_not_share_a_memo(value: str) -> None:
     # 1 == True == 1.0 in Python; in a record they mean different things (true and 1.0 are not integers)

@@ -12,11 +12,11 @@ binutils are missing; under CI (env CI set) they fail instead, as in test_bochs_
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ci_policy import under_ci
 
 from vmxaddr.oracles import bochs as B
 from vmxaddr.trace import Checker
@@ -82,7 +82,7 @@ def _need_bochs() -> None:
     missing = B.missing_tools()
     if missing:
         msg = "trace record --bochs needs: " + ", ".join(missing) + " (run scripts/system-deps.sh as root)"
-        if os.environ.get("CI"):
+        if under_ci():
             pytest.fail("CI must not skip the Bochs oracle: " + msg)
         pytest.skip(msg)
 

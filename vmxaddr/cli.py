@@ -9,6 +9,7 @@ import importlib
 import io
 import json
 import os
+import stat
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -169,13 +170,41 @@ def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2))
 
 
+def check_svg(args: argparse.Namespace) -> None:
+    """--svg, before any work: a file name, or - for the picture alone on standard output."""
+    if args.svg is None:
+        return
+    if not args.svg:
+        fail("--svg '': give a file name, or - for the picture on standard output")
+    if args.svg == "-" and args.json:
+        fail("--svg - and --json both want standard output: give --svg a file name")
+
+
 def write_svg(path: str, svg: object) -> None:
-    """--svg FILE: write the picture (`-`: to stdout, instead of the text)."""
+    """--svg FILE: write the picture (`-`: to stdout, instead of the text). A named pipe is
+    written only if a reader has it open (never wait for one: the command would hang)."""
     if path == "-":
         sys.stdout.write(str(svg))
         return
+    data = str(svg).encode()
     try:
-        Path(path).write_text(str(svg))
+        if stat.S_ISFIFO(os.stat(path).st_mode):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as e:
+                if e.errno == errno.ENXIO:
+                    fail(f"cannot write {path}: a named pipe with no reader (start the reader first)")
+                raise
+            os.set_blocking(fd, True)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        fail(f"cannot write {path}: {e.strerror}")
+    try:
+        Path(path).write_bytes(data)
     except OSError as e:
         fail(f"cannot write {path}: {e.strerror}")
 
@@ -186,6 +215,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from vmxaddr.explain import describe_exit, describe_instruction
     from vmxaddr.models import get
 
+    check_svg(args)
     case = case_from(args)
     exit = case.exit
     result = case.run(get("sdm"), explain=True)
@@ -213,6 +243,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from vmxaddr.explain import explain_text
     from vmxaddr.models import UnknownModel, covers, get, not_covered
 
+    check_svg(args)
     case = case_from(args)
     try:
         model = get(args.model)
@@ -273,7 +304,8 @@ def register_core(sub: Any) -> None:
     add_case_options(p)
     p.add_argument("--svg", metavar="FILE", help="also draw the bytes taken apart (prefixes, REX/REX2, opcode, "
                    "ModRM, SIB, displacement, and where each field goes) and the instruction-information field, "
-                   "values filled in, as an SVG picture into FILE (- : the picture to stdout instead of the text)")
+                   "values filled in, as an SVG picture into FILE (- : the picture alone to stdout, instead of the "
+                   "text; not with --json; a named pipe only when its reader is already there)")
     p.set_defaults(func=cmd_decode)
     p = sub.add_parser("explain", help="every step from bytes to linear address or fault, with the SDM rules",
                        description="Decode one instruction, encode its VM-exit information as a processor "
@@ -286,7 +318,8 @@ def register_core(sub: Any) -> None:
     add_call_timeout(p)
     p.add_argument("--svg", metavar="FILE", help="also draw the field and the computation as a flow (bytes -> "
                    "fields -> displacement -> EA -> segment -> linear -> checks -> outcome) into FILE, an SVG "
-                   "picture (- : the picture to stdout instead of the text)")
+                   "picture (- : the picture alone to stdout, instead of the text; not with --json; a named pipe only "
+                   "when its reader is already there)")
     p.set_defaults(func=cmd_explain)
     p = sub.add_parser("models", help="list the models", description="List every registered model: the encoders "
                        "(what writes the exit information) and the consumers (what rebuilds the address), and which "
@@ -360,9 +393,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def no_command(parser: argparse.ArgumentParser) -> int:
-    """`vmxaddr` or `vmxaddr trace` without a subcommand: usage and one error line on stderr, exit 2."""
-    sys.stderr.write(parser.format_usage())
-    sys.stderr.write(f"{parser.prog}: error: give a command (see {parser.prog} --help)\n")
+    """`vmxaddr` or `vmxaddr trace` without a subcommand: one error line naming the commands, exit 2."""
+    names = [name for a in parser._actions if isinstance(a, argparse._SubParsersAction) for name in a.choices]
+    sys.stderr.write(f"{parser.prog}: error: give a command: {', '.join(names)} (see {parser.prog} --help)\n")
     return 2
 
 

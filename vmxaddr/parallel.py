@@ -9,7 +9,8 @@
   (Linux: PR_SET_PDEATHSIG; elsewhere they notice a new parent pid at their next task).
 - `dask_client(address)`: a `distributed.Client` for a running scheduler, or a one-line usage
   error when Dask is not installed (`pip install 'vmxaddr[dask]'`), the address is malformed, or
-  no scheduler answers there.
+  no scheduler answers there, or what answers is not one (all within the time limit).
+- `dask_address(value)`: an empty --dask is an error, not "run locally".
 """
 
 from __future__ import annotations
@@ -90,9 +91,20 @@ def stop_pool(pool: ProcessPoolExecutor) -> None:
         p.join(timeout=5)
 
 
+def dask_address(value: str | None) -> str | None:
+    """A --dask value checked before anything runs: None when not given; an empty one is an error
+    (it used to mean "run locally" without a word)."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise ParallelError("--dask '': give a scheduler address such as tcp://host:8786 (or leave --dask out to "
+                            "run here)")
+    return value
+
+
 def dask_client(address: str, timeout: float | None = None) -> Any:
     """A connected `distributed.Client`, or ParallelError with one line saying why not (after
-    `timeout` seconds, default DASK_TIMEOUT, when nothing answers)."""
+    `timeout` seconds, default DASK_TIMEOUT, when nothing answers, or nothing that speaks Dask)."""
     timeout = DASK_TIMEOUT if timeout is None else timeout
     try:
         from distributed import Client
@@ -101,7 +113,9 @@ def dask_client(address: str, timeout: float | None = None) -> Any:
     if "://" not in address and ":" not in address:
         raise ParallelError(f"--dask {address!r}: expected a scheduler address such as tcp://host:8786")
     # Probe first: a Client that fails to connect leaves an object whose finaliser blocks for
-    # seconds at exit and prints a traceback.
+    # seconds at exit and prints a traceback. The probe as a whole is bounded: Dask's connect
+    # bounds the TCP connection, not the handshake, so a server that accepts and never speaks
+    # would hang it for ever.
     import asyncio
 
     from distributed.comm import connect
@@ -110,9 +124,25 @@ def dask_client(address: str, timeout: float | None = None) -> Any:
         comm = await connect(address, timeout=timeout)
         await comm.close()
 
+    # (a little longer than connect's own limit, so that an address where nothing listens gets
+    # connect's own "cannot reach" first)
+    bound = timeout + max(1.0, timeout / 2)
     try:
-        asyncio.run(probe())
+        asyncio.run(asyncio.wait_for(probe(), bound))
+    except TimeoutError:  # (asyncio.TimeoutError is TimeoutError; before OSError, its base)
+        raise ParallelError(f"no Dask scheduler answered at {address}: the connection was accepted, then "
+                            f"nothing came within {bound:g} s (--dask waits {timeout:g} s to connect)") from None
+    except OSError as e:
+        raise ParallelError(f"cannot reach a Dask scheduler at {address} within {timeout:g} s: "
+                            f"{_first_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 - what a stranger sends: ValueError, MemoryError (a huge frame length), ...
+        raise ParallelError(f"something answered at {address}, but not a Dask scheduler ({type(e).__name__}: "
+                            f"{_first_line(e)[:120]})") from None
+    try:
         return Client(address, timeout=f"{timeout}s", set_as_default=False)
     except (OSError, TimeoutError, ValueError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ParallelError(f"cannot reach a Dask scheduler at {address} within {timeout:g} s: {msg}") from None
+        raise ParallelError(f"cannot reach a Dask scheduler at {address} within {timeout:g} s: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -19,7 +19,7 @@ from vmxaddr.fuzz.witness import command, witness_json
 from vmxaddr.gen import ALL_MNEMONICS
 from vmxaddr.models import UnknownModel
 from vmxaddr.models.base import Model
-from vmxaddr.parallel import ParallelError, dask_client, resolve_jobs
+from vmxaddr.parallel import ParallelError, dask_address, dask_client, resolve_jobs
 from vmxaddr.progress import Progress
 
 
@@ -109,6 +109,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     check_options(args)
     try:
         workers, note = resolve_jobs(args.jobs)
+        dask_address(args.dask)
     except ParallelError as e:
         fail(str(e))
     from vmxaddr.encoders import ENCODERS

@@ -18,6 +18,7 @@ import pty
 import random
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -437,14 +438,36 @@ def run_image(rom: Path, workdir: Path, timeout: float = 120.0) -> str:
             out, err = proc.communicate()
             raise BochsError(f"bochs timed out after {timeout}s; output so far:\n"
                              + out.decode(errors="replace")[-2000:]) from None
+        except BaseException:  # ^C: bochs runs in its own session, so the terminal's SIGINT missed it
+            proc.kill()
+            proc.wait()
+            raise
     finally:
         os.close(slave)
         os.close(master)
     text = out.decode(errors="replace")
     if "\nEND" not in text and not text.startswith("END"):
-        raise BochsError("the VMM did not finish; bochs said:\n" + text[-3000:]
-                         + err.decode(errors="replace")[-2000:])
+        raise BochsError(did_not_finish(text, err, proc.returncode))
     return text
+
+
+def did_not_finish(text: str, err: bytes, returncode: int | None) -> str:
+    """The message for a run that ended before the VMM's END: how bochs ended and the line of
+    its output that says most (a PANIC or error line, else its last), on the first line; the rest
+    of the output after it."""
+    if returncode is not None and returncode < 0:
+        try:
+            how = f"bochs was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            how = f"bochs was killed by signal {-returncode}"
+    else:
+        how = f"bochs exited with status {returncode}"
+    said = (text[-3000:] + err.decode(errors="replace")[-2000:]).strip()
+    lines = [ln.strip() for ln in said.splitlines() if ln.strip()]
+    if not lines:
+        return f"the VMM did not finish: {how} and printed nothing"
+    loud = [ln for ln in lines if re.search(r"PANIC|FATAL|ERROR|error", ln)]
+    return f"the VMM did not finish: {how}; bochs said: {(loud or lines)[-1]}\n{said}"
 
 
 def parse_log(text: str) -> tuple[str, list[tuple[int, Record]], list[str]]:

@@ -88,13 +88,12 @@ class Checker:
                    findings_only: bool = False) -> int:
         """Feed `lines` (numbered from n + 1; None for an over-long line), emitting each verdict
         (only wrong records, malformed and truncated lines with `findings_only`); the last line number."""
-        memo, table_get, pending, feed = self.memo, self.table.get, self.pending, self.feed
+        remembered, pending, feed = self.remembered, self.pending, self.feed
         for data in lines:
             n += 1
             if data is not None:
-                shape = memo.get(data)
-                if shape is not None and shape.verdict is not None and (
-                        shape.ref is None or table_get(shape.ref) is shape.base):
+                shape = remembered(data)
+                if shape is not None and shape.verdict is not None:  # (a state record: feed puts it)
                     pending[shape] += 1
                     if shape.wrong or not findings_only:
                         v = shape.verdict.copy()
@@ -111,12 +110,21 @@ class Checker:
             self.flush()
         return n
 
+    def remembered(self, data: bytes) -> Shape | None:
+        """The memo's shape for this line, if it still holds: the line names no state, or the state
+        it names is the one it was checked under (not redefined since). The one check both
+        feed and feed_batch make (naming the state also uses it: StateTable.get)."""
+        shape = self.memo.get(data)
+        if shape is not None and (shape.ref is None or self.table.get(shape.ref) is shape.base):
+            return shape
+        return None
+
     # -- one line ----------------------------------------------------------------------------
     def feed(self, line: int, data: bytes, terminated: bool = True, too_long: bool = False) -> dict[str, Any] | None:
         """The verdict for one line (None for a blank line or a state record)."""
         self.tally.lines = line
-        shape = self.memo.get(data)
-        if shape is not None and not too_long and (shape.ref is None or self.table.get(shape.ref) is shape.base):
+        shape = None if too_long else self.remembered(data)
+        if shape is not None:
             return self._apply(shape, line)
         if too_long:
             return self._malformed(line, f"longer than {MAX_LINE} bytes")

@@ -71,7 +71,7 @@ def _task_failures(hint: str) -> Iterator[None]:
 def cmd_check(args: argparse.Namespace) -> int:
     from vmxaddr.cli import fail
     from vmxaddr.models import UnknownModel, get
-    from vmxaddr.parallel import ParallelError, dask_client, process_pool, resolve_jobs, stop_pool
+    from vmxaddr.parallel import ParallelError, dask_address, dask_client, process_pool, resolve_jobs, stop_pool
 
     try:
         get(args.against)
@@ -94,8 +94,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     try:
         workers, capped = resolve_jobs(args.jobs)
+        dask_address(args.dask)
     except ParallelError as e:
         fail(str(e))
+    if args.dask is not None and args.jobs != 1:
+        fail("--jobs and --dask exclude each other: with --dask the cluster's workers do the checking")
     if capped:
         note(capped)
     if "-" in paths and (workers > 1 or args.dask):
@@ -175,12 +178,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
             fail(f"cannot write {args.out}: {e.strerror}")
     else:
         out = sys.stdout
-    states = 0
+    states = made = 0
+    interrupted = False
     failures: list[str] = []  # what the model did instead of answering (vmxaddr.trace.synth)
     first_failure: str | None = None
     try:
         with Progress(args.n, "synth", enabled=not args.quiet, unit="exits") as prog:
-            made = 0
             for rec in synth(model, args.n, args.seed, args.shape, args.wrong, failures):
                 out.write(json.dumps(rec, separators=(",", ":")) + "\n")
                 if rec["type"] == "exit":
@@ -192,6 +195,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
                 else:
                     states += 1
             prog.update(made)
+    except KeyboardInterrupt:  # what was written stays written; the summary says how much
+        interrupted = True
+        print(f"vmxaddr trace synth: interrupted after {made} exit records", file=sys.stderr)
     finally:
         if out is not sys.stdout:
             out.close()
@@ -201,9 +207,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.json:  # the summary object last (check-trace skips it)
         print(json.dumps({"type": "summary", "command": "trace synth", "model": args.model, "seed": args.seed,
                           "exit_records": made, "state_records": states, "out": args.out or "-",
-                          "model_errors": len(failures), "model_error_first": first_failure},
-                         separators=(",", ":")))
-    return 1 if failures else 0
+                          "model_errors": len(failures), "model_error_first": first_failure,
+                          "interrupted": interrupted}, separators=(",", ":")))
+    return 130 if interrupted else 1 if failures else 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:

@@ -49,15 +49,21 @@ class InputError(Exception):
 def read_batches(stream: IO[bytes], max_line: int = MAX_LINE, block: int = BLOCK
                  ) -> Iterator[tuple[list[bytes | None], bytes | None, int]]:
     """(lines, unterminated final line, bytes consumed) per block of the stream: each line without
-    its newline, TOO_LONG for a line longer than `max_line` bytes; the final-line slot is set only
+    its line end (LF, CRLF or CR), TOO_LONG for a line longer than `max_line` bytes; the final-line slot is set only
     at the end of a stream that does not end with a newline. Holds at most one block and one line."""
     tail = b""
     skipping = 0  # > 0: inside an over-long line, this many bytes of it skipped
+    after_cr = False  # the previous block ended with CR: a LF starting this one is its CRLF's
     while True:
         buf = stream.read(block)
         if not buf:
             break
         size = len(buf)
+        if after_cr and buf.startswith(b"\n"):
+            buf = buf[1:]
+        after_cr = buf.endswith(b"\r")
+        if b"\r" in buf:  # CRLF and CR-only line ends (a trace saved on Windows or classic Mac OS) are lines too
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         if skipping:
             i = buf.find(b"\n")
             if i < 0:
@@ -95,6 +101,7 @@ def check_stream(stream: IO[bytes], checker: Checker, emit: Callable[[dict[str, 
     decompression error) ends the check: what came before is checked, and the summary says where."""
     done = 0
     n = last = first_line
+    emit = _writing(emit)
     try:
         for lines, final, size in read_batches(stream):
             done += size
@@ -109,6 +116,8 @@ def check_stream(stream: IO[bytes], checker: Checker, emit: Callable[[dict[str, 
                 progress.update(n, f"{100 * done / total_bytes:.0f}% of the file" if total_bytes else "")
     except InputError as e:
         checker.tally.input_error = f"after line {n}: {e}"
+    except _WriteFailed as w:  # our output, not the trace: the command line reports it (vmxaddr.cli.main)
+        raise w.error from None
     except OSError as e:
         checker.tally.input_error = f"reading failed after line {n}: {e.strerror or e}"
     except DECOMPRESSION_ERRORS as e:
@@ -119,6 +128,22 @@ def check_stream(stream: IO[bytes], checker: Checker, emit: Callable[[dict[str, 
             checker.tally.input_error = (f"decompression failed after line {n}, {where()} compressed bytes read: "
                                          f"{_reason(e)}")
     return checker.summary()
+
+
+class _WriteFailed(Exception):
+    def __init__(self, error: OSError) -> None:
+        self.error = error
+
+
+def _writing(emit: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    """`emit`, whose OSError (a full disk, a closed pipe) is told apart from one reading the trace."""
+    def out(v: dict[str, Any]) -> None:
+        try:
+            emit(v)
+        except OSError as e:
+            raise _WriteFailed(e) from e
+
+    return out
 
 
 def _reason(e: BaseException) -> str:

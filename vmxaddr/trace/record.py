@@ -14,6 +14,7 @@ Records carry `"source": {"processor": "bochs-2.7", ...}`: check-trace then attr
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -70,7 +71,8 @@ class RecordStats:
     model_error: str = ""  # what the model did the last time it gave no answer
 
 
-def _cases(model: Model, n: int, seed: int) -> list[_Planned]:
+def _cases(model: Model, n: int, seed: int) -> Iterator[_Planned]:
+    """n random cases, drawn as they are needed (a billion cases are never planned ahead)."""
     from vmxaddr.gen import MNEMONICS, RandomChooser, _reg_value, gen_encoding
     from vmxaddr.models import covers
     from vmxaddr.oracles.bochs import NOT_EXITING_IN_BOCHS
@@ -79,8 +81,8 @@ def _cases(model: Model, n: int, seed: int) -> list[_Planned]:
         or tuple(m for m in MNEMONICS if m not in NOT_EXITING_IN_BOCHS)
     rng = random.Random(seed)
     ch = RandomChooser(rng)
-    out: list[_Planned] = []
-    while len(out) < n:
+    made = 0
+    while made < n:
         raw, cs = gen_encoding(ch, mnemonics=names, register_forms=0.2)
         try:
             instr = decode(raw, cs)
@@ -94,8 +96,8 @@ def _cases(model: Model, n: int, seed: int) -> list[_Planned]:
         regs = tuple(_reg_value(ch) if i < (16 if cs == 64 else 8) else 0 for i in range(16))
         if cs != 64:
             regs = tuple(r & 0xFFFFFFFF for r in regs)
-        out.append(_Planned(raw, cs, cpl, regs))
-    return out
+        made += 1
+        yield _Planned(raw, cs, cpl, regs)
 
 
 def _answer(model: Model, exit: ExitInfo, state: CpuState, instr: Any, rng: random.Random) -> Recorded | None:
@@ -113,21 +115,25 @@ def record_bochs(model: Model, model_name: str, n: int, seed: int = 0, batch: in
                  progress: Callable[[int], None] | None = None,
                  stats: RecordStats | None = None) -> Iterator[dict[str, Any]]:
     """The trace records (state records, then exit records referring to them) of n random cases
-    run under Bochs, with `model`'s answers."""
-    from vmxaddr.oracles.bochs import Case, boot
+    run under Bochs, with `model`'s answers: `batch` cases are drawn, booted and yielded at a time,
+    so memory stays flat and the first records come after the first boot, whatever n is."""
+    from vmxaddr.oracles import bochs
+    from vmxaddr.oracles.bochs import Case
 
     stats = stats if stats is not None else RecordStats()
     planned = _cases(model, n, seed)
-    stats.cases = len(planned)
     rng = random.Random(seed ^ 0x5EC0DE)
     state_ids: dict[tuple[int, int, int], str] = {}
     done = 0
-    for start in range(0, len(planned), batch):
-        chunk = planned[start:start + batch]
+    for start in itertools.count(0, batch):
+        chunk = list(itertools.islice(planned, batch))  # one boot's cases, drawn now
+        if not chunk:
+            break
         cases = [Case(p.raw, p.code_size, {REG64[i]: p.regs[i] for i in range(16 if p.code_size == 64 else 8)},
                       cpl=p.cpl) for p in chunk]
-        run = boot(cases)
+        run = bochs.boot(cases)  # (looked up at each call: tests stand a fake in)
         stats.boots += 1
+        stats.cases += len(chunk)
         stats.seconds += run.seconds
         for _, unmatched in run.extra:
             stats.other_exits.append(f"reason {unmatched.basic_reason} at rip {unmatched.guest_rip:#x}")
@@ -216,28 +222,38 @@ def cmd_record(args: Any) -> int:
     stats = RecordStats()
     states = lines = 0
     first_error: str | None = None  # the line of the first record the model gave no answer for
+    interrupted = False
     try:
         with Progress(args.n, "record (bochs)", enabled=not args.quiet, unit="cases") as prog:
-            for rec in record_bochs(model, args.hypervisor, args.n, args.seed, progress=prog.update, stats=stats):
+            for rec in record_bochs(model, args.hypervisor, args.n, args.seed, batch=BATCH, progress=prog.update,
+                                    stats=stats):
                 out.write(json.dumps(rec, separators=(",", ":")) + "\n")
                 states += rec["type"] == "state"
                 lines += 1
                 if stats.model_errors and first_error is None:
                     first_error = f"line {lines}: {stats.model_error}"
+    except KeyboardInterrupt:  # keep what was recorded: the records of the boots that finished
+        interrupted = True
     except BochsUnavailable as e:
         fail(str(e))
-    except BochsError as e:
-        print(f"vmxaddr trace record: error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 1
+    except BochsError as e:  # not "found something" (1): the recording could not go on
+        where = f" (in {args.out})" if args.out and args.out != "-" else ""
+        print(f"vmxaddr trace record: error: {str(e).splitlines()[0]}; recorded {stats.exits} exits of "
+              f"{stats.cases} cases before it{where}", file=sys.stderr)
+        return 2
     finally:
         if out is not sys.stdout:
             out.close()
-    if not args.quiet:
-        print(f"recorded {stats.exits} exits of {stats.cases} cases in {stats.boots} Bochs boot(s), "
+        else:
+            out.flush()
+    if not args.quiet or interrupted:
+        print(("interrupted: " if interrupted else "")
+              + f"recorded {stats.exits} exits of {stats.cases} cases in {stats.boots} Bochs boot(s), "
               f"{stats.seconds:.1f} s in Bochs; {stats.no_exit} without a VMX-family exit"
               + (f"; {stats.model_errors} without an answer from {args.hypervisor} (first: {first_error})"
                  if stats.model_errors else ""),
               file=sys.stderr)
+    if not args.quiet:
         for line in stats.other_exits[:10]:
             print("  " + line, file=sys.stderr)
     if args.json:  # the summary object last (check-trace skips it)
@@ -247,8 +263,8 @@ def cmd_record(args: Any) -> int:
                           "other_exits": stats.other_exits[:50], "model_errors": stats.model_errors,
                           "model_error_first": first_error,
                           "boots": stats.boots, "bochs_seconds": round(stats.seconds, 2),
-                          "out": args.out or "-"}, separators=(",", ":")))
-    return 1 if stats.model_errors else 0
+                          "out": args.out or "-", "interrupted": interrupted}, separators=(",", ":")))
+    return 130 if interrupted else 1 if stats.model_errors else 0
 
 
 def register_trace(tsub: Any) -> None:
