@@ -61,13 +61,14 @@ def calls(model: str, n: int, repeat: int) -> None:
     from vmxaddr.fuzz.choosers import RecordingChooser, gen_case
     from vmxaddr.models import get
     from vmxaddr.realcode import models as rm
+    from vmxaddr.realcode.resolve import resolve
 
     os.environ["VMXADDR_IN_PROCESS"] = "1"
-    inproc = rm.resolve(model)
+    inproc = resolve(model)
     os.environ.pop("VMXADDR_IN_PROCESS")
     for f in (rm.c_model, rm.release_model, rm.tree_model):
         f.cache_clear()
-    isolated = rm.resolve(model)
+    isolated = resolve(model)
     ch = RecordingChooser(random.Random(7))
     mn = model_mnemonics(isolated)
     items = []
@@ -113,16 +114,17 @@ def campaigns(model: str, n: int, repeat: int) -> None:
     from vmxaddr.fuzz.campaign import fuzz
     from vmxaddr.models import get
     from vmxaddr.realcode import models as rm
+    from vmxaddr.realcode.resolve import resolve
 
     os.environ["VMXADDR_IN_PROCESS"] = "1"
-    inproc = rm.resolve(model)
+    inproc = resolve(model)
     os.environ.pop("VMXADDR_IN_PROCESS")
     for f in (rm.c_model, rm.release_model, rm.tree_model):
         f.cache_clear()
     from vmxaddr.realcode import xen
 
     xen.release_model.cache_clear()
-    isolated = rm.resolve(model)
+    isolated = resolve(model)
     sdm = get("sdm")
     fuzz(inproc, sdm, max_examples=min(n, 2000), shrink=False)  # warm both (memos, the worker)
     fuzz(isolated, sdm, max_examples=min(n, 2000), shrink=False)

@@ -5,7 +5,7 @@
 PATH is a file or a directory (searched as `vmxaddr scan` searches it). Both sides run as
 separate processes from a cold start and are timed by wall clock:
 
-* scanner: `python -m vmxaddr.scan --json --jobs N PATH...`
+* scanner: `python -m vmxaddr.scancli --json --jobs N PATH...`
   (`--jobs` 0 = the scanner's default: one process per CPU for 8 files or more);
 * objdump: `objdump -d [-M x86-64] FILES | grep -E 'REGEX|file format|Disassembly of section'`,
   in `--objdump-jobs` pipelines over equal shares of the files (default 1, a plain run).
@@ -62,7 +62,7 @@ def run_objdump(files: list[str], extra: list[str], jobs: int) -> tuple[float, s
 
 
 def run_scanner(paths: list[str], modes: list[str], jobs: int) -> tuple[float, dict]:
-    cmd = [sys.executable, "-m", "vmxaddr.scan", "--json", "--jobs", str(jobs)]
+    cmd = [sys.executable, "-m", "vmxaddr.scancli", "--json", "--jobs", str(jobs)]
     for m in modes:
         cmd += ["--mode", m]
     t0 = time.perf_counter()

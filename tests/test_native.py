@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-import vmxaddr.models as M
+import vmxaddr.models.native as N
+import vmxaddr.models.registry as M
 from vmxaddr.diff import exit_and_access
 from vmxaddr.exitinfo import Policy
 from vmxaddr.fuzz import gen_case
@@ -20,7 +21,7 @@ from vmxaddr.gen import VMX_MNEMONICS, RandomChooser, gen_policy
 from vmxaddr.models import kvm as kvm_pure
 from vmxaddr.models.base import InvalidExitInfo
 
-sdm_pure = M._sdm_pure
+sdm_pure = N._sdm_pure
 
 
 def _outcome_of(model, exit, state, access, explain):
@@ -100,12 +101,12 @@ def test_a_build_from_another_source_is_not_used(monkeypatch, tmp_path):
         __file__ = str(tmp_path / "sdm.cpython-311-x86_64-linux-gnu.so")
         SOURCE_SHA256 = hashlib.sha256(b"an older sdm.py").hexdigest()
 
-    monkeypatch.setattr(M.importlib, "import_module", lambda name: Fake)
-    assert M._native("sdm") is None
+    monkeypatch.setattr(N.importlib, "import_module", lambda name: Fake)
+    assert N.native("sdm") is None
     # the message tells the user what to do, not a bare set comparison
     problem = M.compiled("sdm")[1]
     assert problem and "models/sdm.py changed" in problem and "reinstall" in problem
-    Fake.SOURCE_SHA256 = hashlib.sha256((M.Path(M.__file__).with_name("sdm.py")).read_bytes()).hexdigest()
-    assert M._native("sdm") is Fake and M.compiled("sdm") == (Fake, None)
+    Fake.SOURCE_SHA256 = hashlib.sha256((N.Path(N.__file__).with_name("sdm.py")).read_bytes()).hexdigest()
+    assert N.native("sdm") is Fake and M.compiled("sdm") == (Fake, None)
     monkeypatch.setenv("VMXADDR_PURE", "1")
-    assert M._native("sdm") is None
+    assert N.native("sdm") is None

@@ -64,12 +64,15 @@ def _defined(layout: str, x: int, code_size: int, instruction: str) -> int:
     return mask
 
 
+# the address-size codes of the one table (as vmxaddr.exitinfo.ASZ_CODE; kept here so that this
+# module stays below exitinfo, which writes the extended field through it)
+_ASZ_CODE = {int(s[:2]): n for n, s in enumerate(layouts.ADDRESS_SIZES)}
+
+
 def encode_extended(instr: Any) -> tuple[int, int]:
     """(extended field with undefined bits zero, mask of the bits this layout defines) for a
     decoded vmxaddr.instruction.Instruction, built from the same facts as the 32-bit field;
     where each goes and when it is defined: vmxaddr.layouts.EXTENDED."""
-    from vmxaddr.exitinfo import ASZ_CODE, reported_segment
-
     layout = instr.spec.layout
     op = instr.operand
     if layout is Layout.RDRAND:
@@ -78,10 +81,10 @@ def encode_extended(instr: Any) -> tuple[int, int]:
         x = (instr.reg1 or 0) << _REG1_LO | (instr.reg2 or 0) << _REG2_LO
     elif layout is Layout.IO:
         assert op is not None
-        x = ASZ_CODE[op.address_size] << _ASZ_LO | SEGMENTS.index(op.segment) << _SEG_LO
+        x = _ASZ_CODE[op.address_size] << _ASZ_LO | SEGMENTS.index(op.segment) << _SEG_LO
     else:
         if op is not None:
-            x = ASZ_CODE[op.address_size] << _ASZ_LO | SEGMENTS.index(reported_segment(instr)) << _SEG_LO
+            x = _ASZ_CODE[op.address_size] << _ASZ_LO | SEGMENTS.index(op.segment) << _SEG_LO
             x |= X_INDEX_INV if op.index is None else (op.scale.bit_length() - 1) | op.index << _INDEX_LO
             x |= X_BASE_INV if op.base is None else op.base << _BASE_LO
         else:

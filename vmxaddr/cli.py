@@ -93,7 +93,7 @@ def _seconds(text: str) -> float:
 
 def add_call_timeout(p: argparse.ArgumentParser) -> None:
     """--call-timeout, for every command that runs a model (applied in main)."""
-    from vmxaddr.realcode.worker import DEFAULT_CALL_TIMEOUT
+    from vmxaddr.realcode.info import DEFAULT_CALL_TIMEOUT
 
     p.add_argument("--call-timeout", type=_seconds, metavar="SECONDS",
                    help="time limit for one call of a compiled model (c:FILE.c:FUNCTION, c:LIB.so:FUNCTION, "
@@ -213,12 +213,12 @@ def write_svg(path: str, svg: object) -> None:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     from vmxaddr.explain import describe_exit, describe_instruction
-    from vmxaddr.models import get
+    from vmxaddr.models import sdm  # not the registry: decode needs the reference model only
 
     check_svg(args)
     case = case_from(args)
     exit = case.exit
-    result = case.run(get("sdm"), explain=True)
+    result = case.run(sdm, explain=True)
     from vmxaddr.bytemap import breakdown
 
     bm = breakdown(case.instruction)

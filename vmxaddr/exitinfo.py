@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from vmxaddr import layouts
+from vmxaddr.apx import encode_extended, fields_extended
 from vmxaddr.decode import Instruction
 from vmxaddr.isa import EXIT_REASONS, REG64, SEGMENTS, SPECS, XMM, Layout
 from vmxaddr.layouts import InfoField
@@ -257,8 +258,6 @@ def encode(instr: Instruction, rip: int = 0, policy: Policy = DEFAULT_POLICY, st
         info |= rng.getrandbits(32) & ~defined & 0xFFFFFFFF
     ext = None
     if policy.apx or instr.rex2:
-        from vmxaddr.apx import encode_extended
-
         ext, xdefined = encode_extended(instr)
         if policy.undefined_bits == "random":
             assert rng is not None
@@ -299,8 +298,6 @@ def exit_fields_json(exit: ExitInfo, code_size: int | None) -> dict[str, Any]:
 
     out = {"instruction_info_fields": rows(fields(exit.instruction_info, exit.instruction, code_size))}
     if exit.extended_info is not None:
-        from vmxaddr.apx import fields_extended
-
         out["extended_info_fields"] = rows(fields_extended(exit.extended_info, exit.instruction, code_size))
     return out
 

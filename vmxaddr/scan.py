@@ -34,7 +34,6 @@ import bisect
 import heapq
 import re
 import struct
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -736,20 +735,4 @@ def scan_file(path: str, mode: int | None = None, on_finding: Callable[[dict[str
         return FileResult(path, error=f"malformed ELF ({type(exc).__name__}: {exc})")
 
 
-# -- the command line: vmxaddr/scancli.py --------------------------------------------------------
-
-def register(subparsers: Any) -> Any:
-    """Add `scan` to the vmxaddr command line (vmxaddr/scancli.py)."""
-    from vmxaddr.scancli import register as _register
-
-    return _register(subparsers)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from vmxaddr.scancli import main as _main
-
-    return _main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+# The command line (`vmxaddr scan`, `python -m vmxaddr.scancli`) is vmxaddr/scancli.py, above this module.

@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m vmxaddr.oracles.llvm [--subset] [--jobs N]`: the exhaustive REX2 VMREAD/VMWRITE sweep."""
     import argparse
 
-    from vmxaddr.crosscheck import report_text
+    from vmxaddr.oracles.report import report_text
 
     ap = argparse.ArgumentParser(prog="python -m vmxaddr.oracles.llvm", description=crosscheck_exhaustive.__doc__)
     ap.add_argument("--subset", action="store_true", help="ModRM.reg, SIB scale and index fixed per payload")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+DEFAULT_CALL_TIMEOUT = 2.0  # seconds per call of a compiled model (--call-timeout): they answer in microseconds
+
 
 @dataclass(frozen=True)
 class RealCodeInfo:

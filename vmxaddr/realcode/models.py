@@ -48,7 +48,8 @@ from vmxaddr.realcode.bridge import (
 )
 from vmxaddr.realcode.build import SHIM_DIR, BuildError, build_library, build_source
 from vmxaddr.realcode.extract import Extracted, ExtractError, find_function, mask
-from vmxaddr.realcode.registry import KVM_FUNCTION, KVM_LIMIT_CHECK, RELEASES, RealCodeInfo, release_info
+from vmxaddr.realcode.info import RealCodeInfo
+from vmxaddr.realcode.kvm_release import KVM_FUNCTION, KVM_LIMIT_CHECK, RELEASES, release_info
 from vmxaddr.realcode.worker import Failure, ModelFailure, Worker, isolated
 from vmxaddr.state import CpuState
 
@@ -466,23 +467,3 @@ def adapter_mnemonics(lib: Any, spec: str) -> tuple[str, ...] | None:
     return names
 
 
-def resolve(name: str) -> Any:
-    """The real-code model `name` (built and loaded now, so that errors come before any case)."""
-    try:
-        if name.startswith("c:"):
-            return c_model(name)
-        if name.startswith("kvm-tree:"):
-            return tree_model(name[len("kvm-tree:"):])
-        if name in _XEN_RELEASES:  # vmxaddr.realcode.xen
-            from vmxaddr.realcode.xen import release_model as xen_release_model
-
-            m = xen_release_model(name)
-        else:
-            m = release_model(name)
-        m.load()
-        return m
-    except ExtractError as e:
-        raise RealCodeError(str(e)) from None
-
-
-_XEN_RELEASES = ("xen-4.17",)  # vmxaddr.realcode.xen.RELEASES

@@ -6,25 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from vmxaddr.models.kvm import HANDLED, LimitCheck
+from vmxaddr.models.kvm import HANDLED
 from vmxaddr.realcode import sources
 from vmxaddr.realcode.info import RealCodeInfo
-
-# model name -> the source (vmxaddr.realcode.sources) holding its function
-RELEASES = {"kvm-linux-6.1": "linux-6.1", "kvm-linux-6.12": "linux-6.12"}
-KVM_FUNCTION = "get_vmx_mem_address"
-# What reading the code of both releases shows about the limit check (for the classifier):
-# flat segments skipped, last byte = off + len - 1, the real length, expand-down unknown.
-KVM_LIMIT_CHECK = LimitCheck(fixed_length=None, off_by_one=False, flat_skip=True, expand_down=False)
-
-
-def release_info(name: str, f: sources.Fetched) -> RealCodeInfo:
-    return RealCodeInfo(f"{KVM_FUNCTION}() of Debian {f.package} {f.version}", RELEASES[name], f.package, f.version)
+from vmxaddr.realcode.kvm_release import KVM_FUNCTION, KVM_LIMIT_CHECK, RELEASES, release_info
 
 
 def _lazy(name: str, info: RealCodeInfo) -> Any:
     def model(exit: Any, state: Any, access: Any, explain: bool = False) -> Any:
-        from vmxaddr.realcode.models import release_model
+        from vmxaddr.realcode.models import release_model  # built at the first call; models is above this module
 
         return release_model(name)(exit, state, access, explain)
 
@@ -46,3 +36,6 @@ def registered() -> list[tuple[str, Any, str, RealCodeInfo]]:
         info = release_info(name, f)
         out.append((name, _lazy(name, info), f"real code: {info.what}, compiled with vmxaddr's shim", info))
     return out
+
+
+__all__ = ["KVM_FUNCTION", "KVM_LIMIT_CHECK", "RELEASES", "RealCodeInfo", "registered", "release_info"]

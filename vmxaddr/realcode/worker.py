@@ -34,6 +34,7 @@ from typing import Any
 
 from vmxaddr.models.guard import ModelError, one_line
 from vmxaddr.realcode.bridge import ACCESS, EXIT, LAYOUT, RESULT, STATE, BridgeError, _Buffers, marshaller
+from vmxaddr.realcode.info import DEFAULT_CALL_TIMEOUT
 
 BATCH = 512
 SCRATCH = 1024
@@ -50,7 +51,6 @@ READY, LOAD_FAILED, INTERNAL_ERROR = 1, 2, 3
 _REQUEST = struct.Struct("<3I")
 _U32 = struct.Struct("<I")
 
-DEFAULT_CALL_TIMEOUT = 2.0  # seconds per call: the real models answer in microseconds
 LOAD_TIMEOUT = 30.0  # loading the library (its constructors run)
 OUTPUT_LIMIT = 1 << 20  # the C's output file is emptied beyond this
 ENV_TIMEOUT = "VMXADDR_CALL_TIMEOUT"  # how --call-timeout reaches worker processes (fuzz --jobs)
