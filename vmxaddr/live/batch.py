@@ -150,14 +150,21 @@ def generate(n: int, seed: int) -> list[LiveCase]:
         regs = [_reg_value(rng) for _ in range(16)]
         if cs != 64:
             regs = [r & 0xFFFFFFFF for r in regs]
+        segs = {s: _data_segment(rng, s, cs, cpl) for s in ("es", "ss", "ds", "fs", "gs")}
+        segs["cs"] = _code_segment(rng, cs, cpl)
+        op = instr.operand
+        if cs != 64 and cpl == 0 and op.segment != "ss":
+            # L1 receives a fault through a CPL-0 interrupt gate, which pushes on SS:ESP (no stack
+            # switch in legacy mode): keep SS and ESP usable when the operand does not read them
+            segs["ss"] = Segment(selector=0x18)
+            if 4 not in (op.base, op.index):
+                regs[4] = 0x10000000 + rng.randrange(0, 0x100000, 4)
         info, _ = encode_info(instr)
         reg2 = info >> 28 & 0xF
         if instr.mnemonic in ("vmread", "vmwrite"):
             regs[reg2] = rng.choice(FIELDS)
         elif instr.mnemonic in INV_TYPES:
             regs[reg2] = rng.choice(INV_TYPES[instr.mnemonic])
-        segs = {s: _data_segment(rng, s, cs, cpl) for s in ("es", "ss", "ds", "fs", "gs")}
-        segs["cs"] = _code_segment(rng, cs, cpl)
         out.append(LiveCase(raw, cs, cpl, tuple(regs), segs, instr.mnemonic))
     return out
 
@@ -315,6 +322,9 @@ def parse_events(raw: bytes, formats: str, n: int) -> list[Probe]:
             continue
         name, fields = fmts[eid]
         if name == "setregs":
+            if "fl" in fields and get(ev, fields, "fl") & 4:  # the client's own stub (client.c run_stub)
+                cur = None
+                continue
             cur = Probe(rip=get(ev, fields, "rip"))
             probes.append(cur)
         elif cur is None:

@@ -84,7 +84,7 @@ static int write_str(const char *path, const char *s, int append) {
 }
 
 static const char *PROBES[] = {
-    "p:vmxl/setregs kvm:kvm_arch_vcpu_ioctl_set_regs rip=+128(%si):x64",
+    "p:vmxl/setregs kvm:kvm_arch_vcpu_ioctl_set_regs rip=+128(%si):x64 fl=+136(%si):x64",
     "p:vmxl/gvma kvm_intel:get_vmx_mem_address qual=%si:x64 info=%dx:x32 wr=%cx:u8 len=%r8:s32",
     "r:vmxl/gvmar kvm_intel:get_vmx_mem_address ret=$retval:s32",
     "p:vmxl/rd kvm:kvm_read_guest_virt gva=%si:x64 n=%cx:u32",
@@ -235,7 +235,8 @@ static int run_stub(uint32_t rip) {
                              .s = 1, .db = 1, .g = 1};
     s.cs = cs; s.ds = s.es = s.fs = s.gs = s.ss = ds;
     if (ioctl(vcpu, KVM_SET_SREGS, &s) < 0) die("KVM_SET_SREGS (stub)");
-    struct kvm_regs r = {.rip = SYS + rip, .rflags = 2, .rsp = SYS + 0x8F000};
+    /* RFLAGS.PF marks the stub's KVM_SET_REGS in the probe events (cases run with RFLAGS = 2) */
+    struct kvm_regs r = {.rip = SYS + rip, .rflags = 6, .rsp = SYS + 0x8F000};
     if (ioctl(vcpu, KVM_SET_REGS, &r) < 0) die("KVM_SET_REGS (stub)");
     struct lres res = {0};
     run_once(&res);
@@ -317,7 +318,7 @@ int main(int argc, char **argv) {
         if (ioctl(vcpu, KVM_SET_SREGS, &s) < 0) { o->kind = K_IOCTL; o->vector = 1; o->err = errno; continue; }
         struct kvm_regs r;
         memcpy(&r, c->regs, sizeof c->regs); /* rax rbx rcx rdx rsi rdi rsp rbp r8..r15: see batch.py */
-        r.rflags = c->rflags ? c->rflags : 2;
+        r.rflags = 2;
         uint64_t mask = c->code_size == 64 ? ~0ull : c->code_size == 32 ? 0xFFFFFFFFull : 0xFFFFull;
         r.rip = c->code_size == 64 ? SYS + SLOT : ((SYS + SLOT - c->seg[1].base) & mask);
         if (ioctl(vcpu, KVM_SET_REGS, &r) < 0) { o->kind = K_IOCTL; o->vector = 2; o->err = errno; continue; }
