@@ -15,9 +15,14 @@ command -v as >/dev/null 2>&1 && command -v ld >/dev/null 2>&1 && command -v obj
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+# the live KVM (issue 22): gcc with a static libc builds the /dev/kvm client, the stub and the
+# Bochs preload library; dpkg-deb unpacks Debian's kernel and tools (nothing else is installed)
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+[ -e /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
+command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg)
 
 if [ ${#need[@]} -eq 0 ]; then
-    echo "system-deps: bochs, bochs-term, bochsbios, binutils, chromium, chromium-driver and npm already installed"
+    echo "system-deps: bochs, bochs-term, bochsbios, binutils, chromium, chromium-driver, npm, gcc and libc6-dev already installed"
     exit 0
 fi
 

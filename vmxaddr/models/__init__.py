@@ -147,6 +147,9 @@ def get(name: str) -> Model:
             return resolve(name)  # type: ignore[no-any-return]
         except RealCodeError as e:
             raise UnknownModel(str(e)) from None
+    if name.startswith("kvm-live:"):  # Debian's KVM running under Bochs (vmxaddr/live/model.py)
+        from vmxaddr.live.model import resolve as live_model
+        return live_model(name)
     if name in REGISTRY:
         return REGISTRY[name].function
     if f"alias/{name}" in REGISTRY:  # an old name (see its summary for why it moved)
