@@ -109,7 +109,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows.append({"release": name, "package": rel.package, "version": rel.version, "image": info is not None,
                      "saved_state": json.loads(meta.read_text()) if meta.is_file() else None})
     if args.json:
-        print(json.dumps(rows))
+        print(json.dumps({"releases": rows}))
     else:
         for r in rows:
             st = r["saved_state"]
@@ -133,36 +133,43 @@ def _guard(fn: Any) -> Any:
     return run
 
 
-def register(sub: Any) -> None:
+ACTIONS = {"build": "download Debian's packages and build the bootable ISO (cached)",
+           "save": "boot the ISO once under Bochs and save its state with KVM loaded (cached)",
+           "run": "random cases through the live KVM, compared with --against (default the compiled kvm-RELEASE)",
+           "status": "what is built and saved in the cache"}
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from vmxaddr.cli import fail
+
+    if args.action != "status" and args.release is None:
+        fail(f"live {args.action} needs a release: {', '.join(_releases())}")
+    fn = {"build": cmd_build, "save": cmd_save, "run": cmd_run, "status": cmd_status}[args.action]
+    return int(_guard(fn)(args))
+
+
+def _releases() -> tuple[str, ...]:
     from vmxaddr.live.images import RELEASES
 
+    return tuple(RELEASES)
+
+
+def register(sub: Any) -> None:
     p = sub.add_parser("live", help="Debian's real KVM, nested under Bochs 2.7: build, save, run cases",
                        description="Run Debian's own kernel and kvm-intel (nested=1) under Bochs 2.7 with VMX, and "
                        "VMX instructions with memory operands in an L1 guest of a /dev/kvm client: KVM's real "
-                       "answers, and the exit information Bochs handed it (kprobes). docs/live-kvm.md.",
+                       "answers, and the exit information Bochs handed it (kprobes). Actions: "
+                       + "; ".join(f"{k}: {v}" for k, v in ACTIONS.items()) + ". docs/live-kvm.md.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    lsub = p.add_subparsers(dest="live_command", required=True)
-    for name, fn, text in (("build", cmd_build, "download Debian's packages and build the bootable ISO (cached)"),
-                           ("save", cmd_save, "boot the ISO once and save Bochs' state with KVM loaded (cached)")):
-        q = lsub.add_parser(name, help=text, description=text)
-        q.add_argument("release", choices=tuple(RELEASES))
-        q.add_argument("--force", action="store_true", help="rebuild even if the cache is current")
-        q.add_argument("--json", action="store_true", help="print the manifest as JSON")
-        q.set_defaults(func=_guard(fn))
-    r = lsub.add_parser("run", help="random cases through the live KVM, compared with a model",
-                        description="Generate N cases, run them in restored Bochs runs of BATCH cases, and compare "
-                        "KVM's answers (probe: address accessed / exception queued) with --against given the same "
-                        "exit information. Exit status 1 on any disagreement.")
-    r.add_argument("release", choices=tuple(RELEASES))
-    r.add_argument("-n", type=int, default=1000, help="number of cases (default 1000)")
-    r.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    r.add_argument("--batch", type=int, default=100_000, help="cases per restored Bochs run (default 100000)")
-    r.add_argument("--against", metavar="MODEL", help="model to compare with (default kvm-RELEASE, the compiled function)")
-    r.add_argument("--shadow-vmcs", action="store_true",
-                   help="reload kvm-intel with enable_shadow_vmcs=1 first (VMREAD/VMWRITE then bypass KVM)")
-    r.add_argument("--no-probes", action="store_true", help="no kprobes: measures the bare rate; nothing is compared")
-    r.add_argument("--json", action="store_true", help="one JSON summary")
-    r.set_defaults(func=_guard(cmd_run))
-    s = lsub.add_parser("status", help="what is built and saved in the cache")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=_guard(cmd_status))
+    p.add_argument("action", choices=tuple(ACTIONS), help="build | save | run | status")
+    p.add_argument("release", nargs="?", choices=_releases(), help="the Debian kernel (names as in `vmxaddr sources`)")
+    p.add_argument("--force", action="store_true", help="build/save: redo even if the cache is current")
+    p.add_argument("-n", type=int, default=1000, help="run: number of cases (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="run: random seed (default 0)")
+    p.add_argument("--batch", type=int, default=100_000, help="run: cases per restored Bochs run (default 100000)")
+    p.add_argument("--against", metavar="MODEL", help="run: model to compare with (default kvm-RELEASE, compiled)")
+    p.add_argument("--shadow-vmcs", action="store_true",
+                   help="run: reload kvm-intel with enable_shadow_vmcs=1 first (VMREAD/VMWRITE then bypass KVM)")
+    p.add_argument("--no-probes", action="store_true", help="run: no kprobes (the bare rate; nothing is compared)")
+    p.add_argument("--json", action="store_true", help="one JSON object on standard output")
+    p.set_defaults(func=_dispatch)
