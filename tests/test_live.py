@@ -219,6 +219,24 @@ def test_live_trace_checks(live_6_1: str, tmp_path: Path, capsys: pytest.Capture
     assert all(v["hardware"]["verdict"] in ("consistent", "explained", "not-checkable") for v in verdicts)
 
 
+def test_live_model_in_diff_and_fuzz(live_6_1: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from vmxaddr.cli import main
+
+    # VMREAD [EBP-0x28] in 32-bit code, EBP = 0x1000, flat SS: by hand (SDM Vol. 3C §28.2.1 and
+    # Vol. 3A §3.4.5) the linear address is SS.base + EBP - 0x28 = 0xFD8, no fault. The live model
+    # makes an instruction with the same exit information, runs it on the real KVM, and answers.
+    code = main(["diff", "--models", f"kvm-{live_6_1},kvm-live:{live_6_1}", "--mode", "32", "--reg", "ebp=0x1000",
+                 "0f7845d8", "--json"])
+    obj = json.loads(capsys.readouterr().out)
+    assert code == 0, obj
+    live = obj["results"][f"kvm-live:{live_6_1}"]
+    assert live["outcome"]["kind"] == "ok" and int(str(live["linear_address"]), 0) == 0xFD8
+    assert main(["fuzz", "--model", f"kvm-live:{live_6_1}", "--against", f"kvm-{live_6_1}", "--max-examples", "300",
+                 "--seed", "9", "--quiet", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["compared"] >= 200 and rep["classes"] == [], rep
+
+
 @pytest.mark.slow
 def test_live_campaign_100k(live_6_1: str) -> None:
     from vmxaddr.live.campaign import compare, run_live

@@ -27,7 +27,7 @@ def cmd_fuzz_live(args: Any) -> int:
     from vmxaddr.live.batch import generate
     from vmxaddr.live.campaign import RunStats, run_live
     from vmxaddr.live.images import LiveError, ToolMissing
-    from vmxaddr.live.model import resolve
+    from vmxaddr.live.model import live_result, resolve
     from vmxaddr.models import UnknownModel, get
 
     try:
@@ -51,7 +51,7 @@ def cmd_fuzz_live(args: Any) -> int:
                     continue
                 instr = decode(r.case.raw, r.case.code_size)
                 st, acc = r.case.state(), access_of(instr)
-                mine = _live_result(r)  # KVM's answer to the exit it received
+                mine = live_result(r)  # KVM's answer to the exit it received
                 theirs = ref(exit, st, acc)
                 compared += 1
                 if agree(theirs, mine):
@@ -91,12 +91,3 @@ def cmd_fuzz_live(args: Any) -> int:
                                 "models": [args.against, args.model],
                                 "cases": [c["witness"] for c in classes.values()]}, indent=2) + "\n")
     return 0
-
-
-def _live_result(r: Any) -> Any:
-    from vmxaddr.models.base import FAULT, OK, Result, outcome
-
-    a = r.answer
-    if a.kind == OK:
-        return Result(outcome(False, OK, None, None, "ok"), None, a.linear_address)
-    return Result(outcome(False, FAULT, a.vector, a.error_code, "live KVM"))

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from vmxaddr.exitinfo import ExitInfo, defined_mask, operand_bits
-from vmxaddr.live.batch import MNEMONICS, LiveCase
+from vmxaddr.live.batch import FIELDS, INV_TYPES, MNEMONICS, LiveCase
 from vmxaddr.live.campaign import LiveResult, run_live
 from vmxaddr.live.record import legalize
 from vmxaddr.models.base import FAULT, OK, Access, Result, outcome
@@ -90,7 +90,15 @@ class LiveModel:
         if raw is None:
             return None
         segs = {s: getattr(state, s) for s in ("es", "cs", "ss", "ds", "fs", "gs")}
-        return legalize(LiveCase(raw, state.code_size, state.cpl, tuple(state.regs), segs, exit.instruction))
+        regs = list(state.regs)
+        # KVM reads the VMCS-field (VMREAD/VMWRITE) or type (INVEPT/INVVPID) register before the
+        # operand and answers VMfail if it is not valid: give it a valid one unless the address uses it
+        _, _, _, index, base = operand_bits(exit.instruction_info)
+        reg2 = exit.instruction_info >> 28 & 15
+        valid = FIELDS if exit.instruction in ("vmread", "vmwrite") else INV_TYPES.get(exit.instruction)
+        if valid is not None and regs[reg2] not in valid and reg2 not in (index, base):
+            regs[reg2] = valid[0]
+        return legalize(LiveCase(raw, state.code_size, state.cpl, tuple(regs), segs, exit.instruction))
 
     def prefetch(self, items: list[tuple[ExitInfo, CpuState]]) -> None:
         todo, keys = [], []
@@ -121,11 +129,18 @@ class LiveModel:
                 (r.probe.qual ^ exit.exit_qualification) & ((1 << {0: 16, 1: 32}.get(exit.instruction_info >> 7 & 7, 64)) - 1):
             raise ModelError(f"kvm-live: Bochs reported {r.probe.info:#x}/{r.probe.qual:#x} for {raw.hex()}, "
                              f"not the {exit.instruction_info:#x}/{exit.exit_qualification:#x} asked for")
-        a = r.answer
-        assert a is not None
-        if a.kind == OK:
-            return Result(outcome(explain, OK, None, None, "ok"), None, a.linear_address)
-        return Result(outcome(explain, FAULT, a.vector, a.error_code, "live KVM"))
+        return live_result(r, explain)
+
+
+def live_result(r: LiveResult, explain: bool = False) -> Result:
+    """KVM's answer as a model Result: the address it accessed, or the fault it queued."""
+    a = r.answer
+    assert a is not None
+    if a.kind == OK:
+        return Result(outcome(explain, OK, None, None, "live-kvm", lambda: "KVM went on and accessed the address"),
+                      None, a.linear_address)
+    return Result(outcome(explain, FAULT, a.vector, a.error_code, "live-kvm",
+                          lambda: f"KVM queued #{a.vector}({a.error_code}) (kprobe on kvm_queue_exception*)"))
 
 
 def defined_mask_for(r: LiveResult) -> int:
