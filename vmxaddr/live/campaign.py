@@ -82,7 +82,11 @@ def run_live(release: str, cases: list[LiveCase], probes: bool = True, shadow: b
     stats = stats if stats is not None else RunStats()
     t0 = time.monotonic()
     args = " ".join(a for a, on in (("noprobes", not probes), ("shadow", shadow)) if on)
-    job = run_job(release, encode_cases(cases), args=args, progress=progress)
+    # Run the cases grouped by paging mode (64-bit mode; protected mode with PAE): KVM_SET_SREGS
+    # changing CR3/CR4/EFER resets KVM's MMU, which then rebuilds its EPT tables page by page
+    order = sorted(range(len(cases)), key=lambda i: cases[i].code_size == 64)
+    cases_in_order = [cases[i] for i in order]
+    job = run_job(release, encode_cases(cases_in_order), args=args, progress=progress)
     if not job.output:
         raise RuntimeError(f"the client failed (status {job.status}): {job.log.strip()[-500:]}")
     out: Output = decode_output(job.output)
@@ -92,13 +96,13 @@ def run_live(release: str, cases: list[LiveCase], probes: bool = True, shadow: b
     if probes_list is not None and len(probes_list) != len(cases):
         raise RuntimeError(f"{len(probes_list)} KVM_SET_REGS probe hits for {len(cases)} cases "
                            "(ring buffer overrun?)")
-    res = []
-    for i, c in enumerate(cases):
-        p = probes_list[i] if probes_list is not None else None
+    res: list[LiveResult | None] = [None] * len(cases)
+    for j, i in enumerate(order):
+        p = probes_list[j] if probes_list is not None else None
         a = kvm_answer(p)
-        res.append(LiveResult(c, out.observed[i], p, a))
+        res[i] = LiveResult(cases[i], out.observed[j], p, a)
         stats.decoded += a is not None
-        stats.observed[KIND_NAMES.get(out.observed[i].kind, "?")] += 1
+        stats.observed[KIND_NAMES.get(out.observed[j].kind, "?")] += 1
     stats.cases += len(cases)
     stats.runs += 1
     stats.restore_cpu_s += job.restore_cpu_seconds
@@ -107,7 +111,7 @@ def run_live(release: str, cases: list[LiveCase], probes: bool = True, shadow: b
     stats.wall_s += time.monotonic() - t0
     stats.header = out.header
     stats.log = job.log
-    return res
+    return [r for r in res if r is not None]
 
 
 def model_answer(model: Model, r: LiveResult) -> Recorded | None:

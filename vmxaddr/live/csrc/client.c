@@ -243,6 +243,13 @@ static int run_stub(uint32_t rip) {
     return res.kind == K_HLT && (res.rflags & 0x41) == 0 ? 0 : -1;
 }
 
+static uint64_t current_vmcs(void) {
+    static union { struct kvm_nested_state s; uint8_t b[16384]; } ns;
+    ns.s.size = sizeof ns;
+    if (ioctl(vcpu, KVM_GET_NESTED_STATE, &ns) < 0) return 0;
+    return ns.s.hdr.vmx.vmcs12_pa;
+}
+
 static void reload_module(int shadow) {
     /* kvm_intel's enable_shadow_vmcs is read-only once loaded: unload and load again */
     char params[64];
@@ -323,9 +330,13 @@ int main(int argc, char **argv) {
         r.rip = c->code_size == 64 ? SYS + SLOT : ((SYS + SLOT - c->seg[1].base) & mask);
         if (ioctl(vcpu, KVM_SET_REGS, &r) < 0) { o->kind = K_IOCTL; o->vector = 2; o->err = errno; continue; }
         run_once(o);
-        if (o->kind == K_SHUTDOWN || o->kind == K_OTHER || (c->flags & 1)) {
-            /* a VMCLEAR may have cleared the current VMCS; a shutdown reset the vCPU: set L1 up again */
-            if (o->kind == K_SHUTDOWN || o->kind == K_OTHER) run_stub(INIT);
+        if (o->kind == K_SHUTDOWN || o->kind == K_OTHER) {
+            /* a shutdown reset the vCPU: set L1 up again */
+            run_stub(INIT);
+            run_stub(REINIT);
+        } else if ((c->flags & 1) && current_vmcs() != 0x11000) {
+            /* the VMCLEAR/VMPTRLD changed L1's current VMCS: load ours again. Asking KVM (nested
+               state) instead of always reloading spares a mode switch, i.e. an MMU reset */
             run_stub(REINIT);
         }
     }
