@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmxaddr.live.images import CSRC, LiveError, ToolMissing, _run, build, image_dir, live_dir, lookup, require
+from vmxaddr.live.images import CSRC, LiveError, ToolMissing, _run, build, image_dir, live_dir, require
 
 BOCHS = "bochs-bin"
 CPU_MODEL = "corei7_skylake_x"
@@ -165,7 +165,7 @@ def saved_state(name: str, progress: callable = lambda s: None, timeout: float =
                 force: bool = False) -> Path:
     """The saved state of release `name` (booted once, KVM loaded, stub waiting), built if absent
     or if the ISO, the Bochs settings or the preload library changed."""
-    manifest = lookup(name) or build(name, progress)
+    manifest = build(name, progress)  # the cached image, rebuilt if a pin or the stub changed
     sdir = state_dir(name)
     meta = sdir / "vmxaddr-state.json"
     key = _state_key(manifest)

@@ -199,7 +199,7 @@ def cmd_record_kvm(args: Any) -> int:
               + (f"; {skipped} entries of {args.cases} skipped" if skipped else ""), file=sys.stderr)
     if args.json:
         print(json.dumps({"type": "summary", "command": "trace record", "processor": PROCESSOR,
-                          "hypervisor": hypervisor_name(args.kvm), "seed": seed, "cases": len(cases),
+                          "hypervisor": hypervisor_name(args.kvm, getattr(args, "shadow_vmcs", False)), "seed": seed, "cases": len(cases),
                           "exit_records": written, "not_decoded": len(cases) - stats.decoded,
                           "skipped": skipped, "observed": dict(stats.observed), "runs": stats.runs,
                           "bochs_cpu_seconds": round(stats.bochs_cpu_s, 2),

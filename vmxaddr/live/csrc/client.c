@@ -95,14 +95,20 @@ static const char *PROBES[] = {
 };
 #define T "/sys/kernel/tracing/"
 
-static int setup_probes(void) {
-    int ok = 0;
+static int setup_probes(uint32_t n) {
+    int ok = 0, preset = access(T "events/vmxl/gvma/format", R_OK) == 0;
     write_str(T "tracing_on", "0", 0);
-    write_str(T "kprobe_events", "", 0);
-    for (int i = 0; PROBES[i]; i++) {
-        int r = write_str(T "kprobe_events", PROBES[i], 1);
-        fprintf(fmt, "PROBE %s %s\n", r ? "FAIL" : "OK", PROBES[i]);
-        if (r == 0) ok++;
+    if (preset) {
+        /* registered and enabled by the initramfs before the state was saved (images.py PROBES) */
+        for (int i = 0; PROBES[i]; i++) ok++;
+        fprintf(fmt, "PROBE PRESET\n");
+    } else {
+        write_str(T "kprobe_events", "", 0);
+        for (int i = 0; PROBES[i]; i++) {
+            int r = write_str(T "kprobe_events", PROBES[i], 1);
+            fprintf(fmt, "PROBE %s %s\n", r ? "FAIL" : "OK", PROBES[i]);
+            if (r == 0) ok++;
+        }
     }
     /* event ids and formats, for batch.py to parse the raw pages */
     const char *names[] = {"setregs", "gvma", "gvmar", "rd", "wr", "qe", "q", NULL};
@@ -111,12 +117,18 @@ static int setup_probes(void) {
         snprintf(path, sizeof path, T "events/vmxl/%s/format", names[i]);
         int fd = open(path, O_RDONLY);
         if (fd < 0) continue;
-        ssize_t n = read(fd, buf, sizeof buf - 1);
+        ssize_t k = read(fd, buf, sizeof buf - 1);
         close(fd);
-        if (n > 0) { buf[n] = 0; fprintf(fmt, "FORMAT %s\n%sEND\n", names[i], buf); }
+        if (k > 0) { buf[k] = 0; fprintf(fmt, "FORMAT %s\n%sEND\n", names[i], buf); }
     }
-    write_str(T "buffer_size_kb", "40960", 0);
-    write_str(T "events/vmxl/enable", "1", 0);
+    if (!preset) {
+        /* about 200 bytes of events per case; the ring buffer is allocated page by page in the
+           emulator, so no larger than the batch needs */
+        char kb[32];
+        snprintf(kb, sizeof kb, "%u", 1024 + (uint32_t)((uint64_t)n * 320 / 1024));
+        write_str(T "buffer_size_kb", kb, 0);
+        write_str(T "events/vmxl/enable", "1", 0);
+    }
     write_str(T "trace", "", 0);
     write_str(T "tracing_on", "1", 0);
     return ok;
@@ -254,6 +266,9 @@ static void reload_module(int shadow) {
     /* kvm_intel's enable_shadow_vmcs is read-only once loaded: unload and load again */
     char params[64];
     snprintf(params, sizeof params, "nested=1 enable_shadow_vmcs=%d", shadow);
+    /* probes preset on kvm_intel (images.py) go first; setup_probes registers them again */
+    write_str(T "events/vmxl/enable", "0", 0);
+    write_str(T "kprobe_events", "", 0);
     if (syscall(SYS_delete_module, "kvm_intel", O_NONBLOCK) != 0) die("delete_module kvm_intel");
     int fd = open("/lib/kvm-intel.ko", O_RDONLY);
     if (fd < 0 || syscall(SYS_finit_module, fd, params, 0) != 0) die("finit_module kvm-intel.ko");
@@ -308,7 +323,7 @@ int main(int argc, char **argv) {
     build_guest(revision);
     if (ioctl(vcpu, KVM_GET_SREGS, &base_sregs) < 0) die("KVM_GET_SREGS");
     if (run_stub(INIT) != 0) { fprintf(stderr, "client: VMXON/VMCLEAR/VMPTRLD in L1 failed\n"); return 5; }
-    int nprobes = probes ? setup_probes() : 0;
+    int nprobes = probes ? setup_probes(n) : 0;
     double t1 = now();
 
     struct lres *res = calloc(n ? n : 1, sizeof *res);
