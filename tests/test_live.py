@@ -245,3 +245,28 @@ def test_live_campaign_100k(live_6_1: str) -> None:
     res = run_live(live_6_1, batch.generate(100_000, int(os.environ.get("VMXADDR_LIVE_SEED", "1"))))
     cmp = compare(res, get("kvm-linux-6.1"))
     assert cmp.compared > 90_000 and cmp.compared == cmp.agree, cmp.disagreements[:3]
+
+
+@pytest.mark.slow
+def test_live_shadow_vmcs_bypasses_kvm(live_6_1: str) -> None:
+    # With enable_shadow_vmcs=1 KVM shadows guest RIP (0x681E) for VMREAD and VMWRITE (its
+    # vmcs_shadow_fields.h lists it read/write), never the guest ES selector (0x0800): the first
+    # never reaches get_vmx_mem_address, the second always does (docs/live-kvm.md, Shadow VMCS)
+    from dataclasses import replace
+
+    from vmxaddr.live.campaign import run_live
+
+    cases = []
+    for c in batch.generate(400, 6):
+        if c.mnemonic not in ("vmread", "vmwrite") or c.cpl:
+            continue
+        reg2 = encode_info(decode(c.raw, c.code_size))[0] >> 28 & 15
+        op = decode(c.raw, c.code_size).operand
+        if reg2 in (op.base, op.index):
+            continue
+        regs = list(c.regs)
+        regs[reg2] = 0x681E if len(cases) % 2 else 0x0800
+        cases.append(replace(c, regs=tuple(regs)))
+    res = run_live(live_6_1, cases, shadow=True)
+    for i, r in enumerate(res):
+        assert (r.answer is None) == bool(i % 2), (i, r.case.raw.hex())
