@@ -22,7 +22,7 @@ from typing import Any
 from vmxaddr.case import access_of
 from vmxaddr.decode import decode
 from vmxaddr.exitinfo import ExitInfo
-from vmxaddr.live.batch import K_EXC, KIND_NAMES, LiveCase, Observed, Output, Probe, decode_output, encode_cases
+from vmxaddr.live.batch import K_EXC, K_SHUTDOWN, KIND_NAMES, LiveCase, Observed, Output, Probe, decode_output, encode_cases
 from vmxaddr.live.bochsrun import run_job
 from vmxaddr.live.images import RELEASES
 from vmxaddr.models.base import FAULT, OK, Model
@@ -136,11 +136,17 @@ def same(live: Recorded, model: Recorded) -> bool:
 
 
 def observed_consistent(r: LiveResult) -> bool:
-    """What L1 saw agrees with what KVM's probes say it did (a queued fault was delivered)."""
+    """What L1 saw agrees with what KVM's probes say it did: a queued fault was delivered, or its
+    delivery failed (a triple fault: in legacy mode the fault is pushed on the case's own SS:ESP)."""
     if r.answer is None or r.answer.kind == OK:
         return True
     vec = {v: k for k, v in VECTORS.items()}.get(r.answer.vector or "")
-    return r.observed.kind == K_EXC and r.observed.vector == vec
+    return (r.observed.kind == K_EXC and r.observed.vector == vec) or delivery_failed(r)
+
+
+def delivery_failed(r: LiveResult) -> bool:
+    return r.answer is not None and r.answer.kind == FAULT and r.observed.kind == K_SHUTDOWN \
+        and r.case.code_size != 64
 
 
 @dataclass
@@ -149,6 +155,7 @@ class Comparison:
     agree: int = 0
     not_decoded: int = 0
     observed_mismatch: int = 0
+    delivery_failed: int = 0
     disagreements: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -159,6 +166,7 @@ def compare(results: list[LiveResult], model: Model, into: Comparison | None = N
             cmp.not_decoded += 1
             continue
         cmp.observed_mismatch += not observed_consistent(r)
+        cmp.delivery_failed += delivery_failed(r)
         want = model_answer(model, r)
         cmp.compared += 1
         if want is not None and same(r.answer, want):
