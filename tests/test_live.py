@@ -162,6 +162,19 @@ def test_read_cases_from_a_witness_file(tmp_path: Path) -> None:
     assert cases[0].regs[5] == 0x1000 and cases[0].segs["ss"].dpl == 0
 
 
+@pytest.mark.parametrize("argv", [["live", "run", "linux-6.1", "-n", "5"],
+                                  ["trace", "record", "--kvm", "linux-6.1", "-n", "5"]])
+def test_missing_bochs_is_one_line_and_status_2(argv: list[str], monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from vmxaddr.cli import main
+
+    real = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "bochs-bin" else real(name, *a, **k))
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing: bochs" in err[0], err
+
+
 # -- live ---------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -217,6 +230,12 @@ def test_live_trace_checks(live_6_1: str, tmp_path: Path, capsys: pytest.Capture
         [v for v in verdicts if v["hypervisor"]["verdict"] != "correct"][:2]
     # what Bochs handed KVM is what the SDM says, or one of Bochs' documented departures
     assert all(v["hardware"]["verdict"] in ("consistent", "explained", "not-checkable") for v in verdicts)
+    # --cases replays the trace's cases on the same KVM: the same exit information, the same answers
+    again = tmp_path / "again.jsonl"
+    assert main(["trace", "record", "--kvm", live_6_1, "--cases", str(out), "-q", "--out", str(again)]) == 0
+    recs2 = [json.loads(x) for x in again.read_text().splitlines()]
+    key = ("bytes", "instruction_info", "exit_qualification", "result")
+    assert [[r[k] for k in key] for r in recs2] == [[r[k] for k in key] for r in recs]
 
 
 def test_live_model_in_diff_and_fuzz(live_6_1: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -145,6 +145,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.action != "status" and args.release is None:
         fail(f"live {args.action} needs a release: {', '.join(_releases())}")
+    if args.action in ("save", "run"):
+        from vmxaddr.live.bochsrun import require_bochs
+        from vmxaddr.live.images import ToolMissing, require
+
+        try:  # before any download: a missing tool is one line and exit status 2
+            require_bochs()
+            require("gcc", "apt-get", "dpkg")
+        except ToolMissing as e:
+            fail(str(e))
     fn = {"build": cmd_build, "save": cmd_save, "run": cmd_run, "status": cmd_status}[args.action]
     return int(_guard(fn)(args))
 

@@ -162,6 +162,14 @@ def cmd_record_kvm(args: Any) -> int:
         fail(f"--kvm: unknown release {args.kvm!r}; one of: {', '.join(RELEASES)}")
     if args.n < 0:
         fail("-n must not be negative")
+    from vmxaddr.live.bochsrun import require_bochs
+    from vmxaddr.live.images import require
+
+    try:  # before any download: a missing tool is one line and exit status 2
+        require_bochs()
+        require("gcc", "apt-get", "dpkg")
+    except ToolMissing as e:
+        fail(str(e))
     skipped = 0
     if getattr(args, "cases", None):
         try:
