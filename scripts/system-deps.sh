@@ -19,9 +19,14 @@ command -v npm >/dev/null 2>&1 || need+=(npm)
 # the LLVM 19 decoder oracle (libLLVM-19.so via ctypes) and the APX scan tests (llvm-mc-19 assembles
 # REX2 forms, llvm-objdump-19 is their yardstick); bookworm has 19.1.7
 command -v llvm-mc-19 >/dev/null 2>&1 && command -v llvm-objdump-19 >/dev/null 2>&1 || need+=(llvm-19)
+# the live KVM (issue 22): gcc with a static libc builds the /dev/kvm client, the stub and the
+# Bochs preload library; dpkg-deb unpacks Debian's kernel and tools (nothing else is installed)
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+[ -e /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
+command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg)
 
 if [ ${#need[@]} -eq 0 ]; then
-    echo "system-deps: bochs, bochs-term, bochsbios, binutils, chromium, chromium-driver, npm and llvm-19 already installed"
+    echo "system-deps: bochs, bochs-term, bochsbios, binutils, chromium, chromium-driver, npm, llvm-19, gcc and libc6-dev already installed"
     exit 0
 fi
 

@@ -40,6 +40,7 @@ CONTRACT: dict[tuple[str, ...], tuple[str, list[str]]] = {
     ("trace", "synth"): (LINES, ["--model", "sdm", "-n", "20", "--quiet"]),
     ("trace", "import"): (LINES, ["--from", "ftrace", str(DATA / "kvm_exit.txt"), "--quiet"]),
     ("trace", "record"): (LINES, ["--bochs", "-n", "20", "--quiet"]),  # needs bochs (CI installs it)
+    ("live",): (OBJECT, ["status"]),  # build/save/run download and boot: tests/test_live.py
 }
 
 

@@ -107,6 +107,9 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     from vmxaddr.cli import fail, print_json
 
     check_options(args)
+    if args.model.startswith("kvm-live:"):  # the running KVM: batches of Bochs runs (vmxaddr/live)
+        from vmxaddr.live.fuzzlive import cmd_fuzz_live
+        return cmd_fuzz_live(args)
     try:
         workers, note = resolve_jobs(args.jobs)
         dask_address(args.dask)

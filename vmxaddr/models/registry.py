@@ -168,6 +168,10 @@ def get(name: str) -> Model:
             return resolve(name)  # type: ignore[no-any-return]
         except RealCodeError as e:
             raise UnknownModel(str(e)) from None
+    if name.startswith("kvm-live:"):  # Debian's KVM running under Bochs (vmxaddr/live/model.py)
+        from vmxaddr.live.model import resolve as live_model
+
+        return live_model(name)  # type: ignore[no-any-return]
     if name in REGISTRY:
         return REGISTRY[name].function
     if f"alias/{name}" in REGISTRY:  # an old name (see its summary for why it moved)

@@ -207,8 +207,11 @@ def cmd_record(args: Any) -> int:
     from vmxaddr.oracles.bochs import BochsError, BochsUnavailable
     from vmxaddr.progress import Progress
 
+    if getattr(args, "kvm", None):  # the live KVM under Bochs: vmxaddr/live/record.py
+        from vmxaddr.live.record import cmd_record_kvm
+        return cmd_record_kvm(args)
     if not args.bochs:
-        fail("trace record needs a processor to record from: --bochs (the only one so far)")
+        fail("trace record needs a processor to record from: --bochs, or --kvm RELEASE")
     try:
         model = get(args.hypervisor)
     except UnknownModel as e:
@@ -282,6 +285,10 @@ def register_trace(tsub: Any) -> None:
                         "(docs/known-oracle-issues.md).",
                         epilog=RECORD_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("--bochs", action="store_true", help="record from Bochs 2.7 (needs scripts/system-deps.sh)")
+    r.add_argument("--kvm", metavar="RELEASE", help="record Debian's live KVM (linux-6.1, linux-6.12) answering, "
+                   "nested under Bochs 2.7 (`vmxaddr live build RELEASE`; docs/live-kvm.md)")
+    r.add_argument("--cases", metavar="FILE", help="with --kvm: replay the cases of a trace or a fuzz witness file")
+    r.add_argument("--shadow-vmcs", action="store_true", help="with --kvm: kvm-intel enable_shadow_vmcs=1 (docs/live-kvm.md)")
     r.add_argument("-n", type=int, default=1000, help="number of random cases (default 1000)")
     r.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     r.add_argument("--hypervisor", default="sdm", metavar="MODEL",
