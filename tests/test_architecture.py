@@ -34,6 +34,8 @@ ALLOWED_UP: dict[tuple[str, str], str] = {
     ("vmxaddr.cross", "vmxaddr.cli"): "cross.py holds `vmxaddr cross` beside its pipeline",
     ("vmxaddr.crosscheck", "vmxaddr.cli"): "crosscheck.py is the `vmxaddr crosscheck` command and its runner",
     ("vmxaddr.trace.record", "vmxaddr.cli"): "trace/record.py holds `vmxaddr trace record` beside the recorder",
+    ("vmxaddr.live.record", "vmxaddr.cli"): "live/record.py holds `trace record --kvm` beside the live recorder",
+    ("vmxaddr.live.fuzzlive", "vmxaddr.cli"): "live/fuzzlive.py holds `fuzz --model kvm-live:` beside its batches",
     ("vmxaddr.fuzz", "vmxaddr.fuzz.cli"): "the package re-exports its command's report functions",
     ("vmxaddr.trace", "vmxaddr.trace.commands"): "the package re-exports its commands' registration",
 }
