@@ -271,7 +271,7 @@ COMMANDS: list[Callable[[Any], None]] = [register_core]
 def _optional_commands() -> list[Callable[[Any], None]]:
     found = []
     for modname in ("vmxaddr.diff", "vmxaddr.fuzz", "vmxaddr.crosscheck", "vmxaddr.scan", "vmxaddr.trace",
-                    "vmxaddr.oracles.bochs", "vmxaddr.cross", "vmxaddr.realcode.cli"):
+                    "vmxaddr.oracles.bochs", "vmxaddr.cross", "vmxaddr.realcode.cli", "vmxaddr.prove"):
         try:
             mod = __import__(modname, fromlist=["register"])
         except ImportError as e:
