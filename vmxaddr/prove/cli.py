@@ -9,9 +9,7 @@ import importlib
 import multiprocessing as mp
 import sys
 import time
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vmxaddr.exitinfo import EXIT_QUAL_POLICIES, Policy
 from vmxaddr.models.base import Model

@@ -145,13 +145,13 @@ def _paths(form: Form, a: Model, b: Model, policy: Policy, end: float, res: Form
             raise _OutOfTime
 
     for pe, exit in Paths(feas).run(lambda: encode(ins, st.rip, policy)):
-        ra_paths = list(Paths(feas, [pe]).run(lambda: a(exit, st, access)))
+        ra_paths = list(Paths(feas, [pe]).run(lambda exit=exit: a(exit, st, access)))
         tick()
-        rb_paths = list(Paths(feas, [pe]).run(lambda: b(exit, st, access)))
+        rb_paths = list(Paths(feas, [pe]).run(lambda exit=exit: b(exit, st, access)))
         tick()
         for pa, ra in ra_paths:
             for pb, rb in rb_paths:
-                def compare(ra: Any = ra, rb: Any = rb) -> str | None:
+                def compare(ra: Any = ra, rb: Any = rb, exit: Any = exit) -> str | None:
                     if agree(rb, ra):
                         return None
                     return classify(exit, st, access, rb, ra, b, a)
