@@ -164,23 +164,35 @@ def _paths(form: Form, a: Model, b: Model, policy: Policy, end: float, res: Form
 
 
 def _minimise(cond: z3.BoolRef, m: z3.ModelRef, variables: dict[str, z3.BitVecRef], end: float) -> dict[str, int]:
-    """A witness with as many inputs as possible at their default (the diff command's state),
-    then with the remaining values as small as the solver finds quickly."""
-    fixed: list[z3.BoolRef] = []
-    for name, v in variables.items():
-        if time.perf_counter() > end:
-            break
-        want = DEFAULTS.get(name.split(".")[0] if name.split(".")[0] in DEFAULTS else name, 0)
-        want = DEFAULTS.get(name, want) & ((1 << v.size()) - 1)
+    """A witness with as many inputs as possible at their default (the diff command's state):
+    each input is reset to its default when the condition still holds by evaluation (no solver),
+    then the few left are tried with a short solver call each."""
+    values = {n: m.eval(v, model_completion=True).as_long() for n, v in variables.items()}
+
+    def holds(vals: dict[str, int]) -> bool:
+        sub = [(variables[n], z3.BitVecVal(x, variables[n].size())) for n, x in vals.items()]
+        return z3.is_true(z3.simplify(z3.substitute(cond, *sub)))
+
+    def default(n: str) -> int:
+        return DEFAULTS.get(n, 0) & ((1 << variables[n].size()) - 1)
+
+    for n in variables:
+        if values[n] != default(n):
+            trial = dict(values, **{n: default(n)})
+            if holds(trial):
+                values = trial
+    tries = 0
+    for n, v in variables.items():
+        if values[n] == default(n) or tries >= 8 or time.perf_counter() > end:
+            continue
+        tries += 1
         s = z3.SolverFor("QF_BV")
-        s.set("timeout", 2000)
-        s.add(cond, *fixed, v == want)
+        s.set("timeout", 300)
+        s.add(cond, v == default(n), *(variables[k] == x for k, x in values.items() if k != n and x == default(k)))
         if s.check() == z3.sat:
-            fixed.append(v == want)
-            m = s.model()
-        else:
-            fixed.append(v == m.eval(v, model_completion=True))
-    return {name: m.eval(v, model_completion=True).as_long() for name, v in variables.items()}
+            mm = s.model()
+            values = {k: mm.eval(variables[k], model_completion=True).as_long() for k in variables}
+    return values
 
 
 def _confirm(form: Form, name: str, values: dict[str, int], model: tuple[str, Model], against: tuple[str, Model],
@@ -200,15 +212,16 @@ def _confirm(form: Form, name: str, values: dict[str, int], model: tuple[str, Mo
 def readable(cond: z3.BoolRef, variables: dict[str, z3.BitVecRef], limit: int = 400) -> str:
     """The condition simplified, if that makes it short enough to read; else a note."""
     try:
-        t = z3.Then(z3.Tactic("simplify"), z3.Tactic("propagate-values"), z3.Tactic("ctx-simplify"))
-        t = z3.TryFor(t, 2000)
+        t = z3.TryFor(z3.Then(z3.Tactic("simplify"), z3.Tactic("propagate-values"), z3.Tactic("ctx-simplify")), 2000)
         goals = t(cond)
-        text = " or ".join(str(z3.And(*g)) if len(g) else "true" for g in goals)
+        e = z3.Or(*(z3.And(*g) for g in goals)) if len(goals) else z3.BoolVal(False)
     except z3.Z3Exception:
-        text = str(z3.simplify(cond))
-    text = " ".join(text.split())
+        e = z3.simplify(cond)
+    if len(e.sexpr()) > 4 * limit:  # the pretty printer is slow on large terms: measure first
+        return f"(does not simplify to a short form: {len(e.sexpr())} characters as an s-expression)"
+    text = " ".join(str(e).split())
     if len(text) > limit:
-        return f"(does not simplify to a short form: {len(text)} characters; the witness and class name describe it)"
+        return f"(does not simplify to a short form: {len(text)} characters)"
     return text
 
 
