@@ -23,6 +23,7 @@ _MASKS = (0xFFFF, MASK32, MASK64, 0, 0, 0, 0, 0)  # by address-size code (3…7 
 _SIGN = (0x8000, 0x80000000, 1 << 63, 0, 0, 0, 0, 0)
 # 64-bit mode: bits that must all equal bit 63 for a canonical address (paging width 48 or 57).
 _NONCANONICAL = {False: MASK64 ^ ((1 << 47) - 1), True: MASK64 ^ ((1 << 56) - 1)}
+_NC48, _NC57 = _NONCANONICAL[False], _NONCANONICAL[True]
 
 
 def _h(v: int) -> str:
@@ -156,7 +157,7 @@ def noncanonical(linear: int, size: int, la57: bool) -> int | None:
     CR4.LA57; SDM Vol. 1 "Canonical Addressing"), or None. Both are checked, as Bochs and KVM's
     instruction emulator do, so an access running off the lower half faults."""
     last = (linear + (size or 1) - 1) & MASK64
-    nc = _NONCANONICAL[la57]
+    nc = _NC57 if la57 else _NC48  # a test, not a lookup: the rule language branches on CR4.LA57
     top = linear & nc
     if top and top != nc:
         return linear

@@ -214,9 +214,11 @@ def readable(cond: z3.BoolRef, variables: dict[str, z3.BitVecRef], limit: int = 
     try:
         t = z3.TryFor(z3.Then(z3.Tactic("simplify"), z3.Tactic("propagate-values"), z3.Tactic("ctx-simplify")), 2000)
         goals = t(cond)
-        e = z3.Or(*(z3.And(*g) for g in goals)) if len(goals) else z3.BoolVal(False)
+        e = z3.simplify(z3.Or(*(z3.And(*g) for g in goals))) if len(goals) else z3.BoolVal(False)
     except z3.Z3Exception:
         e = z3.simplify(cond)
+    if z3.is_true(e):
+        return "always (every input of the form)"
     if len(e.sexpr()) > 4 * limit:  # the pretty printer is slow on large terms: measure first
         return f"(does not simplify to a short form: {len(e.sexpr())} characters as an s-expression)"
     text = " ".join(str(e).split())
