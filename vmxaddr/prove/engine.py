@@ -145,17 +145,21 @@ def _paths(form: Form, a: Model, b: Model, policy: Policy, end: float, res: Form
             raise _OutOfTime
 
     for pe, exit in Paths(feas).run(lambda: encode(ins, st.rip, policy)):
-        ra_paths = list(Paths(feas, [pe]).run(lambda exit=exit: a(exit, st, access)))
+        pa_ = Paths(feas, [pe])
+        ra_paths = [(pc, r, dict(pa_.known)) for pc, r in pa_.run(lambda exit=exit: a(exit, st, access))]
         tick()
-        rb_paths = list(Paths(feas, [pe]).run(lambda exit=exit: b(exit, st, access)))
+        pb_ = Paths(feas, [pe])
+        rb_paths = [(pc, r, dict(pb_.known)) for pc, r in pb_.run(lambda exit=exit: b(exit, st, access))]
         tick()
-        for pa, ra in ra_paths:
-            for pb, rb in rb_paths:
+        for pa, ra, ka in ra_paths:
+            for pb, rb, kb in rb_paths:
+                if any(kb.get(c, d) != d for c, d in ka.items()):
+                    continue  # the two paths decided one condition both ways
                 def compare(ra: Any = ra, rb: Any = rb, exit: Any = exit) -> str | None:
                     if agree(rb, ra):
                         return None
                     return classify(exit, st, access, rb, ra, b, a)
-                for pc, name in Paths(feas, [pe, pa, pb]).run(compare):
+                for pc, name in Paths(feas, [pe, pa, pb], known=ka | kb).run(compare):
                     res.paths += 1
                     if name is not None:
                         out.setdefault(name, []).append(z3.And(pe, pa, pb, pc))

@@ -268,7 +268,7 @@ class Paths:
     _stack: list[Paths] = []
 
     def __init__(self, feasibility: Feasibility | None = None, base: list[z3.BoolRef] | None = None,
-                 max_paths: int = 20000) -> None:
+                 max_paths: int = 20000, known: dict[int, bool] | None = None) -> None:
         self.max_paths = max_paths
         self.feas = feasibility
         self.base = list(base or [])
@@ -277,6 +277,11 @@ class Paths:
         self.pc: list[z3.BoolRef] = []
         self.infeasible = False
         self._memo: dict[tuple[bool, ...], tuple[bool, list[int]]] = {}
+        # conditions already decided on this path (by z3 AST id, terms are hash-consed): asked
+        # again, they answer without a new branch. `known` seeds it with the base's decisions.
+        self.base_known = dict(known or {})
+        self.known: dict[int, bool] = {}
+        self._keep: list[z3.BoolRef] = []
 
     @classmethod
     def current(cls) -> Paths:
@@ -285,6 +290,10 @@ class Paths:
         return cls._stack[-1]
 
     def decide(self, cond: z3.BoolRef) -> bool:
+        cid = cond.get_id()
+        hit = self.known.get(cid)
+        if hit is not None:
+            return hit
         if self.pos < len(self.trace):
             d = self.trace[self.pos]
         else:
@@ -292,6 +301,8 @@ class Paths:
             self.trace.append(d)
         self.pos += 1
         self.pc.append(cond if d else z3.Not(cond))
+        self.known[cid] = d
+        self._keep.append(cond)
         if self.feas is not None:
             key = tuple(self.trace[:self.pos])
             hit = self._memo.get(key)
@@ -308,6 +319,7 @@ class Paths:
         n = 0
         while True:
             self.pos, self.pc, self.infeasible = 0, [], False
+            self.known = dict(self.base_known)
             Paths._stack.append(self)
             try:
                 value = f()
