@@ -198,3 +198,12 @@ def concrete(form: Form, values: dict[str, int]) -> tuple[bytes, CpuState]:
                  lam_u57=bool(values.get("lam_u57", 0)), regs=tuple(values.get(n, 0) for n in REG_NAMES64),
                  rip=values.get("rip", base.rip), **segs)
     return bytes(raw), st
+
+
+def form_of(instruction: Instruction, mode: str, policy: Policy = DEFAULT_POLICY) -> Form:
+    """The form of one concrete instruction (e.g. a fuzzer's witness): its exact bytes, with the
+    displacement, registers and the rest symbolic as in every form."""
+    op = instruction.operand
+    return Form(instruction.mnemonic, mode, instruction.code_size, op.address_size if op else 0,
+                "as encoded" if op else "register", reported_segment(instruction, policy) if op else None,
+                instruction.raw)
