@@ -83,22 +83,20 @@ def prove_form(form: Form, model: tuple[str, Model], against: tuple[str, Model],
     t0 = time.perf_counter()
     end = t0 + timeout
     res = FormResult(form, ERROR)
+    by_class: dict[str, list[z3.BoolRef]] = {}
+    status = PROVED
     try:
-        by_class = _paths(form, model[1], against[1], policy, end, res)
+        # the enumeration gets 80% of the time, so that the classes met so far can still be decided
+        _paths(form, model[1], against[1], policy, t0 + 0.8 * timeout, res, by_class)
     except PathLimit as e:
-        res.status, res.note = UNKNOWN, f"path budget exceeded ({e})"
-        res.seconds = time.perf_counter() - t0
-        return res
+        status, res.note = UNKNOWN, f"path budget exceeded ({e})"
     except _OutOfTime:
-        res.status, res.note = UNKNOWN, "out of time while enumerating paths"
-        res.seconds = time.perf_counter() - t0
-        return res
+        status, res.note = UNKNOWN, "out of time while enumerating paths (the classes below were met before)"
     except (RuleLanguageError, Exception) as e:  # noqa: BLE001 - a model outside the rule language
         res.status, res.note = ERROR, f"{type(e).__name__}: {e}"
         res.seconds = time.perf_counter() - t0
         return res
     inputs = symbolic(form)
-    status = PROVED
     for name, pcs in by_class.items():
         left = end - time.perf_counter()
         if left <= 0:
@@ -127,18 +125,21 @@ def prove_form(form: Form, model: tuple[str, Model], against: tuple[str, Model],
         if not found.confirmed:
             status = ERROR
             res.note = f"witness of {name!r} not confirmed by the concrete models"
+    if res.note.startswith(("out of time", "path budget")):
+        res.absent = []  # not met among the paths enumerated: no proof of absence
     res.status = status if status != PROVED or not res.undecided else UNKNOWN
     res.seconds = time.perf_counter() - t0
     return res
 
 
-def _paths(form: Form, a: Model, b: Model, policy: Policy, end: float, res: FormResult) -> dict[str, list[z3.BoolRef]]:
-    """Class name -> the path conditions that end in it (b is the reference, as in diff.divergence)."""
+def _paths(form: Form, a: Model, b: Model, policy: Policy, end: float, res: FormResult,
+           out: dict[str, list[z3.BoolRef]]) -> None:
+    """Fill `out`: class name -> the path conditions that end in it (b is the reference, as in
+    diff.divergence)."""
     inputs = symbolic(form)
     ins, st = inputs.instruction, inputs.state
     access = access_of(ins)
     feas = Feasibility(30)
-    out: dict[str, list[z3.BoolRef]] = {}
 
     def tick() -> None:
         if time.perf_counter() > end:
@@ -164,7 +165,6 @@ def _paths(form: Form, a: Model, b: Model, policy: Policy, end: float, res: Form
                     if name is not None:
                         out.setdefault(name, []).append(z3.And(pe, pa, pb, pc))
                 tick()
-    return out
 
 
 def _minimise(cond: z3.BoolRef, m: z3.ModelRef, variables: dict[str, z3.BitVecRef], end: float) -> dict[str, int]:
