@@ -6,6 +6,13 @@ Order of the computation (each step names its rule in vmxaddr.rules):
   linear address (64-bit mode: FS/GS base only, canonical check; otherwise base + EA mod 2^32,
   then usability, type and limit checks) -> alignment (XSAVES/XRSTORS: 64 bytes).
 The derivation of every fault, instruction by instruction, is docs/ud-and-cpl.md.
+
+Each rule is a small function of plain integers written in the rule language (docs/proofs.md):
+mypyc compiles this module for the fuzzer's hot path, and vmxaddr.prove runs the same functions on
+z3 bit-vectors. So: no lookups keyed by a value that is symbolic in a proof (register values,
+segment fields, CPL, the CR4/CR3 flags), only by what a form fixes (mode, address-size code,
+segment number, the instruction). The explanation (`_steps`) is built after the rules ran, from
+the values they produced.
 """
 
 from __future__ import annotations
@@ -88,11 +95,6 @@ _MODE_FAULT: dict[str, dict[str, str]] = {
     for mode in MODES}
 # Instructions whose operand must be aligned (linear address mod align = 0), after every segment check.
 _ALIGN: dict[str, int] = {m: sp.align for m, sp in SPECS.items() if sp.align > 1}
-
-
-def _done(steps: list[Step] | None, outcome: Outcome, ea: int | None = None, linear: int | None = None,
-          seg: str | None = None, disp: int | None = None, sbase: int | None = None) -> Result:
-    return _new(Result, (outcome, ea, linear, seg, disp, sbase, tuple(steps) if steps else ()))
 
 
 # -- the rules, in the order sdm() applies them; each is a small function of plain integers (the
