@@ -131,7 +131,7 @@ def cmd_prove(args: argparse.Namespace) -> int:
         fail("vmxaddr prove needs z3-solver: pip install 'vmxaddr[prove]'")
     try:
         model, against = symbolic_model(args.model), symbolic_model(args.against)
-        policy = Policy(exit_qual=args.exit_qual)
+        policy = Policy(exit_qual=args.exit_qual, apx=args.apx)
         fs = select_forms(model, against, args.form, args.mode, policy)
     except ProveUsageError as e:
         fail(str(e))
@@ -150,7 +150,7 @@ def cmd_prove(args: argparse.Namespace) -> int:
         return 130
     summ = summary(results)
     if args.json:
-        print_json({"model": args.model, "against": args.against, "policy": {"exit_qual": policy.exit_qual},
+        print_json({"model": args.model, "against": args.against, "policy": {"exit_qual": policy.exit_qual, "apx": policy.apx},
                     "summary": summ, "forms": [r.to_json() for r in results]})
     else:
         print(text(results, summ, args.model, args.against))
@@ -212,6 +212,9 @@ def register(sub: Any) -> None:
     p.add_argument("--exit-qual", choices=EXIT_QUAL_POLICIES[:2], default="zero-extend",
                    help="what the processor writes above the address size in the exit qualification (default zero-extend, "
                    "as `vmxaddr diff`)")
+    p.add_argument("--apx", action="store_true",
+                   help="the processor enumerates APX: it writes the extended instruction-information field, and the "
+                   "64-bit forms include REX2 encodings naming R16-R31 (kvm-apx-v2 differs there)")
     p.add_argument("--list", action="store_true", help="list the selected forms and stop")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_prove)

@@ -20,7 +20,7 @@ import z3
 
 from vmxaddr.decode import Instruction, decode
 from vmxaddr.exitinfo import DEFAULT_POLICY, Policy, reported_segment
-from vmxaddr.gen import OPCODES
+from vmxaddr.gen import NO_REX2, OPCODES
 from vmxaddr.isa import SEGMENTS
 from vmxaddr.prove.sym import Sym, var
 from vmxaddr.state import CpuState, Segment
@@ -121,6 +121,21 @@ def forms(mnemonics: tuple[str, ...], code_sizes: tuple[int, ...] = (16, 32, 64)
                                     continue
                                 seen.add((k, asz, rseg))
                                 yield Form(m, mode, cs, asz, k, rseg, raw)
+                if cs == 64 and (policy.apx) and m not in NO_REX2:
+                    yield from _rex2_forms(m, mode, mand, opcode, reg, policy)
+
+
+def _rex2_forms(m: str, mode: str, mand: bytes, opcode: bytes, reg: int, policy: Policy) -> Iterator[Form]:
+    """APX: REX2 (D5, payload M0 R4 X4 B4 W R3 X3 B3) in place of the 0F escape, base R19 and index
+    R22 (R16-R31 need the extended instruction-information field), each scale, DS/FS/GS."""
+    for scale in range(4):
+        for seg in (None, "fs", "gs"):
+            raw = ((bytes([SEG_PREFIX[seg]]) if seg else b"") + mand + b"\xd5\xb0" + opcode[1:]
+                   + bytes([0x84 | reg << 3, scale << 6 | 6 << 3 | 3]) + bytes(4))
+            ins = decode(raw, 64)
+            if ins.mnemonic != m or ins.operand is None:
+                continue
+            yield Form(m, mode, 64, 64, f"[r19+r22*{1 << scale}+disp32]", reported_segment(ins, policy), raw)
 
 
 # -- the symbolic inputs -------------------------------------------------------------------------
@@ -153,6 +168,7 @@ def symbolic(form: Form) -> Inputs:
 
     base = CpuState.for_code_size(form.code_size)
     regs = tuple(v(n, 64) for n in REG_NAMES64)
+    egprs = tuple(v(f"r{n}", 64) for n in range(16, 32)) if ins.rex2 else base.egprs
     segs: dict[str, Segment] = {}
     for sname in SEGMENTS:
         d = {f: v(f"{sname}.{f}", bits) for f, bits in SEG_FIELDS}
@@ -161,7 +177,7 @@ def symbolic(form: Form) -> Inputs:
             d["db"] = old.db
         segs[sname] = replace(old, **d)
     st = replace(base, mode=form.mode, cpl=v("cpl", 2), la57=v("la57", 1), lam_sup=v("lam_sup", 1),
-                 lam_u48=v("lam_u48", 1), lam_u57=v("lam_u57", 1), regs=regs, **segs)
+                 lam_u48=v("lam_u48", 1), lam_u57=v("lam_u57", 1), regs=regs, egprs=egprs, **segs)
     if op is not None and op.rip_relative:
         st = replace(st, rip=v("rip", 64))
     if op is not None and op.disp_size:
@@ -170,7 +186,7 @@ def symbolic(form: Form) -> Inputs:
 
 
 DEFAULTS: dict[str, int] = {"cpl": 0, "la57": 0, "lam_sup": 0, "lam_u48": 0, "lam_u57": 0, "rip": 0, "disp": 0,
-                            **{n: 0 for n in REG_NAMES64}}
+                            **{n: 0 for n in REG_NAMES64}, **{f"r{n}": 0 for n in range(16, 32)}}
 for _s in SEGMENTS:
     _d = CpuState().segment(_s)
     DEFAULTS.update({f"{_s}.base": _d.base, f"{_s}.limit": _d.limit, f"{_s}.type": _d.type,
@@ -196,6 +212,7 @@ def concrete(form: Form, values: dict[str, int]) -> tuple[bytes, CpuState]:
     st = replace(base, mode=form.mode, cpl=values.get("cpl", 0), la57=bool(values.get("la57", 0)),
                  lam_sup=bool(values.get("lam_sup", 0)), lam_u48=bool(values.get("lam_u48", 0)),
                  lam_u57=bool(values.get("lam_u57", 0)), regs=tuple(values.get(n, 0) for n in REG_NAMES64),
+                 egprs=tuple(values.get(f"r{n}", 0) for n in range(16, 32)),
                  rip=values.get("rip", base.rip), **segs)
     return bytes(raw), st
 
