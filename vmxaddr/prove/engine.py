@@ -31,7 +31,7 @@ from vmxaddr.diff import agree, classify
 from vmxaddr.exitinfo import DEFAULT_POLICY, Policy, encode
 from vmxaddr.models.base import Model
 from vmxaddr.prove.forms import DEFAULTS, Form, concrete, symbolic
-from vmxaddr.prove.sym import Feasibility, PathLimit, Paths, RuleLanguageError
+from vmxaddr.prove.sym import Deadline, Feasibility, PathLimit, Paths, RuleLanguageError
 
 PROVED = "proved"
 UNKNOWN = "classes found, rest unknown (timeout)"
@@ -90,7 +90,7 @@ def prove_form(form: Form, model: tuple[str, Model], against: tuple[str, Model],
         _paths(form, model[1], against[1], policy, t0 + 0.8 * timeout, res, by_class)
     except PathLimit as e:
         status, res.note = UNKNOWN, f"path budget exceeded ({e})"
-    except _OutOfTime:
+    except (_OutOfTime, Deadline):
         status, res.note = UNKNOWN, "out of time while enumerating paths (the classes below were met before)"
     except (RuleLanguageError, Exception) as e:  # noqa: BLE001 - a model outside the rule language
         res.status, res.note = ERROR, f"{type(e).__name__}: {e}"
@@ -145,11 +145,11 @@ def _paths(form: Form, a: Model, b: Model, policy: Policy, end: float, res: Form
         if time.perf_counter() > end:
             raise _OutOfTime
 
-    for pe, exit in Paths(feas).run(lambda: encode(ins, st.rip, policy)):
-        pa_ = Paths(feas, [pe])
+    for pe, exit in Paths(feas, deadline=end).run(lambda: encode(ins, st.rip, policy)):
+        pa_ = Paths(feas, [pe], deadline=end)
         ra_paths = [(pc, r, dict(pa_.known)) for pc, r in pa_.run(lambda exit=exit: a(exit, st, access))]
         tick()
-        pb_ = Paths(feas, [pe])
+        pb_ = Paths(feas, [pe], deadline=end)
         rb_paths = [(pc, r, dict(pb_.known)) for pc, r in pb_.run(lambda exit=exit: b(exit, st, access))]
         tick()
         for pa, ra, ka in ra_paths:
@@ -160,7 +160,7 @@ def _paths(form: Form, a: Model, b: Model, policy: Policy, end: float, res: Form
                     if agree(rb, ra):
                         return None
                     return classify(exit, st, access, rb, ra, b, a)
-                for pc, name in Paths(feas, [pe, pa, pb], known=ka | kb).run(compare):
+                for pc, name in Paths(feas, [pe, pa, pb], known=ka | kb, deadline=end).run(compare):
                     res.paths += 1
                     if name is not None:
                         out.setdefault(name, []).append(z3.And(pe, pa, pb, pc))

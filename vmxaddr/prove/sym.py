@@ -19,6 +19,7 @@ run on `Sym` values it builds z3 terms:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -225,6 +226,10 @@ class PathLimit(Exception):
     """More paths than the budget: the answer is "unknown", never "proved"."""
 
 
+class Deadline(Exception):
+    """The time given to an exploration ran out: the answer is "unknown", never "proved"."""
+
+
 class Feasibility:
     """Is a path condition satisfiable? Answers from cached models first (a model found for one
     path often satisfies the next: KLEE's counterexample cache), then from a fresh QF_BV solver
@@ -242,8 +247,6 @@ class Feasibility:
         keep = [i for i in candidates if z3.is_true(self.models[i].eval(cond, model_completion=True))]
         if keep:
             return True, keep
-        import time
-
         t = time.perf_counter()
         if z3.is_false(z3.simplify(z3.And(*pc))):
             self.seconds += time.perf_counter() - t
@@ -268,7 +271,8 @@ class Paths:
     _stack: list[Paths] = []
 
     def __init__(self, feasibility: Feasibility | None = None, base: list[z3.BoolRef] | None = None,
-                 max_paths: int = 20000, known: dict[int, bool] | None = None) -> None:
+                 max_paths: int = 20000, known: dict[int, bool] | None = None, deadline: float | None = None) -> None:
+        self.deadline = deadline  # time.perf_counter() value
         self.max_paths = max_paths
         self.feas = feasibility
         self.base = list(base or [])
@@ -328,6 +332,8 @@ class Paths:
             finally:
                 Paths._stack.pop()
             del self.trace[self.pos:]
+            if self.deadline is not None and time.perf_counter() > self.deadline:
+                raise Deadline("out of time")
             if not self.infeasible:
                 n += 1
                 if n > self.max_paths:
