@@ -22,10 +22,10 @@ def main(paths: list[str]) -> None:
                 classes[c["class"]] = classes.get(c["class"], 0) + 1
             if f["status"] != "proved":
                 unknown.append(f"{d['model']}: {f['form']} ({f['status']}, {f['seconds']} s; {f['note'] or 'classes undecided'})")
-        secs = [f["seconds"] for f in forms]
+        secs = [f.get("cpu_seconds", f["seconds"]) for f in forms]
         names = "; ".join(f"{k} ({n})" for k, n in sorted(classes.items(), key=lambda kv: -kv[1])) or "none"
         rows.append(f"| {d['model']} | {proved}/{len(forms)} | {names} | {max(secs):.0f} | {sum(secs) / len(secs):.0f} |")
-    print("| model (against sdm) | forms proved | classes found (forms showing it) | max s/form | mean s/form |")
+    print("| model (against sdm) | forms proved | classes found (forms showing it) | max CPU s/form | mean CPU s/form |")
     print("|---|---|---|---|---|")
     print("\n".join(rows))
     if unknown:

@@ -160,7 +160,8 @@ def cmd_prove(args: argparse.Namespace) -> int:
 def text(results: list[FormResult], summ: dict[str, Any], a: str, b: str) -> str:
     out = []
     for r in results:
-        out.append(f"{r.form.key}: {r.status} in {r.seconds:.1f}s ({r.paths} paths)" + (f" — {r.note}" if r.note else ""))
+        note = f" — {r.note}" if r.note else ""
+        out.append(f"{r.form.key}: {r.status} in {r.seconds:.1f}s ({r.cpu_seconds:.1f}s CPU, {r.paths} paths){note}")
         for c in r.classes:
             mark = "" if c.confirmed else "  NOT CONFIRMED by the concrete models"
             out.append(f"    {c.name}{mark}\n        {c.command}")
