@@ -312,12 +312,18 @@ class Paths:
             hit = self._memo.get(key)
             if hit is None:
                 parent = self._memo.get(key[:-1]) if key[:-1] else None
-                cands = parent[1] if parent is not None else list(range(len(self.feas.models)))
+                cands = parent[1] if parent is not None else self._base_candidates()
                 hit = self._memo[key] = self.feas.check(self.base + self.pc, cands)
             if not hit[0]:
                 self.infeasible = True
                 raise _Infeasible
         return d
+
+    def _base_candidates(self) -> list[int]:
+        """The cached models that satisfy the base (checked once per exploration)."""
+        assert self.feas is not None
+        base = z3.And(*self.base) if self.base else z3.BoolVal(True)
+        return [i for i, m in enumerate(self.feas.models) if z3.is_true(m.eval(base, model_completion=True))]
 
     def run(self, f: Callable[[], Any]) -> Iterator[tuple[z3.BoolRef, Any]]:
         n = 0
