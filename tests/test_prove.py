@@ -192,3 +192,20 @@ def test_cli_json_on_a_quick_form(capsys: pytest.CaptureFixture[str]) -> None:
     (form,) = out["forms"]
     assert [c["class"] for c in form["classes"]] == [D.COMPAT_AS_64] and form["classes"][0]["confirmed"]
     assert form["classes"][0]["command"].startswith("vmxaddr diff --models sdm,kvm-064aea77 --mode 32 --cpu-mode compatibility")
+
+
+@pytest.mark.slow
+def test_apx_legacy_field_reads_the_wrong_register() -> None:
+    """With APX the processor names R19/R22 only in the extended field (VMCS 0x2406); kvm-current
+    reads the 32-bit field's 4-bit numbers (RBX, RSI): class "R16-R31 read from the 32-bit field".
+    kvm-apx-v2 reads the extended field: not that class."""
+    from vmxaddr.exitinfo import Policy
+
+    key = "vmptrld/64-bit64/a64/[r19+r22*4+disp32]/fs"
+    apx = Policy(apx=True)
+    f = next(f for f in forms(("vmptrld",), (64,), policy=apx) if f.key == key)
+    for model, has in (("kvm-current", True), ("kvm-apx-v2", False)):
+        r = prove_form(f, (model, symbolic_model(model)), ("sdm", symbolic_model("sdm")), 1200, apx,
+                       confirm=(get(model), get("sdm")))
+        assert r.status != "error", r.note
+        assert (D.EGPR_FROM_LEGACY in {c.name for c in r.classes}) is has
