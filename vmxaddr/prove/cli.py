@@ -208,7 +208,8 @@ def register(sub: Any) -> None:
                    "--list shows the keys")
     p.add_argument("--mode", metavar="M", help="16, 32 or 64 (code size), or a processor mode (protected, real, "
                    "virtual-8086, compatibility, 64-bit)")
-    p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="seconds per form (default 60)")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                   help="CPU seconds per form (default 60; CPU time, so that a busy machine does not cut a proof short)")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="forms proved in parallel (default 1)")
     p.add_argument("--exit-qual", choices=EXIT_QUAL_POLICIES[:2], default="zero-extend",
                    help="what the processor writes above the address size in the exit qualification (default zero-extend, "

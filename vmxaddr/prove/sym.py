@@ -272,7 +272,7 @@ class Paths:
 
     def __init__(self, feasibility: Feasibility | None = None, base: list[z3.BoolRef] | None = None,
                  max_paths: int = 20000, known: dict[int, bool] | None = None, deadline: float | None = None) -> None:
-        self.deadline = deadline  # time.perf_counter() value
+        self.deadline = deadline  # a time.process_time() value
         self.max_paths = max_paths
         self.feas = feasibility
         self.base = list(base or [])
@@ -338,7 +338,7 @@ class Paths:
             finally:
                 Paths._stack.pop()
             del self.trace[self.pos:]
-            if self.deadline is not None and time.perf_counter() > self.deadline:
+            if self.deadline is not None and time.process_time() > self.deadline:
                 raise Deadline("out of time")
             if not self.infeasible:
                 n += 1
