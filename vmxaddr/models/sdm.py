@@ -143,11 +143,10 @@ def fault_vector(seg_no: int) -> str:
     return "SS" if seg_no == 2 else "GP"
 
 
-def linear_64(state: CpuState, seg_no: int, seg: str, ea: int) -> tuple[int, int]:
-    """(segment base, linear address) in 64-bit mode: FS and GS keep their base, the others count
-    as 0; no truncation (SDM Vol. 1 "Segment Registers in 64-Bit Mode")."""
-    sbase = getattr(state, seg).base if seg_no >= 4 else 0
-    return sbase, (sbase + ea) & MASK64
+def segment_base_64(state: CpuState, seg_no: int, seg: str) -> int:
+    """The base added in 64-bit mode: FS's and GS's, the others count as 0; the linear address
+    (base + EA mod 2^64) is not truncated (SDM Vol. 1 "Segment Registers in 64-Bit Mode")."""
+    return getattr(state, seg).base if seg_no >= 4 else 0
 
 
 def lam_enabled(state: CpuState) -> bool:
@@ -220,7 +219,14 @@ def _apply(exit: ExitInfo, state: CpuState, access: Access, explain: bool) -> Re
     if register_operand(ins, info, ext):
         return _new(Result, (OK_REGISTER, None, None, None, None, None, ()))
 
-    regs, scaling, code, seg_no, index, base, string_base = operand_fields(exit, state)
+    string_base: int | None = None
+    if ext is None and ins not in _STRING_BASE:  # the common case, without building a tuple
+        regs = state.regs
+        scaling, code, seg_no, index, base = _OPERAND_BITS.get(info) or operand_bits(info)
+        if code > 2 or seg_no > 5:
+            fields_of(info, exit.exit_qualification)  # raises InvalidExitInfo with the reason
+    else:
+        regs, scaling, code, seg_no, index, base, string_base = operand_fields(exit, state)
     seg = SEGMENTS[seg_no]
     mask = _MASKS[code]
     # INS/OUTS: no displacement (the exit qualification is the I/O qualification)
@@ -232,7 +238,8 @@ def _apply(exit: ExitInfo, state: CpuState, access: Access, explain: bool) -> Re
     vector = fault_vector(seg_no)
 
     if mode == "64-bit":
-        sbase, linear = linear_64(state, seg_no, seg, ea)
+        sbase = segment_base_64(state, seg_no, seg)
+        linear = (sbase + ea) & MASK64
         # With LAM the address translated is the untagged one; its canonical check follows the
         # paging mode (48 or 57 bits), so LAM_U57 under 4-level paging still needs bits 56:47 = bit 63.
         if lam_enabled(state):
@@ -392,7 +399,8 @@ def _steps(exit: ExitInfo, state: CpuState, access: Access, r: Result) -> list[S
     steps.append(Step("segment", "segment", f"segment {seg} (bits 17:15 = {seg_no})", seg))
     linear = r.linear_address
     if mode == "64-bit":
-        sbase, tagged = linear_64(state, seg_no, seg, ea)
+        sbase = segment_base_64(state, seg_no, seg)
+        tagged = (sbase + ea) & MASK64
         why = "FS/GS keep their base" if seg in ("fs", "gs") else f"the {seg.upper()} base counts as 0 in 64-bit mode"
         steps.append(Step("linear-address", "segment-base-64",
                           f"linear = {seg} base {sbase:#x} + EA {ea:#x} = {tagged:#x} ({why}; no truncation)", tagged))
