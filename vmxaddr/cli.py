@@ -347,6 +347,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                     "check a trace of VM exits: processor report, hypervisor answer, fingerprint"),
     "trace": ("vmxaddr.trace.commands", "make traces: import a kvm_exit log, or synthesise one from a model"),
     "sources": ("vmxaddr.realcode.cli", "fetch hypervisor sources from Debian's archive; list the cache"),
+    "prove": ("vmxaddr.prove.cli",
+              "every divergence class between two models, exactly, with a proof there is no other"),
     "live": ("vmxaddr.live.cli", "Debian's real KVM, nested under Bochs 2.7: build, save, run cases"),
 }
 

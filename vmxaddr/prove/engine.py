@@ -1,0 +1,236 @@
+"""Prove one form: every divergence class between two models, each with a minimal witness
+confirmed by the concrete models, and a proof that there is no other.
+
+How (docs/proofs.md):
+ 1. The encoder (vmxaddr.exitinfo.encode), the reference model and the model under test are run
+    on the form's symbolic inputs (vmxaddr.prove.sym), each path by path; infeasible paths are
+    pruned. Then, for every pair of feasible paths, `vmxaddr.diff.agree` and
+    `vmxaddr.diff.classify` — the very functions `vmxaddr fuzz` and `vmxaddr diff` use — run on
+    the two symbolic results. Every path ends in "agree" or in a class name; together the paths
+    cover every input of the form.
+ 2. For each class name, one fresh QF_BV solver decides the disjunction of its path conditions:
+    sat -> a witness, shrunk toward the default state, replayed through `vmxaddr diff`'s path
+    (vmxaddr.diff.diff_case) and required to give the same class; unsat -> that class does not
+    occur; unknown (timeout) -> the form is not proved.
+ 3. The form is "proved" only when every path was enumerated, every class name decided, and every
+    witness confirmed. Anything else is "unknown" (out of time or paths) or "error" (a witness the
+    concrete models do not confirm, or a rule the symbolic backend cannot follow).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import z3
+
+from vmxaddr.case import Case, access_of
+from vmxaddr.diff import agree, classify
+from vmxaddr.exitinfo import DEFAULT_POLICY, Policy, encode
+from vmxaddr.models.base import Model
+from vmxaddr.prove.forms import DEFAULTS, Form, concrete, symbolic
+from vmxaddr.prove.sym import Deadline, Feasibility, PathLimit, Paths, RuleLanguageError
+
+PROVED = "proved"
+UNKNOWN = "classes found, rest unknown (timeout)"
+ERROR = "error"
+
+
+@dataclass
+class ClassFound:
+    name: str
+    witness: dict[str, int]  # solver variable -> value (only those that differ from the default)
+    command: str  # the `vmxaddr diff` command that replays it
+    confirmed: bool
+    condition: str  # readable condition over the inputs, or a note why it is not printed
+    seconds: float
+    paths: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"class": self.name, "witness": {k: hex(v) for k, v in self.witness.items()}, "command": self.command,
+                "confirmed": self.confirmed, "condition": self.condition, "seconds": round(self.seconds, 3),
+                "paths": self.paths}
+
+
+@dataclass
+class FormResult:
+    form: Form
+    status: str
+    classes: list[ClassFound] = field(default_factory=list)
+    absent: list[str] = field(default_factory=list)  # class names some path reached, proved unsatisfiable
+    undecided: list[str] = field(default_factory=list)
+    seconds: float = 0.0  # wall time
+    cpu_seconds: float = 0.0  # this process's CPU time (the figure on a shared machine)
+    paths: int = 0
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"form": self.form.key, "name": self.form.name, "status": self.status, "seconds": round(self.seconds, 2),
+                "cpu_seconds": round(self.cpu_seconds, 2),
+                "paths": self.paths, "classes": [c.to_json() for c in self.classes], "absent": self.absent,
+                "undecided": self.undecided, "note": self.note}
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+def prove_form(form: Form, model: tuple[str, Model], against: tuple[str, Model], timeout: float = 60.0,
+               policy: Policy = DEFAULT_POLICY, confirm: tuple[Model, Model] | None = None) -> FormResult:
+    """Prove `model` against `against` (the reference) on `form` within `timeout` seconds.
+    `model`/`against` are (name, pure-Python function) — the functions run symbolically;
+    `confirm` are the functions the witnesses replay on (default: the same)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    end = c0 + timeout  # CPU seconds: on a shared machine a wall-clock budget measures the neighbours
+    res = FormResult(form, ERROR)
+    by_class: dict[str, list[z3.BoolRef]] = {}
+    status = PROVED
+    try:
+        # the enumeration gets 80% of the time, so that the classes met so far can still be decided
+        _paths(form, model[1], against[1], policy, c0 + 0.8 * timeout, res, by_class)
+    except PathLimit as e:
+        status, res.note = UNKNOWN, f"path budget exceeded ({e})"
+    except (_OutOfTime, Deadline):
+        status, res.note = UNKNOWN, "out of time while enumerating paths (the classes below were met before)"
+    except (RuleLanguageError, Exception) as e:  # noqa: BLE001 - a model outside the rule language
+        res.status, res.note = ERROR, f"{type(e).__name__}: {e}"
+        res.seconds, res.cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+        return res
+    inputs = symbolic(form)
+    for name, pcs in by_class.items():
+        left = end - time.process_time()
+        if left <= 0:
+            res.undecided.append(name)
+            status = UNKNOWN
+            continue
+        tq = time.process_time()
+        cond = z3.Or(*pcs)
+        s = z3.SolverFor("QF_BV")
+        s.set("timeout", max(1, int(left * 1000)))
+        s.add(cond)
+        r = s.check()
+        if r == z3.unsat:
+            res.absent.append(name)
+            continue
+        if r != z3.sat:
+            res.undecided.append(name)
+            status = UNKNOWN
+            continue
+        values = _minimise(cond, s.model(), inputs.variables, end)
+        found = _confirm(form, name, values, model, against, policy, confirm)
+        found.seconds = time.process_time() - tq
+        found.paths = len(pcs)
+        found.condition = readable(cond, inputs.variables)
+        res.classes.append(found)
+        if not found.confirmed:
+            status = ERROR
+            res.note = f"witness of {name!r} not confirmed by the concrete models"
+    if res.note.startswith(("out of time", "path budget")):
+        res.absent = []  # not met among the paths enumerated: no proof of absence
+    res.status = status if status != PROVED or not res.undecided else UNKNOWN
+    res.seconds, res.cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+    return res
+
+
+def _paths(form: Form, a: Model, b: Model, policy: Policy, end: float, res: FormResult,
+           out: dict[str, list[z3.BoolRef]]) -> None:
+    """Fill `out`: class name -> the path conditions that end in it (b is the reference, as in
+    diff.divergence)."""
+    inputs = symbolic(form)
+    ins, st = inputs.instruction, inputs.state
+    access = access_of(ins)
+    feas = Feasibility(30)
+
+    def tick() -> None:
+        if time.process_time() > end:
+            raise _OutOfTime
+
+    for pe, exit in Paths(feas, deadline=end).run(lambda: encode(ins, st.rip, policy)):
+        pa_ = Paths(feas, [pe], deadline=end)
+        ra_paths = [(pc, r, dict(pa_.known)) for pc, r in pa_.run(lambda exit=exit: a(exit, st, access))]
+        tick()
+        pb_ = Paths(feas, [pe], deadline=end)
+        rb_paths = [(pc, r, dict(pb_.known)) for pc, r in pb_.run(lambda exit=exit: b(exit, st, access))]
+        tick()
+        for pa, ra, ka in ra_paths:
+            for pb, rb, kb in rb_paths:
+                if any(kb.get(c, d) != d for c, d in ka.items()):
+                    continue  # the two paths decided one condition both ways
+                def compare(ra: Any = ra, rb: Any = rb, exit: Any = exit) -> str | None:
+                    if agree(rb, ra):
+                        return None
+                    return classify(exit, st, access, rb, ra, b, a)
+                for pc, name in Paths(feas, [pe, pa, pb], known=ka | kb, deadline=end).run(compare):
+                    res.paths += 1
+                    if name is not None:
+                        out.setdefault(name, []).append(z3.And(pe, pa, pb, pc))
+                tick()
+
+
+def _minimise(cond: z3.BoolRef, m: z3.ModelRef, variables: dict[str, z3.BitVecRef], end: float) -> dict[str, int]:
+    """A witness with as many inputs as possible at their default (the diff command's state):
+    each input is reset to its default when the condition still holds by evaluation (no solver),
+    then the few left are tried with a short solver call each."""
+    values = {n: m.eval(v, model_completion=True).as_long() for n, v in variables.items()}
+
+    def holds(vals: dict[str, int]) -> bool:
+        sub = [(variables[n], z3.BitVecVal(x, variables[n].size())) for n, x in vals.items()]
+        return z3.is_true(z3.simplify(z3.substitute(cond, *sub)))
+
+    def default(n: str) -> int:
+        return DEFAULTS.get(n, 0) & ((1 << variables[n].size()) - 1)
+
+    for n in variables:
+        if values[n] != default(n):
+            trial = dict(values, **{n: default(n)})
+            if holds(trial):
+                values = trial
+    tries = 0
+    for n, v in variables.items():
+        if values[n] == default(n) or tries >= 8 or time.process_time() > end:
+            continue
+        tries += 1
+        s = z3.SolverFor("QF_BV")
+        s.set("timeout", 300)
+        s.add(cond, v == default(n), *(variables[k] == x for k, x in values.items() if k != n and x == default(k)))
+        if s.check() == z3.sat:
+            mm = s.model()
+            values = {k: mm.eval(variables[k], model_completion=True).as_long() for k in variables}
+    return values
+
+
+def _confirm(form: Form, name: str, values: dict[str, int], model: tuple[str, Model], against: tuple[str, Model],
+             policy: Policy, confirm: tuple[Model, Model] | None) -> ClassFound:
+    from vmxaddr.diff import diff_case
+    from vmxaddr.fuzz.witness import command
+
+    raw, st = concrete(form, values)
+    case = Case.from_bytes(raw, st, policy)
+    fa, fb = confirm or (model[1], against[1])
+    d = diff_case(case, [(against[0], fb), (model[0], fa)])
+    got = d.divergences[0].name if d.divergences else None
+    shown = {k: v for k, v in values.items() if v != DEFAULTS.get(k, 0) and (k != "cs.db")}
+    return ClassFound(name, shown, command(case, [against[0], model[0]]), got == name, "", 0.0, 0)
+
+
+def readable(cond: z3.BoolRef, variables: dict[str, z3.BitVecRef], limit: int = 400) -> str:
+    """The condition simplified, if that makes it short enough to read; else a note."""
+    try:
+        t = z3.TryFor(z3.Then(z3.Tactic("simplify"), z3.Tactic("propagate-values"), z3.Tactic("ctx-simplify")), 2000)
+        goals = t(cond)
+        e = z3.simplify(z3.Or(*(z3.And(*g) for g in goals))) if len(goals) else z3.BoolVal(False)
+    except z3.Z3Exception:
+        e = z3.simplify(cond)
+    if z3.is_true(e):
+        return "always (every input of the form)"
+    if len(e.sexpr()) > 4 * limit:  # the pretty printer is slow on large terms: measure first
+        return f"(does not simplify to a short form: {len(e.sexpr())} characters as an s-expression)"
+    text = " ".join(str(e).split())
+    if len(text) > limit:
+        return f"(does not simplify to a short form: {len(text)} characters)"
+    return text
+
+
+ProgressFn = Callable[[FormResult], None]

@@ -1,0 +1,357 @@
+"""The rule language's symbolic backend: Python's integer operators on z3 bit-vectors, and the
+path explorer that turns a rule's `if` into a case split.
+
+The rule language (docs/proofs.md) is the subset of Python the models are written in: integers,
+`+ - * << >> & | ^ ~`, comparisons, `%` by a power of two, `and`/`or`/`not`/`if` on the results,
+tuples indexed by values that are concrete in a form (mode, address-size code, segment number,
+the instruction's table entries). Run on Python ints it is the model itself (mypyc compiles it);
+run on `Sym` values it builds z3 terms:
+
+  * a `Sym` is a z3 bit-vector of WIDTH bits read as a *signed* integer, so that it behaves like
+    Python's unbounded int as long as no intermediate value leaves [-2^(WIDTH-1), 2^(WIDTH-1)).
+    The models' inputs are at most 64 bits wide and their expressions add at most four terms
+    with shifts of at most 3 (or 64 for a mask), so WIDTH = 72 bits cannot overflow; `check_width`
+    watches every result the explorer sees and turns any doubt into an error, never a proof.
+  * `bool(x)` of a symbolic condition asks the explorer (`Paths.decide`), which answers one side,
+    records it in the path condition, and later re-runs the rule with the other side. A run is
+    deterministic given its decisions, so depth-first re-execution visits every path once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import z3
+
+WIDTH = 72
+_LIMIT = 1 << (WIDTH - 1)
+
+
+class RuleLanguageError(Exception):
+    """A rule did something the symbolic backend cannot follow (e.g. a symbolic dict key)."""
+
+
+def _bv(v: Any) -> z3.BitVecRef:
+    if isinstance(v, Sym):
+        return v.e
+    if isinstance(v, bool):
+        return z3.BitVecVal(int(v), WIDTH)
+    if isinstance(v, int):
+        if not -_LIMIT <= v < _LIMIT:
+            raise RuleLanguageError(f"constant {v:#x} does not fit the {WIDTH}-bit symbolic integers")
+        return z3.BitVecVal(v, WIDTH)
+    if isinstance(v, SymBool):
+        return z3.If(v.e, z3.BitVecVal(1, WIDTH), z3.BitVecVal(0, WIDTH))
+    raise RuleLanguageError(f"a {type(v).__name__} in integer arithmetic")
+
+
+def _wrap(e: z3.BitVecRef) -> Any:
+    if z3.is_bv_value(e):
+        return e.as_signed_long()
+    return Sym(e)
+
+
+_SIMPLIFIED: dict[int, tuple[z3.BoolRef, Any]] = {}  # ast id -> (the term, kept alive; its value)
+
+
+def _bool(e: z3.BoolRef) -> Any:
+    key = e.get_id()
+    hit = _SIMPLIFIED.get(key)
+    if hit is not None:
+        return hit[1]
+    s = z3.simplify(e)
+    out: Any = True if z3.is_true(s) else False if z3.is_false(s) else SymBool(s)
+    if len(_SIMPLIFIED) > 200_000:
+        _SIMPLIFIED.clear()
+    _SIMPLIFIED[key] = (e, out)
+    return out
+
+
+class SymBool:
+    """A symbolic condition. `bool()` of it is a decision of the current path."""
+
+    __slots__ = ("e",)
+
+    def __init__(self, e: z3.BoolRef) -> None:
+        self.e = e
+
+    def __bool__(self) -> bool:
+        return Paths.current().decide(self.e)
+
+    def __invert__(self) -> Any:
+        return _bool(z3.Not(self.e))
+
+    def __and__(self, o: Any) -> Any:
+        return _bool(z3.And(self.e, as_bool(o)))
+
+    __rand__ = __and__
+
+    def __or__(self, o: Any) -> Any:
+        return _bool(z3.Or(self.e, as_bool(o)))
+
+    __ror__ = __or__
+
+    def __eq__(self, o: Any) -> Any:  # type: ignore[override]
+        return _bool(self.e == as_bool(o))
+
+    def __ne__(self, o: Any) -> Any:  # type: ignore[override]
+        return _bool(self.e != as_bool(o))
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def as_bool(v: Any) -> z3.BoolRef:
+    if isinstance(v, SymBool):
+        return v.e
+    if isinstance(v, Sym):
+        return v.e != 0
+    return z3.BoolVal(bool(v))
+
+
+class Sym:
+    """A symbolic integer (see the module docstring)."""
+
+    __slots__ = ("e",)
+
+    def __init__(self, e: z3.BitVecRef) -> None:
+        self.e = e
+
+    # arithmetic, Python semantics (exact while nothing overflows WIDTH bits)
+    def __add__(self, o: Any) -> Any:
+        return _wrap(self.e + _bv(o))
+
+    def __radd__(self, o: Any) -> Any:
+        return _wrap(_bv(o) + self.e)
+
+    def __sub__(self, o: Any) -> Any:
+        return _wrap(self.e - _bv(o))
+
+    def __rsub__(self, o: Any) -> Any:
+        return _wrap(_bv(o) - self.e)
+
+    def __mul__(self, o: Any) -> Any:
+        return _wrap(self.e * _bv(o))
+
+    __rmul__ = __mul__
+
+    def __and__(self, o: Any) -> Any:
+        return _wrap(self.e & _bv(o))
+
+    __rand__ = __and__
+
+    def __or__(self, o: Any) -> Any:
+        return _wrap(self.e | _bv(o))
+
+    __ror__ = __or__
+
+    def __xor__(self, o: Any) -> Any:
+        return _wrap(self.e ^ _bv(o))
+
+    __rxor__ = __xor__
+
+    def __invert__(self) -> Any:
+        return _wrap(~self.e)
+
+    def __neg__(self) -> Any:
+        return _wrap(-self.e)
+
+    def __lshift__(self, o: Any) -> Any:
+        return _wrap(self.e << _bv(o))
+
+    def __rlshift__(self, o: Any) -> Any:
+        return _wrap(_bv(o) << self.e)
+
+    def __rshift__(self, o: Any) -> Any:  # Python's >> is arithmetic: so is z3's on a signed reading
+        return _wrap(self.e >> _bv(o))
+
+    def __rrshift__(self, o: Any) -> Any:
+        return _wrap(_bv(o) >> self.e)
+
+    def __mod__(self, o: Any) -> Any:
+        if isinstance(o, int) and o > 0 and o & (o - 1) == 0:
+            return _wrap(self.e & (o - 1))  # Python: x % 2^k == x & (2^k - 1), negative x too
+        raise RuleLanguageError("% only by a power of two in the rule language")
+
+    # comparisons, signed (Python's ints are)
+    def __eq__(self, o: Any) -> Any:  # type: ignore[override]
+        return _bool(self.e == _bv(o))
+
+    def __ne__(self, o: Any) -> Any:  # type: ignore[override]
+        return _bool(self.e != _bv(o))
+
+    def __lt__(self, o: Any) -> Any:
+        return _bool(self.e < _bv(o))
+
+    def __le__(self, o: Any) -> Any:
+        return _bool(self.e <= _bv(o))
+
+    def __gt__(self, o: Any) -> Any:
+        return _bool(self.e > _bv(o))
+
+    def __ge__(self, o: Any) -> Any:
+        return _bool(self.e >= _bv(o))
+
+    def __bool__(self) -> bool:
+        return Paths.current().decide(self.e != 0)
+
+    def __index__(self) -> int:
+        raise RuleLanguageError("a symbolic value used as an index or count (it must be concrete in a form)")
+
+    def __int__(self) -> int:
+        raise RuleLanguageError("int() of a symbolic value")
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __format__(self, spec: str) -> str:
+        return f"<{self.e}>"
+
+    def __repr__(self) -> str:
+        return f"Sym({self.e})"
+
+
+def var(name: str, bits: int, signed: bool = False) -> Sym:
+    """A symbolic input of `bits` bits (zero- or sign-extended to WIDTH) and its z3 variable."""
+    v = z3.BitVec(name, bits)
+    return Sym(z3.SignExt(WIDTH - bits, v) if signed else z3.ZeroExt(WIDTH - bits, v))
+
+
+def term(v: Any) -> z3.BitVecRef:
+    """The z3 term of a rule-language integer (a Python int or a Sym)."""
+    return _bv(v)
+
+
+class PathLimit(Exception):
+    """More paths than the budget: the answer is "unknown", never "proved"."""
+
+
+class Deadline(Exception):
+    """The time given to an exploration ran out: the answer is "unknown", never "proved"."""
+
+
+class Feasibility:
+    """Is a path condition satisfiable? Answers from cached models first (a model found for one
+    path often satisfies the next: KLEE's counterexample cache), then from a fresh QF_BV solver
+    with a short timeout. Only `unsat` prunes: "unknown" keeps the path, so pruning never hides one."""
+
+    def __init__(self, timeout_ms: int = 200) -> None:
+        self.timeout_ms = timeout_ms
+        self.models: list[z3.ModelRef] = []
+        self.calls = 0
+        self.seconds = 0.0
+
+    def check(self, pc: list[z3.BoolRef], candidates: list[int]) -> tuple[bool, list[int]]:
+        """(feasible?, indices of cached models satisfying pc) given those satisfying its prefix."""
+        cond = pc[-1] if pc else z3.BoolVal(True)
+        keep = [i for i in candidates if z3.is_true(self.models[i].eval(cond, model_completion=True))]
+        if keep:
+            return True, keep
+        t = time.perf_counter()
+        if z3.is_false(z3.simplify(z3.And(*pc))):
+            self.seconds += time.perf_counter() - t
+            return False, []
+        s = z3.SolverFor("QF_BV")
+        s.set("timeout", self.timeout_ms)
+        s.add(*pc)
+        r = s.check()
+        self.calls += 1
+        self.seconds += time.perf_counter() - t
+        if r == z3.sat:
+            self.models.append(s.model())
+            return True, [len(self.models) - 1]
+        return r != z3.unsat, []
+
+
+class Paths:
+    """Depth-first exploration of a rule's paths. `run(f)` yields (path condition, f's value)
+    for every path; the conditions are pairwise disjoint and, with `base`, cover every input that
+    satisfies `base`. With a Feasibility, subtrees whose condition is unsatisfiable are skipped."""
+
+    _stack: list[Paths] = []
+
+    def __init__(self, feasibility: Feasibility | None = None, base: list[z3.BoolRef] | None = None,
+                 max_paths: int = 20000, known: dict[int, bool] | None = None, deadline: float | None = None) -> None:
+        self.deadline = deadline  # a time.process_time() value
+        self.max_paths = max_paths
+        self.feas = feasibility
+        self.base = list(base or [])
+        self.trace: list[bool] = []
+        self.pos = 0
+        self.pc: list[z3.BoolRef] = []
+        self.infeasible = False
+        self._memo: dict[tuple[bool, ...], tuple[bool, list[int]]] = {}
+        # conditions already decided on this path (by z3 AST id, terms are hash-consed): asked
+        # again, they answer without a new branch. `known` seeds it with the base's decisions.
+        self.base_known = dict(known or {})
+        self.known: dict[int, bool] = {}
+        self._keep: list[z3.BoolRef] = []
+
+    @classmethod
+    def current(cls) -> Paths:
+        if not cls._stack:
+            raise RuleLanguageError("a symbolic condition decided outside Paths.run")
+        return cls._stack[-1]
+
+    def decide(self, cond: z3.BoolRef) -> bool:
+        cid = cond.get_id()
+        hit = self.known.get(cid)
+        if hit is not None:
+            return hit
+        if self.pos < len(self.trace):
+            d = self.trace[self.pos]
+        else:
+            d = True
+            self.trace.append(d)
+        self.pos += 1
+        self.pc.append(cond if d else z3.Not(cond))
+        self.known[cid] = d
+        self._keep.append(cond)
+        if self.feas is not None:
+            key = tuple(self.trace[:self.pos])
+            hit = self._memo.get(key)
+            if hit is None:
+                parent = self._memo.get(key[:-1]) if key[:-1] else None
+                cands = parent[1] if parent is not None else self._base_candidates()
+                hit = self._memo[key] = self.feas.check(self.base + self.pc, cands)
+            if not hit[0]:
+                self.infeasible = True
+                raise _Infeasible
+        return d
+
+    def _base_candidates(self) -> list[int]:
+        """The cached models that satisfy the base (checked once per exploration)."""
+        assert self.feas is not None
+        base = z3.And(*self.base) if self.base else z3.BoolVal(True)
+        return [i for i, m in enumerate(self.feas.models) if z3.is_true(m.eval(base, model_completion=True))]
+
+    def run(self, f: Callable[[], Any]) -> Iterator[tuple[z3.BoolRef, Any]]:
+        n = 0
+        while True:
+            self.pos, self.pc, self.infeasible = 0, [], False
+            self.known = dict(self.base_known)
+            Paths._stack.append(self)
+            try:
+                value = f()
+            except _Infeasible:
+                value = None
+            finally:
+                Paths._stack.pop()
+            del self.trace[self.pos:]
+            if self.deadline is not None and time.process_time() > self.deadline:
+                raise Deadline("out of time")
+            if not self.infeasible:
+                n += 1
+                if n > self.max_paths:
+                    raise PathLimit(f"more than {self.max_paths} paths")
+                yield (z3.And(*self.pc) if self.pc else z3.BoolVal(True)), value
+            # next path: flip the deepest True decision
+            while self.trace and not self.trace[-1]:
+                self.trace.pop()
+            if not self.trace:
+                return
+            self.trace[-1] = False
+
+
+class _Infeasible(BaseException):
+    """Raised inside a run to abandon a path whose condition is unsatisfiable."""
