@@ -87,3 +87,21 @@ def test_the_check_is_remembered_until_the_file_changes(fetched: sources.Fetched
     os.utime(member)  # touched, same bytes: hashed once, then remembered again
     assert sources.lookup(NAME) is not None and sources.lookup(NAME) is not None
     assert hashed == [member]
+
+
+def test_a_model_loaded_before_the_corruption_is_refused_after_it(fetched: sources.Fetched,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model is built once per process (release_model is memoised); the files are checked at
+    every resolve anyway, so a corruption after the first load is still refused (the full suite
+    loaded kvm-linux-6.1 in an earlier test, and this check was skipped)."""
+    from vmxaddr.realcode import resolve as res
+
+    class Loaded:
+        def load(self) -> None:
+            pass
+
+    monkeypatch.setattr(res, "release_model", lambda name: Loaded())
+    assert isinstance(res.resolve("kvm-linux-6.1"), Loaded)
+    _corrupt(fetched)
+    with pytest.raises(res.RealCodeError, match="SHA-256"):
+        res.resolve("kvm-linux-6.1")
