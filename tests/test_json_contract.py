@@ -40,7 +40,9 @@ CONTRACT: dict[tuple[str, ...], tuple[str, list[str]]] = {
     ("trace", "synth"): (LINES, ["--model", "sdm", "-n", "20", "--quiet"]),
     ("trace", "import"): (LINES, ["--from", "ftrace", str(DATA / "kvm_exit.txt"), "--quiet"]),
     ("trace", "record"): (LINES, ["--bochs", "-n", "20", "--quiet"]),  # needs bochs (CI installs it)
-    ("live",): (OBJECT, ["status"]),  # build/save/run download and boot: tests/test_live.py
+    ("live",): (OBJECT, ["status"]),
+    ("prove",): (OBJECT, ["--model", "kvm-703d794c", "--form", "vmread/protected32/a32/[base+index*4+disp32]/ds",
+                          "--timeout", "120"]),  # build/save/run download and boot: tests/test_live.py
 }
 
 

@@ -54,7 +54,7 @@ def real():
         sources.fetch("xen-4.17")
     except sources.SourceError as e:
         _unavailable(f"cannot fetch xen-4.17 from Debian's archive: {e}")
-    xen.release_model.cache_clear()
+    xen._BUILT.clear()
     m = get("xen-4.17")
     m.load()
     return m

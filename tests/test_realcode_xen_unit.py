@@ -44,9 +44,9 @@ def need_cc() -> None:
 def private_cache(tmp_path, monkeypatch):
     """A cache of this test's own (never Debian's source); the model is rebuilt from it."""
     monkeypatch.setenv("VMXADDR_CACHE", str(tmp_path / "cache"))
-    xen.release_model.cache_clear()
+    xen._BUILT.clear()
     yield
-    xen.release_model.cache_clear()
+    xen._BUILT.clear()
 
 
 # A stand-in "vvmx.c": decode_vmx_inst() with a static helper of the same file (which calls a

@@ -54,7 +54,6 @@ def _register_real_code(registry: dict[str, ModelInfo]) -> None:
     from vmxaddr.realcode import registry as kvm_real
     from vmxaddr.realcode import xen as xen_real
 
-    xen_real.release_model.cache_clear()  # a model made from an older manifest
     for name in _REAL_CODE_NAMES:
         dict.pop(registry, name, None)
     for name, fn, summary, info in [*kvm_real.registered(), *xen_real.registered()]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import importlib
+import json
 import multiprocessing as mp
 import sys
 import time
@@ -138,6 +139,10 @@ def cmd_prove(args: argparse.Namespace) -> int:
     if not fs:
         fail("no form matches (see --list)")
     if args.list:
+        if args.json:
+            print(json.dumps({"command": "prove", "model": args.model, "against": args.against,
+                              "forms": [f.key for f in fs]}))
+            return 0
         for f in fs:
             print(f.key)
         return 0

@@ -369,17 +369,31 @@ def _load_kvm(nested: Path, vmx: Path | None, what: str) -> Any:
         raise RealCodeError(str(e)) from None
 
 
-@cache
 def release_model(name: str) -> Any:
-    """kvm-linux-6.1 / kvm-linux-6.12 from the cache (not built until first called or `.load()`)."""
+    """kvm-linux-6.1 / kvm-linux-6.12 from the cache as it is now (not built until first called or
+    `.load()`)."""
     source = RELEASES[name]
     f = sources.lookup(source)
     if f is None:
         raise RealCodeError(f"{name} runs Debian's {sources.SOURCES[source].package}: "
                             f"{sources.unusable(source)}")
-    info = release_info(name, f)
-    return _kvm_model(name, lambda: _load_kvm(f.path(NESTED_C), f.path(VMX_C), f"{name} ({f.package} {f.version})"),
-                      info)
+    return release_model_for(name, f)
+
+
+_BUILT: dict[tuple[str, str, str], Any] = {}
+
+
+def release_model_for(name: str, f: sources.Fetched) -> Any:
+    """The model of `name` built from the fetched files `f`, once per files and version: a cache
+    fetched anew (another VMXADDR_CACHE, a repaired copy) gets a model of its own, not the first
+    one this process built."""
+    key = (name, str(f.path(NESTED_C)), f.version)
+    m = _BUILT.get(key)
+    if m is None:
+        info = release_info(name, f)
+        m = _BUILT[key] = _kvm_model(
+            name, lambda: _load_kvm(f.path(NESTED_C), f.path(VMX_C), f"{name} ({f.package} {f.version})"), info)
+    return m
 
 
 def user_path(text: str, spec: str) -> Path:

@@ -12,11 +12,15 @@ from vmxaddr.realcode.info import RealCodeInfo
 from vmxaddr.realcode.kvm_release import KVM_FUNCTION, KVM_LIMIT_CHECK, RELEASES, release_info
 
 
-def _lazy(name: str, info: RealCodeInfo) -> Any:
-    def model(exit: Any, state: Any, access: Any, explain: bool = False) -> Any:
-        from vmxaddr.realcode.models import release_model  # built at the first call; models is above this module
+def _lazy(name: str, info: RealCodeInfo, f: sources.Fetched) -> Any:
+    built: list[Any] = []  # the model of these files, found at the first call
 
-        return release_model(name)(exit, state, access, explain)
+    def model(exit: Any, state: Any, access: Any, explain: bool = False) -> Any:
+        if not built:
+            from vmxaddr.realcode.models import release_model_for  # models is above this module
+
+            built.append(release_model_for(name, f))
+        return built[0](exit, state, access, explain)
 
     model.__name__ = model.__qualname__ = name.replace("-", "_").replace(".", "_")
     model.__doc__ = f"Real code: {info.what} (vmxaddr.realcode; built at the first call)."
@@ -34,7 +38,7 @@ def registered() -> list[tuple[str, Any, str, RealCodeInfo]]:
         if f is None:
             continue
         info = release_info(name, f)
-        out.append((name, _lazy(name, info), f"real code: {info.what}, compiled with vmxaddr's shim", info))
+        out.append((name, _lazy(name, info, f), f"real code: {info.what}, compiled with vmxaddr's shim", info))
     return out
 
 

@@ -21,7 +21,6 @@ model's first call.
 from __future__ import annotations
 
 import re
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -241,9 +240,8 @@ def _model(name: str, info: Any, make_inner: Any) -> Any:
     return model
 
 
-@cache
 def release_model(name: str) -> Any:
-    """xen-4.17 from the cache (built and loaded at the first call, or by `.load()`)."""
+    """xen-4.17 from the cache as it is now (built and loaded at the first call, or by `.load()`)."""
     source = RELEASES[name]
     f = sources.lookup(source)
     if f is None:
@@ -251,6 +249,17 @@ def release_model(name: str) -> Any:
 
         raise RealCodeError(f"{name} runs Debian's {sources.SOURCES[source].package}: "
                             f"{sources.unusable(source)}")
+    key = (name, str(f.path(VVMX_C)), f.version)  # once per files and version, as kvm-linux-*
+    m = _BUILT.get(key)
+    if m is None:
+        m = _BUILT[key] = _release_model_for(name, f)
+    return m
+
+
+_BUILT: dict[tuple[str, str, str], Any] = {}
+
+
+def _release_model_for(name: str, f: sources.Fetched) -> Any:
     info = info_for(name, f)
     what = f"{name} ({f.package} {f.version})"
 
