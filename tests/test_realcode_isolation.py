@@ -311,3 +311,19 @@ def test_isolated_fuzz_reports_what_in_process_fuzz_does(env: dict[str, str]) ->
 
     isolated = report({})
     assert isolated and isolated == report({"VMXADDR_IN_PROCESS": "1"})
+
+
+def test_call_timeout_is_for_one_command_only() -> None:
+    """`--call-timeout` reaches the workers through the environment; a later command in the same
+    process (a test, a notebook calling main) must get the default again, not a limit left over
+    (a 0.5 s limit made xen-4.17's first call, which builds it, time out in a later check-trace)."""
+    import os
+
+    from vmxaddr import cli
+    from vmxaddr.realcode.info import DEFAULT_CALL_TIMEOUT, ENV_CALL_TIMEOUT
+    from vmxaddr.realcode.worker import call_timeout
+
+    before = os.environ.get(ENV_CALL_TIMEOUT)
+    assert cli.main(["explain", "--mode", "32", "--call-timeout", "0.5", "0f7845d8"]) == 0
+    assert os.environ.get(ENV_CALL_TIMEOUT) == before
+    assert call_timeout() == (float(before) if before else DEFAULT_CALL_TIMEOUT)

@@ -444,7 +444,17 @@ def _silence_stdout() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; the exit statuses are listed in docs/state-format.md."""
     top = argv is None  # the program itself (not a test calling main): may end at once after ^C
-    code = _run(argv)
+    from vmxaddr.realcode.info import ENV_CALL_TIMEOUT
+
+    before = os.environ.get(ENV_CALL_TIMEOUT)  # --call-timeout is for this command only
+    try:
+        code = _run(argv)
+    finally:
+        if os.environ.get(ENV_CALL_TIMEOUT) != before:
+            if before is None:
+                os.environ.pop(ENV_CALL_TIMEOUT, None)
+            else:
+                os.environ[ENV_CALL_TIMEOUT] = before
     if code == 130 and top:
         _end_now(code)
     return code

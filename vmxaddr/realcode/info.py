@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+ENV_CALL_TIMEOUT = "VMXADDR_CALL_TIMEOUT"  # how --call-timeout reaches worker processes (fuzz --jobs)
 DEFAULT_CALL_TIMEOUT = 2.0  # seconds per call of a compiled model (--call-timeout): they answer in microseconds
 
 

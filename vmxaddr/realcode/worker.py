@@ -34,7 +34,7 @@ from typing import Any
 
 from vmxaddr.models.guard import ModelError, one_line
 from vmxaddr.realcode.bridge import ACCESS, EXIT, LAYOUT, RESULT, STATE, BridgeError, _Buffers, marshaller
-from vmxaddr.realcode.info import DEFAULT_CALL_TIMEOUT
+from vmxaddr.realcode.info import DEFAULT_CALL_TIMEOUT, ENV_CALL_TIMEOUT
 
 BATCH = 512
 SCRATCH = 1024
@@ -53,7 +53,7 @@ _U32 = struct.Struct("<I")
 
 LOAD_TIMEOUT = 30.0  # loading the library (its constructors run)
 OUTPUT_LIMIT = 1 << 20  # the C's output file is emptied beyond this
-ENV_TIMEOUT = "VMXADDR_CALL_TIMEOUT"  # how --call-timeout reaches worker processes (fuzz --jobs)
+ENV_TIMEOUT = ENV_CALL_TIMEOUT
 ENV_IN_PROCESS = "VMXADDR_IN_PROCESS"  # 1: load the C into vmxaddr as before (benchmarks, debugging)
 
 

@@ -193,7 +193,11 @@ _INTERNED: dict[str, list[CpuState]] = {}
 def _worker_checker(options: Options, states: Items) -> Checker:
     """This process's checker for `options` with a fresh table (`states`, recording what it is
     asked: handoff.RecordingTable) and tally, its memos kept."""
-    key = (options, threading.get_ident())  # a Dask worker may run tasks in several threads
+    from vmxaddr.models import REGISTRY
+
+    # a Dask worker may run tasks in several threads; and a checker holds the models it was made
+    # with, so a registry that changed since (a source fetched, a cache switched) needs a new one
+    key = (options, threading.get_ident(), tuple(id(m.function) for m in REGISTRY.values()))
     c = _CHECKERS.get(key)
     if c is None:
         c = _CHECKERS[key] = Checker(options.reference, fingerprint=options.fingerprint,
