@@ -7,28 +7,17 @@ tests/test_site.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from docs_tool import load as _load
 
 from vmxaddr.isa import SPECS
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def _load(name: str, path: Path) -> Any:
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 pages_mod = _load("docs_instruction_pages", ROOT / "docs" / "tools" / "instruction_pages.py")

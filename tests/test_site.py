@@ -23,18 +23,11 @@ from pathlib import Path
 
 import pytest
 from ci_policy import under_ci
+from docs_tool import load as _load
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
-
-def _load(name: str, path: Path):  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 build_site = _load("docs_build_site", ROOT / "docs" / "tools" / "build_site.py")

@@ -94,13 +94,15 @@ def test_a_model_loaded_before_the_corruption_is_refused_after_it(fetched: sourc
     """The model is built once per process (release_model is memoised); the files are checked at
     every resolve anyway, so a corruption after the first load is still refused (the full suite
     loaded kvm-linux-6.1 in an earlier test, and this check was skipped)."""
+    from vmxaddr.realcode import models
     from vmxaddr.realcode import resolve as res
 
     class Loaded:
         def load(self) -> None:
             pass
 
-    monkeypatch.setattr(res, "release_model", lambda name: Loaded())
+    monkeypatch.setattr(models, "_BUILT", {})
+    monkeypatch.setattr(models, "release_model_for", lambda name, f: Loaded())
     assert isinstance(res.resolve("kvm-linux-6.1"), Loaded)
     _corrupt(fetched)
     with pytest.raises(res.RealCodeError, match="SHA-256"):

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from vmxaddr.realcode.sources import cache_dir
+from vmxaddr.realcode.sources import sha256_file as sha256
 
 CSRC = Path(__file__).with_name("csrc")
 
@@ -104,14 +105,6 @@ def init_script() -> str:
 
 def live_dir() -> Path:
     return cache_dir() / "live"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def require(*tools: str) -> None:

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vmxaddr.realcode import sources
 from vmxaddr.realcode.extract import ExtractError
-from vmxaddr.realcode.kvm_release import RELEASES as KVM_RELEASES
 from vmxaddr.realcode.models import RealCodeError, c_model, release_model, tree_model
 from vmxaddr.realcode.xen import RELEASES as XEN_RELEASES
 from vmxaddr.realcode.xen import release_model as xen_release_model
@@ -17,17 +15,14 @@ __all__ = ["RealCodeError", "resolve"]
 
 
 def resolve(name: str) -> Any:
-    """The real-code model `name` (built and loaded now, so that errors come before any case)."""
+    """The real-code model `name` (built and loaded now, so that errors come before any case). The
+    release models look their source up on every call (sources.lookup verifies the files), so a
+    source corrupted after the model was first built is still refused."""
     try:
         if name.startswith("c:"):
             return c_model(name)
         if name.startswith("kvm-tree:"):
             return tree_model(name[len("kvm-tree:"):])
-        source = KVM_RELEASES.get(name) or XEN_RELEASES.get(name)
-        if source is not None and sources.lookup(source) is None:
-            # checked at every resolve, not only when the model is first built: the files may have
-            # changed since (sources.lookup verifies them, remembered by size and times)
-            raise RealCodeError(f"{name} runs Debian's {sources.SOURCES[source].package}: {sources.unusable(source)}")
         if name in XEN_RELEASES:
             m = xen_release_model(name)
         else:
