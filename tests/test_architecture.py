@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("engines", ("vmxaddr.fuzz", "vmxaddr.trace", "vmxaddr.scan", "vmxaddr.scanio", "vmxaddr.oracles",
                  "vmxaddr.crosscheck", "vmxaddr.realcode", "vmxaddr.models.registry", "vmxaddr.live",
                  "vmxaddr.prove", "vmxaddr.rulelang")),
-    ("command line", ("vmxaddr.cli", "vmxaddr.scancli", "vmxaddr.web", "vmxaddr.fuzz.cli", "vmxaddr.realcode.cli",
+    ("command line", ("vmxaddr.__main__", "vmxaddr.cli", "vmxaddr.scancli", "vmxaddr.web", "vmxaddr.fuzz.cli", "vmxaddr.realcode.cli",
                       "vmxaddr.trace.commands", "vmxaddr.live.cli", "vmxaddr.prove.cli")),
 ]
 
