@@ -95,6 +95,45 @@ def test_ring_buffer_events_split_by_case() -> None:
     assert (probes[1].ret, probes[1].queued, probes[1].access) == (1, [(13, 0)], None)
 
 
+def test_ring_buffer_events_split_in_l1_loop() -> None:
+    # A run of L1's loop has one KVM_SET_REGS for many cases: its events are cut at each
+    # get_vmx_mem_address (every case exits to KVM exactly once), and the VMPTRLD L1 executes
+    # after a VMCLEAR/VMPTRLD that completed (flag RELOADED) is one more exit, skipped.
+    fmt = ("FORMAT setregs\nID: 7\n\tfield:u64 rip;\toffset:16;\tsize:8;\tsigned:0;\n"
+           "\tfield:u64 fl;\toffset:24;\tsize:8;\tsigned:0;\nEND\n"
+           "FORMAT gvma\nID: 8\n\tfield:u64 qual;\toffset:16;\tsize:8;\tsigned:0;\n"
+           "\tfield:u32 info;\toffset:24;\tsize:4;\tsigned:0;\nEND\n"
+           "FORMAT gvmar\nID: 9\n\tfield:s32 ret;\toffset:24;\tsize:4;\tsigned:1;\nEND\n"
+           "FORMAT rd\nID: 10\n\tfield:u64 gva;\toffset:16;\tsize:8;\tsigned:0;\nEND\n"
+           "FORMAT qe\nID: 11\n\tfield:u32 nr;\toffset:16;\tsize:4;\tsigned:0;\n"
+           "\tfield:u32 ec;\toffset:20;\tsize:4;\tsigned:0;\nEND\n")
+
+    def ev(eid: int, *fields: tuple[int, int, int]) -> tuple[int, bytes]:
+        b = bytearray(32)
+        struct.pack_into("<H", b, 0, eid)
+        for off, size, v in fields:
+            b[off:off + size] = v.to_bytes(size, "little")
+        return (1, bytes(b))
+
+    def gvma(qual: int) -> tuple[int, bytes]:
+        return ev(8, (16, 8, qual), (24, 4, 0x2C10080))
+
+    case0 = [ev(7, (16, 8, 0x2000), (24, 8, 2)), gvma(0xA), ev(9), ev(10, (16, 8, 0xA0))]
+    loop = [ev(7, (16, 8, 0x5000), (24, 8, 2)),
+            gvma(0xB), ev(9), ev(10, (16, 8, 0xB0)),                # case 1: a VMCLEAR that completed
+            gvma(0x12008), ev(9), ev(10, (16, 8, 0x40012008)),       # L1's VMPTRLD after it
+            gvma(0xC), ev(11, (16, 4, 13), (20, 4, 0)), ev(9, (24, 4, 1))]  # case 2: #GP(0)
+    runs = [(0, 1, 0), (1, 2, 1)]
+    obs = [batch.Observed(batch.K_HLT, 0, 0, 0, 0, 0, 2),
+           batch.Observed(batch.K_HLT, 0, 0, 0, 0, 0, 2, batch.IN_LOOP | batch.RELOADED),
+           batch.Observed(batch.K_EXC, 13, 0, 0, 0, 0, 2, batch.IN_LOOP)]
+    probes = batch.parse_events(_page(case0 + loop), fmt, 3, runs, obs)
+    assert [(p.qual, p.ret, p.access) for p in probes] == [(0xA, 0, 0xA0), (0xB, 0, 0xB0), (0xC, 1, None)]
+    assert probes[2].queued == [(13, 0)]
+    with pytest.raises(ValueError, match="events lost"):  # case 2's exit missing: not silently shifted
+        batch.parse_events(_page(case0 + loop[:7]), fmt, 3, runs, obs)
+
+
 def test_generated_cases_pass_vm_entry_checks() -> None:
     # SDM Vol. 3C §27.3.1.2, the checks on guest segment registers a VM entry makes
     for c in batch.generate(500, 3):

@@ -43,6 +43,9 @@ _REGS = struct.Struct("<17Q")
 CASE_SIZE = _CASE_HEAD.size + _REGS.size + 6 * _SEG.size
 _RES = struct.Struct("<IBBHII4Q")
 _OUTHDR = struct.Struct("<8I4Q3dQ")
+_RUN = struct.Struct("<3I")  # client.c struct lrun: first case, cases, 1 if L1's loop ran them
+# client.c struct lres flags
+IN_LOOP, RELOADED, OVERWRITTEN = 1, 2, 4
 assert CASE_SIZE == 304 and _RES.size == 48 and _OUTHDR.size == 96
 
 
@@ -214,6 +217,7 @@ class Observed:
     err: int
     rip: int
     rflags: int
+    flags: int = 0  # IN_LOOP, RELOADED (L1 executed VMPTRLD after it), OVERWRITTEN (result lost)
 
     @property
     def vmfail(self) -> str | None:
@@ -242,18 +246,23 @@ class Output:
 
 def decode_output(data: bytes) -> Output:
     h = _OUTHDR.unpack_from(data, 0)
-    if h[0] != OUT_MAGIC:
-        raise ValueError("not a client output file")
+    if h[0] != OUT_MAGIC or h[1] != 2:
+        raise ValueError("not a client output file (version 2)")
     n, rec = h[2], h[3]
     fmt_off, fmt_len, raw_off, raw_len = h[8:12]
+    runs = [_RUN.unpack_from(data, h[15] + _RUN.size * i) for i in range(h[7])]
+    formats = data[fmt_off:fmt_off + fmt_len].decode(errors="replace")
+    stats = re.search(r"^STATS\n(.*?)END\n", formats, re.S | re.M)
+    overrun = re.search(r"^overrun: (\d+)", stats.group(1), re.M) if stats else None
     header = {"n": n, "probes": h[4], "vmx_revision": h[5], "shadow": h[6], "seconds_setup": h[12],
-              "seconds_cases": h[13], "seconds_trace": h[14], "raw_bytes": raw_len}
+              "seconds_cases": h[13], "seconds_trace": h[14], "raw_bytes": raw_len, "kvm_runs": len(runs),
+              "cases_in_loop": sum(r[1] for r in runs if r[2]),
+              "ring_buffer_overrun": int(overrun.group(1)) if overrun else None}
     obs = []
     for i in range(n):
-        _, kind, vec, er, ec, err, rip, rflags, _, _ = _RES.unpack_from(data, _OUTHDR.size + i * rec)
-        obs.append(Observed(kind, vec, er, ec, err, rip, rflags))
-    formats = data[fmt_off:fmt_off + fmt_len].decode(errors="replace")
-    probes = parse_events(data[raw_off:raw_off + raw_len], formats, n) if h[4] else None
+        _, kind, vec, er, ec, err, rip, rflags, flags, _ = _RES.unpack_from(data, _OUTHDR.size + i * rec)
+        obs.append(Observed(kind, vec, er, ec, err, rip, rflags, flags))
+    probes = parse_events(data[raw_off:raw_off + raw_len], formats, n, runs, obs) if h[4] else None
     return Output(obs, probes, header, formats)
 
 
@@ -304,16 +313,33 @@ def _events(raw: bytes) -> list[bytes]:
     return out
 
 
-def parse_events(raw: bytes, formats: str, n: int) -> list[Probe]:
-    """One Probe per case: the events from one KVM_SET_REGS of a case to the next."""
+def _probe(events: list[tuple[str, dict[str, int]]], rip: int | None = None) -> Probe:
+    """What KVM did for one case, from its events in order."""
+    p = Probe(rip=rip)
+    for name, v in events:
+        if name == "gvma":
+            p.qual, p.info = v["qual"], v["info"]
+        elif name == "gvmar" and p.qual is not None and p.ret is None:
+            p.ret = v["ret"]
+        elif name == "qe":
+            p.queued.append((v["nr"], v["ec"]))
+        elif name == "q":
+            p.queued.append((v["nr"], None))
+        elif name in ("rd", "wr") and p.ret == 0 and p.access is None:
+            p.access = v["gva"]
+    return p
+
+
+def parse_events(raw: bytes, formats: str, n: int, runs: list[tuple[int, int, int]] | None = None,
+                 observed: list[Observed] | None = None) -> list[Probe]:
+    """One Probe per case. The events are cut at each KVM_SET_REGS of the client (its own stub
+    runs, marked with RFLAGS.PF, are left out): one piece per run of `runs` (by default one case
+    each). A run of L1's loop is cut again at each get_vmx_mem_address: every case the loop ran
+    exited to KVM once, plus once more when L1 reloaded its VMCS after it (skipped); a count that
+    does not match means lost events and raises ValueError."""
     fmts = _formats(formats)
-    probes: list[Probe] = []
-    cur: Probe | None = None
-
-    def get(data: bytes, fields: dict[str, tuple[int, int, bool]], name: str) -> int:
-        off, size, signed = fields[name]
-        return int.from_bytes(data[off:off + size], "little", signed=signed)
-
+    groups: list[tuple[int | None, list[tuple[str, dict[str, int]]]]] = []
+    cur: list[tuple[str, dict[str, int]]] | None = None
     for ev in _events(raw):
         if len(ev) < 2:
             continue
@@ -321,22 +347,40 @@ def parse_events(raw: bytes, formats: str, n: int) -> list[Probe]:
         if eid not in fmts:
             continue
         name, fields = fmts[eid]
+        v = {f: int.from_bytes(ev[o:o + size], "little", signed=sg) for f, (o, size, sg) in fields.items()
+             if f in ("rip", "fl", "qual", "info", "ret", "nr", "ec", "gva") and o + size <= len(ev)}
         if name == "setregs":
-            if "fl" in fields and get(ev, fields, "fl") & 4:  # the client's own stub (client.c run_stub)
+            if v.get("fl", 0) & 4:  # the client's own stub (client.c run_stub)
                 cur = None
                 continue
-            cur = Probe(rip=get(ev, fields, "rip"))
-            probes.append(cur)
-        elif cur is None:
+            cur = []
+            groups.append((v.get("rip"), cur))
+        elif cur is not None:
+            cur.append((name, v))
+    if runs is None:
+        runs = [(i, 1, 0) for i in range(min(n, len(groups)))]
+    if len(groups) != len(runs):
+        raise ValueError(f"{len(groups)} KVM_SET_REGS events for {len(runs)} KVM_RUNs of cases (events lost?)")
+    probes = [Probe() for _ in range(n)]
+    for (first, count, loop), (rip, evs) in zip(runs, groups, strict=True):
+        if not loop:
+            probes[first] = _probe(evs, rip)
             continue
-        elif name == "gvma":
-            cur.qual, cur.info = get(ev, fields, "qual"), get(ev, fields, "info")
-        elif name == "gvmar" and cur.qual is not None and cur.ret is None:
-            cur.ret = get(ev, fields, "ret")
-        elif name == "qe":
-            cur.queued.append((get(ev, fields, "nr"), get(ev, fields, "ec")))
-        elif name == "q":
-            cur.queued.append((get(ev, fields, "nr"), None))
-        elif name in ("rd", "wr") and cur.ret == 0 and cur.access is None:
-            cur.access = get(ev, fields, "gva")
+        parts: list[list[tuple[str, dict[str, int]]]] = []
+        for e in evs:
+            if e[0] == "gvma":
+                parts.append([])
+            if parts:
+                parts[-1].append(e)
+        obs = observed[first:first + count] if observed is not None else []
+        need = sum(1 + bool(o.flags & RELOADED) for o in obs)
+        if obs and len(parts) == need - 1 and obs[-1].kind not in (K_HLT, K_EXC):
+            parts.append([])  # L1 stopped at its last case before that case reached KVM
+        if len(parts) != need:
+            raise ValueError(f"{len(parts)} get_vmx_mem_address events for the {count} cases from case {first} "
+                             f"run in L1's loop ({need} expected: events lost?)")
+        j = 0
+        for i, o in enumerate(obs):
+            probes[first + i] = _probe(parts[j])
+            j += 1 + bool(o.flags & RELOADED)
     return probes

@@ -224,15 +224,16 @@ class JobResult:
 
 
 def client_binary() -> Path:
-    """csrc/client.c compiled gcc -static, cached by its source's SHA-256."""
-    src = CSRC / "client.c"
-    key = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
+    """csrc/client.c + csrc/l1.S (the L1 guest's loop) compiled gcc -static, cached by the
+    sources' SHA-256."""
+    srcs = [CSRC / "client.c", CSRC / "l1.S", CSRC / "l1.h"]
+    key = hashlib.sha256(b"".join(s.read_bytes() for s in srcs)).hexdigest()[:16]
     out = live_dir() / "native" / f"client-{key}"
     if not out.is_file():
         require("gcc")
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".tmp")
-        _run(["gcc", "-O2", "-static", "-o", str(tmp), str(src)], "gcc -static client.c")
+        _run(["gcc", "-O2", "-static", "-o", str(tmp), str(srcs[0]), str(srcs[1])], "gcc -static client.c l1.S")
         tmp.rename(out)
     return out
 

@@ -71,7 +71,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     while done < args.n:
         k = min(args.batch, args.n - done)
         cases = generate(k, args.seed + done)  # each batch its own seed: S, S+B, S+2B, ...
-        res = run_live(args.release, cases, probes=not args.no_probes, shadow=args.shadow_vmcs, stats=stats)
+        res = run_live(args.release, cases, probes=not args.no_probes, shadow=args.shadow_vmcs, stats=stats,
+                       per_case=args.per_case)
         compare(res, model, cmp)
         done += k
         say(f"{done}/{args.n} cases, {cmp.compared} compared, {cmp.compared - cmp.agree} disagreements, "
@@ -180,6 +181,9 @@ def register(sub: Any) -> None:
     p.add_argument("--against", metavar="MODEL", help="run: model to compare with (default kvm-RELEASE, compiled)")
     p.add_argument("--shadow-vmcs", action="store_true",
                    help="run: reload kvm-intel with enable_shadow_vmcs=1 first (VMREAD/VMWRITE then bypass KVM)")
+    p.add_argument("--per-case", action="store_true",
+                   help="run: one KVM_RUN per case (the slower path; by default L1 runs each batch's CPL-0 "
+                   "cases in its own loop, many per KVM_RUN)")
     p.add_argument("--no-probes", action="store_true", help="run: no kprobes (the bare rate; nothing is compared)")
     p.add_argument("--json", action="store_true", help="one JSON object on standard output")
     p.set_defaults(func=_dispatch)
