@@ -330,6 +330,7 @@ static void add_run(uint32_t first, uint32_t count, uint32_t loop) {
    in VMX operation), VMPTRLD, and the GDT, which a stray write may have hit */
 static void recover(void) {
     write_gdt(GDT);
+    if (current_vmcs() == 0x11000) return; /* KVM kept L1 in VMX operation, our VMCS current */
     run_stub(INIT);
     run_stub(REINIT);
 }
@@ -438,7 +439,10 @@ static void put_case(const struct lcase *c, uint32_t j) {
         sel[i] = c->seg[i].unusable ? 0 : SEL_CASE + 8 * i;
     }
     memcpy(mem + at + C_SEL, sel, sizeof sel);
-    put32(at + C_FLAGS, c->flags & 1);
+    /* WRMSR only for an FS/GS base the descriptor (or a null selector, base 0) does not give */
+    uint32_t wr_fs = c->seg[4].base != (c->seg[4].unusable ? 0 : (c->seg[4].base & 0xFFFFFFFF));
+    uint32_t wr_gs = c->seg[5].base != (c->seg[5].unusable ? 0 : (c->seg[5].base & 0xFFFFFFFF));
+    put32(at + C_FLAGS, (c->flags & 1) | wr_fs << 1 | wr_gs << 2);
     put64(at + C_FSBASE, c->seg[4].base);
     put64(at + C_GSBASE, c->seg[5].base);
     for (int i = 0; i < 16; i++) put64(at + C_REGS + 8 * i, c->regs[ENC_FROM_KVM[i]]);
@@ -448,6 +452,7 @@ static void put_case(const struct lcase *c, uint32_t j) {
     if (lm) { put64(at + C_FAR, rip); put32(at + C_FAR + 8, SEL_CASE + 8); }
     else { put32(at + C_FAR, (uint32_t)rip); put32(at + C_FAR + 4, SEL_CASE + 8); }
     loop_code(c, rip, mem + at + C_CODE);
+    if (j > 0 && !memcmp(mem + at + C_CODE, mem + at - 256 + C_CODE, 32)) put32(at + C_FLAGS, mem[at + C_FLAGS] | 8);
 }
 
 /* run cases [first, first + n) (all loopable, one mode: 64-bit or legacy) in L1's loop */
@@ -496,6 +501,12 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[i], "shadow")) shadow = 1;
         if (!strcmp(argv[i], "single")) single = 1; /* every case in its own KVM_RUN */
     }
+    for (int i = 3; i < argc; i++)
+        if (!strncmp(argv[i], "off=", 4)) { /* an event left out (to measure what each costs) */
+            char path[256];
+            snprintf(path, sizeof path, T "events/vmxl/%s/enable", argv[i] + 4);
+            write_str(path, "0", 0);
+        }
     double t0 = now();
     int fd = open(argv[1], O_RDONLY);
     struct stat st;
@@ -540,6 +551,7 @@ int main(int argc, char **argv) {
     int nprobes = probes ? setup_probes(n) : 0;
     double t1 = now();
 
+    copy_file("INTERRUPTS-BEFORE", "/proc/interrupts");
     struct lres *res = calloc(n ? n : 1, sizeof *res);
     for (uint32_t i = 0; i < n; i++) res[i].index = i;
     for (uint32_t i = 0; i < n;) {
@@ -556,6 +568,7 @@ int main(int argc, char **argv) {
         i = k;
     }
     double t2 = now();
+    copy_file("INTERRUPTS-AFTER", "/proc/interrupts");
 
     FILE *out = fopen(argv[2], "wb");
     if (!out) die("open OUT");

@@ -114,13 +114,15 @@ l1_loop32:                          /* entry: flat segments (KVM_SET_SREGS) */
     mov %ebx, %esi
     shl $8, %esi
     add $LIN(CASES), %esi
-    pushl $2                        /* RFLAGS = 2 for the case (and DF = 0 for MOVS) */
-    popfl                           /* nothing below changes a flag */
+    cld
+    testb $8, C_FLAGS(%esi)       /* the same code as the case before: leave the slot */
+    jnz 1f
     lea C_CODE(%esi), %esi
     mov $LIN(SLOT_ALIAS), %edi
     mov $8, %ecx
     rep movsl                       /* the code, into the slot through its writable alias */
     lea -C_CODE - 32(%esi), %esi
+1:
     mov $LIN(GDT) + SEL_CASE, %edi
     mov $12, %ecx
     rep movsl                       /* the six descriptors */
@@ -135,14 +137,20 @@ l1_loop32:                          /* entry: flat segments (KVM_SET_SREGS) */
     mov %eax, %fs
     movzwl C_SEL + 10(%esi), %eax
     mov %eax, %gs
-    mov $MSR_FS_BASE, %ecx          /* the full base: a descriptor has only 32 bits of it */
+    testb $2, C_FLAGS(%esi)       /* a base the descriptor could not hold (WRMSR may exit) */
+    jz 1f
+    mov $MSR_FS_BASE, %ecx
     mov C_FSBASE(%esi), %eax
     mov C_FSBASE + 4(%esi), %edx
     wrmsr
+1:  testb $4, C_FLAGS(%esi)
+    jz 1f
     mov $MSR_GS_BASE, %ecx
     mov C_GSBASE(%esi), %eax
     mov C_GSBASE + 4(%esi), %edx
     wrmsr
+1:  pushl $2                        /* RFLAGS = 2 for the case: nothing below changes a flag */
+    popfl
     movzwl C_SEL + 4(%esi), %eax
     mov %eax, %ss
     movzwl C_SEL + 6(%esi), %eax
@@ -215,13 +223,15 @@ l1_loop64:
     mov %ebx, %esi
     shl $8, %esi
     add $LIN(CASES), %esi
-    pushq $2
-    popfq
+    cld
+    testb $8, C_FLAGS(%rsi)       /* the same code as the case before: leave the slot */
+    jnz 1f
     lea C_CODE(%rsi), %rsi
     mov $LIN(SLOT_ALIAS), %edi
     mov $8, %ecx
-    rep movsl
+    rep movsl                       /* the code, into the slot through its writable alias */
     lea -C_CODE - 32(%rsi), %rsi
+1:
     mov $LIN(GDT) + SEL_CASE, %edi
     mov $12, %ecx
     rep movsl
@@ -236,14 +246,20 @@ l1_loop64:
     mov %eax, %fs
     movzwl C_SEL + 10(%rsi), %eax
     mov %eax, %gs
+    testb $2, C_FLAGS(%rsi)       /* a base the descriptor could not hold (WRMSR may exit) */
+    jz 1f
     mov $MSR_FS_BASE, %ecx
     mov C_FSBASE(%rsi), %eax
     mov C_FSBASE + 4(%rsi), %edx
     wrmsr
+1:  testb $4, C_FLAGS(%rsi)
+    jz 1f
     mov $MSR_GS_BASE, %ecx
     mov C_GSBASE(%rsi), %eax
     mov C_GSBASE + 4(%rsi), %edx
     wrmsr
+1:  pushq $2
+    popfq
     movzwl C_SEL + 4(%rsi), %eax
     mov %eax, %ss                   /* null (unusable SS) is allowed at CPL 0 in 64-bit mode */
     movzwl C_SEL + 6(%rsi), %eax

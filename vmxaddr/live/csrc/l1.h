@@ -50,7 +50,8 @@
 /* case record (256 bytes at CASES + 256 * i) */
 #define C_DESC 0                  /* u64 x 6: the case's descriptors, es cs ss ds fs gs */
 #define C_SEL 48                  /* u16 x 6: the selectors to load (0: unusable) */
-#define C_FLAGS 60                /* bit 0: VMCLEAR/VMPTRLD, reload L1's VMCS if it completed */
+#define C_FLAGS 60                /* bit 0: VMCLEAR/VMPTRLD, reload L1's VMCS if it completed;
+                                     bits 1, 2: write the FS, GS base with WRMSR */
 #define C_FSBASE 64
 #define C_GSBASE 72
 #define C_REGS 80                 /* u64 x 16, encoding order: rax rcx rdx rbx rsp rbp rsi rdi r8.. */
