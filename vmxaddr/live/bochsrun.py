@@ -33,6 +33,7 @@ BOCHS = "bochs-bin"
 CPU_MODEL = "corei7_skylake_x"
 BUF_VA = 0x200000000  # stub.c
 BUF_SIZE = 96 << 20
+CLIENT_MARKS = ("exec", "vcpu", "vmxon", "first", "cases", "written")  # client.c mark()
 
 BOCHSRC = """\
 megs: 512
@@ -278,7 +279,9 @@ def run_job(name: str, cases_blob: bytes, args: str = "", timeout: float = 3600.
         head += args.encode()[:255].ljust(256, b"\0")
         (work / "job.bin").write_bytes(head.ljust(4096, b"\0") + exe + cases_blob)
         rdir = _run_dir(sdir, work)
-        script = ["!mark start", f"!load {work / 'job.bin'} {BUF_VA:x}", "!mark loaded", "c", "!mark done",
+        # with the client's argument "marks" it stops at four more magic breakpoints (client.c)
+        steps = [x for m in CLIENT_MARKS for x in ("c", f"!mark {m}")] if "marks" in args.split() else []
+        script = ["!mark start", f"!load {work / 'job.bin'} {BUF_VA:x}", "!mark loaded", *steps, "c", "!mark done",
                   f"!dump {work / 'out.bin'} {BUF_VA:x}", "!mark dumped"]
         res = run_bochs(["-r", str(rdir)], script, work, timeout)
         if not (work / "out.bin").is_file() or "done" not in res.marks:
