@@ -202,9 +202,11 @@ def encode_cases(cases: list[LiveCase]) -> bytes:
     return b"".join(parts)
 
 
-K_HLT, K_EXC, K_SHUTDOWN, K_OTHER, K_IOCTL = 1, 2, 3, 4, 5
+# K_DF (legacy mode): delivering the fault KVM injected failed on the case's own stack and the
+# processor raised #DF, which L1's task gate caught (without it: a triple fault, K_SHUTDOWN)
+K_HLT, K_EXC, K_SHUTDOWN, K_OTHER, K_IOCTL, K_DF = 1, 2, 3, 4, 5, 6
 KIND_NAMES = {K_HLT: "completed", K_EXC: "exception", K_SHUTDOWN: "shutdown", K_OTHER: "other-exit",
-              K_IOCTL: "ioctl-failed"}
+              K_IOCTL: "ioctl-failed", K_DF: "double-fault"}
 
 
 @dataclass

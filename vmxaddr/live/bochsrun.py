@@ -99,14 +99,18 @@ def _drain(fd: int, sink: list[bytes]) -> None:
         pass
 
 
-def run_bochs(args: list[str], script: list[str], workdir: Path, timeout: float) -> BochsResult:
-    """Run bochs-bin with the preload library answering the debugger from `script`."""
+def run_bochs(args: list[str], script: list[str], workdir: Path, timeout: float,
+              serial_marks: bool = False) -> BochsResult:
+    """Run bochs-bin with the preload library answering the debugger from `script`; with
+    `serial_marks`, every serial line is timed (workdir/serial-marks: CPU-s TAB line)."""
     require_bochs()
     (workdir / "script").write_text("\n".join(script) + "\n")
     marks = workdir / "marks"
     marks.unlink(missing_ok=True)
     env = dict(os.environ, TERM="dumb", LD_PRELOAD=str(preload_library()),
                VMXADDR_BOCHS_SCRIPT=str(workdir / "script"), VMXADDR_BOCHS_MARKS=str(marks))
+    if serial_marks:
+        env["VMXADDR_BOCHS_SERIAL_MARKS"] = str(workdir / "serial-marks")
     env.pop("DISPLAY", None)
     master, slave = pty.openpty()  # the term display wants a terminal
     sink: list[bytes] = []
@@ -186,21 +190,58 @@ def saved_state(name: str, progress: callable = lambda s: None, timeout: float =
     tmp_state.mkdir()
     progress(f"booting {name} under Bochs to save its state (~110 CPU-s; log {work})")
     res = run_bochs(["-f", str(conf)], ["!mark start", "c", "!mark stub", f"!save {tmp_state}", "!mark saved"],
-                    work, timeout)
+                    work, timeout, serial_marks=True)
     serial = (work / "serial.txt").read_text(errors="replace") if (work / "serial.txt").exists() else ""
     if "stub" not in res.marks or "saved" not in res.marks or not (tmp_state / "config").is_file():
         raise LiveError(f"the boot did not reach the stub (log {work}); serial tail: {serial[-600:]!r}")
     if "VMXADDR-INIT nested=Y" not in serial:
         raise LiveError(f"kvm_intel did not load with nested=1 (serial: {serial[-600:]!r})")
     _fix_config(tmp_state / "config")
+    lines = (work / "serial-marks").read_text(errors="replace").splitlines() if (work / "serial-marks").exists() else []
+    timed = [(float(t), text) for t, _, text in (ln.partition("\t") for ln in lines) if t]
     info = {"key": key, "iso_sha256": manifest["iso_sha256"], "boot_cpu_seconds": round(res.cpu_seconds, 2),
             "boot_wall_seconds": round(res.wall_seconds, 2), "marks": res.marks,
+            "serial_lines": timed, "phases": boot_phases(timed, res.marks),
             "serial": [ln for ln in serial.splitlines() if ln.startswith("VMXADDR")],
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (tmp_state / "vmxaddr-state.json").write_text(json.dumps(info, indent=1))
     tmp_state.rename(sdir)
     shutil.rmtree(work, ignore_errors=True)
     return sdir
+
+
+# (phase, the serial line that ends it): the lines written by isolinux (SERIAL), the kernel's
+# decompressor (earlyprintk, no `quiet`), init and the stub (images.INIT, stub.c)
+PHASE_ENDS = (("BIOS (to isolinux's banner)", "ISOLINUX"),
+              ("isolinux: vmlinuz and initrd read from the CD", "Decompressing Linux"),
+              ("kernel init (to /init's first line)", "VMXADDR-INIT modules"),
+              ("insmod irqbypass.ko", "VMXADDR-INIT irqbypass.ko"),
+              ("insmod kvm.ko", "VMXADDR-INIT kvm.ko"),
+              ("insmod kvm-intel.ko nested=1", "VMXADDR-INIT kvm-intel.ko"),
+              ("7 kprobe events registered and enabled", "VMXADDR-INIT probes="),
+              ("stub: buffer mapped and locked", "VMXADDR-STUB ready"))
+
+
+def boot_phases(timed: list[tuple[float, str]], marks: dict[str, tuple[float, float, float]]) -> list[list[object]]:
+    """[phase, Bochs CPU-s] from the timed serial lines. The decompression is the time from the
+    line before "Decompressing Linux..." (its leading newline) to that line (written at its end)."""
+    out: list[list[object]] = []
+    prev = marks["start"][0] + marks["start"][1] if "start" in marks else 0.0
+    for phase, needle in PHASE_ENDS:
+        hit = next((i for i, (_, text) in enumerate(timed) if needle in text), None)
+        if hit is None:
+            continue
+        t = timed[hit][0]
+        if needle == "Decompressing Linux" and hit > 0:
+            start = timed[hit - 1][0]
+            out.append([phase, round(start - prev, 2)])
+            out.append(["kernel decompression", round(t - start, 2)])
+        else:
+            out.append([phase, round(t - prev, 2)])
+        prev = t
+    if "stub" in marks:
+        out.append(["to the stub's magic breakpoint", round(marks["stub"][0] + marks["stub"][1] - prev, 2)])
+    return out
 
 
 # -- a restored run ------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any
 from vmxaddr.case import access_of
 from vmxaddr.decode import decode
 from vmxaddr.exitinfo import ExitInfo
-from vmxaddr.live.batch import K_EXC, K_SHUTDOWN, KIND_NAMES, LiveCase, Observed, Output, Probe, decode_output, encode_cases
+from vmxaddr.live.batch import K_DF, K_EXC, K_SHUTDOWN, KIND_NAMES, LiveCase, Observed, Output, Probe, decode_output, encode_cases
 from vmxaddr.live.bochsrun import run_job
 from vmxaddr.live.images import RELEASES
 from vmxaddr.models.base import FAULT, OK, Model
@@ -152,7 +152,9 @@ def observed_consistent(r: LiveResult) -> bool:
 
 
 def delivery_failed(r: LiveResult) -> bool:
-    return r.answer is not None and r.answer.kind == FAULT and r.observed.kind == K_SHUTDOWN \
+    """The fault KVM queued could not be delivered: in legacy mode it is pushed on the case's own
+    SS:ESP; L1 then got #DF (its task gate) or, in the one-case path, shut down."""
+    return r.answer is not None and r.answer.kind == FAULT and r.observed.kind in (K_SHUTDOWN, K_DF) \
         and r.case.code_size != 64
 
 

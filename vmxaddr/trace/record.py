@@ -289,7 +289,9 @@ def register_trace(tsub: Any) -> None:
                    "nested under Bochs 2.7 (`vmxaddr live build RELEASE`; docs/live-kvm.md)")
     r.add_argument("--cases", metavar="FILE", help="with --kvm: replay the cases of a trace or a fuzz witness file")
     r.add_argument("--shadow-vmcs", action="store_true", help="with --kvm: kvm-intel enable_shadow_vmcs=1 (docs/live-kvm.md)")
-    r.add_argument("-n", type=int, default=1000, help="number of random cases (default 1000)")
+    r.add_argument("-n", type=int, default=1000,
+                   help="number of random cases (default 1000); with --kvm the number of exit records: a case KVM "
+                   "answers before decoding its operand (CPL 3: #GP) leaves none, so more cases are run until N")
     r.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     r.add_argument("--hypervisor", default="sdm", metavar="MODEL",
                    help="the consumer model whose answers are recorded (default sdm; `vmxaddr models` lists them)")

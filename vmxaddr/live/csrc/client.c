@@ -73,7 +73,7 @@ enum { K_SHUTDOWN = 3, K_OTHER = 4, K_IOCTL = 5 };
 struct l1res { uint32_t tag; uint8_t kind, vector, reloaded, rflags; uint32_t error_code, pad; } __attribute__((packed));
 
 /* l1.S */
-extern const uint8_t l1_blob[], l1_blob_end[], l1_resume32[], l1_resume64[], l1_loop32[], l1_loop64[];
+extern const uint8_t l1_blob[], l1_blob_end[], l1_resume32[], l1_resume64[], l1_loop32[], l1_loop64[], l1_df32[];
 #define BLOB_LIN(sym) (LIN(L1_BLOB) + (uint64_t)((sym) - l1_blob))
 
 static int vcpu;
@@ -182,7 +182,27 @@ static void write_gdt(uint32_t at) {
         gdt_entry(at + SEL_CODE32, 0, 0xFFFFF, 0x9B, 0xC);
         gdt_entry(at + SEL_CODE64, 0, 0xFFFFF, 0x9B, 0xA);
         gdt_entry(at + SEL_DATA, 0, 0xFFFFF, 0x93, 0xC);
+        gdt_entry(at + SEL_TSS_LOOP, SYS + TSS_LOOP, 0x67, 0x8B, 0); /* busy: it is TR */
+        gdt_entry(at + SEL_TSS_DF, SYS + TSS_DF, 0x67, 0x89, 0);     /* available */
     }
+}
+
+/* legacy mode's TSSs: the loop task's (TR; ESP0/SS0 for CPL-3 cases) and the #DF task's, entered
+   through IDT32[8], a task gate: a fault whose delivery fails on the case's own stack ends there
+   instead of in a triple fault (32-bit TSS layout: SDM Vol. 3A §7.2.1) */
+static void write_tss_df(void) {
+    memset(mem + TSS_LOOP, 0, 0x68);
+    put32(TSS_LOOP + 4, SYS + IST1); put32(TSS_LOOP + 8, 0x18);
+    put32(TSS_LOOP + 0x1C, 0x3000); /* a task switch loads CR3 from the TSS but never saves it */
+    put32(TSS_LOOP + 0x64, 0x68u << 16); /* I/O map base beyond the limit: no bitmap */
+    memset(mem + TSS_DF, 0, 0x68);
+    put32(TSS_DF + 0x1C, 0x3000);                                /* CR3: the PAE PDPT */
+    put32(TSS_DF + 0x20, (uint32_t)BLOB_LIN(l1_df32));            /* EIP */
+    put32(TSS_DF + 0x24, 2);                                     /* EFLAGS */
+    put32(TSS_DF + 0x38, SYS + DF_STACK);                        /* ESP */
+    for (int o = 0x48; o <= 0x5C; o += 4) put32(TSS_DF + o, o == 0x4C ? SEL_CODE32 : SEL_DATA);
+    put32(TSS_DF + 0x64, 0x68u << 16);
+    put64(IDT32 + 8 * 8, ((uint64_t)SEL_TSS_DF << 16) | (0x85ull << 40)); /* task gate, P, DPL 0 */
 }
 
 static void build_guest(uint32_t revision) {
@@ -214,6 +234,7 @@ static void build_guest(uint32_t revision) {
     put64(TSS64 + 4, SYS + RSP0);
     put64(TSS64 + 0x24, SYS + IST1);
     put32(TSS32 + 4, SYS + IST1); put32(TSS32 + 8, 0x18); /* ESP0, SS0 (CPL-3 cases) */
+    write_tss_df();
     /* VMXON region, VMCS, and the pointers to them */
     memcpy(mem + 0x10000, &revision, 4);
     memcpy(mem + 0x11000, &revision, 4);
@@ -251,8 +272,8 @@ static void mode_sregs(struct kvm_sregs *r, int code_size) {
     int lm = code_size == 64;
     r->efer = lm ? 0x500 : 0;
     r->cr3 = lm ? 0x1000 : 0x3000;
-    struct kvm_segment tr = {.base = SYS + (lm ? TSS64 : TSS32), .limit = 0x67, .selector = lm ? 0x20 : 0x30,
-                             .type = 11, .present = 1};
+    struct kvm_segment tr = {.base = SYS + (lm ? TSS64 : TSS_LOOP), .limit = 0x67,
+                             .selector = lm ? 0x20 : SEL_TSS_LOOP, .type = 11, .present = 1};
     r->tr = tr;
     struct kvm_segment ldt = {.selector = 0, .type = 2, .unusable = 1};
     r->ldt = ldt;
@@ -334,6 +355,7 @@ static void add_run(uint32_t first, uint32_t count, uint32_t loop) {
    in VMX operation), VMPTRLD, and the GDT, which a stray write may have hit */
 static void recover(void) {
     write_gdt(GDT);
+    write_tss_df();
     if (current_vmcs() == 0x11000) return; /* KVM kept L1 in VMX operation, our VMCS current */
     run_stub(INIT);
     run_stub(REINIT);
@@ -362,8 +384,8 @@ static void run_single(const struct lcase *c, uint32_t index, struct lres *o) {
     r.rip = c->code_size == 64 ? SYS + SLOT : ((SYS + SLOT - c->seg[1].base) & mask);
     if (ioctl(vcpu, KVM_SET_REGS, &r) < 0) { o->kind = K_IOCTL; o->vector = 2; o->err = errno; return; }
     run_once(o);
-    if (o->kind == K_HLT && r0->tag == TAG) {
-        o->kind = K_EXC; o->vector = r0->vector; o->error_code = r0->error_code;
+    if (o->kind == K_HLT && r0->tag == TAG) { /* a handler (or the #DF task) recorded it */
+        o->kind = r0->kind; o->vector = r0->vector; o->error_code = r0->error_code;
     }
     if (o->kind == K_SHUTDOWN || o->kind == K_OTHER) {
         recover();
@@ -612,5 +634,8 @@ int main(int argc, char **argv) {
     fwrite(&h, sizeof h, 1, out);
     fclose(out);
     mark(); /* "written": the output file is complete */
+    fflush(stdout);
+    const char *done = getenv("VMXADDR_DONE_FD"); /* stub.c: it stops now, not after our exit */
+    if (done && write(atoi(done), "d", 1) != 1) fprintf(stderr, "client: done pipe: %s\n", strerror(errno));
     return 0;
 }

@@ -10,11 +10,14 @@
  * (its handler stub passes vector and error code to exc32/64).  Either way the result goes to
  * RESULTS + 16*i and the loop goes on; HLT when the chunk is done.  64-bit handlers use IST 1,
  * so a fault never pushes on the case's own stack; in legacy mode it does (no stack switch at
- * CPL 0), and when that push fails L1 shuts down: the client then records the case and restarts
+ * CPL 0), and when that push fails the processor raises #DF, whose IDT entry is a task gate: the
+ * #DF task (its own TSS and stack) records the case as "delivery failed" and returns to the loop
+ * task at the next case.  Should L1 still shut down, the client records the case and restarts
  * the loop at the next one.
  */
 #include "l1.h"
 
+#define HERE(l) (LIN(L1_BLOB) + ((l) - l1_blob))
 #define MSR_FS_BASE 0xc0000100
 #define MSR_GS_BASE 0xc0000101
 
@@ -168,6 +171,33 @@ l1_loop32:                          /* entry: flat segments (KVM_SET_SREGS) */
 l1_done32:
     hlt
     jmp l1_done32
+
+    .globl l1_df32
+l1_df32:                            /* the #DF task (SDM Vol. 3A §7.3): flat segments from TSS_DF */
+    mov LIN(CTL), %ebx
+    mov %ebx, %edi
+    shl $4, %edi
+    add $LIN(RESULTS), %edi
+    movb $K_DF, R_KIND(%edi)
+    movb $8, R_VECTOR(%edi)
+    movb $0, R_RELOADED(%edi)
+    lea TAG(%ebx), %eax
+    mov %eax, R_TAG(%edi)
+    inc %ebx
+    mov %ebx, LIN(CTL)
+    /* IRET (EFLAGS.NT is set) switches back to the loop task: make it resume at the next case */
+    movl $HERE(l1_loop32), LIN(TSS_LOOP) + 0x20
+    movl $2, LIN(TSS_LOOP) + 0x24
+    movl $LIN(LOOP_STACK), LIN(TSS_LOOP) + 0x38
+    movl $SEL_DATA, LIN(TSS_LOOP) + 0x48
+    movl $SEL_CODE32, LIN(TSS_LOOP) + 0x4c
+    movl $SEL_DATA, LIN(TSS_LOOP) + 0x50
+    movl $SEL_DATA, LIN(TSS_LOOP) + 0x54
+    movl $SEL_DATA, LIN(TSS_LOOP) + 0x58
+    movl $SEL_DATA, LIN(TSS_LOOP) + 0x5c
+    mov $LIN(DF_STACK), %esp        /* the next #DF starts here again, after the IRET */
+    iret
+    jmp l1_df32
 
 /* -- 64-bit mode, CS = SEL_CODE64 ------------------------------------------------------------- */
     .code64

@@ -33,9 +33,12 @@
 #define RESULTS 0x80000           /* 16 bytes per case of a chunk */
 #define CHUNK 2560                /* cases per KVM_RUN: RESULTS .. GDT */
 #define GDT 0x8A000               /* L1's GDT (writable: the case's descriptors go here) */
-#define GDT_LIMIT 0x87
+#define GDT_LIMIT 0x97
 #define CTL 0x8B000               /* u32 next case, u32 count, far pointer at +16 */
 #define FARPTR (CTL + 16)
+#define TSS_LOOP 0x8B100          /* legacy mode's TSS (a task switch writes it: writable page) */
+#define TSS_DF 0x8B200            /* the #DF task's TSS (legacy mode) */
+#define DF_STACK 0x8F800          /* its stack */
 #define SLOT_ALIAS 0x8C000        /* linear SYS+0x8C000 -> GPA SLOT, writable */
 #define LOOP_STACK 0x8E000        /* top of L1's own stack */
 #define RSP0 0x8F000
@@ -46,6 +49,8 @@
 #define SEL_CODE32 0x70
 #define SEL_CODE64 0x78
 #define SEL_DATA 0x80
+#define SEL_TSS_LOOP 0x88
+#define SEL_TSS_DF 0x90
 
 /* case record (256 bytes at CASES + 256 * i) */
 #define C_DESC 0                  /* u64 x 6: the case's descriptors, es cs ss ds fs gs */
@@ -68,5 +73,6 @@
 #define TAG 0x4c310000
 #define K_HLT 1
 #define K_EXC 2
+#define K_DF 6                    /* legacy mode: the fault's delivery failed, #DF through the task gate */
 
 #endif

@@ -9,6 +9,10 @@
  *   !dump FILE VA        write the stub's output (header + out_len + log, see stub.c) to FILE
  *   !mark LABEL          append "LABEL user_s sys_s wall_s" to $VMXADDR_BOCHS_MARKS
  *
+ * With $VMXADDR_BOCHS_SERIAL_MARKS set, every line the guest writes to the serial port's file
+ * (Bochs writes it with fputc) is appended there after Bochs' CPU time at its end: the boot's
+ * phases, timed without a debugger stop.
+ *
  * Any other line is handed to the debugger unchanged; at the end of the script it gets "quit".
  * Symbols are looked up by their mangled names in the executable (Bochs exports them for its
  * plugins); a missing one makes the command fail with a message, never a crash.
@@ -21,6 +25,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 typedef _Bool (*save_fn)(void *sim, const char *path);
 typedef _Bool (*xlate_fn)(void *cpu, unsigned long laddr, unsigned long *phy, unsigned long *lpf_mask, int verbose);
@@ -49,6 +54,48 @@ static void mark(const char *label) {
     fprintf(f, "%s %.3f %.3f %.3f\n", label, ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6,
             ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6, ts.tv_sec + ts.tv_nsec / 1e9);
     fclose(f);
+}
+
+static int (*real_fputc)(int, FILE *);
+static FILE *serial_file;   /* the FILE Bochs writes COM1 to, once recognised */
+static char serial_line[240];
+static size_t serial_len;
+
+static int is_serial(FILE *f) {
+    static FILE *checked[8];
+    static int nchecked;
+    char link[64], target[512];
+    if (f == serial_file) return 1;
+    for (int i = 0; i < nchecked; i++) if (checked[i] == f) return 0;
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fileno(f));
+    ssize_t k = readlink(link, target, sizeof target - 1);
+    target[k > 0 ? k : 0] = 0;
+    if (k > 10 && !strcmp(target + k - 10, "serial.txt")) { serial_file = f; return 1; }
+    if (nchecked < 8) checked[nchecked++] = f;
+    return 0;
+}
+
+int fputc(int c, FILE *stream) {
+    if (!real_fputc) real_fputc = (int (*)(int, FILE *))dlsym(RTLD_NEXT, "fputc");
+    int r = real_fputc(c, stream);
+    const char *path = getenv("VMXADDR_BOCHS_SERIAL_MARKS");
+    if (path && stream != stdout && stream != stderr && is_serial(stream)) {
+        if (c == '\n') {
+            struct rusage ru;
+            getrusage(RUSAGE_SELF, &ru);
+            FILE *f = fopen(path, "a");
+            if (f) {
+                serial_line[serial_len] = 0;
+                fprintf(f, "%.3f\t%s\n", ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec +
+                        ru.ru_stime.tv_usec / 1e6, serial_line);
+                fclose(f);
+            }
+            serial_len = 0;
+        } else if (c != '\r' && serial_len < sizeof serial_line - 1) {
+            serial_line[serial_len++] = (char)(c >= 32 && c < 127 ? c : '?');
+        }
+    }
+    return r;
 }
 
 static void *cpu0(void) {
