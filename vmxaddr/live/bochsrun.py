@@ -201,7 +201,7 @@ def saved_state(name: str, progress: callable = lambda s: None, timeout: float =
     timed = [(float(t), text) for t, _, text in (ln.partition("\t") for ln in lines) if t]
     info = {"key": key, "iso_sha256": manifest["iso_sha256"], "boot_cpu_seconds": round(res.cpu_seconds, 2),
             "boot_wall_seconds": round(res.wall_seconds, 2), "marks": res.marks,
-            "serial_lines": timed, "phases": boot_phases(timed, res.marks),
+            "serial_lines": timed,
             "serial": [ln for ln in serial.splitlines() if ln.startswith("VMXADDR")],
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (tmp_state / "vmxaddr-state.json").write_text(json.dumps(info, indent=1))
@@ -210,37 +210,33 @@ def saved_state(name: str, progress: callable = lambda s: None, timeout: float =
     return sdir
 
 
-# (phase, the serial line that ends it): the lines written by isolinux (SERIAL), the kernel's
-# decompressor (earlyprintk, no `quiet`), init and the stub (images.INIT, stub.c)
+# (phase, the serial line that ends it): lines written by isolinux (SERIAL), the kernel's real-mode
+# setup code, the kernel (its early console prints until `loglevel` is parsed) and init
+# (images.INIT). The decompressor writes nothing to the serial port here, so decompression is timed
+# to the kernel's first line; the stub's own line is still in the UART when the state is saved.
 PHASE_ENDS = (("BIOS (to isolinux's banner)", "ISOLINUX"),
-              ("isolinux: vmlinuz and initrd read from the CD", "Decompressing Linux"),
-              ("kernel init (to /init's first line)", "VMXADDR-INIT modules"),
+              ("isolinux: vmlinuz and initrd read from the CD", "Loading /initrd.img"),
+              ("kernel setup code (real mode, EDD probe)", "Probing EDD"),
+              ("kernel decompression, to the kernel's first line", "Linux version"),
+              ("kernel init, to /init's first line", "VMXADDR-INIT modules"),
               ("insmod irqbypass.ko", "VMXADDR-INIT irqbypass.ko"),
               ("insmod kvm.ko", "VMXADDR-INIT kvm.ko"),
               ("insmod kvm-intel.ko nested=1", "VMXADDR-INIT kvm-intel.ko"),
-              ("7 kprobe events registered and enabled", "VMXADDR-INIT probes="),
-              ("stub: buffer mapped and locked", "VMXADDR-STUB ready"))
+              ("7 kprobe events registered and enabled", "VMXADDR-INIT probes="))
 
 
-def boot_phases(timed: list[tuple[float, str]], marks: dict[str, tuple[float, float, float]]) -> list[list[object]]:
-    """[phase, Bochs CPU-s] from the timed serial lines. The decompression is the time from the
-    line before "Decompressing Linux..." (its leading newline) to that line (written at its end)."""
-    out: list[list[object]] = []
-    prev = marks["start"][0] + marks["start"][1] if "start" in marks else 0.0
+def boot_phases(timed: list[list[object]], marks: dict[str, list[float]]) -> list[tuple[str, float]]:
+    """(phase, Bochs CPU-s) from a boot's timed serial lines ([CPU-s, line]) and its marks."""
+    out: list[tuple[str, float]] = []
+    prev = float(marks["start"][0]) + float(marks["start"][1]) if "start" in marks else 0.0
     for phase, needle in PHASE_ENDS:
-        hit = next((i for i, (_, text) in enumerate(timed) if needle in text), None)
-        if hit is None:
-            continue
-        t = timed[hit][0]
-        if needle == "Decompressing Linux" and hit > 0:
-            start = timed[hit - 1][0]
-            out.append([phase, round(start - prev, 2)])
-            out.append(["kernel decompression", round(t - start, 2)])
-        else:
-            out.append([phase, round(t - prev, 2)])
-        prev = t
+        t = next((float(str(tt)) for tt, text in timed if needle in str(text)), None)
+        if t is not None:
+            out.append((phase, round(t - prev, 2)))
+            prev = t
     if "stub" in marks:
-        out.append(["to the stub's magic breakpoint", round(marks["stub"][0] + marks["stub"][1] - prev, 2)])
+        out.append(("exec /stub, its 96 MB buffer mapped and locked, to its magic breakpoint",
+                    round(marks["stub"][0] + marks["stub"][1] - prev, 2)))
     return out
 
 

@@ -38,15 +38,18 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_save(args: argparse.Namespace) -> int:
-    from vmxaddr.live.bochsrun import saved_state
+    from vmxaddr.live.bochsrun import boot_phases, saved_state
 
     sdir = saved_state(args.release, _progress(args.json), force=args.force)
     meta = json.loads((sdir / "vmxaddr-state.json").read_text())
+    phases = boot_phases(meta.get("serial_lines", []), meta.get("marks", {}))
     if args.json:
-        print(json.dumps({"state": str(sdir), **meta}))
+        print(json.dumps({"state": str(sdir), "phases": phases, **meta}))
     else:
         print(f"{args.release}: saved state {sdir} (boot {meta['boot_cpu_seconds']} Bochs CPU-s, "
               f"{meta['boot_wall_seconds']} s wall)")
+        for name, secs in phases:
+            print(f"  {secs:8.2f} CPU-s  {name}")
     return 0
 
 
