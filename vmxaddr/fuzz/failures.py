@@ -70,6 +70,7 @@ def resolve(name: str) -> Model:
 
 
 def failure_class(side: str, exc: BaseException) -> str:
+    """The divergence class for a model that failed instead of answering (crashed, timed out, raised, returned a bad value)."""
     if isinstance(exc, ModelFailure):  # a compiled model's worker: "model crashed: SIGSEGV", "model timed out"
         return f"{'model' if side == MODEL else side} {exc.finding}"
     if isinstance(exc, BadAnswer):
@@ -97,7 +98,7 @@ def diagnose(case: Case, a: Model, b: Model, encoder: str = "sdm") -> str:
         err = _run(m, exit, case)
         if err is not None:
             return failure_class(side, err)
-        if encoder != "sdm" and m is a:  # the consumer also runs on the SDM's information (vmxaddr.pipeline)
+        if encoder != "sdm" and m is a:  # the consumer also runs on the SDM's information (vmxaddr.encoder_consumer)
             err = _run(m, sdm_exit, case)
             if err is not None:
                 return failure_class(side, err)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
+from vmxaddr.errors import fail
 from vmxaddr.isa import SPECS
 from vmxaddr.live.batch import K_EXC, KIND_NAMES, LiveCase, from_record, generate
 from vmxaddr.live.campaign import LiveResult, RunStats, hypervisor_name, run_live
@@ -66,7 +67,7 @@ def read_cases(path: str) -> tuple[list[LiveCase], int]:
     (`fuzz --out`, corpus/witnesses: {"cases": [{"bytes", "mode", "state"}]}); and how many
     entries were skipped (no bytes, not a VMX instruction with a memory operand, or a mode
     where VMX instructions #UD)."""
-    from vmxaddr.trace.records import RecordError, StateTable, parse_exit, parse_state_record
+    from vmxaddr.trace.parse import RecordError, StateTable, parse_exit, parse_state_record
 
     with open(path, encoding="utf-8") as f:
         text = f.read()
@@ -117,6 +118,7 @@ def read_cases(path: str) -> tuple[list[LiveCase], int]:
 
 
 def exit_record(r: LiveResult, index: int, seed: int | None, hypervisor: str) -> dict[str, Any] | None:
+    """The trace exit record of one live result (None when KVM did not decode the operand)."""
     if r.answer is None or r.probe is None or r.probe.info is None or r.probe.qual is None:
         return None
     c = r.case
@@ -141,6 +143,7 @@ def exit_record(r: LiveResult, index: int, seed: int | None, hypervisor: str) ->
 
 def record_kvm(release: str, cases: list[LiveCase], seed: int | None, stats: RunStats, shadow: bool = False,
                batch: int = BATCH, progress: Any = None) -> Iterator[dict[str, Any]]:
+    """The exit records of `cases` run on the live KVM of `release`, `batch` cases per Bochs run."""
     hyp = hypervisor_name(release, shadow)
     for start in range(0, len(cases), batch):
         chunk = cases[start:start + batch]
@@ -153,8 +156,7 @@ def record_kvm(release: str, cases: list[LiveCase], seed: int | None, stats: Run
 
 
 def cmd_record_kvm(args: Any) -> int:
-    """`trace record --kvm RELEASE` (called from vmxaddr/trace/record.py)."""
-    from vmxaddr.cli import fail
+    """`trace record --kvm RELEASE` (called from vmxaddr/trace/record_bochs.py)."""
     from vmxaddr.live.images import RELEASES, LiveError, ToolMissing
     from vmxaddr.progress import Progress
 
