@@ -35,6 +35,7 @@ def one(release: str, n: int, args: str) -> dict[str, object]:
     row["run_cases_per_bochs_cpu_s"] = round(n / job.bochs.cpu_seconds)  # the whole restored run
     row["bochs_cpu_s"] = round(job.bochs.cpu_seconds, 2)
     row["wall_s"] = round(job.bochs.wall_seconds, 1)
+    row["bochs_max_rss_mb"] = job.bochs.max_rss_mb
     return row
 
 

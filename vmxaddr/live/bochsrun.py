@@ -87,6 +87,7 @@ class BochsResult:
     cpu_seconds: float  # user + sys of the Bochs process
     wall_seconds: float
     preload: list[str] = field(default_factory=list)  # VMXADDR-PRELOAD lines
+    max_rss_mb: float = 0.0  # the largest resident set of this process' children so far (Bochs)
 
 
 def _drain(fd: int, sink: list[bytes]) -> None:
@@ -142,7 +143,7 @@ def run_bochs(args: list[str], script: list[str], workdir: Path, timeout: float,
             label, u, s, w = line.split()
             got[label] = (float(u), float(s), float(w))
     pre = [ln.strip() for ln in text.splitlines() if "VMXADDR-PRELOAD" in ln or "vmxaddr-preload" in ln]
-    return BochsResult(proc.returncode, text, got, cpu, wall, pre)
+    return BochsResult(proc.returncode, text, got, cpu, wall, pre, round(after.ru_maxrss / 1024, 1))
 
 
 # -- the saved state -----------------------------------------------------------------------------
