@@ -22,7 +22,19 @@ from typing import Any
 from vmxaddr.case import access_of
 from vmxaddr.decode import decode
 from vmxaddr.exitinfo import ExitInfo
-from vmxaddr.live.batch import K_DF, K_EXC, K_SHUTDOWN, KIND_NAMES, LiveCase, Observed, Output, Probe, decode_output, encode_cases
+from vmxaddr.live.batch import (
+    K_DF,
+    K_EXC,
+    K_SHUTDOWN,
+    KIND_NAMES,
+    OVERWRITTEN,
+    LiveCase,
+    Observed,
+    Output,
+    Probe,
+    decode_output,
+    encode_cases,
+)
 from vmxaddr.live.bochsrun import run_job
 from vmxaddr.live.images import RELEASES
 from vmxaddr.models.base import FAULT, OK, Model
@@ -154,8 +166,8 @@ def same(live: Recorded, model: Recorded) -> bool:
 def observed_consistent(r: LiveResult) -> bool:
     """What L1 saw agrees with what KVM's probes say it did: a queued fault was delivered, or its
     delivery failed (a triple fault: in legacy mode the fault is pushed on the case's own SS:ESP)."""
-    if r.answer is None or r.answer.kind == OK:
-        return True
+    if r.answer is None or r.answer.kind == OK or r.observed.flags & OVERWRITTEN:
+        return True  # (OVERWRITTEN: a later case's stray write lost L1's record; counted apart)
     vec = {v: k for k, v in VECTORS.items()}.get(r.answer.vector or "")
     return (r.observed.kind == K_EXC and r.observed.vector == vec) or delivery_failed(r)
 
@@ -176,6 +188,7 @@ class Comparison:
     not_decoded: int = 0
     observed_mismatch: int = 0
     delivery_failed: int = 0
+    results_lost: int = 0  # L1's record overwritten by a later case's stray write (KVM's answer kept)
     disagreements: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -188,6 +201,7 @@ def compare(results: list[LiveResult], model: Model, into: Comparison | None = N
             cmp.not_decoded += 1
             continue
         cmp.observed_mismatch += not observed_consistent(r)
+        cmp.results_lost += bool(r.observed.flags & OVERWRITTEN)
         cmp.delivery_failed += delivery_failed(r)
         want = model_answer(model, r)
         cmp.compared += 1

@@ -90,7 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = {"release": args.release, "against": against, "seed": args.seed, "cases": stats.cases,
                "compared": cmp.compared, "agree": cmp.agree, "disagree": cmp.compared - cmp.agree,
                "not_decoded_by_kvm": cmp.not_decoded, "observed_mismatch": cmp.observed_mismatch,
-               "fault_delivery_failed": cmp.delivery_failed,
+               "fault_delivery_failed": cmp.delivery_failed, "l1_results_lost": cmp.results_lost,
                "observed": dict(stats.observed), "runs": stats.runs,
                "restore_cpu_seconds": round(stats.restore_cpu_s, 2), "case_cpu_seconds": round(stats.job_cpu_s, 2),
                "bochs_cpu_seconds": round(stats.bochs_cpu_s, 2), "cases_per_cpu_second": round(rate),

@@ -341,6 +341,14 @@ static void reload_module(int shadow) {
     close(fd);
 }
 
+/* L1's index of its next case (l1.S LOAD_NEXT/STORE_NEXT: three copies, the majority wins) */
+static void set_next(uint32_t v) { put32(NEXT0, v); put32(NEXT1, v); put32(NEXT2, v); }
+static uint32_t get_next(void) {
+    uint32_t a, b, c;
+    memcpy(&a, mem + NEXT0, 4); memcpy(&b, mem + NEXT1, 4); memcpy(&c, mem + NEXT2, 4);
+    return (a == b || a == c) ? a : b;
+}
+
 static void add_run(uint32_t first, uint32_t count, uint32_t loop) {
     static uint32_t cap;
     if (nruns == cap) {
@@ -370,7 +378,7 @@ static void run_single(const struct lcase *c, uint32_t index, struct lres *o) {
     /* an exception handler records into result 0 and halts (CTL: next 0, count 0) */
     memset(r0, 0, sizeof *r0);
     memset(mem + CASES, 0, 256);
-    put32(CTL, 0); put32(CTL + 4, 0);
+    set_next(0); put32(COUNT, 0);
     struct kvm_sregs s;
     mode_sregs(&s, c->code_size);
     seg_from(&s.es, &c->seg[0]); seg_from(&s.cs, &c->seg[1]); seg_from(&s.ss, &c->seg[2]);
@@ -488,7 +496,7 @@ static void run_chunk(const struct lcase *cases, uint32_t first, uint32_t n, str
     memset(mem + RESULTS, 0, 16 * n);
     uint32_t start = 0;
     while (start < n) {
-        put32(CTL, start); put32(CTL + 4, n);
+        set_next(start); put32(COUNT, n);
         struct kvm_sregs s;
         flat_sregs(&s, lm ? 64 : 32);
         struct kvm_regs r = {.rflags = 2, .rsp = SYS + LOOP_STACK,
@@ -496,7 +504,7 @@ static void run_chunk(const struct lcase *cases, uint32_t first, uint32_t n, str
         struct lres x = {0};
         if (ioctl(vcpu, KVM_SET_SREGS, &s) < 0 || ioctl(vcpu, KVM_SET_REGS, &r) < 0) die("KVM_SET_*REGS (loop)");
         run_once(&x);
-        uint32_t stop = *(uint32_t *)(mem + CTL);
+        uint32_t stop = get_next();
         if (stop > n) stop = n;
         add_run(first + start, stop - start + (stop < n && x.kind != K_HLT), 1);
         for (uint32_t j = start; j < stop; j++) {

@@ -21,6 +21,26 @@
 #define MSR_FS_BASE 0xc0000100
 #define MSR_GS_BASE 0xc0000101
 
+/* The index of the current case is kept three times, on three pages: a case's stray write (KVM
+   completing a VMREAD/VMPTRST at a random address, or a fault's push on the case's stack) can
+   change one copy, and the two others outvote it.  LOAD_NEXT: %ebx (clobbers %eax, %edx). */
+.macro LOAD_NEXT
+    mov LIN(NEXT0), %ebx
+    mov LIN(NEXT1), %eax
+    mov LIN(NEXT2), %edx
+    cmp %eax, %ebx
+    je 9f
+    cmp %edx, %ebx
+    je 9f
+    mov %eax, %ebx
+9:
+.endm
+.macro STORE_NEXT
+    mov %ebx, LIN(NEXT0)
+    mov %ebx, LIN(NEXT1)
+    mov %ebx, LIN(NEXT2)
+.endm
+
     .section .rodata.l1, "a"
     .globl l1_blob, l1_blob_end, l1_resume32, l1_resume64, l1_loop32, l1_loop64, l1_done32, l1_done64
 l1_blob:
@@ -69,24 +89,27 @@ exc32:                              /* %cl vector, %eax error code; SS:ESP and D
     mov %edx, %es
     mov %edx, %ss
     mov $LIN(LOOP_STACK), %esp
-    mov LIN(CTL), %ebx
+    mov %eax, %esi
+    LOAD_NEXT
     mov %ebx, %edi
     shl $4, %edi
     add $LIN(RESULTS), %edi
     movb $K_EXC, R_KIND(%edi)
     movb %cl, R_VECTOR(%edi)
     movb $0, R_RELOADED(%edi)
-    mov %eax, R_ERROR(%edi)
+    mov %esi, R_ERROR(%edi)
     jmp next32
 
 l1_resume32:                        /* the instruction completed; segments are still the case's */
     lahf                            /* CF (VMfailInvalid) and ZF (VMfailValid) into AH first */
+    mov %eax, %ebp
     mov $SEL_DATA, %edx
     mov %edx, %ds
     mov %edx, %es
     mov %edx, %ss
     mov $LIN(LOOP_STACK), %esp
-    mov LIN(CTL), %ebx
+    LOAD_NEXT
+    mov %ebp, %eax
     mov %ebx, %edi
     shl $4, %edi
     add $LIN(RESULTS), %edi
@@ -107,12 +130,12 @@ next32:
     lea TAG(%ebx), %eax
     mov %eax, R_TAG(%edi)
     inc %ebx
-    mov %ebx, LIN(CTL)
+    STORE_NEXT
 
 l1_loop32:                          /* entry: flat segments (KVM_SET_SREGS) */
     mov $LIN(LOOP_STACK), %esp
-    mov LIN(CTL), %ebx
-    cmp LIN(CTL) + 4, %ebx
+    LOAD_NEXT
+    cmp LIN(COUNT), %ebx
     jae l1_done32
     mov %ebx, %esi
     shl $8, %esi
@@ -174,7 +197,7 @@ l1_done32:
 
     .globl l1_df32
 l1_df32:                            /* the #DF task (SDM Vol. 3A §7.3): flat segments from TSS_DF */
-    mov LIN(CTL), %ebx
+    LOAD_NEXT
     mov %ebx, %edi
     shl $4, %edi
     add $LIN(RESULTS), %edi
@@ -184,7 +207,7 @@ l1_df32:                            /* the #DF task (SDM Vol. 3A §7.3): flat se
     lea TAG(%ebx), %eax
     mov %eax, R_TAG(%edi)
     inc %ebx
-    mov %ebx, LIN(CTL)
+    STORE_NEXT
     /* IRET (EFLAGS.NT is set) switches back to the loop task: make it resume at the next case */
     movl $HERE(l1_loop32), LIN(TSS_LOOP) + 0x20
     movl $2, LIN(TSS_LOOP) + 0x24
@@ -207,24 +230,27 @@ exc64:                              /* %cl vector, %eax error code; on the IST 1
     mov %edx, %es
     mov %edx, %ss
     mov $LIN(LOOP_STACK), %esp
-    mov LIN(CTL), %ebx
+    mov %eax, %esi
+    LOAD_NEXT
     mov %ebx, %edi
     shl $4, %edi
     add $LIN(RESULTS), %edi
     movb $K_EXC, R_KIND(%rdi)
     movb %cl, R_VECTOR(%rdi)
     movb $0, R_RELOADED(%rdi)
-    mov %eax, R_ERROR(%rdi)
+    mov %esi, R_ERROR(%rdi)
     jmp next64
 
 l1_resume64:
     lahf
+    mov %eax, %ebp
     mov $SEL_DATA, %edx
     mov %edx, %ds
     mov %edx, %es
     mov %edx, %ss
     mov $LIN(LOOP_STACK), %esp
-    mov LIN(CTL), %ebx
+    LOAD_NEXT
+    mov %ebp, %eax
     mov %ebx, %edi
     shl $4, %edi
     add $LIN(RESULTS), %edi
@@ -243,12 +269,12 @@ next64:
     lea TAG(%rbx), %eax
     mov %eax, R_TAG(%rdi)
     inc %ebx
-    mov %ebx, LIN(CTL)
+    STORE_NEXT
 
 l1_loop64:
     mov $LIN(LOOP_STACK), %esp
-    mov LIN(CTL), %ebx
-    cmp LIN(CTL) + 4, %ebx
+    LOAD_NEXT
+    cmp LIN(COUNT), %ebx
     jae l1_done64
     mov %ebx, %esi
     shl $8, %esi

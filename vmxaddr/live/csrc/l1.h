@@ -34,7 +34,11 @@
 #define CHUNK 2560                /* cases per KVM_RUN: RESULTS .. GDT */
 #define GDT 0x8A000               /* L1's GDT (writable: the case's descriptors go here) */
 #define GDT_LIMIT 0x97
-#define CTL 0x8B000               /* u32 next case, u32 count, far pointer at +16 */
+#define CTL 0x8B000               /* u32 next case (copy 0), far pointer at +16 */
+#define NEXT0 CTL                 /* the next case's index, three copies on three pages (l1.S) */
+#define NEXT1 0x8D000
+#define NEXT2 0x8E800
+#define COUNT 0x13000             /* u32 cases in the chunk: a read-only page, no stray write reaches it */
 #define FARPTR (CTL + 16)
 #define TSS_LOOP 0x8B100          /* legacy mode's TSS (a task switch writes it: writable page) */
 #define TSS_DF 0x8B200            /* the #DF task's TSS (legacy mode) */
