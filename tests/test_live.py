@@ -121,7 +121,8 @@ def test_ring_buffer_events_split_in_l1_loop() -> None:
     case0 = [ev(7, (16, 8, 0x2000), (24, 8, 2)), gvma(0xA), ev(9), ev(10, (16, 8, 0xA0))]
     loop = [ev(7, (16, 8, 0x5000), (24, 8, 2)),
             gvma(0xB), ev(9), ev(10, (16, 8, 0xB0)),                # case 1: a VMCLEAR that completed
-            gvma(0x12008), ev(9), ev(10, (16, 8, 0x40012008)),       # L1's VMPTRLD after it
+            ev(8, (16, 8, 0x40012008), (24, 4, 0x08400080)), ev(9), ev(10, (16, 8, 0x40012008)),  # L1's VMPTRLD
+            #   [0x40012008] after it (32-bit address size, no base, no index: bits 27, 22 and 7)
             gvma(0xC), ev(11, (16, 4, 13), (20, 4, 0)), ev(9, (24, 4, 1))]  # case 2: #GP(0)
     runs = [(0, 1, 0), (1, 2, 1)]
     obs = [batch.Observed(batch.K_HLT, 0, 0, 0, 0, 0, 2),
@@ -132,6 +133,11 @@ def test_ring_buffer_events_split_in_l1_loop() -> None:
     assert probes[2].queued == [(13, 0)]
     with pytest.raises(ValueError, match="events lost"):  # case 2's exit missing: not silently shifted
         batch.parse_events(_page(case0 + loop[:7]), fmt, 3, runs, obs)
+    # case 1's result overwritten by a stray write (its RELOADED flag lost): L1's VMPTRLD is still
+    # recognised by its operand and skipped
+    obs[1] = batch.Observed(batch.K_OTHER, 0, 0, 0, 0, 0, 0, batch.IN_LOOP | batch.OVERWRITTEN)
+    probes = batch.parse_events(_page(case0 + loop), fmt, 3, runs, obs)
+    assert [(p.qual, p.ret, p.access) for p in probes] == [(0xA, 0, 0xA0), (0xB, 0, 0xB0), (0xC, 1, None)]
 
 
 def test_generated_cases_pass_vm_entry_checks() -> None:
