@@ -126,16 +126,16 @@ def test_ring_buffer_events_split_in_l1_loop() -> None:
             gvma(0xC), ev(11, (16, 4, 13), (20, 4, 0)), ev(9, (24, 4, 1))]  # case 2: #GP(0)
     runs = [(0, 1, 0), (1, 2, 1)]
     obs = [batch.Observed(batch.K_HLT, 0, 0, 0, 0, 0, 2),
-           batch.Observed(batch.K_HLT, 0, 0, 0, 0, 0, 2, batch.IN_LOOP | batch.RELOADED),
+           batch.Observed(batch.K_HLT, 0, 0, 0, 0, 0, 2, batch.IN_LOOP | batch.RELOADED | batch.MAY_RELOAD),
            batch.Observed(batch.K_EXC, 13, 0, 0, 0, 0, 2, batch.IN_LOOP)]
     probes = batch.parse_events(_page(case0 + loop), fmt, 3, runs, obs)
     assert [(p.qual, p.ret, p.access) for p in probes] == [(0xA, 0, 0xA0), (0xB, 0, 0xB0), (0xC, 1, None)]
     assert probes[2].queued == [(13, 0)]
     with pytest.raises(ValueError, match="events lost"):  # case 2's exit missing: not silently shifted
         batch.parse_events(_page(case0 + loop[:7]), fmt, 3, runs, obs)
-    # case 1's result overwritten by a stray write (its RELOADED flag lost): L1's VMPTRLD is still
-    # recognised by its operand and skipped
-    obs[1] = batch.Observed(batch.K_OTHER, 0, 0, 0, 0, 0, 0, batch.IN_LOOP | batch.OVERWRITTEN)
+    # case 1's result overwritten by a stray write (its RELOADED flag lost): L1's VMPTRLD is
+    # recognised by its operand after a VMCLEAR/VMPTRLD (MAY_RELOAD, set by the client) and skipped
+    obs[1] = batch.Observed(batch.K_OTHER, 0, 0, 0, 0, 0, 0, batch.IN_LOOP | batch.OVERWRITTEN | batch.MAY_RELOAD)
     probes = batch.parse_events(_page(case0 + loop), fmt, 3, runs, obs)
     assert [(p.qual, p.ret, p.access) for p in probes] == [(0xA, 0, 0xA0), (0xB, 0, 0xB0), (0xC, 1, None)]
 

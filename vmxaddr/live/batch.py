@@ -46,7 +46,7 @@ _RES = struct.Struct("<IBBHII4Q")
 _OUTHDR = struct.Struct("<8I4Q3dQ")
 _RUN = struct.Struct("<3I")  # client.c struct lrun: first case, cases, 1 if L1's loop ran them
 # client.c struct lres flags
-IN_LOOP, RELOADED, OVERWRITTEN = 1, 2, 4
+IN_LOOP, RELOADED, OVERWRITTEN, MAY_RELOAD = 1, 2, 4, 8
 assert CASE_SIZE == 304 and _RES.size == 48 and _OUTHDR.size == 96
 
 
@@ -400,9 +400,9 @@ def parse_events(raw: bytes, formats: str, n: int, runs: list[tuple[int, int, in
                                  f"{first} run in L1's loop (events lost?)")
             probes[first + i] = _probe(parts[j])
             j += 1
-            # L1's own VMPTRLD after the case: flagged in its result, or (the result overwritten by a
-            # stray write of a later case) recognised by its operand
-            if j < len(parts) and (o.flags & RELOADED or (o.flags & OVERWRITTEN and _is_reload(parts[j]))):
+            # L1's own VMPTRLD after a VMCLEAR/VMPTRLD, recognised by its operand: L1's RELOADED flag
+            # sits in guest memory, where a later case's stray write can change it
+            if j < len(parts) and o.flags & MAY_RELOAD and _is_reload(parts[j]):
                 j += 1
         if j != len(parts):
             raise ValueError(f"{len(parts)} get_vmx_mem_address events for the {count} cases from case {first} "

@@ -52,7 +52,8 @@ struct lcase {
     struct lseg seg[6]; /* es cs ss ds fs gs */
 } __attribute__((packed));
 /* flags: bit 0 the case ran in L1's loop, bit 1 L1 reloaded its VMCS after it (one more
-   get_vmx_mem_address event), bit 2 its result record was overwritten (by a stray write) */
+   get_vmx_mem_address event), bit 2 its result record was overwritten (by a stray write), bit 3
+   a VMCLEAR/VMPTRLD (L1 may reload after it; set here, where no stray write reaches) */
 struct lres {
     uint32_t index; uint8_t kind, vector; uint16_t exit_reason;
     uint32_t error_code, err;
@@ -510,7 +511,7 @@ static void run_chunk(const struct lcase *cases, uint32_t first, uint32_t n, str
         for (uint32_t j = start; j < stop; j++) {
             const struct l1res *l = (const struct l1res *)(mem + RESULTS + 16 * j);
             struct lres *o = &res[first + j];
-            o->flags = 1 | (l->reloaded ? 2 : 0);
+            o->flags = 1 | (l->reloaded ? 2 : 0) | (cases[first + j].flags & 1 ? 8 : 0);
             if (l->tag != TAG + j) { o->kind = K_OTHER; o->flags |= 4; continue; }
             o->kind = l->kind; o->vector = l->vector; o->error_code = l->error_code;
             o->rflags = 2 | l->rflags;
