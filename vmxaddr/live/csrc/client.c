@@ -522,7 +522,7 @@ static void run_chunk(const struct lcase *cases, uint32_t first, uint32_t n, str
         /* L1 stopped at case `stop`: record how, set L1 up again, go on with the next one */
         struct lres *o = &res[first + stop];
         *o = x;
-        o->flags = 1;
+        o->flags = 1 | (cases[first + stop].flags & 1 ? 8 : 0); /* L1 may have reloaded before it stopped */
         recover();
         start = stop + 1;
     }
