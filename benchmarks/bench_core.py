@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 import time
+from pathlib import Path
 
 import capstone
 
-from vmxaddr.case import access_of
-from vmxaddr.decode import decode
-from vmxaddr.exitinfo import encode
-from vmxaddr.gen import MNEMONICS, RandomChooser, gen_encoding, gen_state
-from vmxaddr.models import sdm
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's vmxaddr, not an installed one
+
+from vmxaddr.case import access_of  # noqa: E402
+from vmxaddr.decode import decode  # noqa: E402
+from vmxaddr.exitinfo import encode  # noqa: E402
+from vmxaddr.gen import MNEMONICS, RandomChooser, gen_encoding, gen_state  # noqa: E402
+from vmxaddr.models import sdm  # noqa: E402
 
 
 def main() -> None:
