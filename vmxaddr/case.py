@@ -1,6 +1,6 @@
 """One case: an instruction executed in a CPU state, seen through an encoder policy.
 
-This is the pipeline every command shares: bytes -> Instruction (decode) -> ExitInfo (the
+The steps every command shares: bytes -> Instruction (decode) -> ExitInfo (the
 processor's report, exitinfo.encode) -> Result (a model, from the exit info and state only).
 """
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from vmxaddr.case import Case, access_of, case_json, run_model
 from vmxaddr.decode import Instruction
+from vmxaddr.encoder_consumer import attribute, cross
 from vmxaddr.encoders import ENCODERS, get_encoder
 from vmxaddr.exitinfo import ExitInfo, Policy, address_size_of, encode, encode_info, exit_qualification
 from vmxaddr.isa import SPECS
@@ -28,7 +29,6 @@ from vmxaddr.models import UnknownModel, covers, get, not_covered
 from vmxaddr.models.base import FAULT, IMPL, OK, Access, InvalidExitInfo, Model, Result
 from vmxaddr.models.kvm import LimitCheck
 from vmxaddr.models.sdm import canonical, lam_untag
-from vmxaddr.pipeline import attribute, cross
 from vmxaddr.state import CpuState
 
 # -- classes ------------------------------------------------------------------------------------
@@ -271,7 +271,7 @@ class Diff:
 def diff_case(case: Case, models: Sequence[tuple[str, Model]], explain: bool = False, encoder: str = "sdm") -> Diff:
     """Run every model on `case`; compare each with the first (the reference). With an `encoder`
     other than "sdm", the models after the first get that encoder's exit information and each
-    divergence names the side that caused it (vmxaddr.pipeline); the reference keeps the SDM's.
+    divergence names the side that caused it (vmxaddr.encoder_consumer); the reference keeps the SDM's.
     A model after the first that does not cover the instruction (`models.covers`) is neither run
     nor compared: it is listed in `not_covered`."""
     exit = case.exit
@@ -347,7 +347,7 @@ def divergence(exit: ExitInfo, state: CpuState, access: Access, a: Model, b: Mod
 
 
 def case_divergence(case: Case, a: Model, b: Model, encoder: str = "sdm") -> str | None:
-    if encoder != "sdm":  # a gets `encoder`'s exit information, b the SDM's (vmxaddr.pipeline)
+    if encoder != "sdm":  # a gets `encoder`'s exit information, b the SDM's (vmxaddr.encoder_consumer)
         return cross(case, encoder, a, b, lambda e, st, acc, rb, ra: classify(e, st, acc, rb, ra, b, a)).klass
     exit, access = exit_and_access(case.instruction, case.state.rip, case.policy)
     return divergence(exit, case.state, access, a, b)

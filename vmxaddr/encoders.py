@@ -115,7 +115,7 @@ def bochs_2_7(instr: Instruction, rip: int = 0, policy: Policy = DEFAULT_POLICY)
     """
     layout = instr.spec.layout
     if layout is Layout.IO:
-        return _bochs_string_io(instr)
+        return _bochs_ins_outs(instr)
     if instr.rex2 or instr.mnemonic not in BOCHS_MNEMONICS:
         raise EncoderScope(f"bochs-2.7 does not implement {instr.mnemonic.upper()}"
                            + (" with REX2 (APX)" if instr.rex2 else "") + " (see docs/known-oracle-issues.md)")
@@ -143,7 +143,7 @@ def bochs_2_7(instr: Instruction, rip: int = 0, policy: Policy = DEFAULT_POLICY)
     return ExitInfo(instr.mnemonic, info & 0xFFFFFFFF, qual, instr.length)
 
 
-def _bochs_string_io(instr: Instruction) -> ExitInfo:
+def _bochs_ins_outs(instr: Instruction) -> ExitInfo:
     """Bochs's VMexit_IO() for INS/OUTS (bochs/cpu/vmexit.cc, read in a 2.7-era copy): the
     qualification as the SDM's table (size - 1, IN, string, REP, port from DX: 0 here, the encoder
     sees no registers); instruction information = the instruction's segment << 15 and the address
@@ -151,7 +151,7 @@ def _bochs_string_io(instr: Instruction) -> ExitInfo:
     (in 64-bit mode only FS/GS survive its decoder) — not ES: bits 17:15 are undefined for INS, so
     this is a choice, not a deviation. The guest-linear address needs the registers: not here
     (vmxaddr.oracles.bochs_io compares it)."""
-    from vmxaddr.string_io import io_qualification
+    from vmxaddr.io_exit import io_qualification
 
     op = instr.operand
     assert op is not None

@@ -230,7 +230,7 @@ def exit_qualification(instr: Instruction, rip: int = 0, policy: Policy = DEFAUL
         # INS/OUTS (no displacement): the I/O qualification. Tested only for a zero displacement,
         # to keep the fuzzer's hot path (a memo hit, then this function) as it was.
         if not full and instr.spec.layout is _IO:
-            from vmxaddr.string_io import io_qualification
+            from vmxaddr.io_exit import io_qualification
 
             return io_qualification(instr, port)
     asz = op.address_size
@@ -264,7 +264,7 @@ def encode(instr: Instruction, rip: int = 0, policy: Policy = DEFAULT_POLICY, st
             ext |= rng.getrandbits(64) & ~xdefined & ((1 << 64) - 1)
     port, gla = 0, None
     if state is not None and instr.spec.layout is Layout.IO:
-        from vmxaddr.string_io import guest_linear_address
+        from vmxaddr.io_exit import guest_linear_address
 
         port, gla = state.regs[2] & 0xFFFF, guest_linear_address(instr, state)
     return ExitInfo(instr.mnemonic, info, exit_qualification(instr, rip, policy, rng, port), instr.length, ext, gla)

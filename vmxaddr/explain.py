@@ -7,10 +7,10 @@ from vmxaddr import rex2 as rex2_mod
 from vmxaddr.apx import fields_extended
 from vmxaddr.case import Case
 from vmxaddr.exitinfo import ExitInfo, InfoField, fields
+from vmxaddr.io_exit import decode_qualification
 from vmxaddr.isa import SPECS, Layout
 from vmxaddr.models.base import Result
 from vmxaddr.rules import RULES
-from vmxaddr.string_io import decode_qualification
 
 
 def describe_instruction(case: Case) -> list[str]:
@@ -104,7 +104,7 @@ def explain_text(case: Case, exit: ExitInfo, result: Result, model_name: str = "
     # The policy decides only the bits above a 16- or 32-bit address size.
     note = f"   (policy {p.exit_qual})" if op is not None and op.address_size < 64 else ""
     if exit.guest_linear_address is None and case.instruction.spec.layout is Layout.IO:
-        from vmxaddr.string_io import guest_linear_address
+        from vmxaddr.io_exit import guest_linear_address
 
         exit = exit._replace(guest_linear_address=guest_linear_address(case.instruction, case.state))
     out = (describe_instruction(case) + [""] + describe_exit(exit, note, case.instruction.code_size) + [""]

@@ -8,7 +8,7 @@ field undefined (`When`: another field's value — the operand kind, bit 10; no 
 base, bit 27 —, an exit from 64-bit mode, or the exiting instruction).
 
 Everything else reads these tables: vmxaddr.exitinfo (encode: positions and the defined mask;
-`fields`; `operand_bits`), vmxaddr.apx (the extended field), vmxaddr.string_io (the I/O
+`fields`; `operand_bits`), vmxaddr.apx (the extended field), vmxaddr.io_exit (the I/O
 qualification), vmxaddr.pictures (the drawings) and the explanations. This module imports nothing
 from vmxaddr, so that any layer (the SDM model's rule language, the z3 encodings) may read it.
 

@@ -195,7 +195,7 @@ def fuzz(a: Model, b: Model, *, seed: int = 0, max_examples: int | None = None, 
     """Run A against B (the reference) on generated cases until `max_examples` cases or `seconds`
     (the whole run, shrinking included), in this process. With an `encoder` other than "sdm", A
     gets that encoder's exit information, B the SDM's, and each class names the side that caused
-    it (vmxaddr.pipeline). ^C ends the run with the classes found so far (`interrupted`)."""
+    it (vmxaddr.encoder_consumer). ^C ends the run with the classes found so far (`interrupted`)."""
     if max_examples is None and seconds is None:
         max_examples = DEFAULT_EXAMPLES
     mn = tuple(mnemonics) if mnemonics else model_mnemonics(a, b)

@@ -97,7 +97,7 @@ def diagnose(case: Case, a: Model, b: Model, encoder: str = "sdm") -> str:
         err = _run(m, exit, case)
         if err is not None:
             return failure_class(side, err)
-        if encoder != "sdm" and m is a:  # the consumer also runs on the SDM's information (vmxaddr.pipeline)
+        if encoder != "sdm" and m is a:  # the consumer also runs on the SDM's information (vmxaddr.encoder_consumer)
             err = _run(m, sdm_exit, case)
             if err is not None:
                 return failure_class(side, err)

@@ -66,7 +66,7 @@ def read_cases(path: str) -> tuple[list[LiveCase], int]:
     (`fuzz --out`, corpus/witnesses: {"cases": [{"bytes", "mode", "state"}]}); and how many
     entries were skipped (no bytes, not a VMX instruction with a memory operand, or a mode
     where VMX instructions #UD)."""
-    from vmxaddr.trace.records import RecordError, StateTable, parse_exit, parse_state_record
+    from vmxaddr.trace.parse import RecordError, StateTable, parse_exit, parse_state_record
 
     with open(path, encoding="utf-8") as f:
         text = f.read()
@@ -153,7 +153,7 @@ def record_kvm(release: str, cases: list[LiveCase], seed: int | None, stats: Run
 
 
 def cmd_record_kvm(args: Any) -> int:
-    """`trace record --kvm RELEASE` (called from vmxaddr/trace/record.py)."""
+    """`trace record --kvm RELEASE` (called from vmxaddr/trace/record_bochs.py)."""
     from vmxaddr.cli import fail
     from vmxaddr.live.images import RELEASES, LiveError, ToolMissing
     from vmxaddr.progress import Progress

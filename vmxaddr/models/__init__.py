@@ -1,4 +1,4 @@
-"""The models: the SDM reference (sdm.py), KVM's history (kvm.py), the Xen port (xen.py), what a
+"""The models: the SDM reference (sdm.py), KVM's history (kvm.py), the Xen port (xen_port.py), what a
 model is (base.py), and the registry that names them all (registry.py).
 
 `from vmxaddr.models import get, REGISTRY, ...` reads the registry, which is imported only then

@@ -50,13 +50,13 @@ def _real_code_state() -> tuple[object, ...]:
 
 def _register_real_code(registry: dict[str, ModelInfo]) -> None:
     """kvm-linux-6.1, kvm-linux-6.12 and xen-4.17: one entry for each release whose Debian source
-    is cached now (vmxaddr.realcode.registry, vmxaddr.realcode.xen); none for the others."""
+    is cached now (vmxaddr.realcode.registry, vmxaddr.realcode.xen_compiled); none for the others."""
     from vmxaddr.realcode import registry as kvm_real
-    from vmxaddr.realcode import xen as xen_real
+    from vmxaddr.realcode import xen_compiled
 
     for name in _REAL_CODE_NAMES:
         dict.pop(registry, name, None)
-    for name, fn, summary, info in [*kvm_real.registered(), *xen_real.registered()]:
+    for name, fn, summary, info in [*kvm_real.registered(), *xen_compiled.registered()]:
         dict.__setitem__(registry, name, ModelInfo(name, fn, summary, "consumer", info.to_json()))
 
 
@@ -126,7 +126,7 @@ for _n, (_target, _why) in (_kvm_native or _kvm_pure).ALIASES.items():
     # (read past the sync: the real-code entries come last, after every model registered here)
     register(_n, dict.__getitem__(REGISTRY, _target).function, f"alias of {_target} ({_why})", kind="alias")
 
-from vmxaddr.models.xen import xen_c447b730  # noqa: E402
+from vmxaddr.models.xen_port import xen_c447b730  # noqa: E402
 
 register("xen-c447b730", xen_c447b730, "Xen nested VMX (vvmx.c decode_vmx_inst @ c447b7308b13): no address-size "
          "mask or 32-bit wrap, length from the address size, always #GP")

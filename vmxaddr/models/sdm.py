@@ -80,7 +80,7 @@ OK_CANONICAL = outcome(False, OK, None, None, "canonical", str)
 OK_REGISTER = Outcome(OK, rule="register-operand", reason="register operand: no memory access")
 _HAS_MEMREG = frozenset(m for m, sp in SPECS.items() if sp.layout in (Layout.VMREAD, Layout.LDT))
 _NO_MEMORY = frozenset(m for m, sp in SPECS.items() if sp.memory == "none")
-# INS/OUTS: the implicit string operand (vmxaddr.string_io), rDI for INS, rSI for OUTS.
+# INS/OUTS: the implicit string operand (vmxaddr.io_exit), rDI for INS, rSI for OUTS.
 _STRING_BASE = {"ins": 7, "outs": 6}
 # VMX instructions and the privileged others: CPL > 0 is #GP(0).
 _CPL_CHECKED = frozenset(m for m, sp in SPECS.items() if sp.vmx or sp.privileged)

@@ -289,7 +289,7 @@ def crosscheck_cases(cases: Iterable[Any], n: int | None, summary: Summary, prog
                 summary.add(None)
             if progress is not None and (k & 1023) == 0:
                 progress.update(k, f"{summary.unexplained_cases} unexplained")
-    except KeyboardInterrupt:  # ^C: the counts so far, marked (vmxaddr/crosscheck.py prints them)
+    except KeyboardInterrupt:  # ^C: the counts so far, marked (vmxaddr/oracles/crosscheck.py prints them)
         summary.interrupted = True
     summary.details["out_of_scope_rdmsr_wrmsrns_imm"] = out_of_scope
     summary.details["llvm"] = disasm().version

@@ -22,7 +22,7 @@ import random
 from collections.abc import Iterable, Iterator
 
 from vmxaddr.gen import NO_REX2, OPCODES, OTHER_OPCODES, SEG_PREFIXES, RandomChooser, gen_encoding
-from vmxaddr.oracles.encodings import Encoding, encodings
+from vmxaddr.oracles.case_stream import Encoding, encodings
 
 REX2_MNEMONICS = tuple(m for m in OPCODES if m not in NO_REX2) + ("ins", "outs", "tpause", "umwait")
 OTHER = tuple(OTHER_OPCODES)

@@ -38,7 +38,7 @@ from vmxaddr.exitinfo import Policy
 from vmxaddr.gen import RandomChooser, gen_state
 from vmxaddr.models.sdm import sdm
 from vmxaddr.oracles import CaseReport, Disagreement, Summary
-from vmxaddr.oracles.encodings import encodings
+from vmxaddr.oracles.case_stream import encodings
 from vmxaddr.progress import Progress
 from vmxaddr.state import CpuState
 
@@ -287,7 +287,7 @@ def crosscheck_unicorn(n: int, seed: int, progress: Progress | None = None,
                 summary.add(None)
             if progress is not None and (k & 1023) == 0:
                 progress.update(k, f"{summary.unexplained_cases} unexplained")
-    except KeyboardInterrupt:  # ^C: the counts so far, marked (vmxaddr/crosscheck.py prints them)
+    except KeyboardInterrupt:  # ^C: the counts so far, marked (vmxaddr/oracles/crosscheck.py prints them)
         summary.interrupted = True
         return summary
     if progress is not None:

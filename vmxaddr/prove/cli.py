@@ -33,7 +33,7 @@ def symbolic_model(name: str) -> Model:
     mypyc-compiled copy (compiled functions take only ints) nor the guard (it would swallow the
     explorer's control flow)."""
     kvm = importlib.import_module("vmxaddr.models.kvm")
-    xen = importlib.import_module("vmxaddr.models.xen")
+    xen = importlib.import_module("vmxaddr.models.xen_port")
     if name == "sdm":
         return importlib.import_module("vmxaddr.models.sdm").sdm  # type: ignore[no-any-return]
     target = kvm.ALIASES.get(name, (name, ""))[0]

@@ -29,8 +29,8 @@ from vmxaddr.trace.format import EXIT_KEYS, MAX_LINE, ExitRecord, Recorded, Reco
 from vmxaddr.trace.ftrace import import_ftrace
 from vmxaddr.trace.hardware import check_hardware
 from vmxaddr.trace.hypervisor import NamedModel, answer_matches, consumer_models
+from vmxaddr.trace.parse import StateTable, parse_exit, state_from_json
 from vmxaddr.trace.reader import check_stream, decompressing, iter_lines
-from vmxaddr.trace.records import StateTable, parse_exit, state_from_json
 from vmxaddr.trace.synth import synth
 from vmxaddr.trace.text import summary_text, verdict_text
 

@@ -24,7 +24,7 @@ from vmxaddr.trace.format import DEFAULT_MAX_STATES, EXIT_KEYS, MAX_LINE, ExitRe
 from vmxaddr.trace.hardware import check_hardware
 from vmxaddr.trace.hypervisor import Answers, NamedModel, check_hypervisor, consumer_models
 from vmxaddr.trace.jsonline import NotJSON, encode, loads_exact
-from vmxaddr.trace.records import StateTable, parse_exit, parse_state_record, ref_of
+from vmxaddr.trace.parse import StateTable, parse_exit, parse_state_record, ref_of
 from vmxaddr.trace.tally import Tally
 
 MEMO_LINES = 8192  # distinct lines remembered; with the other memos 1 GB stays under 200 MB (docs/trace-format.md)

@@ -25,8 +25,8 @@ from vmxaddr.trace.text import summary_text
 
 # Modules adding a subcommand to `vmxaddr trace` (each has `register_trace(tsub)`, called with
 # the `trace` subparsers); a module not installed is skipped. `trace record` lives in
-# vmxaddr/trace/record.py.
-TRACE_SUBCOMMANDS = ("vmxaddr.trace.record",)
+# vmxaddr/trace/record_bochs.py.
+TRACE_SUBCOMMANDS = ("vmxaddr.trace.record_bochs",)
 
 CHECK_EPILOG = """examples:
   vmxaddr trace synth --model kvm-f9eb4af6 -n 10000 | vmxaddr check-trace -

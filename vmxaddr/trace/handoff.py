@@ -34,8 +34,8 @@ from typing import IO, Any
 from vmxaddr.state import CpuState, Segment, StateError
 from vmxaddr.trace.format import RecordError
 from vmxaddr.trace.jsonline import NotJSON, loads
+from vmxaddr.trace.parse import StateTable, parse_state_record, ref_of
 from vmxaddr.trace.reader import read_batches
-from vmxaddr.trace.records import StateTable, parse_state_record, ref_of
 
 Items = list[tuple[str, CpuState]]  # a state table, least recently used first
 # An id used; a state defined (id, state); or a state record on top of another (the id it uses, its line)

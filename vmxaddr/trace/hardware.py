@@ -108,7 +108,7 @@ def check_hardware(rec: ExitRecord) -> dict[str, Any]:
                           "expected": hex(expected), "detail": f"defined bits {defined:#x} compared (vmxaddr.apx)"})
     if rec.exit_qualification is not None and instr.spec.layout is Layout.IO:
         # INS/OUTS: the I/O qualification; the port (bits 31:16) is DX, known only from a state.
-        from vmxaddr.string_io import io_qualification
+        from vmxaddr.io_exit import io_qualification
 
         port = rec.state.regs[2] & 0xFFFF if rec.state is not None else rec.exit_qualification >> 16 & 0xFFFF
         expected = io_qualification(instr, port)

@@ -14,7 +14,7 @@ from vmxaddr.isa import REG64
 from vmxaddr.models.base import FAULT, IMPL, OK, Model, Result
 from vmxaddr.state import CpuState
 from vmxaddr.trace.format import MASK64, Recorded
-from vmxaddr.trace.records import state_from_json
+from vmxaddr.trace.parse import state_from_json
 
 
 def _h(v: int) -> str:

@@ -10,7 +10,7 @@ CPL checks of nvmx_handle_vmx_insn() and the handler's call). What the model ans
 code's: the linear address it stores in decode->mem, or the exception it injects.
 
 The divergence classes of `xen-4.17` against another model are named by the pure-Python port
-`xen-c447b730` (vmxaddr.models.xen.classify: the Xen step whose correction alone removes the
+`xen-c447b730` (vmxaddr.models.xen_port.classify: the Xen step whose correction alone removes the
 divergence) where the port gives the real code's answer for that case; where it does not, the
 class says so ("real code differs from the port"), so that a port bug cannot hide behind it.
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # (vmxaddr.models imports this module to register the model: 
     from vmxaddr.models.base import Access, Result, Step
     from vmxaddr.state import CpuState
 
-# The instructions nvmx_handle_vmx_insn() sends through decode_vmx_inst() (vmxaddr.models.xen.MNEMONICS,
+# The instructions nvmx_handle_vmx_insn() sends through decode_vmx_inst() (vmxaddr.models.xen_port.MNEMONICS,
 # repeated here so that registering the model imports nothing; a test checks the two agree).
 MNEMONICS = ("vmptrld", "vmclear", "vmxon", "vmptrst", "vmread", "vmwrite", "invept", "invvpid")
 VVMX_C = "xen/arch/x86/hvm/vmx/vvmx.c"
@@ -178,8 +178,8 @@ def _same(a: Result, b: Result) -> bool:
 def classify(exit: ExitInfo, state: CpuState, access: Access, reference: Result, own: Result) -> str:
     """The port's class for this case if the port answers what the real code answered; else
     PORT_DIFFERS (vmxaddr.diff.classify calls this for a divergence of xen-4.17)."""
-    from vmxaddr.models.xen import classify as port_classify
-    from vmxaddr.models.xen import xen_c447b730
+    from vmxaddr.models.xen_port import classify as port_classify
+    from vmxaddr.models.xen_port import xen_c447b730
 
     if not _same(xen_c447b730(exit, state, access), own):
         return PORT_DIFFERS
@@ -227,7 +227,7 @@ def _model(name: str, info: Any, make_inner: Any) -> Any:
         return (cell[0] if cell else load())(exit, state, access, explain)  # type: ignore[no-any-return]
 
     model.__name__ = model.__qualname__ = name.replace("-", "_").replace(".", "_")
-    model.__doc__ = f"Real code: {info.what} (vmxaddr.realcode.xen; built at the first call)."
+    model.__doc__ = f"Real code: {info.what} (vmxaddr.realcode.xen_compiled; built at the first call)."
     model.real_code = info  # type: ignore[attr-defined]
     model.load = load  # type: ignore[attr-defined]
     model.mnemonics = MNEMONICS  # type: ignore[attr-defined]

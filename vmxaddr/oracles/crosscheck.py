@@ -2,7 +2,7 @@
 oracles — iced-x86 (decoder), unicorn (effective and linear address), Bochs (another module).
 
 Cases come from a seeded walk over every instruction × code size × prefix combination
-(vmxaddr/oracles/encodings.py). Long runs are split over worker processes, each walking its own
+(vmxaddr/oracles/case_stream.py). Long runs are split over worker processes, each walking its own
 seed (seed + job × 1000003); `--jobs 1` gives one sequence from --seed. Exit status 1 when any
 disagreement is unexplained. See docs/oracles.md for what each oracle checks and cannot check.
 """
