@@ -125,7 +125,7 @@ def check_hypervisor(rec: ExitRecord, reference: str, answers: Answers
     if missing:
         return {"verdict": "not-checkable", "missing": missing}, missing, None, None, False
     assert exit is not None and access is not None and rec.state is not None and rec.result is not None
-    from vmxaddr.models import covers
+    from vmxaddr.models.registry import covers  # the module itself: `vmxaddr.models` resolves it on every call (PEP 562)
 
     if not covers(answers.reference, exit.instruction):  # e.g. an old KVM model asked about INVPCID
         why = [f"a reference that covers {exit.instruction.upper()} ({reference} does not)"]
@@ -156,7 +156,7 @@ def fingerprint(models: list[NamedModel], exit: ExitInfo, state: CpuState, acces
                 ) -> list[str]:
     """The names of the models whose answer is the recorded one (a model that raises, or that does
     not cover the instruction, does not match)."""
-    from vmxaddr.models import covers
+    from vmxaddr.models.registry import covers  # the module itself: `vmxaddr.models` resolves it on every call (PEP 562)
 
     names = []
     for m in models:
