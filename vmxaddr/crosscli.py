@@ -33,6 +33,7 @@ def _answer(r: Result) -> str:
 
 
 def cmd_cross(args: argparse.Namespace) -> int:
+    """`vmxaddr cross`: run the consumer on the encoder's exit information and the reference on the SDM's, and say which side diverged."""
     case = cli.case_from(args)
     if args.encoder not in ENCODERS:
         cli.fail(f"unknown encoder {args.encoder!r} (encoders: {', '.join(ENCODERS)})")
@@ -72,6 +73,7 @@ def cmd_cross(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
+    """Register `vmxaddr cross` (listed in cli.SUBCOMMANDS)."""
     p = sub.add_parser("cross", help="one case through an encoder and a consumer, against the SDM",
                        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_case_options(p)

@@ -148,4 +148,5 @@ def msr_imm(data: bytes, i: int, pfx: tuple[int, ...], rex: int) -> Instruction:
 
 
 def clear_memo() -> None:
+    """Forget which encodings were already checked against capstone (tests that change the guard call it)."""
     _GUARDED.clear()

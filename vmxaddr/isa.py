@@ -29,6 +29,7 @@ class Layout(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class InstrSpec:
+    """What the SDM says of one instruction: exit reason, instruction-information layout, memory access and size, where it runs."""
     mnemonic: str
     exit_reason: int  # basic exit reason (SDM Vol. 3D Appendix C)
     layout: Layout
@@ -49,6 +50,7 @@ class InstrSpec:
     align: int = 1
 
     def access_size(self, code_size: int) -> int:
+        """The size in bytes of the memory access in `code_size` code."""
         return self.size64 if code_size == 64 else self.size
 
 
@@ -141,6 +143,7 @@ RSP, RBP, RSI, RDI, RBX = 4, 5, 6, 7, 3
 
 
 def reg_name(number: int, size: int) -> str:
+    """The name of general register `number` at `size` bits (e.g. 5, 32 -> "ebp")."""
     return {64: REG64, 32: REG32, 16: REG16}[size][number]
 
 

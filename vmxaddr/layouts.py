@@ -57,6 +57,7 @@ class Field(NamedTuple):
 
 
 class Layout(NamedTuple):
+    """One bit layout (an instruction-information layout, the I/O qualification, the APX field): its fields and where the SDM gives it."""
     name: str  # vmxaddr.isa.Layout's value, "io-qualification" or "apx-extended:<layout>"
     title: str  # the SDM table's title (or what stands for it)
     source: str  # where the positions come from

@@ -27,6 +27,8 @@ class StateError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Segment:
+    """One segment register as the VMCS guest-state area holds it: base, byte-granular limit, access
+    rights, selector."""
     base: int = 0
     limit: int = 0xFFFFFFFF  # byte-granular effective limit, as the VMCS holds it
     type: int = 3  # read/write data, accessed
@@ -41,14 +43,17 @@ class Segment:
 
     @property
     def is_code(self) -> bool:
+        """True for a code segment (type bit 3)."""
         return bool(self.type & 8)
 
     @property
     def expand_down(self) -> bool:
         # Type bit 2 is "expand-down" for data segments and "conforming" for code (Vol. 3A §3.4.5.1).
+        """True for an expand-down data segment (type bit 2 of a data segment)."""
         return not self.type & 8 and bool(self.type & 4)
 
     def to_json(self) -> dict[str, Any]:
+        """The segment as JSON (docs/state-format.md)."""
         return {f.name: (bool(getattr(self, f.name)) if f.name == "unusable" else getattr(self, f.name))
                 for f in fields(self)}
 
@@ -218,6 +223,8 @@ def read_state_file(path: str, limit: int = MAX_STATE_BYTES) -> str:
 
 @dataclass(frozen=True, slots=True)
 class CpuState:
+    """The CPU state a model reads: mode, CPL, CR4/CR3 bits, RIP, the general registers and the six
+    segments."""
     mode: str = "protected"
     cpl: int = 0
     la57: bool = False  # CR4.LA57
@@ -250,6 +257,7 @@ class CpuState:
 
     @property
     def code_size(self) -> int:
+        """The code size the mode and CS.D/B give: 64 in 64-bit mode, else 32 or 16."""
         if self.mode == "64-bit":
             return 64
         if self.mode in ("real", "virtual-8086"):
@@ -257,9 +265,11 @@ class CpuState:
         return 32 if self.cs.db else 16
 
     def segment(self, name: str) -> Segment:
+        """The segment register `name` ("es", "cs", ...)."""
         return getattr(self, name)
 
     def reg(self, number: int) -> int:
+        """The value of general register `number` (0 = RAX ... 15 = R15)."""
         return self.regs[number]
 
     def with_reg(self, name: str, value: Any, what: str | None = None) -> CpuState:
@@ -302,6 +312,7 @@ class CpuState:
 
     # -- JSON -----------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
+        """The state as JSON (docs/state-format.md); R16-R31 only when one is set."""
         return {
             "mode": self.mode,
             "cpl": self.cpl,
@@ -313,6 +324,7 @@ class CpuState:
         }
 
     def dumps(self) -> str:
+        """The state as indented JSON text."""
         return json.dumps(self.to_json(), indent=2)
 
     @classmethod
@@ -460,4 +472,5 @@ _REG64_INDEX = {n: i for i, n in enumerate(REG64)}
 
 
 def reg_display(number: int, size: int) -> str:
+    """The name of register `number` at `size` bits, for messages."""
     return {64: REG64, 32: REG32, 16: REG16}[size][number]

@@ -41,6 +41,7 @@ NOT_SHRUNK = "not shrunk"
 
 
 def model_mnemonics(*models: Model, forms: Sequence[str] = MEMORY_MNEMONICS) -> tuple[str, ...]:
+    """The instructions every one of `models` covers, in the order of `forms` (the fuzzer draws only these)."""
     allowed = set(forms)
     for m in models:
         allowed &= set(getattr(m, "mnemonics", forms))
@@ -55,6 +56,7 @@ def block_seed(seed: int, block: int) -> int:
 
 
 def block_sizes(max_examples: int, block_size: int) -> list[int]:
+    """`max_examples` cut into blocks of `block_size` cases (the last one shorter), the unit of work of a campaign."""
     full, rest = divmod(max_examples, block_size)
     return [block_size] * full + ([rest] if rest else [])
 

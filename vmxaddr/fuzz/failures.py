@@ -70,6 +70,7 @@ def resolve(name: str) -> Model:
 
 
 def failure_class(side: str, exc: BaseException) -> str:
+    """The divergence class for a model that failed instead of answering (crashed, timed out, raised, returned a bad value)."""
     if isinstance(exc, ModelFailure):  # a compiled model's worker: "model crashed: SIGSEGV", "model timed out"
         return f"{'model' if side == MODEL else side} {exc.finding}"
     if isinstance(exc, BadAnswer):

@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any
 
+from vmxaddr.errors import LiveError, ToolMissing, fail
+
 EPILOG = """examples:
   vmxaddr live build linux-6.1        # Debian's kernel, KVM modules, busybox, isolinux, xorriso -> ISO
   vmxaddr live save linux-6.1         # boot it once under Bochs (~110 CPU-s), save the state with KVM loaded
@@ -23,6 +25,7 @@ def _progress(quiet: bool) -> Any:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    """`vmxaddr live build RELEASE`: fetch Debian's packages and build the bootable ISO."""
     from vmxaddr.live.images import build
 
     t0 = time.monotonic()
@@ -38,6 +41,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_save(args: argparse.Namespace) -> int:
+    """`vmxaddr live save RELEASE`: boot the ISO under Bochs to the client's prompt and save the
+    state."""
     from vmxaddr.live.bochsrun import saved_state
 
     sdir = saved_state(args.release, _progress(args.json), force=args.force)
@@ -51,7 +56,8 @@ def cmd_save(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from vmxaddr.cli import fail
+    """`vmxaddr live run RELEASE`: run random cases on the saved state and compare KVM's answers
+    with a model."""
     from vmxaddr.live.batch import generate
     from vmxaddr.live.campaign import Comparison, RunStats, compare, run_live
     from vmxaddr.models import UnknownModel, get
@@ -100,6 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """`vmxaddr live status`: what is built and saved for each release."""
     from vmxaddr.live.bochsrun import state_dir
     from vmxaddr.live.images import RELEASES, lookup
 
@@ -121,9 +128,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _guard(fn: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
-        from vmxaddr.cli import fail
-        from vmxaddr.live.images import LiveError, ToolMissing
-
         try:
             return int(fn(args))
         except ToolMissing as e:
@@ -141,8 +145,6 @@ ACTIONS = {"build": "download Debian's packages and build the bootable ISO (cach
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from vmxaddr.cli import fail
-
     if args.action != "status" and args.release is None:
         fail(f"live {args.action} needs a release: {', '.join(_releases())}")
     if args.action in ("save", "run"):
@@ -165,6 +167,7 @@ def _releases() -> tuple[str, ...]:
 
 
 def register(sub: Any) -> None:
+    """Register `vmxaddr live` (listed in cli.SUBCOMMANDS)."""
     p = sub.add_parser("live", help="Debian's real KVM, nested under Bochs 2.7: build, save, run cases",
                        description="Run Debian's own kernel and kvm-intel (nested=1) under Bochs 2.7 with VMX, and "
                        "VMX instructions with memory operands in an L1 guest of a /dev/kvm client: KVM's real "

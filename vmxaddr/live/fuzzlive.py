@@ -16,12 +16,15 @@ import sys
 import time
 from typing import Any
 
+from vmxaddr.errors import fail
+
 BATCH = 20_000
 
 
 def cmd_fuzz_live(args: Any) -> int:
+    """`vmxaddr fuzz --model kvm-live:RELEASE`: random cases in batches of Bochs runs, the
+    divergences from the reference classified."""
     from vmxaddr.case import access_of
-    from vmxaddr.cli import fail
     from vmxaddr.decode import decode
     from vmxaddr.diff import agree, classify, first_difference
     from vmxaddr.live.batch import generate

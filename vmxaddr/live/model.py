@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from vmxaddr.errors import ModelError
 from vmxaddr.exitinfo import ExitInfo, defined_mask, operand_bits
 from vmxaddr.live.batch import FIELDS, INV_TYPES, MNEMONICS, LiveCase
 from vmxaddr.live.campaign import LiveResult, run_live
@@ -101,6 +102,8 @@ class LiveModel:
         return legalize(LiveCase(raw, state.code_size, state.cpl, tuple(regs), segs, exit.instruction))
 
     def prefetch(self, items: list[tuple[ExitInfo, CpuState]]) -> None:
+        """Run the cases of `items` not yet answered in one Bochs batch, so that the calls that
+        follow are cache hits."""
         todo, keys = [], []
         for exit, state in items:
             k = self._key(exit, state)
@@ -113,8 +116,6 @@ class LiveModel:
                 self.cache[k] = (r, r.case.raw)
 
     def __call__(self, exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) -> Result:
-        from vmxaddr.models.guard import ModelError
-
         k = self._key(exit, state)
         if k not in self.cache:
             self.prefetch([(exit, state)])
@@ -144,6 +145,8 @@ def live_result(r: LiveResult, explain: bool = False) -> Result:
 
 
 def defined_mask_for(r: LiveResult) -> int:
+    """The instruction-information bits the SDM defines for the case's instruction (every bit when
+    it does not decode)."""
     from vmxaddr.decode import decode
 
     try:
@@ -153,6 +156,7 @@ def defined_mask_for(r: LiveResult) -> int:
 
 
 def resolve(name: str) -> LiveModel:
+    """The model `kvm-live:RELEASE`; UnknownModel for a release the harness does not build."""
     from vmxaddr.live.images import RELEASES
     from vmxaddr.models import UnknownModel
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
+from vmxaddr.errors import fail
 from vmxaddr.isa import SPECS
 from vmxaddr.live.batch import K_EXC, KIND_NAMES, LiveCase, from_record, generate
 from vmxaddr.live.campaign import LiveResult, RunStats, hypervisor_name, run_live
@@ -117,6 +118,7 @@ def read_cases(path: str) -> tuple[list[LiveCase], int]:
 
 
 def exit_record(r: LiveResult, index: int, seed: int | None, hypervisor: str) -> dict[str, Any] | None:
+    """The trace exit record of one live result (None when KVM did not decode the operand)."""
     if r.answer is None or r.probe is None or r.probe.info is None or r.probe.qual is None:
         return None
     c = r.case
@@ -141,6 +143,7 @@ def exit_record(r: LiveResult, index: int, seed: int | None, hypervisor: str) ->
 
 def record_kvm(release: str, cases: list[LiveCase], seed: int | None, stats: RunStats, shadow: bool = False,
                batch: int = BATCH, progress: Any = None) -> Iterator[dict[str, Any]]:
+    """The exit records of `cases` run on the live KVM of `release`, `batch` cases per Bochs run."""
     hyp = hypervisor_name(release, shadow)
     for start in range(0, len(cases), batch):
         chunk = cases[start:start + batch]
@@ -154,7 +157,6 @@ def record_kvm(release: str, cases: list[LiveCase], seed: int | None, stats: Run
 
 def cmd_record_kvm(args: Any) -> int:
     """`trace record --kvm RELEASE` (called from vmxaddr/trace/record_bochs.py)."""
-    from vmxaddr.cli import fail
     from vmxaddr.live.images import RELEASES, LiveError, ToolMissing
     from vmxaddr.progress import Progress
 

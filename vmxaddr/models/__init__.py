@@ -32,4 +32,4 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     registry = importlib.import_module("vmxaddr.models.registry")
-    return sorted(set(registry.__all__) | {"registry", "base", "sdm", "kvm", "xen", "guard"})
+    return sorted(set(registry.__all__) | {"registry", "base", "sdm", "kvm", "xen_port", "guard"})

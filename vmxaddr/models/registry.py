@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from vmxaddr.errors import UnknownModel as UnknownModel  # (defined in the leaf module; importable from here)
 from vmxaddr.models import kvm as _kvm_pure
 from vmxaddr.models.base import FAULT, IMPL, OK, Access, Model, Outcome, Result, Step
 from vmxaddr.models.native import _sdm_native, compiled, native, sdm  # noqa: F401  (compiled, sdm: re-exported)
@@ -23,6 +24,8 @@ NATIVE: tuple[str, ...] = tuple(n for n, m in (("sdm", _sdm_native), ("kvm", _kv
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """A registered model: its name, function, one-line summary, kind (consumer, encoder, alias) and
+    real-code facts."""
     name: str
     function: Model
     summary: str
@@ -30,7 +33,7 @@ class ModelInfo:
     real_code: dict[str, str] | None = None  # compiled C (vmxaddr.realcode): what, package, version
 
 
-_REAL_CODE_NAMES = ("kvm-linux-6.1", "kvm-linux-6.12", "xen-4.17")  # vmxaddr.realcode.models.RELEASES, .xen.RELEASES
+_REAL_CODE_NAMES = ("kvm-linux-6.1", "kvm-linux-6.12", "xen-4.17")  # vmxaddr.realcode.models.RELEASES, .xen_compiled.RELEASES
 
 
 def _real_code_state() -> tuple[object, ...]:
@@ -114,6 +117,8 @@ REGISTRY: dict[str, ModelInfo] = _Registry()
 
 def register(name: str, function: Model, summary: str, kind: str = "consumer") -> None:
     # An encoder may share a consumer's name ("sdm" is both), so encoders get their own keys.
+    """Add a model to REGISTRY; an encoder gets a key of its own ("encoder/sdm") beside the consumer
+    of that name."""
     REGISTRY[name if kind == "consumer" else f"{kind}/{name}"] = ModelInfo(name, function, summary, kind)
 
 
@@ -142,10 +147,6 @@ def _register_encoders() -> None:
 _register_encoders()
 
 
-class UnknownModel(LookupError):
-    pass
-
-
 def covers(model: Model, instruction: str) -> bool:
     """Does `model` answer for `instruction`? A model lists what it covers in a `mnemonics`
     attribute (the KVM and Xen models: what their hypervisor emulated); without one, everything."""
@@ -160,6 +161,8 @@ def not_covered(name: str, model: Model, instruction: str) -> str:
 
 
 def get(name: str) -> Model:
+    """The model `name` names: a registered one, a real-code name, kvm-live:RELEASE or
+    module.path:function; UnknownModel otherwise."""
     if name.startswith(("c:", "kvm-tree:")) or name in _REAL_CODE_NAMES:
         from vmxaddr.realcode.resolve import RealCodeError, resolve
 

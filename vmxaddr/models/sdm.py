@@ -150,6 +150,7 @@ def segment_base_64(state: CpuState, seg_no: int, seg: str) -> int:
 
 
 def lam_enabled(state: CpuState) -> bool:
+    """True when any linear-address-masking control is on (CR4.LAM_SUP, CR3.LAM_U48 or LAM_U57)."""
     return bool(state.lam_sup or state.lam_u48 or state.lam_u57)
 
 

@@ -62,6 +62,8 @@ DT_REP_OPSIZE = ("llvm-dt-rep-opsize: LGDT/LIDT/SGDT/SIDT with an F2/F3 prefix o
 
 
 def llvm_view(raw: bytes, code_size: int) -> dict[str, Any]:
+    """What LLVM's disassembler makes of `raw` in `code_size` code, in the fields the comparison
+    reads."""
     n, text = disasm().text(raw, code_size)
     return parse(n, text)
 
@@ -265,6 +267,7 @@ def _is_rex2_no_base(ours: Instruction, theirs: dict[str, Any]) -> bool:
 
 
 def explain_command(raw: bytes, code_size: int) -> str:
+    """The `vmxaddr explain` command that shows the case."""
     return f"vmxaddr explain --mode {code_size} {shlex.quote(raw.hex(' '))}"
 
 

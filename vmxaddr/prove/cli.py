@@ -12,6 +12,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from vmxaddr.cli import fail, print_json
 from vmxaddr.exitinfo import EXIT_QUAL_POLICIES, Policy
 from vmxaddr.models.base import Model
 
@@ -25,6 +26,7 @@ REAL_CODE = ("kvm-linux-", "xen-4.", "c:", "kvm-tree:")
 
 
 class ProveUsageError(Exception):
+    """A --form or --mode that selects nothing, or a model without a symbolic form: exit status 2."""
     pass
 
 
@@ -58,6 +60,7 @@ def symbolic_model(name: str) -> Model:
 
 
 def select_forms(model: Model, against: Model, form_patterns: list[str], mode: str | None, policy: Policy) -> list[Form]:
+    """The instruction forms both models cover that --form and --mode select."""
     from vmxaddr.fuzz.campaign import model_mnemonics
     from vmxaddr.prove.forms import MODES_BY_CODE_SIZE, forms
 
@@ -89,6 +92,7 @@ def _task(args: tuple[Form, str, str, float, Policy]) -> FormResult:
 
 
 def run(forms_: list[Form], a: str, b: str, timeout: float, policy: Policy, jobs: int, quiet: bool = False) -> list[FormResult]:
+    """Prove each form (in `jobs` processes), printing each result as it comes unless `quiet`."""
     tasks = [(f, a, b, timeout, policy) for f in forms_]
     results: list[FormResult] = []
     t0 = time.time()
@@ -111,6 +115,8 @@ def run(forms_: list[Form], a: str, b: str, timeout: float, policy: Policy, jobs
 
 
 def summary(results: list[FormResult]) -> dict[str, Any]:
+    """The classes over all forms (with a witness and the number of forms), the statuses counted,
+    the times."""
     classes: dict[str, dict[str, Any]] = {}
     for r in results:
         for c in r.classes:
@@ -124,8 +130,8 @@ def summary(results: list[FormResult]) -> dict[str, Any]:
 
 
 def cmd_prove(args: argparse.Namespace) -> int:
-    from vmxaddr.cli import fail, print_json
-
+    """`vmxaddr prove`: every divergence class between two models per form, with a proof there is no
+    other."""
     try:
         import z3  # noqa: F401
     except ImportError:
@@ -163,6 +169,7 @@ def cmd_prove(args: argparse.Namespace) -> int:
 
 
 def text(results: list[FormResult], summ: dict[str, Any], a: str, b: str) -> str:
+    """The text report: one line per form with its status and classes, then the summary."""
     out = []
     for r in results:
         note = f" — {r.note}" if r.note else ""
@@ -198,6 +205,7 @@ exit status: 0 when every form is proved, 1 when some form is unknown or an erro
 
 
 def register(sub: Any) -> None:
+    """Register `vmxaddr prove` (listed in cli.SUBCOMMANDS)."""
     p = sub.add_parser("prove", help="every divergence class between two models, exactly, with a proof there is no other",
                        description="For each instruction form (instruction, processor mode, address size, operand kind, "
                        "segment), run both models symbolically over every register value, displacement, segment "

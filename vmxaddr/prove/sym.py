@@ -103,6 +103,7 @@ class SymBool:
 
 
 def as_bool(v: Any) -> z3.BoolRef:
+    """`v` as a solver boolean (a symbolic integer is true when non-zero)."""
     if isinstance(v, SymBool):
         return v.e
     if isinstance(v, Sym):
@@ -289,11 +290,15 @@ class Paths:
 
     @classmethod
     def current(cls) -> Paths:
+        """The exploration running now (a rule deciding a symbolic condition asks it which way to
+        go)."""
         if not cls._stack:
             raise RuleLanguageError("a symbolic condition decided outside Paths.run")
         return cls._stack[-1]
 
     def decide(self, cond: z3.BoolRef) -> bool:
+        """Which way the current path takes at `cond`: replayed from the trace, or the next branch
+        to explore."""
         cid = cond.get_id()
         hit = self.known.get(cid)
         if hit is not None:
@@ -326,6 +331,7 @@ class Paths:
         return [i for i, m in enumerate(self.feas.models) if z3.is_true(m.eval(base, model_completion=True))]
 
     def run(self, f: Callable[[], Any]) -> Iterator[tuple[z3.BoolRef, Any]]:
+        """Run `f` once per feasible path, yielding each path's condition and f's value."""
         n = 0
         while True:
             self.pos, self.pc, self.infeasible = 0, [], False

@@ -76,6 +76,7 @@ class Failure:
         self.finding, self.detail = finding, detail
 
     def error(self, model: str, case: str = "") -> ModelFailure:
+        """The ModelFailure to raise for this failure of `model` on `case`."""
         return ModelFailure(model, self.finding, self.detail, case)
 
 
@@ -89,11 +90,14 @@ def call_timeout() -> float:
 
 
 def set_call_timeout(seconds: float | None) -> None:
+    """Set the per-call time limit of compiled models (in the environment, so that worker processes
+    inherit it)."""
     if seconds is not None:
         os.environ[ENV_TIMEOUT] = repr(float(seconds))
 
 
 def isolated() -> bool:
+    """True unless VMXADDR_IN_PROCESS asks for compiled models to run in this process."""
     return os.environ.get(ENV_IN_PROCESS, "") in ("", "0")
 
 
@@ -108,6 +112,7 @@ _EXE: list[Path] = []
 
 
 def worker_program() -> Path:
+    """The worker executable, built (and cached) at the first call."""
     if not _EXE:
         from vmxaddr.realcode.build import build_worker
 
@@ -162,6 +167,7 @@ class Worker:
         return out
 
     def start(self) -> None:
+        """Start the worker process with its shared memory, pipes and lifeline."""
         self._files()
         assert self.mm is not None
         shm, out = self.fds[0], self.fds[1]
@@ -235,6 +241,7 @@ class Worker:
                 pass
 
     def close(self) -> None:
+        """Stop the worker and close its files (only in the process that started it)."""
         if self.pid != os.getpid():
             return
         self.stop()
@@ -338,6 +345,8 @@ class Worker:
 
     # -- the calls --------------------------------------------------------------------------
     def pack(self, i: int, exit: Any, state: Any, access: Any, operand_only: bool, plan: Any = None) -> None:
+        """Write case `i` into the shared memory's input area (`operand_only`: only what the operand
+        needs)."""
         assert self.mm is not None
         off = IN_OFFSET + i * RECORD
         if self._pack is not None:

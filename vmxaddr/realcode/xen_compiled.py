@@ -24,6 +24,11 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vmxaddr.errors import RealCodeError
+from vmxaddr.isa import REG64, SEGMENTS
+from vmxaddr.models.base import FAULT, Step
+from vmxaddr.models.xen_port import classify as port_classify
+from vmxaddr.models.xen_port import xen_c447b730
 from vmxaddr.realcode import sources
 from vmxaddr.realcode.info import RealCodeInfo
 
@@ -81,6 +86,7 @@ _KEYWORDS = frozenset({"if", "while", "for", "switch", "return", "sizeof", "do",
 
 
 def build_xen(vvmx: Path, what: str) -> Path:
+    """Extract decode_vmx_inst() and its helpers from vvmx.c and build them with the Xen shim."""
     from vmxaddr.realcode.build import build_library, cached_parts
 
     parts = cached_parts("xen", [vvmx], lambda: xen_parts(vvmx))
@@ -126,9 +132,8 @@ _VECTORS = {6: "UD", 13: "GP", 14: "PF", 12: "SS"}
 
 
 def explain_steps(lib: Any, exit: ExitInfo, state: CpuState, access: Access) -> list[Step]:
-    from vmxaddr.isa import REG64, SEGMENTS
-    from vmxaddr.models.base import Step
-
+    """The steps of one call of the compiled Xen code, from the trace its shim records (where it
+    stopped, what it injected)."""
     t = trace(lib, exit, state, access)
     file = lib.string_at(t.file) if t.file else ""
     where = f"{Path(file).name}:{t.line}" if file else "?"
@@ -167,8 +172,6 @@ def explain_steps(lib: Any, exit: ExitInfo, state: CpuState, access: Access) -> 
 # -- classification ----------------------------------------------------------------------------------
 
 def _same(a: Result, b: Result) -> bool:
-    from vmxaddr.models.base import FAULT
-
     oa, ob = a.outcome, b.outcome
     if (oa.kind, oa.vector, oa.error_code) != (ob.kind, ob.vector, ob.error_code):
         return False
@@ -178,9 +181,6 @@ def _same(a: Result, b: Result) -> bool:
 def classify(exit: ExitInfo, state: CpuState, access: Access, reference: Result, own: Result) -> str:
     """The port's class for this case if the port answers what the real code answered; else
     PORT_DIFFERS (vmxaddr.diff.classify calls this for a divergence of xen-4.17)."""
-    from vmxaddr.models.xen_port import classify as port_classify
-    from vmxaddr.models.xen_port import xen_c447b730
-
     if not _same(xen_c447b730(exit, state, access), own):
         return PORT_DIFFERS
     return port_classify(exit, state, access, reference, own)
@@ -206,6 +206,7 @@ def _load(vvmx: Path, what: str) -> Any:
 
 
 def info_for(name: str, f: sources.Fetched) -> RealCodeInfo:
+    """What the model of Xen release `name` runs, from the fetched source package."""
     return RealCodeInfo(f"{XEN_FUNCTION}() of Debian {f.package} {f.version}", RELEASES[name], f.package, f.version)
 
 
@@ -245,8 +246,6 @@ def release_model(name: str) -> Any:
     source = RELEASES[name]
     f = sources.lookup(source)
     if f is None:
-        from vmxaddr.realcode.models import RealCodeError
-
         raise RealCodeError(f"{name} runs Debian's {sources.SOURCES[source].package}: "
                             f"{sources.unusable(source)}")
     key = (name, str(f.path(VVMX_C)), f.version)  # once per files and version, as kvm-linux-*

@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from vmxaddr.models import get
 from vmxaddr.models.base import Model
 from vmxaddr.state import StateError
 from vmxaddr.trace.format import DEFAULT_MAX_STATES, EXIT_KEYS, MAX_LINE, ExitRecord, RecordError
@@ -70,8 +71,6 @@ class Checker:
     def __init__(self, reference: str = "sdm", reference_model: Model | None = None,
                  models: list[NamedModel] | None = None, fingerprint: str = "wrong",
                  max_states: int = DEFAULT_MAX_STATES) -> None:
-        from vmxaddr.models import get
-
         self.reference = reference
         self.reference_model = reference_model or get(reference)
         self.models = consumer_models(reference) if models is None else models
@@ -244,6 +243,7 @@ class Checker:
         self.pending.clear()
 
     def summary(self) -> dict[str, Any]:
+        """The summary object of the trace checked so far (after the verdicts still pending)."""
         self.flush()
         self.tally.evicted = self.table.evicted
         return self.tally.summary(self.reference, self.fingerprint, len(self.models))

@@ -56,12 +56,14 @@ class Recorded:
     linear_address: int | None = None
 
     def short(self) -> str:
+        """The recorded answer in short form: "ok 0x1000", "#GP(0)"."""
         if self.kind == OK:
             return "ok" if self.linear_address is None else f"ok {self.linear_address:#x}"
         code = "" if self.error_code is None else f"({self.error_code})"
         return f"#{self.vector}{code}"
 
     def to_json(self) -> dict[str, Any]:
+        """The recorded answer as a trace's "result" object."""
         d: dict[str, Any] = {"kind": self.kind}
         if self.kind == OK:
             if self.linear_address is not None:
@@ -75,6 +77,8 @@ class Recorded:
 
 @dataclass(frozen=True, slots=True)
 class ExitRecord:
+    """One exit record of a trace, parsed: what the processor reported, the bytes and state, the
+    hypervisor's answer."""
     line: int
     exit_reason: int
     instruction: str | None  # None: reason 46/47 without the instruction-information field
@@ -94,6 +98,8 @@ class ExitRecord:
 
 def resolve_instruction(exit_reason: int, instruction_info: int | None,
                         exit_qualification: int | None = None) -> str | None:
+    """The instruction an exit reason names, using the instruction information or qualification
+    where the reason is shared; None when they do not say."""
     names = REASON_INSTRUCTIONS[exit_reason]
     if len(names) == 1:
         return names[0]

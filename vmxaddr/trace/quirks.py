@@ -27,7 +27,7 @@ PROCESSORS = ("bochs-2.7",)
 
 
 def _bochs_27(instr: Instruction, rec: ExitRecord, d: dict[str, Any]) -> str | None:
-    from vmxaddr.oracles.bochs import _known_deviation
+    from vmxaddr.oracles.bochs_compare import _known_deviation  # (only for a Bochs trace: check-trace starts without the oracle)
 
     if d["field"] == "instruction_info" and rec.instruction_info is not None:
         want, mask = encode_info(instr, DEFAULT_POLICY)

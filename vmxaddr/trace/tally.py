@@ -17,6 +17,7 @@ def _category(what: str) -> str:
 
 
 class Tally:
+    """The running counts of checking a trace or a piece of one; pieces merge in trace order."""
     def __init__(self) -> None:
         self.lines = 0
         self.exits = 0
@@ -51,6 +52,7 @@ class Tally:
             self.hardware_fields[d["field"]] += n
 
     def add_fingerprint(self, names: list[str], wrong_hv: bool, n: int = 1) -> None:
+        """Count one fingerprinted record (`n` records) and the models it names."""
         self.fingerprinted += n
         for name in names:
             self.model_matches[name] += n
@@ -89,6 +91,7 @@ class Tally:
         self.wrong_matches.update(later.wrong_matches)
 
     def summary(self, reference: str, fingerprint_mode: str, models_compared: int) -> dict[str, Any]:
+        """The summary object check-trace prints at the end."""
         every = sorted(n for n, c in self.model_matches.items() if c == self.fingerprinted) if self.fingerprinted else []
         every_wrong = (sorted(n for n, c in self.wrong_matches.items() if c == self.wrong_fingerprinted)
                        if self.wrong_fingerprinted else [])
