@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models", ("vmxaddr.models", "vmxaddr.encoders")),
     ("pipeline", ("vmxaddr.case", "vmxaddr.encoder_consumer", "vmxaddr.diff", "vmxaddr.explain",
                   "vmxaddr.pictures", "vmxaddr.gen", "vmxaddr.strategies")),
-    ("engines", ("vmxaddr.fuzz", "vmxaddr.trace", "vmxaddr.scan", "vmxaddr.scanio", "vmxaddr.oracles",
+    ("engines", ("vmxaddr.fuzz", "vmxaddr.trace", "vmxaddr.scan", "vmxaddr.scanio", "vmxaddr.elf", "vmxaddr.sweep", "vmxaddr.oracles",
                  "vmxaddr.realcode", "vmxaddr.models.registry", "vmxaddr.live",
                  "vmxaddr.prove", "vmxaddr.rulelang")),
     ("command line", ("vmxaddr.__main__", "vmxaddr.cli", "vmxaddr.scancli", "vmxaddr.crosscli", "vmxaddr.diffcli",

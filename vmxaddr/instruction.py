@@ -3,16 +3,33 @@ helpers for REX2, string I/O and the register-only instructions can build one)."
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, NamedTuple
 
 from vmxaddr.isa import XMM, InstrSpec, Layout, reg_name
 
 
+class DecodeErrorKind(StrEnum):
+    """Why bytes are not a VMX-family instruction the decoder reads (`DecodeError.kind`)."""
+
+    MODE = "mode"  # a code size other than 16, 32 or 64
+    EMPTY = "empty"
+    TRUNCATED = "truncated"  # the bytes end inside the instruction
+    TOO_LONG = "too-long"  # more than 15 bytes (#GP)
+    LOCK = "lock"  # a LOCK prefix (#UD)
+    PREFIX = "prefix"  # a prefix that makes it another instruction, or #UD
+    NOT_VMX = "not-vmx"
+    REGISTER_FORM = "register-form"  # a register operand where only memory is allowed (#UD)
+    REX2 = "rex2"  # an APX REX2 prefix where it is #UD
+    DECODER_DISAGREEMENT = "decoder-disagreement"  # capstone reads the bytes otherwise (capstone_guard)
+
+
 class DecodeError(ValueError):
     """Bytes that are not a VMX-family instruction this library can decode.
 
-    `kind` is one of: "mode", "empty", "truncated", "too-long", "lock", "prefix", "not-vmx",
-    "register-form", "rex2" (an APX REX2 prefix where it is #UD), "decoder-disagreement".
+    `kind` is a DecodeErrorKind value ("mode", "empty", "truncated", "too-long",
+    "lock", "prefix", "not-vmx", "register-form", "rex2", "decoder-disagreement"); the raising
+    code passes the plain string (tests/test_enums.py holds it to the enum).
     """
 
     def __init__(self, kind: str, message: str) -> None:

@@ -137,7 +137,20 @@ REG16 = ("ax", "cx", "dx", "bx", "sp", "bp", "si", "di",
 XMM = tuple(f"xmm{n}" for n in range(16))
 
 # Segment-register numbering of bits 17:15.
-SEGMENTS = ("es", "cs", "ss", "ds", "fs", "gs")
+class SegmentName(StrEnum):
+    """The six segment registers, in the order of the instruction-information field's segment
+    register encoding (SDM Vol. 3C, Table 28-9: 0 = ES ... 5 = GS)."""
+
+    ES = "es"
+    CS = "cs"
+    SS = "ss"
+    DS = "ds"
+    FS = "fs"
+    GS = "gs"
+
+
+# The plain strings (a str subclass is slower to hash and compare, on every model call):
+SEGMENTS: tuple[str, ...] = tuple(s.value for s in SegmentName)
 
 RSP, RBP, RSI, RDI, RBX = 4, 5, 6, 7, 3
 

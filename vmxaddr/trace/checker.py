@@ -21,7 +21,7 @@ from typing import Any
 from vmxaddr.models import get
 from vmxaddr.models.base import Model
 from vmxaddr.state import StateError
-from vmxaddr.trace.format import DEFAULT_MAX_STATES, EXIT_KEYS, MAX_LINE, ExitRecord, RecordError
+from vmxaddr.trace.format import DEFAULT_MAX_STATES, EXIT_KEYS, MAX_LINE, ExitRecord, FingerprintCheck, RecordError
 from vmxaddr.trace.hardware import check_hardware
 from vmxaddr.trace.hypervisor import Answers, NamedModel, check_hypervisor, consumer_models
 from vmxaddr.trace.jsonline import NotJSON, encode, loads_exact
@@ -206,7 +206,7 @@ class Checker:
         v["hypervisor"] = hv
         wrong_hv = hv["verdict"] == "wrong"
         if missing or exit is None:
-            fp: dict[str, Any] = {"verdict": "not-checkable", "missing": missing or hv.get("missing", [])}
+            fp: FingerprintCheck = {"verdict": "not-checkable", "missing": missing or hv.get("missing", [])}
         elif not self.models:
             fp = {"verdict": "skipped", "reason": "no registered models besides the reference"}
         elif self.fingerprint == "all" or (self.fingerprint == "wrong" and wrong_hv):

@@ -4,7 +4,8 @@ line becomes once parsed (`ExitRecord`, with the hypervisor's answer as `Recorde
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from enum import StrEnum
+from typing import Any, Literal, NotRequired, TypedDict
 
 from vmxaddr.isa import SPECS
 from vmxaddr.layouts import INSTRUCTION_INFO, IO_QUALIFICATION, field
@@ -42,6 +43,68 @@ RESULT_KEYS = frozenset(("kind", "vector", "error_code", "linear_address"))
 
 class RecordError(ValueError):
     """A line that is not a valid trace record; the message says why."""
+
+
+# -- verdicts ------------------------------------------------------------------------------------
+class HardwareVerdict(StrEnum):
+    """check-trace's verdict on what the processor reported (docs/trace-format.md)."""
+
+    CONSISTENT = "consistent"
+    EXPLAINED = "explained"  # a documented departure of the processor the record names
+    INCONSISTENT = "inconsistent"
+    NOT_CHECKABLE = "not-checkable"
+
+class HypervisorVerdict(StrEnum):
+    """check-trace's verdict on the hypervisor's answer against the reference model."""
+
+    CORRECT = "correct"
+    WRONG = "wrong"
+    NOT_CHECKABLE = "not-checkable"
+
+class FingerprintVerdict(StrEnum):
+    """check-trace's verdict on which registered models give the recorded answer."""
+
+    MATCHED = "matched"
+    UNMATCHED = "unmatched"
+    NOT_CHECKABLE = "not-checkable"
+    SKIPPED = "skipped"  # no registered model besides the reference, or fingerprints turned off
+
+
+# The same values as types (tests/test_enums.py holds each Literal equal to its enum): the checker
+# builds one of each dict per exit record, so they stay plain dicts of plain strings.
+
+HardwareVerdictName = Literal["consistent", "explained", "inconsistent", "not-checkable"]
+HypervisorVerdictName = Literal["correct", "wrong", "not-checkable"]
+FingerprintVerdictName = Literal["matched", "unmatched", "not-checkable", "skipped"]
+
+
+class HardwareCheck(TypedDict):
+    """The "hardware" verdict of an exit record (trace.hardware.check_hardware)."""
+
+    verdict: HardwareVerdictName
+    decoded: NotRequired[str]  # the instruction the bytes are
+    missing: NotRequired[list[str]]  # not-checkable: what the record lacks
+    differences: NotRequired[list[dict[str, Any]]]  # field, recorded, expected, detail or bits
+    unchecked: NotRequired[list[str]]  # fields present but not checkable (e.g. RIP-relative without rip)
+
+
+class HypervisorCheck(TypedDict):
+    """The "hypervisor" verdict of an exit record (trace.hypervisor.check_hypervisor)."""
+
+    verdict: HypervisorVerdictName
+    against: NotRequired[str]  # the reference model
+    recorded: NotRequired[dict[str, Any]]  # the record's result
+    expected: NotRequired[dict[str, Any]]  # the reference's answer, with its reason
+    missing: NotRequired[list[str]]
+
+
+class FingerprintCheck(TypedDict):
+    """The "fingerprint" verdict of an exit record: the registered models giving its answer."""
+
+    verdict: FingerprintVerdictName
+    models: NotRequired[list[str]]
+    missing: NotRequired[list[str]]
+    reason: NotRequired[str]
 
 
 # -- records -------------------------------------------------------------------------------------

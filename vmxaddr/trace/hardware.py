@@ -21,7 +21,7 @@ from vmxaddr.exitinfo import (
 )
 from vmxaddr.io_exit import io_qualification
 from vmxaddr.isa import Layout
-from vmxaddr.trace.format import MASK64, ExitRecord
+from vmxaddr.trace.format import MASK64, ExitRecord, HardwareCheck, HardwareVerdictName
 from vmxaddr.trace.quirks import explain_known
 
 
@@ -71,7 +71,7 @@ def _field_differences(recorded: int, expected: int, defined: int, instruction: 
     return out
 
 
-def check_hardware(rec: ExitRecord) -> dict[str, Any]:
+def check_hardware(rec: ExitRecord) -> HardwareCheck:
     """The hardware verdict of one record: does the reported exit information match what the bytes
     imply?"""
     missing = []
@@ -128,12 +128,12 @@ def check_hardware(rec: ExitRecord) -> dict[str, Any]:
                 if mask != MASK64:
                     d["detail"] = f"bits {op.address_size - 1 if op else 63}:0 compared (address size)"
                 diffs.append(d)
-    verdict = "consistent"
+    verdict: HardwareVerdictName = "consistent"
     if diffs:
         # a documented departure of the processor named in `source` (trace/quirks.py) is "explained"
         verdict = "explained" if rec.processor is not None and explain_known(rec.processor, instr, rec, diffs) \
             else "inconsistent"
-    out: dict[str, Any] = {"verdict": verdict, "decoded": _text(instr)}
+    out: HardwareCheck = {"verdict": verdict, "decoded": _text(instr)}
     if diffs:
         out["differences"] = diffs
     if unchecked:

@@ -14,7 +14,7 @@ from vmxaddr.models import REGISTRY, covers
 from vmxaddr.models.base import FAULT, OK, Access, InvalidExitInfo, Model, Outcome, Result
 from vmxaddr.realcode.worker import ModelFailure
 from vmxaddr.state import CpuState
-from vmxaddr.trace.format import MASK64, ExitRecord, Recorded
+from vmxaddr.trace.format import MASK64, ExitRecord, HypervisorCheck, Recorded
 from vmxaddr.trace.hardware import _decode
 
 
@@ -121,7 +121,7 @@ class Answers:
 
 
 def check_hypervisor(rec: ExitRecord, reference: str, answers: Answers
-                     ) -> tuple[dict[str, Any], list[str], ExitInfo | None, Access | None, bool]:
+                     ) -> tuple[HypervisorCheck, list[str], ExitInfo | None, Access | None, bool]:
     """The hypervisor verdict, what is missing for it, the model's inputs (exit, access), and
     whether the reference model failed (raised) on the record."""
     missing, exit, access = _model_inputs(rec)
@@ -131,7 +131,7 @@ def check_hypervisor(rec: ExitRecord, reference: str, answers: Answers
     if not covers(answers.reference, exit.instruction):  # e.g. an old KVM model asked about INVPCID
         why = [f"a reference that covers {exit.instruction.upper()} ({reference} does not)"]
         return {"verdict": "not-checkable", "missing": why}, [], exit, access, False  # the fingerprint can still run
-    hv: dict[str, Any] = {"against": reference, "recorded": rec.result.to_json()}
+    hv: HypervisorCheck = {"against": reference, "recorded": rec.result.to_json()}  # type: ignore[typeddict-item]  # verdict below
     results: Result | None = None
     failed = False
     try:

@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from vmxaddr.trace.format import FingerprintCheck, HardwareCheck, HypervisorCheck
+
 
 def _category(what: str) -> str:
     """Group reasons for the summary (bounded: details in parentheses and ids are dropped)."""
@@ -38,7 +40,7 @@ class Tally:
         self.input_error: str | None = None  # why reading stopped early
         self.reference_error: str | None = None
 
-    def add(self, hw: dict[str, Any], hv: dict[str, Any], fp: dict[str, Any], wrong: bool, n: int = 1) -> None:
+    def add(self, hw: HardwareCheck, hv: HypervisorCheck, fp: FingerprintCheck, wrong: bool, n: int = 1) -> None:
         """Count `n` exit records with these verdicts."""
         self.exits += n
         self.wrong += wrong * n
@@ -61,7 +63,7 @@ class Tally:
             for name in names:
                 self.wrong_matches[name] += n
 
-    def note_reference_error(self, hv: dict[str, Any], n: int = 1, line: int = 0) -> None:
+    def note_reference_error(self, hv: HypervisorCheck, n: int = 1, line: int = 0) -> None:
         """The reference model raised (crashed, hung: vmxaddr.realcode.worker) on `n` records
         (the first reason is kept, with the line of its record)."""
         self.reference_errors += n
