@@ -31,6 +31,7 @@ from vmxaddr.oracles import bochs
 from vmxaddr.oracles.bochs import NOT_EXITING_IN_BOCHS, Case
 from vmxaddr.state import CpuState, Segment
 from vmxaddr.trace.format import MASK64, REASON_INSTRUCTIONS, Recorded
+from vmxaddr.trace.synth import model_failure
 
 PROCESSOR = "bochs-2.7"
 BATCH = 10000  # cases per Bochs boot (as `crosscheck --oracle bochs`)
@@ -170,8 +171,6 @@ def record_bochs(model: Model, model_name: str, n: int, seed: int = 0, batch: in
                 try:
                     answer = _answer(model, exit, state, instr, rng)
                 except Exception as e:  # noqa: BLE001 - a model that cannot answer leaves the result out
-                    from vmxaddr.trace.synth import model_failure
-
                     stats.model_errors += 1
                     stats.model_error = model_failure(e)
                     answer = None

@@ -9,6 +9,7 @@ from typing import Any
 
 from vmxaddr.case import access_of, run_model
 from vmxaddr.decode import DecodeError, Instruction, decode
+from vmxaddr.errors import ModelFailure
 from vmxaddr.exitinfo import IGNORED_SEGMENT_POLICIES, SI_DI_POLICIES, ExitInfo, Policy, encode
 from vmxaddr.gen import MNEMONICS, RandomChooser, gen_encoding, gen_policy, gen_state
 from vmxaddr.isa import REG64
@@ -50,8 +51,6 @@ SHAPES = ("random", "realistic")
 
 def model_failure(e: BaseException) -> str:
     """What a model that gave no answer did, for a count's first line ("it crashed: SIGSEGV")."""
-    from vmxaddr.realcode.worker import ModelFailure
-
     return f"it {e.what}" if isinstance(e, ModelFailure) else f"it raised {type(e).__name__}: {e}"
 
 
