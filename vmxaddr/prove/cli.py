@@ -27,7 +27,8 @@ REAL_CODE = ("kvm-linux-", "xen-4.", "c:", "kvm-tree:")
 
 
 class ProveUsageError(Exception):
-    """A --form or --mode that selects nothing, or a model without a symbolic form: exit status 2."""
+    """A model that cannot be proved (unknown, not a function, compiled C) or a bad --mode: reported
+    as one line, exit status 2."""
     pass
 
 
