@@ -26,8 +26,9 @@ from vmxaddr.live.images import RELEASES, require
 from vmxaddr.progress import Progress
 from vmxaddr.state import CpuState, Segment
 from vmxaddr.trace.parse import RecordError, StateTable, parse_exit, parse_state_record
+from vmxaddr.trace.quirks import BOCHS_27
 
-PROCESSOR = "bochs-2.7"
+PROCESSOR = BOCHS_27
 BATCH = 100_000  # cases per restored run (the stub's buffer holds ~250,000)
 
 

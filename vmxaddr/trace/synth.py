@@ -11,7 +11,6 @@ from vmxaddr.case import access_of, run_model
 from vmxaddr.decode import DecodeError, Instruction, decode
 from vmxaddr.errors import ModelFailure
 from vmxaddr.exitinfo import IGNORED_SEGMENT_POLICIES, SI_DI_POLICIES, ExitInfo, Policy, encode
-from vmxaddr.gen import MNEMONICS, RandomChooser, gen_encoding, gen_policy, gen_state
 from vmxaddr.isa import REG64
 from vmxaddr.models import covers
 from vmxaddr.models.base import FAULT, IMPL, OK, Model, Result
@@ -43,6 +42,8 @@ def _wrong(rec: Recorded) -> Recorded:
 
 def covered(model: Model) -> tuple[str, ...]:
     """The instructions `model` says it handles (its `mnemonics` attribute; every one if it has none)."""
+    from vmxaddr.gen import MNEMONICS  # (in the functions: check-trace imports this package, not the generator)
+
     return tuple(m for m in MNEMONICS if covers(model, m)) or MNEMONICS
 
 
@@ -69,6 +70,8 @@ def synth(model: Model, n: int, seed: int = 0, shape: str = "random", wrong: flo
     if shape == "realistic":
         yield from _realistic(model, n, seed, wrong, failures)
         return
+    from vmxaddr.gen import RandomChooser, gen_encoding, gen_policy, gen_state
+
     mnemonics = covered(model)
     rng = random.Random(seed)
     ch = RandomChooser(rng)
@@ -138,6 +141,8 @@ def _answer(rec: dict[str, Any], model: Model, exit: ExitInfo, st: CpuState, ins
 
 def _realistic(model: Model, n: int, seed: int, wrong: float, failures: list[str] | None
                ) -> Iterator[dict[str, Any]]:
+    from vmxaddr.gen import RandomChooser, gen_encoding, gen_state
+
     rng = random.Random(seed)
     ch = RandomChooser(rng)
     states: dict[int, list[tuple[str, CpuState]]] = {}
