@@ -30,10 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 # Upward edges that exist for a stated reason (and are to go when the module is split).
-ALLOWED_UP: dict[tuple[str, str], str] = {
-    ("vmxaddr.fuzz", "vmxaddr.fuzz.cli"): "the package re-exports its command's report functions",
-    ("vmxaddr.trace", "vmxaddr.trace.commands"): "the package re-exports its commands' registration",
-}
+ALLOWED_UP: dict[tuple[str, str], str] = {}  # none left: add one only with its reason
 
 
 def _modules() -> dict[str, Path]:

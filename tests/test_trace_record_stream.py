@@ -16,7 +16,7 @@ import pytest
 from vmxaddr import cli, gen
 from vmxaddr.models import get
 from vmxaddr.oracles import bochs
-from vmxaddr.trace import record_bochs, record_cli
+from vmxaddr.trace import record_bochs
 
 
 def _fake_boot(log: list[int], fail_at: int | None = None, error: BaseException | None = None) -> Any:
@@ -63,7 +63,7 @@ def test_interrupt_keeps_what_was_recorded_and_prints_the_summary(tmp_path: Path
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(bochs, "boot", _fake_boot([], fail_at=3))  # ^C during the third boot
     monkeypatch.setattr(bochs, "missing_tools", lambda: [])
-    monkeypatch.setattr(record_cli, "BATCH", 4)
+    monkeypatch.setattr(record_bochs, "BATCH", 4)
     out = tmp_path / "t.jsonl"
     status = cli.main(["trace", "record", "--bochs", "-n", "1000", "--json", "--out", str(out)])
     cap = capsys.readouterr()
@@ -105,7 +105,7 @@ def test_bochs_dying_mid_run_says_what_happened_exit_2(tmp_path: Path, monkeypat
     err = bochs.BochsError(bochs.did_not_finish(said, b"", 1))
     monkeypatch.setattr(bochs, "boot", _fake_boot([], fail_at=2, error=err))
     monkeypatch.setattr(bochs, "missing_tools", lambda: [])
-    monkeypatch.setattr(record_cli, "BATCH", 4)
+    monkeypatch.setattr(record_bochs, "BATCH", 4)
     out = tmp_path / "t.jsonl"
     status = cli.main(["trace", "record", "--bochs", "-n", "100", "-q", "--out", str(out)])
     lines = capsys.readouterr().err.strip().splitlines()

@@ -22,6 +22,7 @@ from vmxaddr.decode import DecodeError, parse_hex
 from vmxaddr.errors import ModelError, UsageError, fail
 from vmxaddr.exitinfo import EXIT_QUAL_POLICIES, IGNORED_SEGMENT_POLICIES, SI_DI_POLICIES, UNDEFINED_BITS_POLICIES, Policy
 from vmxaddr.models.base import InvalidExitInfo
+from vmxaddr.realcode.info import DEFAULT_CALL_TIMEOUT, ENV_CALL_TIMEOUT
 from vmxaddr.state import CPL_RANGE, MODES, CpuState, StateError, check_int, read_state_file
 
 EPILOG = """examples:
@@ -89,8 +90,6 @@ def _seconds(text: str) -> float:
 
 def add_call_timeout(p: argparse.ArgumentParser) -> None:
     """--call-timeout, for every command that runs a model (applied in main)."""
-    from vmxaddr.realcode.info import DEFAULT_CALL_TIMEOUT
-
     p.add_argument("--call-timeout", type=_seconds, metavar="SECONDS",
                    help="time limit for one call of a compiled model (c:FILE.c:FUNCTION, c:LIB.so:FUNCTION, "
                    f"kvm-tree:PATH, kvm-linux-*, xen-*; default {DEFAULT_CALL_TIMEOUT:g}): such models run in a worker "
@@ -447,8 +446,6 @@ def _silence_stdout() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; the exit statuses are listed in docs/state-format.md."""
     top = argv is None  # the program itself (not a test calling main): may end at once after ^C
-    from vmxaddr.realcode.info import ENV_CALL_TIMEOUT
-
     before = os.environ.get(ENV_CALL_TIMEOUT)  # --call-timeout is for this command only
     try:
         code = _run(argv)

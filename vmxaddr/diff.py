@@ -24,6 +24,7 @@ from vmxaddr.decode import Instruction
 from vmxaddr.encoder_consumer import attribute, cross
 from vmxaddr.encoders import get_encoder
 from vmxaddr.exitinfo import ExitInfo, Policy, address_size_of, encode, encode_info, exit_qualification
+from vmxaddr.explain import describe_instruction
 from vmxaddr.isa import SPECS
 from vmxaddr.models import covers
 from vmxaddr.models.base import FAULT, IMPL, OK, Access, Model, Result
@@ -367,8 +368,6 @@ def _fmt(v: int | str | None) -> str:
 
 def diff_text(d: Diff) -> str:
     """The side-by-side table `vmxaddr diff` prints: each step's value per model, the first difference marked, the classes."""
-    from vmxaddr.explain import describe_instruction
-
     names = list(d.results)
     first = d.first_difference
     rows: list[tuple[str, str, list[str]]] = [

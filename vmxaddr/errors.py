@@ -4,7 +4,7 @@ An engine raises them and the command line reports them (one line, exit status 2
 import them at the top of the module without importing each other: this is what lets the engines
 avoid `from vmxaddr.cli import fail` inside functions. Each is also importable from the module it
 used to live in (vmxaddr.cli, vmxaddr.models.guard, vmxaddr.models, vmxaddr.realcode.models,
-vmxaddr.oracles.bochs, vmxaddr.live.images, vmxaddr.parallel).
+vmxaddr.oracles.bochs, vmxaddr.live.images, vmxaddr.parallel, vmxaddr.realcode.worker).
 """
 
 from __future__ import annotations
@@ -39,6 +39,16 @@ class ModelError(Exception):
         """A short class for grouping (fuzz counts one divergence class per kind): the verb and,
         for a raise, the exception type, e.g. "raised ZeroDivisionError" or "returned None"."""
         return self.what.split(":", 1)[0]
+
+
+class ModelFailure(ModelError):
+    """A compiled model crashed, hung, exited or answered something vmxaddr.h does not allow, on
+    one case. `finding` is what it did without the values ("crashed: SIGSEGV", "timed out",
+    "exited (status 0)", "returned an invalid result"): fuzz names its class after it."""
+
+    def __init__(self, model: str, finding: str, detail: str = "", case: str = "") -> None:
+        self.finding = finding
+        super().__init__(model, finding + (f" ({detail})" if detail else ""), case)
 
 
 class UnknownModel(LookupError):

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import IO, Any, NoReturn
 
+from vmxaddr.cli import main as cli_main
 from vmxaddr.errors import fail
 from vmxaddr.progress import Progress
 from vmxaddr.scan import FileResult, scan_file
@@ -301,8 +302,6 @@ def _print_summary(out: IO[str], tally: _Tally, summary: dict[str, Any]) -> None
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m vmxaddr.scancli ARGS`: the same as `vmxaddr scan ARGS`."""
-    from vmxaddr.cli import main as cli_main
-
     return cli_main(["scan", *(sys.argv[1:] if argv is None else argv)])
 
 

@@ -52,19 +52,19 @@ class Svg:
         self.body.append(f"{head}/>" if content is None else f"{head}>{escape(content)}</{tag}>")
 
     def rect(self, x: float, y: float, w: float, h: float, **attrs: object) -> None:
-        """Append a rectangle."""
+        """Append a rectangle with its top-left corner at (x, y); `attrs` as for `element` (fill=...)."""
         self.element("rect", x=x, y=y, width=w, height=h, **attrs)
 
     def line(self, x1: float, y1: float, x2: float, y2: float, **attrs: object) -> None:
-        """Append a line."""
+        """Append a line from (x1, y1) to (x2, y2); `attrs` as for `element` (stroke=..., marker_end=...)."""
         self.element("line", x1=x1, y1=y1, x2=x2, y2=y2, **attrs)
 
     def path(self, d: str, **attrs: object) -> None:
-        """Append a path."""
+        """Append a path drawn by the SVG path data `d` (e.g. "M0,0 L10,5")."""
         self.element("path", d=d, **attrs)
 
     def text(self, x: float, y: float, content: str, size: float = 12, **attrs: object) -> None:
-        """Append a text element in the document's font."""
+        """Append text with its baseline starting at (x, y), in the document's font at `size`."""
         attrs.setdefault("font_family", FONT)
         self.element("text", content, x=x, y=y, font_size=size, **attrs)
 
@@ -74,7 +74,7 @@ class Svg:
         self.body.append(f"<g {a}>" if a else "<g>")
 
     def group_end(self) -> None:
-        """Close the group last opened."""
+        """Close the group `group_start` opened last."""
         self.body.append("</g>")
 
     def hatch(self, ident: str, colour: str, background: str = "#ffffff") -> str:

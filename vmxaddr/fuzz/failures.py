@@ -21,12 +21,12 @@ from typing import Any
 from vmxaddr.case import Case
 from vmxaddr.diff import case_divergence
 from vmxaddr.encoders import get_encoder
+from vmxaddr.errors import ModelFailure
 from vmxaddr.fuzz.choosers import OutOfTime
 from vmxaddr.isa import SEGMENTS
 from vmxaddr.models import get
 from vmxaddr.models.base import Model, Outcome, Result
 from vmxaddr.models.guard import KINDS, VECTORS, GuardedModel, result_problem
-from vmxaddr.realcode.worker import ModelFailure
 from vmxaddr.state import MASK64
 
 MODEL = "model under test"

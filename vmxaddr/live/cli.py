@@ -9,6 +9,11 @@ import time
 from typing import Any
 
 from vmxaddr.errors import LiveError, ToolMissing, fail
+from vmxaddr.live.batch import generate
+from vmxaddr.live.bochsrun import boot_phases, require_bochs, saved_state, state_dir
+from vmxaddr.live.campaign import Comparison, RunStats, compare, run_live
+from vmxaddr.live.images import RELEASES, build, lookup, require
+from vmxaddr.models import UnknownModel, get
 
 EPILOG = """examples:
   vmxaddr live build linux-6.1        # Debian's kernel, KVM modules, busybox, isolinux, xorriso -> ISO
@@ -26,8 +31,6 @@ def _progress(quiet: bool) -> Any:
 
 def cmd_build(args: argparse.Namespace) -> int:
     """`vmxaddr live build RELEASE`: fetch Debian's packages and build the bootable ISO."""
-    from vmxaddr.live.images import build
-
     t0 = time.monotonic()
     info = build(args.release, _progress(args.json), force=args.force)
     if args.json:
@@ -43,8 +46,6 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_save(args: argparse.Namespace) -> int:
     """`vmxaddr live save RELEASE`: boot the ISO under Bochs to the client's prompt and save the
     state."""
-    from vmxaddr.live.bochsrun import boot_phases, saved_state
-
     sdir = saved_state(args.release, _progress(args.json), force=args.force)
     meta = json.loads((sdir / "vmxaddr-state.json").read_text())
     phases = boot_phases(meta.get("serial_lines", []), meta.get("marks", {}))
@@ -61,10 +62,6 @@ def cmd_save(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """`vmxaddr live run RELEASE`: run random cases on the saved state and compare KVM's answers
     with a model."""
-    from vmxaddr.live.batch import generate
-    from vmxaddr.live.campaign import Comparison, RunStats, compare, run_live
-    from vmxaddr.models import UnknownModel, get
-
     against = args.against or f"kvm-{args.release}"
     try:
         model = get(against)
@@ -111,9 +108,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """`vmxaddr live status`: what is built and saved for each release."""
-    from vmxaddr.live.bochsrun import state_dir
-    from vmxaddr.live.images import RELEASES, lookup
-
     rows = []
     for name, rel in RELEASES.items():
         info = lookup(name)
@@ -152,9 +146,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.action != "status" and args.release is None:
         fail(f"live {args.action} needs a release: {', '.join(_releases())}")
     if args.action in ("save", "run"):
-        from vmxaddr.live.bochsrun import require_bochs
-        from vmxaddr.live.images import ToolMissing, require
-
         try:  # before any download: a missing tool is one line and exit status 2
             require_bochs()
             require("gcc", "apt-get", "dpkg")
@@ -165,8 +156,6 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _releases() -> tuple[str, ...]:
-    from vmxaddr.live.images import RELEASES
-
     return tuple(RELEASES)
 
 

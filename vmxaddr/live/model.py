@@ -14,10 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from vmxaddr.errors import ModelError
+from vmxaddr.decode import decode
+from vmxaddr.errors import ModelError, UnknownModel
 from vmxaddr.exitinfo import ExitInfo, defined_mask, operand_bits
+from vmxaddr.gen import OPCODES
 from vmxaddr.live.batch import FIELDS, INV_TYPES, MNEMONICS, LiveCase
 from vmxaddr.live.campaign import LiveResult, run_live
+from vmxaddr.live.images import RELEASES
 from vmxaddr.live.record import legalize
 from vmxaddr.models.base import FAULT, OK, Access, Result, outcome
 from vmxaddr.state import CpuState
@@ -30,8 +33,6 @@ _RM16 = {(3, 6): 0, (3, 7): 1, (5, 6): 2, (5, 7): 3, (6, None): 4, (7, None): 5,
 def instruction_for(mnemonic: str, info: int, qual: int, code_size: int) -> bytes | None:
     """Bytes of `mnemonic` whose memory operand has the given instruction-information operand
     fields and displacement (exit qualification), in `code_size` code; None if none exists."""
-    from vmxaddr.gen import OPCODES
-
     if mnemonic not in MNEMONICS:
         return None
     mp, opcode, regfield, _ = OPCODES[mnemonic]
@@ -147,8 +148,6 @@ def live_result(r: LiveResult, explain: bool = False) -> Result:
 def defined_mask_for(r: LiveResult) -> int:
     """The instruction-information bits the SDM defines for the case's instruction (every bit when
     it does not decode)."""
-    from vmxaddr.decode import decode
-
     try:
         return defined_mask(decode(r.case.raw, r.case.code_size))
     except Exception:  # noqa: BLE001 - a mask of every bit when the bytes do not decode
@@ -157,9 +156,6 @@ def defined_mask_for(r: LiveResult) -> int:
 
 def resolve(name: str) -> LiveModel:
     """The model `kvm-live:RELEASE`; UnknownModel for a release the harness does not build."""
-    from vmxaddr.live.images import RELEASES
-    from vmxaddr.models import UnknownModel
-
     release = name.split(":", 1)[1]
     if release not in RELEASES:
         raise UnknownModel(f"{name!r}: unknown release; kvm-live:{' or kvm-live:'.join(RELEASES)}")

@@ -27,7 +27,8 @@ from vmxaddr.gen import SEG_PREFIXES
 from vmxaddr.isa import SPECS, XMM, reg_name
 from vmxaddr.oracles import CaseReport, Disagreement, Summary
 from vmxaddr.oracles.llvm_cases import exhaustive_rex2, llvm_encodings
-from vmxaddr.oracles.llvm_lib import disasm, parse
+from vmxaddr.oracles.llvm_lib import _reg_width, disasm, parse
+from vmxaddr.oracles.report import report_text
 from vmxaddr.progress import Progress
 
 # LLVM 19's rdmsr/wrmsrns are the forms without an immediate (0F 32, 0F 01 C6), which exit
@@ -205,8 +206,6 @@ def _fields(ours: Instruction, theirs: dict[str, Any]) -> list[Disagreement]:
 
 
 def _width(name: str) -> int | None:
-    from vmxaddr.oracles.llvm_lib import _reg_width
-
     return _reg_width(name)
 
 
@@ -338,8 +337,6 @@ def crosscheck_exhaustive(subset: bool = False, jobs: int = 1) -> Summary:
 def main(argv: list[str] | None = None) -> int:
     """`python -m vmxaddr.oracles.llvm [--subset] [--jobs N]`: the exhaustive REX2 VMREAD/VMWRITE sweep."""
     import argparse
-
-    from vmxaddr.oracles.report import report_text
 
     ap = argparse.ArgumentParser(prog="python -m vmxaddr.oracles.llvm", description=crosscheck_exhaustive.__doc__)
     ap.add_argument("--subset", action="store_true", help="ModRM.reg, SIB scale and index fixed per payload")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from vmxaddr.cli import fail, print_json
 from vmxaddr.exitinfo import EXIT_QUAL_POLICIES, Policy
+from vmxaddr.models import get
 from vmxaddr.models.base import Model
 
 if TYPE_CHECKING:  # z3 is imported when a proof runs, not when the parser is built
@@ -26,7 +27,8 @@ REAL_CODE = ("kvm-linux-", "xen-4.", "c:", "kvm-tree:")
 
 
 class ProveUsageError(Exception):
-    """A --form or --mode that selects nothing, or a model without a symbolic form: exit status 2."""
+    """A model that cannot be proved (unknown, not a function, compiled C) or a bad --mode: reported
+    as one line, exit status 2."""
     pass
 
 
@@ -84,7 +86,6 @@ def select_forms(model: Model, against: Model, form_patterns: list[str], mode: s
 
 def _task(args: tuple[Form, str, str, float, Policy]) -> FormResult:
     form, a, b, timeout, policy = args
-    from vmxaddr.models import get
     from vmxaddr.prove.engine import prove_form
 
     return prove_form(form, (a, symbolic_model(a)), (b, symbolic_model(b)), timeout, policy,

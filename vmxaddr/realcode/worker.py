@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vmxaddr.models.guard import ModelError, one_line
+from vmxaddr.errors import ModelFailure as ModelFailure  # (defined in the leaf module; importable from here)
+from vmxaddr.models.guard import one_line
 from vmxaddr.realcode.bridge import ACCESS, EXIT, LAYOUT, RESULT, STATE, BridgeError, _Buffers, marshaller
 from vmxaddr.realcode.info import DEFAULT_CALL_TIMEOUT, ENV_CALL_TIMEOUT
 
@@ -55,16 +56,6 @@ LOAD_TIMEOUT = 30.0  # loading the library (its constructors run)
 OUTPUT_LIMIT = 1 << 20  # the C's output file is emptied beyond this
 ENV_TIMEOUT = ENV_CALL_TIMEOUT
 ENV_IN_PROCESS = "VMXADDR_IN_PROCESS"  # 1: load the C into vmxaddr as before (benchmarks, debugging)
-
-
-class ModelFailure(ModelError):
-    """A compiled model crashed, hung, exited or answered something vmxaddr.h does not allow, on
-    one case. `finding` is what it did without the values ("crashed: SIGSEGV", "timed out",
-    "exited (status 0)", "returned an invalid result"): fuzz names its class after it."""
-
-    def __init__(self, model: str, finding: str, detail: str = "", case: str = "") -> None:
-        self.finding = finding
-        super().__init__(model, finding + (f" ({detail})" if detail else ""), case)
 
 
 class Failure:

@@ -8,11 +8,11 @@ from typing import Any
 
 from vmxaddr.case import run_model
 from vmxaddr.decode import DecodeError
+from vmxaddr.errors import ModelFailure
 from vmxaddr.exitinfo import ExitInfo
 from vmxaddr.isa import SPECS
 from vmxaddr.models import REGISTRY, covers
 from vmxaddr.models.base import FAULT, OK, Access, InvalidExitInfo, Model, Outcome, Result
-from vmxaddr.realcode.worker import ModelFailure
 from vmxaddr.state import CpuState
 from vmxaddr.trace.format import MASK64, ExitRecord, HypervisorCheck, Recorded
 from vmxaddr.trace.hardware import _decode

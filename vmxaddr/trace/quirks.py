@@ -23,7 +23,8 @@ from vmxaddr.decode import Instruction
 from vmxaddr.exitinfo import DEFAULT_POLICY, encode_info
 from vmxaddr.trace.format import MASK64, ExitRecord
 
-PROCESSORS = ("bochs-2.7",)
+BOCHS_27 = "bochs-2.7"  # the source.processor of records made under Bochs 2.7 (trace record --bochs, --kvm)
+PROCESSORS = (BOCHS_27,)
 
 
 def _bochs_27(instr: Instruction, rec: ExitRecord, d: dict[str, Any]) -> str | None:

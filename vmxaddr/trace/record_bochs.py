@@ -31,8 +31,10 @@ from vmxaddr.oracles import bochs
 from vmxaddr.oracles.bochs import NOT_EXITING_IN_BOCHS, Case
 from vmxaddr.state import CpuState, Segment
 from vmxaddr.trace.format import MASK64, REASON_INSTRUCTIONS, Recorded
+from vmxaddr.trace.quirks import BOCHS_27
+from vmxaddr.trace.synth import model_failure
 
-PROCESSOR = "bochs-2.7"
+PROCESSOR = BOCHS_27
 BATCH = 10000  # cases per Bochs boot (as `crosscheck --oracle bochs`)
 CPL3 = 0.1  # share of cases run at CPL 3 (non-privileged instructions only: see _cases)
 
@@ -170,8 +172,6 @@ def record_bochs(model: Model, model_name: str, n: int, seed: int = 0, batch: in
                 try:
                     answer = _answer(model, exit, state, instr, rng)
                 except Exception as e:  # noqa: BLE001 - a model that cannot answer leaves the result out
-                    from vmxaddr.trace.synth import model_failure
-
                     stats.model_errors += 1
                     stats.model_error = model_failure(e)
                     answer = None

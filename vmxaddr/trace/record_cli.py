@@ -13,7 +13,7 @@ from vmxaddr.cli import add_call_timeout
 from vmxaddr.errors import BochsError, BochsUnavailable, UnknownModel, fail
 from vmxaddr.models import get
 from vmxaddr.progress import Progress
-from vmxaddr.trace.record_bochs import BATCH, PROCESSOR, RecordStats, record_bochs
+from vmxaddr.trace.quirks import BOCHS_27 as PROCESSOR
 
 RECORD_EPILOG = """examples:
   vmxaddr trace record --bochs -n 1000 --seed 1 --out bochs.jsonl && vmxaddr check-trace bochs.jsonl
@@ -32,6 +32,9 @@ def cmd_record(args: Any) -> int:
         return cmd_record_kvm(args)
     if not args.bochs:
         fail("trace record needs a processor to record from: --bochs, or --kvm RELEASE")
+    # Here, not at the top: check-trace registers `trace record` too, and must not load the Bochs oracle.
+    from vmxaddr.trace import record_bochs as recorder
+
     try:
         model = get(args.hypervisor)
     except UnknownModel as e:
@@ -42,14 +45,14 @@ def cmd_record(args: Any) -> int:
         out = open(args.out, "w") if args.out and args.out != "-" else sys.stdout  # noqa: SIM115
     except OSError as e:
         fail(f"cannot write {args.out}: {e.strerror}")
-    stats = RecordStats()
+    stats = recorder.RecordStats()
     states = lines = 0
     first_error: str | None = None  # the line of the first record the model gave no answer for
     interrupted = False
     try:
         with Progress(args.n, "record (bochs)", enabled=not args.quiet, unit="cases") as prog:
-            for rec in record_bochs(model, args.hypervisor, args.n, args.seed, batch=BATCH, progress=prog.update,
-                                    stats=stats):
+            for rec in recorder.record_bochs(model, args.hypervisor, args.n, args.seed, batch=recorder.BATCH,
+                                             progress=prog.update, stats=stats):
                 out.write(json.dumps(rec, separators=(",", ":")) + "\n")
                 states += rec["type"] == "state"
                 lines += 1

@@ -9,8 +9,8 @@ from typing import Any
 
 from vmxaddr.case import access_of, run_model
 from vmxaddr.decode import DecodeError, Instruction, decode
+from vmxaddr.errors import ModelFailure
 from vmxaddr.exitinfo import IGNORED_SEGMENT_POLICIES, SI_DI_POLICIES, ExitInfo, Policy, encode
-from vmxaddr.gen import MNEMONICS, RandomChooser, gen_encoding, gen_policy, gen_state
 from vmxaddr.isa import REG64
 from vmxaddr.models import covers
 from vmxaddr.models.base import FAULT, IMPL, OK, Model, Result
@@ -42,6 +42,8 @@ def _wrong(rec: Recorded) -> Recorded:
 
 def covered(model: Model) -> tuple[str, ...]:
     """The instructions `model` says it handles (its `mnemonics` attribute; every one if it has none)."""
+    from vmxaddr.gen import MNEMONICS  # (in the functions: check-trace imports this package, not the generator)
+
     return tuple(m for m in MNEMONICS if covers(model, m)) or MNEMONICS
 
 
@@ -50,8 +52,6 @@ SHAPES = ("random", "realistic")
 
 def model_failure(e: BaseException) -> str:
     """What a model that gave no answer did, for a count's first line ("it crashed: SIGSEGV")."""
-    from vmxaddr.realcode.worker import ModelFailure
-
     return f"it {e.what}" if isinstance(e, ModelFailure) else f"it raised {type(e).__name__}: {e}"
 
 
@@ -70,6 +70,8 @@ def synth(model: Model, n: int, seed: int = 0, shape: str = "random", wrong: flo
     if shape == "realistic":
         yield from _realistic(model, n, seed, wrong, failures)
         return
+    from vmxaddr.gen import RandomChooser, gen_encoding, gen_policy, gen_state
+
     mnemonics = covered(model)
     rng = random.Random(seed)
     ch = RandomChooser(rng)
@@ -139,6 +141,8 @@ def _answer(rec: dict[str, Any], model: Model, exit: ExitInfo, st: CpuState, ins
 
 def _realistic(model: Model, n: int, seed: int, wrong: float, failures: list[str] | None
                ) -> Iterator[dict[str, Any]]:
+    from vmxaddr.gen import RandomChooser, gen_encoding, gen_state
+
     rng = random.Random(seed)
     ch = RandomChooser(rng)
     states: dict[int, list[tuple[str, CpuState]]] = {}
