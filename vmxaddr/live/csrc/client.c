@@ -507,7 +507,7 @@ static void run_chunk(const struct lcase *cases, uint32_t first, uint32_t n, str
         run_once(&x);
         uint32_t stop = get_next();
         if (stop > n) stop = n;
-        add_run(first + start, stop - start + (stop < n && x.kind != K_HLT), 1);
+        add_run(first + start, stop - start + (stop < n), 1);
         for (uint32_t j = start; j < stop; j++) {
             const struct l1res *l = (const struct l1res *)(mem + RESULTS + 16 * j);
             struct lres *o = &res[first + j];
@@ -517,8 +517,11 @@ static void run_chunk(const struct lcase *cases, uint32_t first, uint32_t n, str
             o->rflags = 2 | l->rflags;
             o->exit_reason = KVM_EXIT_HLT;
         }
-        if (x.kind == K_HLT) break; /* the chunk is done */
+        if (x.kind == K_HLT && stop >= n) break; /* the chunk is done */
         if (stop >= n) { recover(); break; }
+        /* a HLT before the chunk's end is not L1's: after the case at `stop` L1 did not come back
+           to its loop (rip says where it halted) */
+        if (x.kind == K_HLT) x.kind = K_OTHER;
         /* L1 stopped at case `stop`: record how, set L1 up again, go on with the next one */
         struct lres *o = &res[first + stop];
         *o = x;
