@@ -235,30 +235,35 @@ class Feasibility:
     path often satisfies the next: KLEE's counterexample cache), then from a fresh QF_BV solver
     with a short timeout. Only `unsat` prunes: "unknown" keeps the path, so pruning never hides one."""
 
-    def __init__(self, timeout_ms: int = 200) -> None:
+    def __init__(self, timeout_ms: int = 200, incremental: bool = False) -> None:
         self.timeout_ms = timeout_ms
+        self.incremental = incremental
         self.models: list[z3.ModelRef] = []
         self.calls = 0
         self.seconds = 0.0
 
-    def check(self, pc: list[z3.BoolRef], candidates: list[int]) -> tuple[bool, list[int]]:
-        """(feasible?, indices of cached models satisfying pc) given those satisfying its prefix."""
+    def check(self, pc: list[z3.BoolRef], candidates: list[int],
+              solve: Callable[[], z3.CheckSatResult] | None = None) -> tuple[bool, list[int]]:
+        """(feasible?, indices of cached models satisfying pc) given those satisfying its prefix.
+        `solve` decides pc on an incremental solver when given (Paths._solve)."""
         cond = pc[-1] if pc else z3.BoolVal(True)
         keep = [i for i in candidates if z3.is_true(self.models[i].eval(cond, model_completion=True))]
         if keep:
             return True, keep
         t = time.perf_counter()
-        if z3.is_false(z3.simplify(z3.And(*pc))):
-            self.seconds += time.perf_counter() - t
-            return False, []
-        s = z3.SolverFor("QF_BV")
-        s.set("timeout", self.timeout_ms)
-        s.add(*pc)
-        r = s.check()
+        if solve is not None and self.incremental:
+            r = solve()
+            s = None
+        else:
+            s = z3.SolverFor("QF_BV")
+            s.set("timeout", self.timeout_ms)
+            s.add(*pc)
+            r = s.check()
         self.calls += 1
         self.seconds += time.perf_counter() - t
         if r == z3.sat:
-            self.models.append(s.model())
+            m = (s.model() if s is not None else solve.__self__._solver.model())  # type: ignore[union-attr]
+            self.models.append(m)
             return True, [len(self.models) - 1]
         return r != z3.unsat, []
 
@@ -286,6 +291,8 @@ class Paths:
         self.base_known = dict(known or {})
         self.known: dict[int, bool] = {}
         self._keep: list[z3.BoolRef] = []
+        self._solver: z3.Solver | None = None
+        self._on: list[z3.BoolRef] = []  # what the solver's stack holds, one condition a level
 
     @classmethod
     def current(cls) -> Paths:
@@ -313,17 +320,39 @@ class Paths:
             if hit is None:
                 parent = self._memo.get(key[:-1]) if key[:-1] else None
                 cands = parent[1] if parent is not None else self._base_candidates()
-                hit = self._memo[key] = self.feas.check(self.base + self.pc, cands)
+                hit = self._memo[key] = self.feas.check(self.base + self.pc, cands, self._solve)
             if not hit[0]:
                 self.infeasible = True
                 raise _Infeasible
         return d
 
+    def _solve(self) -> z3.CheckSatResult:
+        """Is base + pc satisfiable? One incremental solver per exploration, its assertion stack
+        kept equal to the path condition (push/pop): the base is asserted and simplified once."""
+        assert self.feas is not None
+        if self._solver is None:
+            self._solver = z3.SolverFor("QF_BV")
+            self._solver.set("timeout", self.feas.timeout_ms)
+            self._solver.add(*self.base)
+        s, on = self._solver, self._on
+        same = 0
+        while same < len(on) and same < len(self.pc) and on[same].eq(self.pc[same]):
+            same += 1
+        if len(on) > same:
+            s.pop(len(on) - same)
+            del on[same:]
+        for c in self.pc[same:]:
+            s.push()
+            s.add(c)
+            on.append(c)
+        return s.check()
+
     def _base_candidates(self) -> list[int]:
         """The cached models that satisfy the base (checked once per exploration)."""
         assert self.feas is not None
         base = z3.And(*self.base) if self.base else z3.BoolVal(True)
-        return [i for i, m in enumerate(self.feas.models) if z3.is_true(m.eval(base, model_completion=True))]
+        n = len(self.feas.models)  # the most recent models only: evaluating all of them cost more than solving
+        return [i for i in range(max(0, n - 16), n) if z3.is_true(self.feas.models[i].eval(base, model_completion=True))]
 
     def run(self, f: Callable[[], Any]) -> Iterator[tuple[z3.BoolRef, Any]]:
         n = 0
