@@ -79,33 +79,37 @@ def select_forms(model: Model, against: Model, form_patterns: list[str], mode: s
     return out
 
 
-def _task(args: tuple[Form, str, str, float, Policy]) -> FormResult:
-    form, a, b, timeout, policy = args
+def _task(args: tuple[list[Form], str, str, float, Policy]) -> list[FormResult]:
+    group, a, b, timeout, policy = args
     from vmxaddr.models import get
-    from vmxaddr.prove.engine import prove_form
+    from vmxaddr.prove.groups import prove_group
 
-    return prove_form(form, (a, symbolic_model(a)), (b, symbolic_model(b)), timeout, policy,
-                      confirm=(get(a), get(b)))
+    return prove_group(group, (a, symbolic_model(a)), (b, symbolic_model(b)), timeout, policy, confirm=(get(a), get(b)))
 
 
 def run(forms_: list[Form], a: str, b: str, timeout: float, policy: Policy, jobs: int, quiet: bool = False) -> list[FormResult]:
-    tasks = [(f, a, b, timeout, policy) for f in forms_]
+    from vmxaddr.prove.groups import group
+
+    # the largest groups first, so that two workers finish together
+    tasks = sorted(((g, a, b, timeout, policy) for g in group(forms_)), key=lambda t: -len(t[0]))
     results: list[FormResult] = []
     t0 = time.time()
 
-    def progress(r: FormResult) -> None:
-        results.append(r)
-        if not quiet:
-            print(f"[{len(results)}/{len(tasks)} {time.time() - t0:.0f}s] {r.form.key}: {r.status} ({r.seconds:.1f}s, "
-                  f"{len(r.classes)} classes)", file=sys.stderr, flush=True)
+    def progress(rs: list[FormResult]) -> None:
+        for r in rs:
+            results.append(r)
+            if not quiet:
+                shared = f", shares {r.shared_with}'s proof" if r.shared_with else ""
+                print(f"[{len(results)}/{len(forms_)} {time.time() - t0:.0f}s] {r.form.key}: {r.status} ({r.cpu_seconds:.1f}s CPU, "
+                      f"{len(r.classes)} classes{shared})", file=sys.stderr, flush=True)
 
     if jobs <= 1:
         for t in tasks:
             progress(_task(t))
     else:
         with mp.get_context("fork").Pool(jobs) as pool:
-            for r in pool.imap_unordered(_task, tasks):
-                progress(r)
+            for rs in pool.imap_unordered(_task, tasks):
+                progress(rs)
     order = {f.key: i for i, f in enumerate(forms_)}
     return sorted(results, key=lambda r: order[r.form.key])
 
@@ -149,7 +153,7 @@ def cmd_prove(args: argparse.Namespace) -> int:
     if args.timeout <= 0 or args.jobs < 1:
         fail("--timeout must be > 0 and --jobs >= 1")
     try:
-        results = run(fs, args.model, args.against, args.timeout, policy, args.jobs, quiet=args.json)
+        results = run(fs, args.model, args.against, args.timeout, policy, args.jobs, quiet=args.json and not args.progress)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -224,5 +228,6 @@ def register(sub: Any) -> None:
                    "64-bit forms include REX2 encodings naming R16-R31 (kvm-apx-v2 differs there)")
     p.add_argument("--list", action="store_true", help="list the selected forms and stop")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--progress", action="store_true", help="with --json: a line per form on stderr all the same")
     p.set_defaults(func=cmd_prove)
 

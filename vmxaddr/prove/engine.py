@@ -32,6 +32,7 @@ from vmxaddr.exitinfo import DEFAULT_POLICY, Policy, encode
 from vmxaddr.models.base import Model
 from vmxaddr.prove.forms import DEFAULTS, Form, concrete, symbolic
 from vmxaddr.prove.sym import Deadline, Feasibility, PathLimit, Paths, RuleLanguageError
+from vmxaddr.prove.variants import Delegate, Delegating, Variants, variant_classifier
 
 PROVED = "proved"
 UNKNOWN = "classes found, rest unknown (timeout)"
@@ -199,7 +200,10 @@ def _paths(form: Form, a: Model, b: Model, policy: Policy, end: float, res: Form
             raise _OutOfTime
 
     explored = explore(ins, st, access, a, b, policy, feas, end)
+    own = variant_classifier(a)
+    a_seen = Delegating(a) if own is not None else a  # its classifier built as conditions (variants.py)
     for pe, exit, ra_paths, rb_paths in explored:
+        variants = None
         for pa, ra, ka in ra_paths:
             for pb, rb, kb in rb_paths:
                 if any(kb.get(c, d) != d for c, d in ka.items()):
@@ -207,13 +211,24 @@ def _paths(form: Form, a: Model, b: Model, policy: Policy, end: float, res: Form
                 def compare(ra: Any = ra, rb: Any = rb, exit: Any = exit) -> str | None:
                     if agree(rb, ra):
                         return None
-                    return classify(exit, st, access, rb, ra, b, a)
+                    try:
+                        return classify(exit, st, access, rb, ra, b, a_seen)
+                    except Delegate:
+                        return _DELEGATED
                 for pc, name in Paths(feas, [pe, pa, pb], known=ka | kb, deadline=end).run(compare):
                     res.paths += 1
-                    if name is not None:
+                    if name is _DELEGATED:
+                        if variants is None:
+                            variants = Variants(own, exit, st, access, feas, [pe], end)
+                        for vname, cond in variants.classes(rb):
+                            out.setdefault(vname, []).append(z3.And(pe, pa, pb, pc, cond))
+                    elif name is not None:
                         out.setdefault(name, []).append(z3.And(pe, pa, pb, pc))
                 tick()
     return explored
+
+
+_DELEGATED = "(the model's own classifier)"
 
 
 Explored = list[tuple[z3.BoolRef, Any, list[tuple[z3.BoolRef, Any, dict[int, bool]]], list[tuple[z3.BoolRef, Any, dict[int, bool]]]]]

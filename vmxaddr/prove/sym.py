@@ -93,6 +93,10 @@ class SymBool:
 
     __ror__ = __or__
 
+    def select(self, a: Any, b: Any) -> Any:
+        """models.sdm.select on a symbolic condition: one If term, no decision."""
+        return _wrap(z3.simplify(z3.If(self.e, _bv(a), _bv(b))))
+
     def __eq__(self, o: Any) -> Any:  # type: ignore[override]
         return _bool(self.e == as_bool(o))
 
@@ -196,6 +200,10 @@ class Sym:
     def __bool__(self) -> bool:
         return Paths.current().decide(self.e != 0)
 
+    def select(self, a: Any, b: Any) -> Any:
+        """models.sdm.select on a symbolic value (true when non-zero): one If term, no decision."""
+        return _wrap(z3.simplify(z3.If(self.e != 0, _bv(a), _bv(b))))
+
     def __index__(self) -> int:
         raise RuleLanguageError("a symbolic value used as an index or count (it must be concrete in a form)")
 
@@ -235,7 +243,7 @@ class Feasibility:
     path often satisfies the next: KLEE's counterexample cache), then from a fresh QF_BV solver
     with a short timeout. Only `unsat` prunes: "unknown" keeps the path, so pruning never hides one."""
 
-    def __init__(self, timeout_ms: int = 200, incremental: bool = False) -> None:
+    def __init__(self, timeout_ms: int = 200, incremental: bool = True) -> None:
         self.timeout_ms = timeout_ms
         self.incremental = incremental
         self.models: list[z3.ModelRef] = []
@@ -341,11 +349,15 @@ class Paths:
         if len(on) > same:
             s.pop(len(on) - same)
             del on[same:]
-        for c in self.pc[same:]:
-            s.push()
-            s.add(c)
-            on.append(c)
-        return s.check()
+        try:
+            for c in self.pc[same:]:
+                s.push()
+                s.add(c)
+                on.append(c)
+            return s.check()
+        except z3.Z3Exception:  # an incremental solver cut short by its timeout can be left unusable
+            self._solver, self._on = None, []
+            return z3.unknown
 
     def _base_candidates(self) -> list[int]:
         """The cached models that satisfy the base (checked once per exploration)."""
