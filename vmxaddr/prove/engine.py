@@ -31,7 +31,7 @@ from vmxaddr.diff import agree, classify
 from vmxaddr.exitinfo import DEFAULT_POLICY, Policy, encode
 from vmxaddr.models.base import Model
 from vmxaddr.prove.forms import DEFAULTS, Form, concrete, symbolic
-from vmxaddr.prove.sym import Deadline, Feasibility, PathLimit, Paths, RuleLanguageError
+from vmxaddr.prove.sym import Deadline, Feasibility, PathLimit, Paths, RuleLanguageError, feasible
 from vmxaddr.prove.variants import Delegate, Delegating, Variants, variant_classifier
 
 PROVED = "proved"
@@ -204,10 +204,15 @@ def _paths(form: Form, a: Model, b: Model, policy: Policy, end: float, res: Form
     a_seen = Delegating(a) if own is not None else a  # its classifier built as conditions (variants.py)
     for pe, exit, ra_paths, rb_paths in explored:
         variants = None
+        pair_solver = z3.SolverFor("QF_BV")
+        pair_solver.set("timeout", feas.timeout_ms)
+        pair_solver.add(pe)
         for pa, ra, ka in ra_paths:
             for pb, rb, kb in rb_paths:
                 if any(kb.get(c, d) != d for c, d in ka.items()):
                     continue  # the two paths decided one condition both ways
+                if not feasible(feas, pair_solver, [pa, pb]):
+                    continue  # no input takes both paths
                 def compare(ra: Any = ra, rb: Any = rb, exit: Any = exit) -> str | None:
                     if agree(rb, ra):
                         return None

@@ -276,6 +276,28 @@ class Feasibility:
         return r != z3.unsat, []
 
 
+def feasible(feas: Feasibility, solver: z3.Solver, conds: list[z3.BoolRef]) -> bool:
+    """May `conds` hold together (on top of what `solver` holds)? A cached model that satisfies them
+    says yes without solving; "unknown" says yes too, so that only an unsat answer prunes."""
+    both = z3.And(*conds)
+    n = len(feas.models)
+    for i in range(n - 1, max(-1, n - 33), -1):
+        if z3.is_true(feas.models[i].eval(both, model_completion=True)):
+            return True
+    solver.push()
+    try:
+        solver.add(both)
+        r = solver.check()
+        feas.calls += 1
+        if r == z3.sat:
+            feas.models.append(solver.model())
+        return r != z3.unsat
+    except z3.Z3Exception:
+        return True
+    finally:
+        solver.pop()
+
+
 class Paths:
     """Depth-first exploration of a rule's paths. `run(f)` yields (path condition, f's value)
     for every path; the conditions are pairwise disjoint and, with `base`, cover every input that
