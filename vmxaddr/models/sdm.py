@@ -76,7 +76,7 @@ def lam_untag(addr: int, state: CpuState) -> tuple[int, int | None]:
     sup = addr >> 63
     if not select(sup, state.lam_sup, state.lam_u57 | state.lam_u48):
         return addr, None
-    bit = select(sup, select(state.la57, 56, 47), select(state.lam_u57, 56, 47))
+    bit = 47 + 9 * select(sup, state.la57, state.lam_u57)  # 56 with LA57 (supervisor) or LAM_U57 (user)
     low = addr & ((2 << bit) - 1)
     ext = low - ((low >> bit & 1) << (bit + 1))  # sign-extend from `bit`
     return (ext & ~(1 << 63) & MASK64) | (addr & (1 << 63)), bit
