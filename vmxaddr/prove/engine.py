@@ -202,13 +202,13 @@ def _paths(form: Form, a: Model, b: Model, policy: Policy, end: float, res: Form
     explored = explore(ins, st, access, a, b, policy, feas, end)
     own = variant_classifier(a)
     a_seen = Delegating(a) if own is not None else a  # its classifier built as conditions (variants.py)
-    for pe, exit, ra_paths, rb_paths in explored:
+    for pe, exit, ra_paths, rb_paths, _ in explored:
         variants = None
         pair_solver = z3.SolverFor("QF_BV")
-        pair_solver.set("timeout", feas.timeout_ms)
+        pair_solver.set("rlimit", feas.rlimit)
         pair_solver.add(pe)
-        for pa, ra, ka in ra_paths:
-            for pb, rb, kb in rb_paths:
+        for pa, ra, ka, _ in ra_paths:
+            for pb, rb, kb, _ in rb_paths:
                 if any(kb.get(c, d) != d for c, d in ka.items()):
                     continue  # the two paths decided one condition both ways
                 if not feasible(feas, pair_solver, [pa, pb]):
@@ -236,23 +236,26 @@ def _paths(form: Form, a: Model, b: Model, policy: Policy, end: float, res: Form
 _DELEGATED = "(the model's own classifier)"
 
 
-Explored = list[tuple[z3.BoolRef, Any, list[tuple[z3.BoolRef, Any, dict[int, bool]]], list[tuple[z3.BoolRef, Any, dict[int, bool]]]]]
+ModelPaths = list[tuple[z3.BoolRef, Any, dict[int, bool], list[z3.BoolRef]]]  # (condition, result, decided, decisions)
+Explored = list[tuple[z3.BoolRef, Any, ModelPaths, ModelPaths, list[z3.BoolRef]]]
 
 
 def explore(ins: Any, st: Any, access: Any, a: Model, b: Model, policy: Policy, feas: Feasibility, end: float) -> Explored:
     """The encoder's paths, and for each the paths of both models: [(encoder path condition, exit
-    information, [(condition, a's result, decisions)], [(condition, b's result, decisions)])]."""
+    information, a's paths, b's paths, the encoder path's decisions)]."""
     out: Explored = []
-    for pe, exit in Paths(feas, deadline=end).run(lambda: encode(ins, st.rip, policy)):
+    pe_ = Paths(feas, deadline=end)
+    for pe, exit in pe_.run(lambda: encode(ins, st.rip, policy)):
+        pe_list = pe_.last_pc
         pa_ = Paths(feas, [pe], deadline=end)
-        ra_paths = [(pc, r, dict(pa_.known)) for pc, r in pa_.run(lambda exit=exit: a(exit, st, access))]
+        ra_paths = [(pc, r, dict(pa_.known), pa_.last_pc) for pc, r in pa_.run(lambda exit=exit: a(exit, st, access))]
         if time.process_time() > end:
             raise _OutOfTime
         pb_ = Paths(feas, [pe], deadline=end)
-        rb_paths = [(pc, r, dict(pb_.known)) for pc, r in pb_.run(lambda exit=exit: b(exit, st, access))]
+        rb_paths = [(pc, r, dict(pb_.known), pb_.last_pc) for pc, r in pb_.run(lambda exit=exit: b(exit, st, access))]
         if time.process_time() > end:
             raise _OutOfTime
-        out.append((pe, exit, ra_paths, rb_paths))
+        out.append((pe, exit, ra_paths, rb_paths, pe_list))
     return out
 
 

@@ -7,8 +7,9 @@ code alike. The first form of a group (the representative) is proved in full
 (vmxaddr.prove.engine). Every other member is then *checked*, not assumed, to be the same
 problem: its inputs are built with the representative's z3 variables (its segment's fields under
 the names of the representative's segment, and the other way round), the encoder and both models
-are run on them path by path, and the member shares the proof only when every path condition is
-the same z3 term and every result the same value (the segment's name aside). Then the two forms
+are replayed on them along each of the representative's paths (sym.Replay), and the member shares
+the proof only when every condition decided is the same z3 term and every result the same value
+(the segment's name aside). Then the two forms
 are one set of constraints up to the renaming, so the classification and the solver's answers
 carry over; each class's witness is renamed and replayed on the member's own bytes through the
 concrete models (`vmxaddr diff`'s path) and must give the same class. A member whose paths differ,
@@ -27,11 +28,11 @@ import time
 from typing import Any
 
 from vmxaddr.case import access_of
-from vmxaddr.exitinfo import Policy, address_size_of
+from vmxaddr.exitinfo import Policy, address_size_of, encode
 from vmxaddr.models.base import Model
-from vmxaddr.prove.engine import PROVED, FormResult, _confirm, _OutOfTime, explore, prove_form
+from vmxaddr.prove.engine import PROVED, FormResult, _confirm, prove_form
 from vmxaddr.prove.forms import DEFAULTS, SEG_FIELDS, Form, symbolic
-from vmxaddr.prove.sym import Deadline, Feasibility, PathLimit, RuleLanguageError, term
+from vmxaddr.prove.sym import Feasibility, Mismatch, Replay, RuleLanguageError, term
 
 
 def group_key(form: Form) -> tuple[Any, ...]:
@@ -85,43 +86,47 @@ def _same_result(r: Any, q: Any, seg_map: dict[str | None, str | None]) -> bool:
                for f in ("effective_address", "linear_address", "displacement", "segment_base"))
 
 
-def _same_paths(xs: list[Any], ys: list[Any], seg_map: dict[str | None, str | None]) -> bool:
-    return len(xs) == len(ys) and all(px.eq(py) and _same_result(rx, ry, seg_map)
-                                      for (px, rx, _), (py, ry, _) in zip(xs, ys, strict=True))
-
-
-def same_problem(rep: Form, rep_explored: Any, member: Form, a: Model, b: Model, policy: Policy,
-                 feas: Feasibility, end: float) -> bool:
-    """Are the member's paths (built with the representative's variables) the representative's?"""
+def same_problem(rep: Form, rep_explored: Any, member: Form, a: Model, b: Model, policy: Policy) -> bool:
+    """Are the member's paths (built with the representative's variables) the representative's?
+    Each recorded path of the encoder and of both models is replayed on the member's inputs
+    (sym.Replay): every condition decided must be the recorded z3 term and every result the same.
+    Then the member's trees of paths are the representative's, pruned branches included (the same
+    conditions), without a solver call."""
     ri, mi = symbolic(rep), symbolic(member, renaming(rep, member))
-    if ri.state.mode != mi.state.mode or access_of(ri.instruction) != access_of(mi.instruction):
-        return False
-    got = explore(mi.instruction, mi.state, access_of(mi.instruction), a, b, policy, feas, end)
-    if len(got) != len(rep_explored):
+    ins, st = mi.instruction, mi.state
+    access = access_of(ins)
+    if ri.state.mode != st.mode or access_of(ri.instruction) != access:
         return False
     seg_map = {member.segment: rep.segment}
-    for (pe, ex, ra, rb), (qe, ey, qa, qb) in zip(rep_explored, got, strict=True):
-        if not pe.eq(qe) or ex.instruction != ey.instruction or ex.extended_info != ey.extended_info:
-            return False
-        if address_size_of(ex.instruction_info) != address_size_of(ey.instruction_info):
-            return False
-        if not _same_value(ex.exit_qualification, ey.exit_qualification):
-            return False
-        if not _same_paths(ra, qa, seg_map) or not _same_paths(rb, qb, seg_map):
-            return False
+    try:
+        for _pe, ex, ra, rb, pe_list in rep_explored:
+            ey = Replay(pe_list).run(lambda: encode(ins, st.rip, policy))
+            if ex.instruction != ey.instruction or ex.extended_info != ey.extended_info:
+                return False
+            if address_size_of(ex.instruction_info) != address_size_of(ey.instruction_info):
+                return False
+            if not _same_value(ex.exit_qualification, ey.exit_qualification):
+                return False
+            for model, paths in ((a, ra), (b, rb)):
+                for _pc, r, _known, decisions in paths:
+                    q = Replay(decisions).run(lambda model=model, ey=ey: model(ey, st, access))
+                    if not _same_result(r, q, seg_map):
+                        return False
+    except Mismatch:
+        return False
     return True
 
 
 def share(rep: Form, rep_result: FormResult, member: Form, model: tuple[str, Model], against: tuple[str, Model],
-          policy: Policy, confirm: tuple[Model, Model] | None, feas: Feasibility, timeout: float) -> FormResult | None:
+          policy: Policy, confirm: tuple[Model, Model] | None) -> FormResult | None:
     """The member's result from the representative's proof, or None (prove it on its own)."""
     if rep_result.status != PROVED or rep_result.signature is None:
         return None
     t0, c0 = time.perf_counter(), time.process_time()
     try:
-        if not same_problem(rep, rep_result.signature, member, model[1], against[1], policy, feas, c0 + timeout / 4):
+        if not same_problem(rep, rep_result.signature, member, model[1], against[1], policy):
             return None
-    except (PathLimit, Deadline, _OutOfTime, RuleLanguageError):
+    except RuleLanguageError:
         return None
     rn = renaming(rep, member)
     res = FormResult(member, PROVED, absent=list(rep_result.absent), paths=rep_result.paths, shared_with=rep.key,
@@ -146,7 +151,7 @@ def prove_group(forms: list[Form], model: tuple[str, Model], against: tuple[str,
     first = prove_form(rep, model, against, timeout, policy, confirm, feasibility=feas)
     out = [first]
     for f in forms[1:]:
-        r = share(rep, first, f, model, against, policy, confirm, feas, timeout)
+        r = share(rep, first, f, model, against, policy, confirm)
         out.append(r if r is not None else prove_form(f, model, against, timeout, policy, confirm, feasibility=feas))
     for r in out:
         r.signature = None  # z3 terms: neither printed nor sent between processes

@@ -241,10 +241,14 @@ class Deadline(Exception):
 class Feasibility:
     """Is a path condition satisfiable? Answers from cached models first (a model found for one
     path often satisfies the next: KLEE's counterexample cache), then from a fresh QF_BV solver
-    with a short timeout. Only `unsat` prunes: "unknown" keeps the path, so pruning never hides one."""
+    with a small resource limit. Only `unsat` prunes: "unknown" keeps the path, so pruning never hides one."""
 
     def __init__(self, timeout_ms: int = 200, incremental: bool = True) -> None:
         self.timeout_ms = timeout_ms
+        # z3's resource limit, not its wall-clock timeout: the same answers on a busy machine as on
+        # an idle one, so that two forms that are the same problem prune the same paths (groups.py).
+        # About 1,000 units a millisecond on the machine measured (docs/proofs.md).
+        self.rlimit = timeout_ms * 1000
         self.incremental = incremental
         self.models: list[z3.ModelRef] = []
         self.calls = 0
@@ -264,7 +268,7 @@ class Feasibility:
             s = None
         else:
             s = z3.SolverFor("QF_BV")
-            s.set("timeout", self.timeout_ms)
+            s.set("rlimit", self.rlimit)
             s.add(*pc)
             r = s.check()
         self.calls += 1
@@ -320,6 +324,7 @@ class Paths:
         # again, they answer without a new branch. `known` seeds it with the base's decisions.
         self.base_known = dict(known or {})
         self.known: dict[int, bool] = {}
+        self.last_pc: list[z3.BoolRef] = []
         self._keep: list[z3.BoolRef] = []
         self._solver: z3.Solver | None = None
         self._on: list[z3.BoolRef] = []  # what the solver's stack holds, one condition a level
@@ -362,7 +367,7 @@ class Paths:
         assert self.feas is not None
         if self._solver is None:
             self._solver = z3.SolverFor("QF_BV")
-            self._solver.set("timeout", self.feas.timeout_ms)
+            self._solver.set("rlimit", self.feas.rlimit)
             self._solver.add(*self.base)
         s, on = self._solver, self._on
         same = 0
@@ -407,6 +412,7 @@ class Paths:
                 n += 1
                 if n > self.max_paths:
                     raise PathLimit(f"more than {self.max_paths} paths")
+                self.last_pc = list(self.pc)  # the decisions of the path yielded (groups.py replays them)
                 yield (z3.And(*self.pc) if self.pc else z3.BoolVal(True)), value
             # next path: flip the deepest True decision
             while self.trace and not self.trace[-1]:
@@ -414,6 +420,46 @@ class Paths:
             if not self.trace:
                 return
             self.trace[-1] = False
+
+
+class Mismatch(Exception):
+    """A replayed rule asked another question than the path it replays."""
+
+
+class Replay:
+    """Re-run a rule along one recorded path (its decisions, `Paths.last_pc`): every condition it
+    decides must be the recorded one, the same z3 term, in the same order, and it must decide no
+    more. Then the rule's tree of paths is the recorded tree (vmxaddr.prove.groups)."""
+
+    def __init__(self, pc: list[z3.BoolRef], known: dict[int, bool] | None = None) -> None:
+        self.want, self.pos, self.known = pc, 0, dict(known or {})
+
+    def decide(self, cond: z3.BoolRef) -> bool:
+        hit = self.known.get(cond.get_id())
+        if hit is not None:
+            return hit
+        if self.pos >= len(self.want):
+            raise Mismatch("decides more than the recorded path")
+        w = self.want[self.pos]
+        if w.eq(cond):
+            d = True
+        elif z3.is_not(w) and w.arg(0).eq(cond):
+            d = False
+        else:
+            raise Mismatch("another condition than the recorded path's")
+        self.pos += 1
+        self.known[cond.get_id()] = d
+        return d
+
+    def run(self, f: Callable[[], Any]) -> Any:
+        Paths._stack.append(self)  # type: ignore[arg-type]
+        try:
+            value = f()
+        finally:
+            Paths._stack.pop()
+        if self.pos != len(self.want):
+            raise Mismatch("decides less than the recorded path")
+        return value
 
 
 class _Infeasible(BaseException):
