@@ -121,9 +121,9 @@ def campaigns(model: str, n: int, repeat: int) -> None:
     os.environ.pop("VMXADDR_IN_PROCESS")
     for f in (rm.c_model, rm.release_model, rm.tree_model):
         f.cache_clear()
-    from vmxaddr.realcode import xen
+    from vmxaddr.realcode import xen_compiled
 
-    xen.release_model.cache_clear()
+    xen_compiled.release_model.cache_clear()
     isolated = resolve(model)
     sdm = get("sdm")
     fuzz(inproc, sdm, max_examples=min(n, 2000), shrink=False)  # warm both (memos, the worker)

@@ -30,7 +30,7 @@ from vmxaddr.diff import exit_and_access  # noqa: E402
 from vmxaddr.exitinfo import DEFAULT_POLICY  # noqa: E402
 from vmxaddr.fuzz import RecordingChooser, fuzz, gen_case  # noqa: E402
 from vmxaddr.models import get  # noqa: E402
-from vmxaddr.models.xen import MNEMONICS  # noqa: E402
+from vmxaddr.models.xen_port import MNEMONICS  # noqa: E402
 from vmxaddr.realcode import sources  # noqa: E402
 
 

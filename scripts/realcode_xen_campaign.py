@@ -35,9 +35,9 @@ from vmxaddr.fuzz.choosers import RecordingChooser  # noqa: E402
 from vmxaddr.gen import gen_state  # noqa: E402
 from vmxaddr.models import get  # noqa: E402
 from vmxaddr.models.base import Access, Result  # noqa: E402
-from vmxaddr.models.xen import MNEMONICS, xen_c447b730  # noqa: E402
+from vmxaddr.models.xen_port import MNEMONICS, xen_c447b730  # noqa: E402
 from vmxaddr.realcode import sources  # noqa: E402
-from vmxaddr.realcode.xen import release_model  # noqa: E402
+from vmxaddr.realcode.xen_compiled import release_model  # noqa: E402
 
 MASK64 = (1 << 64) - 1
 QUALS = (0, 1, 0x7FFF, 0x8000, 0xFFFF, 0xFFD8, 0x7FFFFFFF, 0x80000000, 0xFFFFFFD8, 0xFFFFFFFF,

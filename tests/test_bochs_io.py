@@ -5,7 +5,7 @@ exit qualification and the instruction-information field, and IA32_VMX_BASIC on 
 Hand-derived expectations (SDM Vol. 3C: "Exit Qualification for I/O Instructions"; the INS/OUTS
 instruction-information table; "Basic VM-Exit Information" for the guest-linear address; Vol. 3D
 Appendix A.1 for IA32_VMX_BASIC[54]) come first, then generated forms compared with vmxaddr's
-SDM encoder (defined bits), its bochs-2.7 encoder (every bit) and vmxaddr.string_io's
+SDM encoder (defined bits), its bochs-2.7 encoder (every bit) and vmxaddr.io_exit's
 guest-linear address. Skips when bochs/binutils are missing, fails under CI.
 """
 
@@ -20,9 +20,9 @@ from vmxaddr.decode import decode
 from vmxaddr.encoders import bochs_2_7
 from vmxaddr.exitinfo import defined_mask, encode
 from vmxaddr.gen import RandomChooser, gen_encoding
+from vmxaddr.io_exit import guest_linear_address, io_qualification
 from vmxaddr.oracles import bochs as B
 from vmxaddr.state import CpuState
-from vmxaddr.string_io import guest_linear_address, io_qualification
 
 pytestmark = pytest.mark.bochs
 

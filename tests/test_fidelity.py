@@ -10,10 +10,10 @@ import pytest
 
 from vmxaddr.case import Case
 from vmxaddr.decode import decode
+from vmxaddr.encoder_consumer import ENCODER, cross
 from vmxaddr.encoders import vbox_iem
 from vmxaddr.exitinfo import Policy
 from vmxaddr.models import get, sdm
-from vmxaddr.pipeline import ENCODER, cross
 from vmxaddr.state import CpuState
 
 SEGMENT_FIELD = 7 << 15  # bits 17:15 (SDM Vol. 3C, the instruction-information layouts): 0 ES … 5 GS

@@ -1,7 +1,7 @@
 """Cross-checks against independent oracles: iced-x86 (decoder) and unicorn (addresses).
 
 The sample runs cover every instruction × code size × prefix combination of the walk in
-vmxaddr/oracles/encodings.py (20000 cases per oracle) and fail on any unexplained disagreement.
+vmxaddr/oracles/case_stream.py (20000 cases per oracle) and fail on any unexplained disagreement.
 Hand-worked cases pin the explained differences to byte strings (docs/oracles.md,
 docs/known-decoder-issues.md). The oracles are the optional extra '.[oracles]'.
 """
@@ -16,7 +16,7 @@ import pytest
 
 from vmxaddr import decode as decode_mod
 from vmxaddr.decode import capstone_view, decode
-from vmxaddr.oracles.encodings import encodings, family_combo_count, prefix_combo_count
+from vmxaddr.oracles.case_stream import encodings, family_combo_count, prefix_combo_count
 from vmxaddr.state import CpuState
 
 SAMPLE = 20_000

@@ -18,12 +18,12 @@ import pytest
 
 from vmxaddr.case import Case
 from vmxaddr.decode import decode
+from vmxaddr.encoder_consumer import CONSUMER, CONSUMER_UNDEFINED, ENCODER, agree, cross
 from vmxaddr.encoders import ENCODERS, bochs_2_7, get_encoder, vbox_iem
 from vmxaddr.exitinfo import Policy, encode
 from vmxaddr.gen import RandomChooser, gen_encoding, gen_state
 from vmxaddr.models import REGISTRY, UnknownModel, get, sdm
-from vmxaddr.models.xen import MNEMONICS, XEN, Quirks, classify, xen_c447b730, xen_model
-from vmxaddr.pipeline import CONSUMER, CONSUMER_UNDEFINED, ENCODER, agree, cross
+from vmxaddr.models.xen_port import MNEMONICS, XEN, Quirks, classify, xen_c447b730, xen_model
 from vmxaddr.state import CpuState
 
 ZX = Policy()  # the SDM encoder's default: zero-extended qualification, undefined bits zero
@@ -165,8 +165,8 @@ def test_vbox_rdrand_as_the_sdm():
 def test_emulator_encoders_differ_only_where_documented():
     # Over random instructions (every mnemonic, form, prefix), the defined fields an emulator
     # encoder gets wrong are only those its docstring lists.
+    from vmxaddr.encoder_consumer import defined_differences
     from vmxaddr.gen import MNEMONICS as ALL
-    from vmxaddr.pipeline import defined_differences
 
     allowed = {"bochs-2.7": {"operand size"},
                # segment: an ignored 64-bit-mode prefix, reported by IEM (the SDM encoder's default

@@ -28,8 +28,8 @@ from vmxaddr.exitinfo import ExitInfo
 from vmxaddr.fuzz import fuzz
 from vmxaddr.models import REGISTRY, get
 from vmxaddr.models.base import Access, InvalidExitInfo
-from vmxaddr.models.xen import MNEMONICS
-from vmxaddr.realcode import sources, xen
+from vmxaddr.models.xen_port import MNEMONICS
+from vmxaddr.realcode import sources, xen_compiled
 from vmxaddr.realcode.build import build_source
 from vmxaddr.realcode.extract import mask
 from vmxaddr.state import CpuState
@@ -54,7 +54,7 @@ def real():
         sources.fetch("xen-4.17")
     except sources.SourceError as e:
         _unavailable(f"cannot fetch xen-4.17 from Debian's archive: {e}")
-    xen._BUILT.clear()
+    xen_compiled._BUILT.clear()
     m = get("xen-4.17")
     m.load()
     return m
@@ -79,12 +79,12 @@ def test_sources_manifest_records_package_version_and_sha256(real):
 
 def test_extracted_function_and_helpers(real):
     f = sources.lookup("xen-4.17")
-    parts = xen.xen_parts(f.path(xen.VVMX_C))
+    parts = xen_compiled.xen_parts(f.path(xen_compiled.VVMX_C))
     assert [p.name for p in parts] == ["reg_read", "decode_vmx_inst"]
     assert not any(p.conditionals for p in parts)
     body = mask(parts[-1].text)
     # what the shim stands for: every identifier the function calls is in xen.h
-    shim = (xen.Path(__file__).resolve().parent.parent / "vmxaddr" / "realcode" / "shim" / "xen.h").read_text()
+    shim = (Path(__file__).resolve().parent.parent / "vmxaddr" / "realcode" / "shim" / "xen.h").read_text()
     for name in set(re.findall(r"\b([A-Za-z_]\w*)\s*\(", body)) - {"if", "decode_vmx_inst", "reg_read"}:
         assert re.search(rf"\b{name}\b", shim), name
 
@@ -137,7 +137,7 @@ def test_the_comparison_sees_a_difference(real):
     wrap of the linear address) disagrees with the real code."""
     from dataclasses import replace
 
-    from vmxaddr.models.xen import XEN, xen_model
+    from vmxaddr.models.xen_port import XEN, xen_model
 
     fixed = replace(XEN, no_wrap32=False)
     st = CpuState.for_code_size(32).with_reg("rax", 0x2000).with_segment("ds", base=0xFFFFF000)
@@ -193,12 +193,12 @@ def test_real_code_witnesses_against_the_sdm_still_hold(real, port):
         exit, access = exit_and_access(case.instruction, case.state.rip, case.policy)
         assert divergence(exit, case.state, access, real, sdm) == c["class"], c["id"]
         assert divergence(exit, case.state, access, port, sdm) == c["class"], c["id"]
-        assert not c["class"].startswith(xen.PORT_DIFFERS)
+        assert not c["class"].startswith(xen_compiled.PORT_DIFFERS)
 
 
 def test_explain_names_the_version_the_return_value_and_the_injection(real):
     f = sources.lookup("xen-4.17")
-    vvmx = f.path(xen.VVMX_C).read_text().splitlines()
+    vvmx = f.path(xen_compiled.VVMX_C).read_text().splitlines()
     # VMPTRLD [EAX] in 32-bit code, EAX = 0xFFC, DS limit 0xFFF: Xen checks 2 << 1 = 4 bytes
     # (0xFFC + 4 - 1 = 0xFFF <= limit): no fault, linear 0xFFC (docs/findings/xen.md item 4)
     case = make_case({"bytes": "0f c7 30", "mode": 32, "state": {"registers": {"rax": "0xffc"},

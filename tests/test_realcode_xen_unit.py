@@ -1,4 +1,4 @@
-"""The Xen shim (vmxaddr/realcode/shim/xen.h, xen_adapter.c) and vmxaddr.realcode.xen on a small
+"""The Xen shim (vmxaddr/realcode/shim/xen.h, xen_adapter.c) and vmxaddr.realcode.xen_compiled on a small
 stand-in for decode_vmx_inst() written here — no Xen source needed (issue 14, item 6). Needs the
 system C compiler: without one the tests skip with the reason, and fail under CI (env CI set).
 
@@ -24,7 +24,7 @@ from ci_policy import under_ci
 from vmxaddr.cli import main
 from vmxaddr.exitinfo import ExitInfo
 from vmxaddr.models.base import Access
-from vmxaddr.realcode import xen
+from vmxaddr.realcode import xen_compiled
 from vmxaddr.realcode.bridge import Library
 from vmxaddr.realcode.build import UnresolvedIdentifiers
 from vmxaddr.state import CpuState
@@ -44,9 +44,9 @@ def need_cc() -> None:
 def private_cache(tmp_path, monkeypatch):
     """A cache of this test's own (never Debian's source); the model is rebuilt from it."""
     monkeypatch.setenv("VMXADDR_CACHE", str(tmp_path / "cache"))
-    xen._BUILT.clear()
+    xen_compiled._BUILT.clear()
     yield
-    xen._BUILT.clear()
+    xen_compiled._BUILT.clear()
 
 
 # A stand-in "vvmx.c": decode_vmx_inst() with a static helper of the same file (which calls a
@@ -153,11 +153,11 @@ def _stand_in(tmp_path: Path) -> Path:
 
 def _lib(tmp_path: Path) -> Library:
     need_cc()
-    return Library(xen.build_xen(_stand_in(tmp_path), "the stand-in"), "vmxaddr_xen")
+    return Library(xen_compiled.build_xen(_stand_in(tmp_path), "the stand-in"), "vmxaddr_xen")
 
 
 def test_extraction_takes_the_static_helpers_callees_first(tmp_path):
-    parts = xen.xen_parts(_stand_in(tmp_path))
+    parts = xen_compiled.xen_parts(_stand_in(tmp_path))
     # decode_gpr, __vmread, hvm_* ... are not defined in the file: the shim's
     assert [p.name for p in parts] == ["inner_read", "reg_read", "decode_vmx_inst"]
     assert parts[-1].text.startswith("static int decode_vmx_inst(struct cpu_user_regs *regs,")
@@ -232,11 +232,11 @@ def test_guest_mode_and_the_handler_prologue(tmp_path):
     for mode in ("real", "virtual-8086", "compatibility"):
         status, vector, _err, valid, *_ = lib.call(exit, replace(p32, mode=mode), ACCESS)
         assert (status, vector, valid & 32) == (1, 6, 0), mode
-    t = xen.trace(lib, exit, replace(p32, mode="compatibility"), ACCESS)
+    t = xen_compiled.trace(lib, exit, replace(p32, mode="compatibility"), ACCESS)
     assert (t.stage, t.x86_mode, t.queued) == (1, 4, 1)
     status, vector, err, valid, *_ = lib.call(exit, replace(p32, cpl=3), ACCESS)
     assert (status, vector, err, valid & 32, valid & 4) == (1, 13, 0, 32, 0)
-    assert xen.trace(lib, exit, replace(p32, cpl=3), ACCESS).stage == 2
+    assert xen_compiled.trace(lib, exit, replace(p32, cpl=3), ACCESS).stage == 2
 
 
 def test_canonical_check_and_the_exception_slot(tmp_path):
@@ -250,7 +250,7 @@ def test_canonical_check_and_the_exception_slot(tmp_path):
         assert (status == 0) == ok, hex(addr)
         if not ok:
             assert (vector, err, valid & 32) == (13, 0, 32)
-    t = xen.trace(lib, ExitInfo("vmptrld", INFO, 0x8000_0000_0000), st, ACCESS)
+    t = xen_compiled.trace(lib, ExitInfo("vmptrld", INFO, 0x8000_0000_0000), st, ACCESS)
     assert (t.returned, t.queued, t.vector, t.error_code) == (2, 1, 13, 0)
     # the line of the injecting call, in the file it was extracted from (#line)
     assert lib.string_at(t.file).endswith("vvmx.c")
@@ -264,13 +264,13 @@ def test_fetch_is_bounded_to_the_operand(tmp_path):
     st = CpuState.for_code_size(64)
     status, vector, *_ = lib.call(ExitInfo("vmptrld", INFO, 4), st, ACCESS)
     assert status == 0  # no canary changed (else the stand-in's #UD)
-    t = xen.trace(lib, ExitInfo("vmptrld", INFO, 4), st, ACCESS)
+    t = xen_compiled.trace(lib, ExitInfo("vmptrld", INFO, 4), st, ACCESS)
     assert (t.fetch_asked, t.fetch_copied, t.fetch_address) == (256, 8, 0x1000)
     # through the adapter's own operand: address size 7 -> 256 bytes asked, 8 written
-    t = xen.trace(lib, ExitInfo("vmptrld", INFO | 7 << 7, 0x40), st, ACCESS)
+    t = xen_compiled.trace(lib, ExitInfo("vmptrld", INFO | 7 << 7, 0x40), st, ACCESS)
     assert (t.returned, t.fetch_asked, t.fetch_copied, t.decoded_len) == (0, 256, 8, 256)
     # VMREAD passes no operand buffer: nothing fetched
-    assert xen.trace(lib, ExitInfo("vmread", INFO, 0x40), st, Access(8, True)).fetch_asked == 0
+    assert xen_compiled.trace(lib, ExitInfo("vmread", INFO, 0x40), st, Access(8, True)).fetch_asked == 0
 
 
 def test_current_is_per_thread(tmp_path):
@@ -299,11 +299,11 @@ def test_current_is_per_thread(tmp_path):
 
 def _fake_source(tmp_path: Path, text: str = VVMX_C) -> None:
     root = Path(os.environ["VMXADDR_CACHE"]) / "sources" / "xen-4.17"
-    f = root / "files" / xen.VVMX_C
+    f = root / "files" / xen_compiled.VVMX_C
     f.parent.mkdir(parents=True)
     f.write_text(text)
     manifest = {"name": "xen-4.17", "package": "xen", "version": "0.0-stand-in", "pinned": False,
-                "downloads": {}, "files": {xen.VVMX_C: hashlib.sha256(f.read_bytes()).hexdigest()},  # checked at load
+                "downloads": {}, "files": {xen_compiled.VVMX_C: hashlib.sha256(f.read_bytes()).hexdigest()},  # checked at load
                 "root": str(root / "files")}
     (root / "manifest.json").write_text(json.dumps(manifest))
 
@@ -311,7 +311,7 @@ def _fake_source(tmp_path: Path, text: str = VVMX_C) -> None:
 def test_model_from_the_cache_explains_what_the_c_returned(tmp_path):
     need_cc()
     _fake_source(tmp_path)
-    m = xen.release_model("xen-4.17")
+    m = xen_compiled.release_model("xen-4.17")
     st = CpuState.for_code_size(64).with_reg("rbx", 0x7FFF_FFFF_F000)
     r = m(ExitInfo("vmptrld", INFO, 0x1000), st, ACCESS, explain=True)
     assert r.outcome.kind == "fault" and (r.outcome.vector, r.outcome.error_code) == ("GP", 0)
@@ -330,7 +330,7 @@ def test_unresolved_identifiers_are_listed_one_per_line_exit_2(tmp_path, capsys)
     need_cc()
     _fake_source(tmp_path, VVMX_C.replace("decode->mem = seg.base +", "decode->mem = NEW_XEN_FIELD + xen_new_helper(v) + seg.base +"))
     with pytest.raises(UnresolvedIdentifiers):
-        xen.build_xen(Path(os.environ["VMXADDR_CACHE"]) / "sources" / "xen-4.17" / "files" / xen.VVMX_C, "x")
+        xen_compiled.build_xen(Path(os.environ["VMXADDR_CACHE"]) / "sources" / "xen-4.17" / "files" / xen_compiled.VVMX_C, "x")
     rc = main(["diff", "--models", "sdm,xen-4.17", "--mode", "64", "0f c7 33"])
     err = capsys.readouterr().err
     assert rc == 2
@@ -340,19 +340,19 @@ def test_unresolved_identifiers_are_listed_one_per_line_exit_2(tmp_path, capsys)
 
 def test_trace_structure_size_matches(tmp_path):
     lib = _lib(tmp_path)
-    assert ctypes.c_uint32.in_dll(lib.dll, "vmxaddr_xen_trace_size").value == ctypes.sizeof(xen._trace_type())
+    assert ctypes.c_uint32.in_dll(lib.dll, "vmxaddr_xen_trace_size").value == ctypes.sizeof(xen_compiled._trace_type())
 
 
 def test_registration_is_light_and_agrees_with_the_port():
-    """vmxaddr.realcode.xen can be imported first (vmxaddr.models imports it back to register the
+    """vmxaddr.realcode.xen_compiled can be imported first (vmxaddr.models imports it back to register the
     model: no import cycle); its instruction list is the port's."""
     import subprocess
     import sys
 
-    from vmxaddr.models.xen import MNEMONICS
+    from vmxaddr.models.xen_port import MNEMONICS
 
-    assert xen.MNEMONICS == MNEMONICS
-    code = "import vmxaddr.realcode.xen, vmxaddr.models; print('ok')"
+    assert xen_compiled.MNEMONICS == MNEMONICS
+    code = "import vmxaddr.realcode.xen_compiled, vmxaddr.models; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.stdout.strip() == "ok", out.stderr[-500:]
@@ -365,6 +365,6 @@ def test_a_vmcs_field_the_shim_lacks_is_an_error_not_a_zero(tmp_path):
 
     lib = _lib(tmp_path)
     assert lib.call(ExitInfo("vmptrld", INFO, 5), CpuState.for_code_size(64), ACCESS)[9] >> 31 == 1
-    assert xen.trace(lib, ExitInfo("vmptrld", INFO, 5), CpuState.for_code_size(64), ACCESS).unknown_vmcs_field == 0x2800
+    assert xen_compiled.trace(lib, ExitInfo("vmptrld", INFO, 5), CpuState.for_code_size(64), ACCESS).unknown_vmcs_field == 0x2800
     with pytest.raises(RealCodeError):
-        xen.release_model("xen-4.17")(ExitInfo("vmptrld", INFO, 5), CpuState.for_code_size(64), ACCESS)
+        xen_compiled.release_model("xen-4.17")(ExitInfo("vmptrld", INFO, 5), CpuState.for_code_size(64), ACCESS)

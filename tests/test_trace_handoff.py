@@ -27,7 +27,7 @@ import pytest
 from vmxaddr.trace import chunks, schedule
 from vmxaddr.trace.chunks import Chunk, Merger, Options, check_chunk, plan
 from vmxaddr.trace.handoff import Packed, RecordingTable, replay, table_ops, verify
-from vmxaddr.trace.records import StateTable
+from vmxaddr.trace.parse import StateTable
 
 VMREAD = {"instruction": "vmread", "instruction_info": "0x02c10080", "exit_qualification": "0xffffffd8",
           "bytes": "0f7845d8", "code_size": 32}

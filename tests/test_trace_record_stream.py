@@ -16,7 +16,7 @@ import pytest
 from vmxaddr import cli, gen
 from vmxaddr.models import get
 from vmxaddr.oracles import bochs
-from vmxaddr.trace import record
+from vmxaddr.trace import record_bochs
 
 
 def _fake_boot(log: list[int], fail_at: int | None = None, error: BaseException | None = None) -> Any:
@@ -42,7 +42,7 @@ def test_cases_are_planned_a_boot_at_a_time(monkeypatch: pytest.MonkeyPatch) -> 
         return _fake_boot(boots)(cases)
 
     monkeypatch.setattr(bochs, "boot", boot)
-    it = record.record_bochs(get("sdm"), "sdm", 20_000, seed=1, batch=10)
+    it = record_bochs.record_bochs(get("sdm"), "sdm", 20_000, seed=1, batch=10)
     next(it)
     # 10 cases for the first boot (and a few encodings the decoder refused), not 20,000
     assert boots == [10] and seen_at_first_boot[0] < 40
@@ -51,9 +51,9 @@ def test_cases_are_planned_a_boot_at_a_time(monkeypatch: pytest.MonkeyPatch) -> 
 def test_streaming_gives_the_trace_planning_first_gave(monkeypatch: pytest.MonkeyPatch) -> None:
     # Same seed, same trace: the cases drawn a batch at a time are the cases drawn all at once.
     monkeypatch.setattr(bochs, "boot", _fake_boot([]))
-    streamed = list(record.record_bochs(get("sdm"), "sdm", 25, seed=3, batch=7))
+    streamed = list(record_bochs.record_bochs(get("sdm"), "sdm", 25, seed=3, batch=7))
     monkeypatch.setattr(bochs, "boot", _fake_boot([]))
-    whole = list(record.record_bochs(get("sdm"), "sdm", 25, seed=3, batch=25))
+    whole = list(record_bochs.record_bochs(get("sdm"), "sdm", 25, seed=3, batch=25))
     assert [r.get("bytes") for r in streamed if r["type"] == "exit"] == [r.get("bytes") for r in whole
                                                                           if r["type"] == "exit"]
     assert sum(r["type"] == "exit" for r in streamed) == 25
@@ -63,7 +63,7 @@ def test_interrupt_keeps_what_was_recorded_and_prints_the_summary(tmp_path: Path
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(bochs, "boot", _fake_boot([], fail_at=3))  # ^C during the third boot
     monkeypatch.setattr(bochs, "missing_tools", lambda: [])
-    monkeypatch.setattr(record, "BATCH", 4)
+    monkeypatch.setattr(record_bochs, "BATCH", 4)
     out = tmp_path / "t.jsonl"
     status = cli.main(["trace", "record", "--bochs", "-n", "1000", "--json", "--out", str(out)])
     cap = capsys.readouterr()
@@ -105,7 +105,7 @@ def test_bochs_dying_mid_run_says_what_happened_exit_2(tmp_path: Path, monkeypat
     err = bochs.BochsError(bochs.did_not_finish(said, b"", 1))
     monkeypatch.setattr(bochs, "boot", _fake_boot([], fail_at=2, error=err))
     monkeypatch.setattr(bochs, "missing_tools", lambda: [])
-    monkeypatch.setattr(record, "BATCH", 4)
+    monkeypatch.setattr(record_bochs, "BATCH", 4)
     out = tmp_path / "t.jsonl"
     status = cli.main(["trace", "record", "--bochs", "-n", "100", "-q", "--out", str(out)])
     lines = capsys.readouterr().err.strip().splitlines()

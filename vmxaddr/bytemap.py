@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from vmxaddr.decode import _mandatory_prefix
 from vmxaddr.instruction import SEGMENT_PREFIX, Instruction
 from vmxaddr.isa import REG16, REG32, REG64, XMM, Layout
 
@@ -32,6 +33,7 @@ _RM16 = ("bx+si", "bx+di", "bp+si", "bp+di", "si", "di", "bp (disp16 when mod = 
 
 
 class BitField(NamedTuple):
+    """One bit field of an instruction byte (ModRM.mod, REX.B, SIB.scale, ...): its bit range, value and meaning."""
     name: str
     hi: int
     lo: int
@@ -39,11 +41,13 @@ class BitField(NamedTuple):
     meaning: str
 
     def to_json(self) -> dict[str, Any]:
+        """The field as `vmxaddr decode --json` prints it ("bits" as "hi:lo", or one bit number)."""
         return {"name": self.name, "bits": f"{self.hi}:{self.lo}" if self.hi != self.lo else str(self.lo),
                 "value": self.value, "meaning": self.meaning}
 
 
 class ByteRole(NamedTuple):
+    """One byte of the instruction and the part it plays (prefix, REX/REX2, opcode, ModRM, SIB, displacement, ...), with its fields."""
     offset: int
     value: int
     role: str  # prefix, rex, rex2, vex, escape, opcode, modrm, sib, displacement, immediate
@@ -52,25 +56,30 @@ class ByteRole(NamedTuple):
     fields: tuple[BitField, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
+        """The byte as `vmxaddr decode --json` prints it under "bytes"."""
         return {"offset": self.offset, "hex": f"{self.value:02x}", "role": self.role, "name": self.name,
                 "note": self.note, "fields": [f.to_json() for f in self.fields]}
 
 
 class Link(NamedTuple):
+    """Where a field of a byte ends up in the exit information (e.g. ModRM.rm -> base register field)."""
     offset: int  # the byte the field is in
     field: str  # the byte's field ("rm", "REX.B", "scale", ...)
     to: str  # the exit-information field it ends up in
     note: str
 
     def to_json(self) -> dict[str, Any]:
+        """The link as `vmxaddr decode --json` prints it under "links"."""
         return {"offset": self.offset, "field": self.field, "to": self.to, "note": self.note}
 
 
 class ByteMap(NamedTuple):
+    """The bytes of a decoded instruction taken apart, and the links from their fields to the exit-information fields."""
     bytes: tuple[ByteRole, ...]
     links: tuple[Link, ...]
 
     def to_json(self) -> dict[str, Any]:
+        """The byte map as `vmxaddr decode --json` prints it."""
         return {"bytes": [b.to_json() for b in self.bytes], "links": [lk.to_json() for lk in self.links]}
 
     def text(self) -> list[str]:
@@ -138,8 +147,6 @@ def _reg_name(n: int, instr: Instruction) -> str:
 
 def breakdown(instr: Instruction) -> ByteMap:
     """Each byte of `instr.raw` with its role and fields, and the links to the exit information."""
-    from vmxaddr.decode import _mandatory_prefix
-
     raw = instr.raw
     roles: list[ByteRole] = []
     links: list[Link] = []

@@ -1,6 +1,6 @@
 """One case: an instruction executed in a CPU state, seen through an encoder policy.
 
-This is the pipeline every command shares: bytes -> Instruction (decode) -> ExitInfo (the
+The steps every command shares: bytes -> Instruction (decode) -> ExitInfo (the
 processor's report, exitinfo.encode) -> Result (a model, from the exit info and state only).
 """
 
@@ -18,27 +18,33 @@ from vmxaddr.state import CpuState
 
 @dataclass(frozen=True, slots=True)
 class Case:
+    """One case: a decoded instruction, the CPU state it runs in, and the policy for what the SDM leaves undefined."""
     instruction: Instruction
     state: CpuState
     policy: Policy = DEFAULT_POLICY
 
     @classmethod
     def from_bytes(cls, raw: bytes, state: CpuState, policy: Policy = DEFAULT_POLICY) -> Case:
+        """Decode `raw` in the state's code size (DecodeError when it is not a VMX-family instruction)."""
         return cls(decode(raw, state.code_size), state, policy)
 
     @property
     def exit(self) -> ExitInfo:
+        """The exit information the SDM's processor reports for this case (instruction information, qualification, length)."""
         return encode(self.instruction, self.state.rip, self.policy, self.state)
 
     @property
     def access(self) -> Access:
+        """The memory access the instruction makes (size in bytes, read or write)."""
         return access_of(self.instruction)
 
     def run(self, model: Model, explain: bool = False) -> Result:
+        """Run `model` on this case's exit information and state; with `explain`, ask for the steps too."""
         return run_model(model, self.exit, self.state, self.access, explain)
 
 
 def access_of(instr: Instruction) -> Access:
+    """The memory access of `instr`'s operand (size, read/write); Access(0, False) for a register form."""
     op = instr.operand
     if op is None:
         return Access(0, False)
@@ -67,6 +73,7 @@ _TAKES_EXPLAIN: dict[Any, bool] = {}
 
 
 def run_model(model: Model, exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) -> Result:
+    """Call `model` as a hypervisor would, passing `explain=True` only to a model whose signature takes it."""
     if explain and takes_explain(model):
         return model(exit, state, access, explain=True)
     return model(exit, state, access)

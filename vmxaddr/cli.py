@@ -19,8 +19,10 @@ from typing import Any, NoReturn
 
 from vmxaddr.case import Case, case_json
 from vmxaddr.decode import DecodeError, parse_hex
+from vmxaddr.errors import ModelError, UsageError, fail
 from vmxaddr.exitinfo import EXIT_QUAL_POLICIES, IGNORED_SEGMENT_POLICIES, SI_DI_POLICIES, UNDEFINED_BITS_POLICIES, Policy
 from vmxaddr.models.base import InvalidExitInfo
+from vmxaddr.realcode.info import DEFAULT_CALL_TIMEOUT, ENV_CALL_TIMEOUT
 from vmxaddr.state import CPL_RANGE, MODES, CpuState, StateError, check_int, read_state_file
 
 EPILOG = """examples:
@@ -33,22 +35,17 @@ EPILOG = """examples:
 """
 
 
-class UsageError(Exception):
-    """Bad command-line input: reported on one line, exit status 2."""
-
-
 class Parser(argparse.ArgumentParser):
+    """argparse parser whose usage errors end with a pointer to --help and exit status 2."""
     def error(self, message: str) -> NoReturn:
+        """Print one error line naming --help and exit with status 2 (argparse's own message otherwise)."""
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def fail(message: str) -> NoReturn:
-    raise UsageError(message)
 
 
 # -- shared options --------------------------------------------------------------------------
 
 def add_case_options(p: argparse.ArgumentParser, hex_arg: bool = True) -> None:
+    """Add the options that describe one case (mode, state, registers, segments, policies, --json, the bytes) to `p`."""
     p.add_argument("--mode", choices=("16", "32", "64"),
                    help="code size of the guest code: 16 or 32 (protected mode) or 64 (64-bit mode)")
     p.add_argument("--state", metavar="FILE.json", help="CPU state as JSON (see docs/state-format.md); "
@@ -93,8 +90,6 @@ def _seconds(text: str) -> float:
 
 def add_call_timeout(p: argparse.ArgumentParser) -> None:
     """--call-timeout, for every command that runs a model (applied in main)."""
-    from vmxaddr.realcode.info import DEFAULT_CALL_TIMEOUT
-
     p.add_argument("--call-timeout", type=_seconds, metavar="SECONDS",
                    help="time limit for one call of a compiled model (c:FILE.c:FUNCTION, c:LIB.so:FUNCTION, "
                    f"kvm-tree:PATH, kvm-linux-*, xen-*; default {DEFAULT_CALL_TIMEOUT:g}): such models run in a worker "
@@ -103,6 +98,7 @@ def add_call_timeout(p: argparse.ArgumentParser) -> None:
 
 
 def policy_from(args: argparse.Namespace) -> Policy:
+    """The encoder Policy the case options choose (exit qualification, undefined bits, segment, SI/DI, seed, APX)."""
     return Policy(args.exit_qual, args.undefined_bits, args.ignored_segment, args.si_di, args.seed,
                   getattr(args, "apx", False))
 
@@ -155,6 +151,7 @@ def _code_sizes(cpu_mode: str) -> str:
 
 
 def case_from(args: argparse.Namespace) -> Case:
+    """The Case the command line describes: the state, the bytes decoded in its code size, the policy; UsageError otherwise."""
     st = state_from(args)
     try:
         raw = parse_hex(" ".join(args.hex))
@@ -167,6 +164,7 @@ def case_from(args: argparse.Namespace) -> Case:
 
 
 def print_json(obj: Any) -> None:
+    """Print `obj` as indented JSON on standard output (the --json form of the one-case commands)."""
     print(json.dumps(obj, indent=2))
 
 
@@ -212,6 +210,7 @@ def write_svg(path: str, svg: object) -> None:
 # -- commands --------------------------------------------------------------------------------
 
 def cmd_decode(args: argparse.Namespace) -> int:
+    """`vmxaddr decode`: the instruction, its bytes taken apart and the exit information a processor reports."""
     from vmxaddr.explain import describe_exit, describe_instruction
     from vmxaddr.models import sdm  # not the registry: decode needs the reference model only
 
@@ -240,6 +239,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    """`vmxaddr explain`: every step a model takes from the exit information to the address or fault, with its SDM rule."""
     from vmxaddr.explain import explain_text
     from vmxaddr.models import UnknownModel, covers, get, not_covered
 
@@ -274,6 +274,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    """`vmxaddr models`: the registered encoders and consumers, and which run compiled."""
     from vmxaddr.models import NATIVE, REGISTRY
 
     if args.json:
@@ -297,6 +298,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def register_core(sub: Any) -> None:
+    """Register `decode`, `explain` and `models`, the commands this module runs itself."""
     p = sub.add_parser("decode", help="decode one instruction and show its VM-exit information",
                        description="Decode one VMX-family instruction and show the exit qualification and "
                        "instruction-information field a processor reports for it.", epilog=EPILOG,
@@ -337,10 +339,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "decode": ("vmxaddr.cli", "decode one instruction and show its VM-exit information"),
     "explain": ("vmxaddr.cli", "every step from bytes to linear address or fault, with the SDM rules"),
     "models": ("vmxaddr.cli", "list the models"),
-    "diff": ("vmxaddr.diff", "run several models on one case, side by side, first difference marked"),
-    "cross": ("vmxaddr.cross", "one case through an encoder and a consumer, against the SDM"),
+    "diff": ("vmxaddr.diffcli", "run several models on one case, side by side, first difference marked"),
+    "cross": ("vmxaddr.crosscli", "one case through an encoder and a consumer, against the SDM"),
     "fuzz": ("vmxaddr.fuzz.cli", "find, minimise and classify where two models disagree"),
-    "crosscheck": ("vmxaddr.crosscheck",
+    "crosscheck": ("vmxaddr.oracles.crosscheck",
                    "check the decoder and address computation against iced-x86, LLVM, unicorn or Bochs"),
     "scan": ("vmxaddr.scancli", "find VMX-family instructions in ELF files"),
     "check-trace": ("vmxaddr.trace.commands",
@@ -444,8 +446,6 @@ def _silence_stdout() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; the exit statuses are listed in docs/state-format.md."""
     top = argv is None  # the program itself (not a test calling main): may end at once after ^C
-    from vmxaddr.realcode.info import ENV_CALL_TIMEOUT
-
     before = os.environ.get(ENV_CALL_TIMEOUT)  # --call-timeout is for this command only
     try:
         code = _run(argv)
@@ -483,8 +483,6 @@ def _run(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         return no_command(parser)
-    from vmxaddr.models.guard import ModelError
-
     name = f"vmxaddr {args.command}"
     if getattr(args, "call_timeout", None) is not None:
         from vmxaddr.realcode.worker import set_call_timeout

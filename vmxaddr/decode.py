@@ -18,7 +18,7 @@ from typing import Any
 from vmxaddr import rex2 as rex2_mod
 from vmxaddr.capstone_guard import _capstone_guard, _capstone_shape, capstone_guard_on, capstone_view
 from vmxaddr.decode_other import clear_memo as clear_other_memo
-from vmxaddr.decode_other import loadiwkey, msr_imm, string_io, waitpkg
+from vmxaddr.decode_other import ins_outs, loadiwkey, msr_imm, waitpkg
 from vmxaddr.instruction import SEGMENT_PREFIX, DecodeError, Instruction, MemoryOperand, segment_override
 from vmxaddr.isa import RBP, REG16, REG32, REG64, RSP, SEGMENTS, SPECS, Layout
 
@@ -174,7 +174,7 @@ def decode_uncached(data: bytes | bytearray | memoryview, code_size: int) -> Ins
         rex2_mod.check_opcode(rx2, first)
         if not rx2.m0:  # legacy map 0: of this family only INS/OUTS (6C-6F)
             if 0x6C <= first <= 0x6F:
-                return string_io(data, code_size, i, pfx, 0, rex2)
+                return ins_outs(data, code_size, i, pfx, 0, rex2)
             if first == 0x0F:
                 raise DecodeError("rex2", "REX2 with M0 = 0 followed by 0F: REX2 selects map 1 with M0 = 1 and the "
                                   "0F escape is not written; this is #UD")
@@ -183,7 +183,7 @@ def decode_uncached(data: bytes | bytearray | memoryview, code_size: int) -> Ins
         i += 1
     else:
         if 0x6C <= first <= 0x6F:
-            return string_io(data, code_size, i, pfx, rex, 0)
+            return ins_outs(data, code_size, i, pfx, rex, 0)
         if first != 0x0F:
             raise DecodeError("not-vmx", f"opcode {first:02x} is not a VMX-family instruction (those start 0F, "
                               "or are INS/OUTS 6C-6F)")

@@ -46,7 +46,7 @@ def _guard(raw: bytes, code_size: int, opcode_at: int, instr: Instruction) -> No
         _GUARDED.add(key)
 
 
-def string_io(data: bytes, code_size: int, i: int, pfx: tuple[int, ...], rex: int, rex2: int) -> Instruction:
+def ins_outs(data: bytes, code_size: int, i: int, pfx: tuple[int, ...], rex: int, rex2: int) -> Instruction:
     """INS or OUTS with its opcode at data[i]. `rex2` is Instruction.rex2's value (0: none)."""
     op = data[i]
     length = i + 1
@@ -148,4 +148,5 @@ def msr_imm(data: bytes, i: int, pfx: tuple[int, ...], rex: int) -> Instruction:
 
 
 def clear_memo() -> None:
+    """Forget which encodings were already checked against capstone (tests that change the guard call it)."""
     _GUARDED.clear()

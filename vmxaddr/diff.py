@@ -14,21 +14,22 @@ protected and 64-bit mode) get their own "unreachable from hardware" classes fir
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vmxaddr.case import Case, access_of, case_json, run_model
+from vmxaddr.apx import operand_bits_extended
+from vmxaddr.case import Case, access_of, run_model
 from vmxaddr.decode import Instruction
-from vmxaddr.encoders import ENCODERS, get_encoder
+from vmxaddr.encoder_consumer import attribute, cross
+from vmxaddr.encoders import get_encoder
 from vmxaddr.exitinfo import ExitInfo, Policy, address_size_of, encode, encode_info, exit_qualification
+from vmxaddr.explain import describe_instruction
 from vmxaddr.isa import SPECS
-from vmxaddr.models import UnknownModel, covers, get, not_covered
-from vmxaddr.models.base import FAULT, IMPL, OK, Access, InvalidExitInfo, Model, Result
+from vmxaddr.models import covers
+from vmxaddr.models.base import FAULT, IMPL, OK, Access, Model, Result
 from vmxaddr.models.kvm import LimitCheck
 from vmxaddr.models.sdm import canonical, lam_untag
-from vmxaddr.pipeline import attribute, cross
 from vmxaddr.state import CpuState
 
 # -- classes ------------------------------------------------------------------------------------
@@ -140,8 +141,6 @@ def _limit_check(model: Model | None) -> LimitCheck:
 
 def _names_egpr(ext: int) -> bool:
     """Does the APX extended field (vmxaddr.apx) name a base or index register >= 16?"""
-    from vmxaddr.apx import operand_bits_extended
-
     _, _, _, index, base = operand_bits_extended(ext)
     return (index or 0) >= 16 or (base or 0) >= 16
 
@@ -238,17 +237,20 @@ def classify(exit: ExitInfo, state: CpuState, access: Access, ra: Result, rb: Re
 
 @dataclass(frozen=True)
 class Divergence:
+    """Two models that disagree on a case: which ones, the first step whose value differs, and the divergence class."""
     reference: str
     other: str
     first_difference: str
     name: str  # the class
 
     def to_json(self) -> dict[str, Any]:
+        """The divergence as `vmxaddr diff --json` prints it."""
         return {"models": [self.reference, self.other], "first_difference": self.first_difference, "class": self.name}
 
 
 @dataclass(frozen=True)
 class Diff:
+    """Several models run on one case: their results, the divergences from the first model, and what was not covered."""
     case: Case
     exit: ExitInfo
     results: dict[str, Result]
@@ -259,10 +261,12 @@ class Diff:
 
     @property
     def agree(self) -> bool:
+        """True when every model gives an answer the first (the reference) accepts."""
         return not self.divergences
 
     @property
     def first_difference(self) -> str | None:
+        """The earliest computation step at which any model departs from the reference, or None when all agree."""
         order = [s for s, _ in STEPS] + ["checks"]
         steps = [d.first_difference for d in self.divergences]
         return min(steps, key=order.index) if steps else None
@@ -271,7 +275,7 @@ class Diff:
 def diff_case(case: Case, models: Sequence[tuple[str, Model]], explain: bool = False, encoder: str = "sdm") -> Diff:
     """Run every model on `case`; compare each with the first (the reference). With an `encoder`
     other than "sdm", the models after the first get that encoder's exit information and each
-    divergence names the side that caused it (vmxaddr.pipeline); the reference keeps the SDM's.
+    divergence names the side that caused it (vmxaddr.encoder_consumer); the reference keeps the SDM's.
     A model after the first that does not cover the instruction (`models.covers`) is neither run
     nor compared: it is listed in `not_covered`."""
     exit = case.exit
@@ -304,6 +308,7 @@ _LAST_POLICY: list[Any] = [None, None]
 
 
 def clear_exit_memo() -> None:
+    """Forget the memoised exit information (after a policy or encoder change in tests and benchmarks)."""
     _EXITS.clear()
     _LAST_POLICY[:] = [None, None]
 
@@ -347,35 +352,12 @@ def divergence(exit: ExitInfo, state: CpuState, access: Access, a: Model, b: Mod
 
 
 def case_divergence(case: Case, a: Model, b: Model, encoder: str = "sdm") -> str | None:
-    if encoder != "sdm":  # a gets `encoder`'s exit information, b the SDM's (vmxaddr.pipeline)
+    """The divergence class of model `a` against reference `b` on `case`, or None when they agree;
+    with another encoder, `a` reads that encoder's exit information."""
+    if encoder != "sdm":  # a gets `encoder`'s exit information, b the SDM's (vmxaddr.encoder_consumer)
         return cross(case, encoder, a, b, lambda e, st, acc, rb, ra: classify(e, st, acc, rb, ra, b, a)).klass
     exit, access = exit_and_access(case.instruction, case.state.rip, case.policy)
     return divergence(exit, case.state, access, a, b)
-
-
-# -- the command ------------------------------------------------------------------------------------
-
-def parse_models(text: str) -> list[tuple[str, Model]]:
-    from vmxaddr.cli import fail
-
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if len(names) < 2:
-        fail("--models needs at least two models, e.g. --models sdm,kvm-f9eb4af6")
-    out = []
-    for n in names:
-        try:
-            out.append((n, get(n)))
-        except UnknownModel as e:
-            fail(str(e))
-    return out
-
-
-def apply_lam(state: CpuState, lam: Sequence[str]) -> CpuState:
-    from dataclasses import replace
-
-    for x in lam:
-        state = replace(state, **{f"lam_{x}": True})
-    return state
 
 
 def _fmt(v: int | str | None) -> str:
@@ -385,8 +367,7 @@ def _fmt(v: int | str | None) -> str:
 
 
 def diff_text(d: Diff) -> str:
-    from vmxaddr.explain import describe_instruction
-
+    """The side-by-side table `vmxaddr diff` prints: each step's value per model, the first difference marked, the classes."""
     names = list(d.results)
     first = d.first_difference
     rows: list[tuple[str, str, list[str]]] = [
@@ -423,71 +404,5 @@ def diff_text(d: Diff) -> str:
     return "\n".join(out)
 
 
-def cmd_diff(args: argparse.Namespace) -> int:
-    from vmxaddr.cli import case_from, fail, print_json
-
-    models = parse_models(args.models)
-    case = case_from(args)
-    if not covers(models[0][1], case.instruction.mnemonic):
-        fail(not_covered(models[0][0], models[0][1], case.instruction.mnemonic))
-    if args.lam:
-        case = Case(case.instruction, apply_lam(case.state, args.lam), case.policy)
-    if args.encoder not in ENCODERS:
-        fail(f"unknown encoder {args.encoder!r} (encoders: {', '.join(ENCODERS)})")
-    try:
-        d = diff_case(case, models, explain=True, encoder=args.encoder)
-    except InvalidExitInfo as e:
-        fail(str(e))
-    if args.json:
-        results = {}
-        for name, r in d.results.items():
-            obj = case_json(case, d.exit, r)
-            obj["model"] = name
-            results[name] = obj
-        if d.encoder_exit is not None:
-            for name in list(results)[1:]:
-                results[name]["instruction_info"] = d.encoder_exit.instruction_info
-                results[name]["exit_qualification"] = d.encoder_exit.exit_qualification
-                results[name]["encoder"] = d.encoder
-        print_json({"results": results, "agree": d.agree, "first_difference": d.first_difference,
-                    "divergences": [x.to_json() for x in d.divergences], "not_covered": list(d.not_covered)})
-    else:
-        print(diff_text(d))
-    return 0
-
-
-EPILOG = """examples:
-  vmxaddr diff --models sdm,kvm-f9eb4af6,kvm-current --mode 32 --reg ebp=0x1000 0f7845d8
-      the seed bug: KVM before 946c522b used 0x100000fd8 as the offset and raised #SS(0)
-  vmxaddr diff --models sdm,kvm-fdb28619 --mode 64 --seg ds.base=0x1000 '0f c7 30'
-      KVM before 6694e480 added a DS base in 64-bit mode
-  vmxaddr diff --encoder vbox-iem --models sdm,kvm-current --mode 32 --reg ebx=0x1000 --reg esi=0x10 '0f c7 34 b3'
-      today's KVM on VirtualBox's nested VMX (IEM) against the SDM on real hardware
-  vmxaddr diff --models sdm,mypkg.port:get_address --mode 32 ... HEX
-      your own port (module.path:function with the signature in vmxaddr.models.base)
-"""
-
-
-def register(sub: Any) -> None:
-    from vmxaddr.cli import add_call_timeout, add_case_options
-
-    p = sub.add_parser("diff", help="run several models on one case, side by side, first difference marked",
-                       description="Run several models on one instruction and CPU state and compare them with "
-                       "the first: outcome (kind, vector, error code) and, when nothing faults, the linear "
-                       "address. A divergence is named by the first step whose value differs "
-                       "(displacement, effective address, segment base, linear address, checks).",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", required=True, metavar="A,B,...",
-                   help="comma-separated model names (`vmxaddr models`) or module.path:function; the first is the reference")
-    add_call_timeout(p)
-    p.add_argument("--lam", action="append", default=[], choices=("sup", "u48", "u57"),
-                   help="enable linear-address masking: CR4.LAM_SUP (sup) or CR3.LAM_U48/LAM_U57")
-    p.add_argument("--encoder", default="sdm", metavar="NAME",
-                   help="what writes the exit information for every model after the first (default sdm; "
-                   "bochs-2.7, vbox-iem: an emulator acting as the processor); the first model always gets the SDM's")
-    add_case_options(p)
-    p.set_defaults(func=cmd_diff)
-
-
 __all__ = ["CLASSES", "Diff", "Divergence", "agree", "classify", "diff_case", "divergence", "first_difference",
-           "OK", "register"]
+           "OK", "diff_text"]

@@ -33,6 +33,7 @@ from vmxaddr.exitinfo import (
     encode,
     encode_info,
 )
+from vmxaddr.io_exit import io_qualification
 from vmxaddr.isa import SEGMENTS, SPECS, Layout
 
 Encoder = Callable[[Instruction, int, Policy], ExitInfo]
@@ -40,6 +41,7 @@ Encoder = Callable[[Instruction, int, Policy], ExitInfo]
 
 @dataclass(frozen=True)
 class EncoderInfo:
+    """A registered encoder: its name, the function that writes the exit information, and a one-line summary."""
     name: str
     function: Encoder
     summary: str
@@ -49,14 +51,17 @@ ENCODERS: dict[str, EncoderInfo] = {}
 
 
 def register_encoder(name: str, function: Encoder, summary: str) -> None:
+    """Add an encoder to ENCODERS under `name` (the registry lists it as kind "encoder")."""
     ENCODERS[name] = EncoderInfo(name, function, summary)
 
 
 class UnknownEncoder(LookupError):
+    """An encoder name that ENCODERS does not hold."""
     pass
 
 
 def get_encoder(name: str) -> Encoder:
+    """The encoder function registered as `name`; UnknownEncoder with the list of names otherwise."""
     if name in ENCODERS:
         return ENCODERS[name].function
     raise UnknownEncoder(f"unknown encoder {name!r}; `vmxaddr models` lists them ({', '.join(ENCODERS)})")
@@ -115,7 +120,7 @@ def bochs_2_7(instr: Instruction, rip: int = 0, policy: Policy = DEFAULT_POLICY)
     """
     layout = instr.spec.layout
     if layout is Layout.IO:
-        return _bochs_string_io(instr)
+        return _bochs_ins_outs(instr)
     if instr.rex2 or instr.mnemonic not in BOCHS_MNEMONICS:
         raise EncoderScope(f"bochs-2.7 does not implement {instr.mnemonic.upper()}"
                            + (" with REX2 (APX)" if instr.rex2 else "") + " (see docs/known-oracle-issues.md)")
@@ -143,7 +148,7 @@ def bochs_2_7(instr: Instruction, rip: int = 0, policy: Policy = DEFAULT_POLICY)
     return ExitInfo(instr.mnemonic, info & 0xFFFFFFFF, qual, instr.length)
 
 
-def _bochs_string_io(instr: Instruction) -> ExitInfo:
+def _bochs_ins_outs(instr: Instruction) -> ExitInfo:
     """Bochs's VMexit_IO() for INS/OUTS (bochs/cpu/vmexit.cc, read in a 2.7-era copy): the
     qualification as the SDM's table (size - 1, IN, string, REP, port from DX: 0 here, the encoder
     sees no registers); instruction information = the instruction's segment << 15 and the address
@@ -151,8 +156,6 @@ def _bochs_string_io(instr: Instruction) -> ExitInfo:
     (in 64-bit mode only FS/GS survive its decoder) — not ES: bits 17:15 are undefined for INS, so
     this is a choice, not a deviation. The guest-linear address needs the registers: not here
     (vmxaddr.oracles.bochs_io compares it)."""
-    from vmxaddr.string_io import io_qualification
-
     op = instr.operand
     assert op is not None
     seg = op.segment

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 from vmxaddr import layouts
 from vmxaddr.apx import encode_extended, fields_extended
 from vmxaddr.decode import Instruction
+from vmxaddr.io_exit import guest_linear_address, io_qualification
 from vmxaddr.isa import EXIT_REASONS, REG64, SEGMENTS, SPECS, XMM, Layout
 from vmxaddr.layouts import InfoField
 
@@ -131,9 +132,11 @@ class ExitInfo(NamedTuple):
 
     @property
     def exit_reason(self) -> int:
+        """The basic exit reason of the instruction (SDM Vol. 3D Appendix C)."""
         return EXIT_REASONS[self.instruction]
 
     def to_json(self) -> dict[str, Any]:
+        """The exit information as JSON (the extended APX field and the I/O guest-linear address only when reported)."""
         out = {"instruction": self.instruction, "exit_reason": self.exit_reason,
                "instruction_info": self.instruction_info, "exit_qualification": self.exit_qualification,
                "length": self.length}
@@ -149,6 +152,8 @@ def _rng(policy: Policy, instr: Instruction) -> random.Random:
 
 
 def reported_segment(instr: Instruction, policy: Policy = DEFAULT_POLICY) -> str:
+    """The segment the instruction-information field reports: the effective one, or (policy
+    "prefix") an ignored 64-bit-mode CS/DS/ES/SS prefix."""
     op = instr.operand
     assert op is not None
     if (policy.ignored_segment == "prefix" and instr.code_size == 64 and op.segment_prefix
@@ -214,11 +219,15 @@ def address_size_of(info: int) -> int:
 
 
 def defined_mask(instr: Instruction, policy: Policy = DEFAULT_POLICY) -> int:
+    """The instruction-information bits the SDM defines for this instruction and operand (the rest are undefined)."""
     return encode_info(instr, policy)[1]
 
 
 def exit_qualification(instr: Instruction, rip: int = 0, policy: Policy = DEFAULT_POLICY,
                        rng: random.Random | None = None, port: int = 0) -> int:
+    """The exit qualification the processor reports: the displacement (RIP-relative: plus the next
+    instruction's address), its bits above the address size as the policy says (undefined, SDM
+    Vol. 3C §28.2.1); the MSR index of an immediate form; the I/O qualification of INS/OUTS."""
     op = instr.operand
     if op is None:
         # RDMSR/WRMSRNS with an immediate: the MSR index (KVM handle_rdmsr_imm() reads it there)
@@ -230,8 +239,6 @@ def exit_qualification(instr: Instruction, rip: int = 0, policy: Policy = DEFAUL
         # INS/OUTS (no displacement): the I/O qualification. Tested only for a zero displacement,
         # to keep the fuzzer's hot path (a memo hit, then this function) as it was.
         if not full and instr.spec.layout is _IO:
-            from vmxaddr.string_io import io_qualification
-
             return io_qualification(instr, port)
     asz = op.address_size
     if asz == 64:
@@ -264,8 +271,6 @@ def encode(instr: Instruction, rip: int = 0, policy: Policy = DEFAULT_POLICY, st
             ext |= rng.getrandbits(64) & ~xdefined & ((1 << 64) - 1)
     port, gla = 0, None
     if state is not None and instr.spec.layout is Layout.IO:
-        from vmxaddr.string_io import guest_linear_address
-
         port, gla = state.regs[2] & 0xFFFF, guest_linear_address(instr, state)
     return ExitInfo(instr.mnemonic, info, exit_qualification(instr, rip, policy, rng, port), instr.length, ext, gla)
 
@@ -285,6 +290,7 @@ _NAMES = {"gpr": REG64, "xmm": XMM}
 
 
 def fields_json(info: int, instruction: str, code_size: int | None = None) -> dict[str, Any]:
+    """The defined fields of an instruction-information value by name, as JSON (for --json and traces)."""
     return {f.name: f.value for f in fields(info, instruction, code_size) if f.defined}
 
 

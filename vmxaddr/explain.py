@@ -7,13 +7,14 @@ from vmxaddr import rex2 as rex2_mod
 from vmxaddr.apx import fields_extended
 from vmxaddr.case import Case
 from vmxaddr.exitinfo import ExitInfo, InfoField, fields
+from vmxaddr.io_exit import decode_qualification, guest_linear_address
 from vmxaddr.isa import SPECS, Layout
 from vmxaddr.models.base import Result
 from vmxaddr.rules import RULES
-from vmxaddr.string_io import decode_qualification
 
 
 def describe_instruction(case: Case) -> list[str]:
+    """Lines describing the decoded instruction: text, code size, bytes, REX2, the memory operand."""
     ins = case.instruction
     lines = [f"{ins.text()}    ({ins.code_size}-bit code, {ins.length} bytes: {ins.raw.hex(' ')})"]
     if ins.rex2:
@@ -74,6 +75,7 @@ def describe_exit(exit: ExitInfo, policy_note: str = "", code_size: int | None =
 
 
 def describe_result(result: Result, model_name: str) -> list[str]:
+    """Lines of a model's computation, one per step with its rule id, then the outcome and the rules cited."""
     lines = [f"Computation ({model_name}):"]
     used: list[str] = []
     for n, s in enumerate(result.steps, 1):
@@ -99,13 +101,12 @@ def describe_result(result: Result, model_name: str) -> list[str]:
 
 
 def explain_text(case: Case, exit: ExitInfo, result: Result, model_name: str = "sdm") -> str:
+    """The full `vmxaddr explain` text: the instruction, the exit information, and the model's computation."""
     p = case.policy
     op = case.instruction.operand
     # The policy decides only the bits above a 16- or 32-bit address size.
     note = f"   (policy {p.exit_qual})" if op is not None and op.address_size < 64 else ""
     if exit.guest_linear_address is None and case.instruction.spec.layout is Layout.IO:
-        from vmxaddr.string_io import guest_linear_address
-
         exit = exit._replace(guest_linear_address=guest_linear_address(case.instruction, case.state))
     out = (describe_instruction(case) + [""] + describe_exit(exit, note, case.instruction.code_size) + [""]
            + describe_result(result, model_name))

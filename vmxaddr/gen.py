@@ -18,9 +18,13 @@ T = TypeVar("T")
 
 
 class Chooser(Protocol):
-    def choice(self, seq: Sequence[T]) -> T: ...
-    def integer(self, lo: int, hi: int) -> int: ...
-    def chance(self, p: float) -> bool: ...
+    """Where a generator gets its random choices: a seeded Random, a hypothesis draw, or a recorded replay."""
+    def choice(self, seq: Sequence[T]) -> T:
+        """One element of `seq`."""
+    def integer(self, lo: int, hi: int) -> int:
+        """An integer in [lo, hi]."""
+    def chance(self, p: float) -> bool:
+        """True with probability `p`."""
 
 
 def randint(rng: random.Random, lo: int, hi: int) -> int:
@@ -36,18 +40,22 @@ def randint(rng: random.Random, lo: int, hi: int) -> int:
 
 
 class RandomChooser:
+    """Choices from a seeded random.Random (the fuzzer's fast path)."""
     __slots__ = ("r",)
 
     def __init__(self, rng: random.Random) -> None:
         self.r = rng
 
     def choice(self, seq: Sequence[T]) -> T:
+        """One element of `seq`, uniformly."""
         return seq[int(self.r.random() * len(seq))]
 
     def integer(self, lo: int, hi: int) -> int:
+        """An integer in [lo, hi], uniformly."""
         return randint(self.r, lo, hi)
 
     def chance(self, p: float) -> bool:
+        """True with probability `p`."""
         return self.r.random() < p
 
 
@@ -61,13 +69,16 @@ class DrawChooser:
         self.st = st
 
     def choice(self, seq: Sequence[T]) -> T:
+        """One element of `seq`, drawn so that hypothesis shrinks toward the first."""
         return seq[self.draw(self.st.integers(0, len(seq) - 1))]
 
     def integer(self, lo: int, hi: int) -> int:
+        """An integer in [lo, hi], drawn so that hypothesis shrinks it."""
         return int(self.draw(self.st.integers(lo, hi)))
 
     def chance(self, p: float) -> bool:
         # shrinks toward False: the plain case
+        """True with probability about `p`, shrinking toward False (the plain case)."""
         return bool(self.draw(self.st.integers(0, 999)) >= 1000 - int(p * 1000))
 
 
@@ -267,6 +278,7 @@ def _segment(ch: Chooser, stack: bool = False) -> Segment:
 
 
 def gen_state(ch: Chooser, code_size: int, weird_modes: float = 0.03) -> CpuState:
+    """A random CPU state for `code_size` code: register values and segments leaning on edges, sometimes CPL 3, LA57 or an unusual mode."""
     st = CpuState.for_code_size(code_size)
     mode = st.mode
     if code_size != 64 and ch.chance(weird_modes):
@@ -279,5 +291,6 @@ def gen_state(ch: Chooser, code_size: int, weird_modes: float = 0.03) -> CpuStat
 
 
 def gen_policy(ch: Chooser) -> Policy:
+    """A random encoder policy (exit-qualification extension, undefined bits, seed)."""
     return Policy(exit_qual=ch.choice(("zero-extend", "sign-extend", "random-upper")),
                   undefined_bits=ch.choice(("zero", "random")), seed=ch.integer(0, 1 << 16))

@@ -3,16 +3,33 @@ helpers for REX2, string I/O and the register-only instructions can build one)."
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, NamedTuple
 
 from vmxaddr.isa import XMM, InstrSpec, Layout, reg_name
 
 
+class DecodeErrorKind(StrEnum):
+    """Why bytes are not a VMX-family instruction the decoder reads (`DecodeError.kind`)."""
+
+    MODE = "mode"  # a code size other than 16, 32 or 64
+    EMPTY = "empty"
+    TRUNCATED = "truncated"  # the bytes end inside the instruction
+    TOO_LONG = "too-long"  # more than 15 bytes (#GP)
+    LOCK = "lock"  # a LOCK prefix (#UD)
+    PREFIX = "prefix"  # a prefix that makes it another instruction, or #UD
+    NOT_VMX = "not-vmx"
+    REGISTER_FORM = "register-form"  # a register operand where only memory is allowed (#UD)
+    REX2 = "rex2"  # an APX REX2 prefix where it is #UD
+    DECODER_DISAGREEMENT = "decoder-disagreement"  # capstone reads the bytes otherwise (capstone_guard)
+
+
 class DecodeError(ValueError):
     """Bytes that are not a VMX-family instruction this library can decode.
 
-    `kind` is one of: "mode", "empty", "truncated", "too-long", "lock", "prefix", "not-vmx",
-    "register-form", "rex2" (an APX REX2 prefix where it is #UD), "decoder-disagreement".
+    `kind` is a DecodeErrorKind value ("mode", "empty", "truncated", "too-long",
+    "lock", "prefix", "not-vmx", "register-form", "rex2", "decoder-disagreement"); the raising
+    code passes the plain string (tests/test_enums.py holds it to the enum).
     """
 
     def __init__(self, kind: str, message: str) -> None:
@@ -21,6 +38,7 @@ class DecodeError(ValueError):
 
 
 class MemoryOperand(NamedTuple):
+    """The memory operand of a decoded instruction: segment, base, index, scale, displacement, address size, access."""
     segment: str  # the segment the access uses: the effective override, else the default rule
     segment_prefix: str | None  # the last segment-override prefix present, effective or not
     base: int | None  # register number (0 = rAX … 15 = R15); None: no base (or RIP-relative)
@@ -36,15 +54,18 @@ class MemoryOperand(NamedTuple):
 
     @property
     def base_name(self) -> str | None:
+        """The base register's name in the address size ("rip"/"eip" when RIP-relative), or None."""
         if self.rip_relative:
             return "rip" if self.address_size == 64 else "eip"
         return None if self.base is None else reg_name(self.base, self.address_size)
 
     @property
     def index_name(self) -> str | None:
+        """The index register's name in the address size, or None."""
         return None if self.index is None else reg_name(self.index, self.address_size)
 
     def text(self) -> str:
+        """The operand in Intel syntax, e.g. "ss:[ebp - 0x28]"."""
         parts = [p for p in (self.base_name, self.index_name and (
             self.index_name + (f"*{self.scale}" if self.scale > 1 else ""))) if p]
         d = self.displacement
@@ -58,6 +79,7 @@ class MemoryOperand(NamedTuple):
         return f"{self.segment}:[{body}]"
 
     def to_json(self) -> dict[str, Any]:
+        """The operand as JSON (register names, not numbers)."""
         return {
             "segment": self.segment,
             "segment_prefix": self.segment_prefix,
@@ -74,6 +96,7 @@ class MemoryOperand(NamedTuple):
 
 
 class Instruction(NamedTuple):
+    """A decoded VMX-family instruction: mnemonic, code size, length, bytes, prefixes, registers and memory operand."""
     mnemonic: str
     code_size: int
     length: int
@@ -90,6 +113,7 @@ class Instruction(NamedTuple):
 
     @property
     def uses_rex2(self) -> bool:
+        """True when the instruction has an APX REX2 prefix (d5)."""
         return self.rex2 != 0
 
     @property
@@ -110,6 +134,7 @@ class Instruction(NamedTuple):
         return 64 if self.code_size == 64 else 32
 
     def text(self) -> str:
+        """The instruction in Intel syntax, e.g. "vmread dword ptr ss:[ebp - 0x28], eax"."""
         size = self.reg_size
         ops: list[str] = []
         layout = self.spec.layout
@@ -137,6 +162,7 @@ class Instruction(NamedTuple):
         return f"{m} {', '.join(ops)}".strip()
 
     def to_json(self) -> dict[str, Any]:
+        """The instruction as `vmxaddr decode --json` prints it."""
         size = self.reg_size
         return {
             "mnemonic": self.mnemonic,

@@ -29,6 +29,7 @@ class Layout(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class InstrSpec:
+    """What the SDM says of one instruction: exit reason, instruction-information layout, memory access and size, where it runs."""
     mnemonic: str
     exit_reason: int  # basic exit reason (SDM Vol. 3D Appendix C)
     layout: Layout
@@ -49,6 +50,7 @@ class InstrSpec:
     align: int = 1
 
     def access_size(self, code_size: int) -> int:
+        """The size in bytes of the memory access in `code_size` code."""
         return self.size64 if code_size == 64 else self.size
 
 
@@ -135,12 +137,26 @@ REG16 = ("ax", "cx", "dx", "bx", "sp", "bp", "si", "di",
 XMM = tuple(f"xmm{n}" for n in range(16))
 
 # Segment-register numbering of bits 17:15.
-SEGMENTS = ("es", "cs", "ss", "ds", "fs", "gs")
+class SegmentName(StrEnum):
+    """The six segment registers, in the order of the instruction-information field's segment
+    register encoding (SDM Vol. 3C, Table 28-9: 0 = ES ... 5 = GS)."""
+
+    ES = "es"
+    CS = "cs"
+    SS = "ss"
+    DS = "ds"
+    FS = "fs"
+    GS = "gs"
+
+
+# The plain strings (a str subclass is slower to hash and compare, on every model call):
+SEGMENTS: tuple[str, ...] = tuple(s.value for s in SegmentName)
 
 RSP, RBP, RSI, RDI, RBX = 4, 5, 6, 7, 3
 
 
 def reg_name(number: int, size: int) -> str:
+    """The name of general register `number` at `size` bits (e.g. 5, 32 -> "ebp")."""
     return {64: REG64, 32: REG32, 16: REG16}[size][number]
 
 

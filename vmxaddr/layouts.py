@@ -8,7 +8,7 @@ field undefined (`When`: another field's value — the operand kind, bit 10; no 
 base, bit 27 —, an exit from 64-bit mode, or the exiting instruction).
 
 Everything else reads these tables: vmxaddr.exitinfo (encode: positions and the defined mask;
-`fields`; `operand_bits`), vmxaddr.apx (the extended field), vmxaddr.string_io (the I/O
+`fields`; `operand_bits`), vmxaddr.apx (the extended field), vmxaddr.io_exit (the I/O
 qualification), vmxaddr.pictures (the drawings) and the explanations. This module imports nothing
 from vmxaddr, so that any layer (the SDM model's rule language, the z3 encodings) may read it.
 
@@ -57,6 +57,7 @@ class Field(NamedTuple):
 
 
 class Layout(NamedTuple):
+    """One bit layout (an instruction-information layout, the I/O qualification, the APX field): its fields and where the SDM gives it."""
     name: str  # vmxaddr.isa.Layout's value, "io-qualification" or "apx-extended:<layout>"
     title: str  # the SDM table's title (or what stands for it)
     source: str  # where the positions come from

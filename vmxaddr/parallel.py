@@ -24,12 +24,10 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+from vmxaddr.errors import ParallelError as ParallelError  # (defined in the leaf module; importable from here)
+
 HARD_CAP = 256  # never more workers than this, whatever the machine says
 DASK_TIMEOUT = 10.0  # seconds to wait for a scheduler
-
-
-class ParallelError(Exception):
-    """A bad --jobs or --dask value, or Dask missing: one line for the user."""
 
 
 def cpus() -> int:

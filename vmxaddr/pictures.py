@@ -26,6 +26,8 @@ from typing import Any
 
 from vmxaddr import layouts as lay_tables
 from vmxaddr.apx import VMCS_EXTENDED_INSTRUCTION_INFO, fields_extended
+from vmxaddr.bytemap import breakdown
+from vmxaddr.bytemap import picture as bytes_picture
 from vmxaddr.case import Case
 from vmxaddr.exitinfo import ExitInfo, InfoField, fields
 from vmxaddr.isa import SPECS, Layout
@@ -79,11 +81,14 @@ significant first (vmxaddr.exitinfo.fields; vmxaddr.apx.fields_extended)."""
 
 
 def instructions_of(layout: Layout) -> list[str]:
+    """The instructions whose instruction information has `layout`."""
     return [m for m, s in SPECS.items() if s.layout is layout]
 
 
 @dataclass(frozen=True)
 class LayoutField:
+    """One field of a drawn layout: its bits, and whether the SDM defines it always, never or on a
+    condition."""
     name: str
     hi: int
     lo: int
@@ -107,6 +112,7 @@ def layout_fields(table: lay_tables.Layout) -> list[LayoutField]:
 
 
 def layout_title(layout: Layout) -> str:
+    """The SDM's title for the layout's table, naming its instructions."""
     names = [m.upper() for m in instructions_of(layout)]
     return ("Format of the VM-exit instruction-information field as used for "
             + (", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]))
@@ -280,9 +286,6 @@ def exit_fields_picture(exit: ExitInfo, heading: str, code_size: int | None = No
 
 def decode_picture(instr: Any, exit: ExitInfo, bytemap: Any = None) -> Svg:
     """`vmxaddr decode --svg`: the bytes taken apart (vmxaddr.bytemap), then the fields."""
-    from vmxaddr.bytemap import breakdown
-    from vmxaddr.bytemap import picture as bytes_picture
-
     heading = f"{instr.text()}: instruction information {exit.instruction_info:#010x}"
     top = bytes_picture(bytemap or breakdown(instr), f"{instr.text()}: the bytes {instr.raw.hex(' ')}")
     fields_svg = exit_fields_picture(exit, heading, instr.code_size)
@@ -385,6 +388,8 @@ def _stages(case: Case, exit: ExitInfo, result: Result) -> list[tuple[str, str, 
 
 
 def flow_picture(case: Case, exit: ExitInfo, result: Result, model_name: str = "sdm") -> Svg:
+    """The computation of one case as a flow picture: bytes, fields, displacement, EA, segment,
+    linear address, checks, outcome."""
     svg = Svg(FLOW_WIDTH, 0, f"{case.instruction.text()}: the computation ({model_name})")
     arrow = svg.arrow_marker("flow-arrow")
     y = 6.0

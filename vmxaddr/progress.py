@@ -9,6 +9,8 @@ from typing import TextIO
 
 
 class Progress:
+    """A progress line on standard error: rewritten in place on a terminal, a line every 10 s
+    otherwise."""
     def __init__(self, total: int | None, label: str = "", enabled: bool = True, stream: TextIO | None = None,
                  unit: str = "cases", delay: float = 0.0) -> None:
         self.total = total
@@ -23,6 +25,7 @@ class Progress:
         self.done = 0
 
     def update(self, done: int, note: str = "") -> None:
+        """Report `done` items (drawn at most every 0.2 s on a terminal)."""
         self.done = done
         if not self.enabled:
             return
@@ -46,6 +49,7 @@ class Progress:
         self.stream.flush()
 
     def close(self) -> None:
+        """End the progress line (a newline on a terminal)."""
         if self.enabled and self.tty:
             self.stream.write("\n")
             self.stream.flush()

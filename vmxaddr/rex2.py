@@ -48,6 +48,8 @@ UD_ROWS_MAP1 = frozenset((0x3, 0x8))
 
 
 class Rex2(NamedTuple):
+    """An APX REX2 prefix's payload taken apart: M0, W, and the R/X/B bits as the values they add to
+    register numbers."""
     payload: int
     m0: int
     r: int  # R4:R3 as the value added to ModRM.reg (0, 8, 16 or 24)

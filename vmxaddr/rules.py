@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Rule:
+    """One SDM rule a model applies: its id, title, where the SDM says it, and the words."""
     id: str
     title: str
     source: str
@@ -118,4 +119,5 @@ RULES: dict[str, Rule] = {r.id: r for r in (
 
 
 def cite(rule_id: str) -> str:
+    """Where the SDM gives rule `rule_id` (section and title)."""
     return RULES[rule_id].source

@@ -22,10 +22,8 @@ How it stays exact without disassembling everything in Python:
    decides whether it is a VMX-family instruction and reads its operand; `encode` gives the
    instruction-information field and exit qualification.
 
-ELF headers, section headers and symbols are read with `struct` (the layouts of the ELF gABI):
-pyelftools costs about 2.5 ms per file to open, more than objdump needs to disassemble a typical
-kernel module, so the scanner only uses it in the tests, as the reference its reader is checked
-against.
+ELF headers, section headers and symbols are read by vmxaddr/elf.py; the boundaries of step 2
+come from vmxaddr/sweep.py.
 """
 
 from __future__ import annotations
@@ -37,13 +35,14 @@ import struct
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
+from vmxaddr.elf import ET_NAMES, STT_FUNC, STT_NOTYPE, X86_MACHINES, Elf, Section
 from vmxaddr.scanio import MAX_IMAGE, ScanError, expand_paths, looks_like_elf, read_image
+from vmxaddr.sweep import _PREFIXES, Boundaries, sweep
 
-__all__ = ["CANDIDATE", "Elf", "FileResult", "ScanError", "expand_paths", "looks_like_elf", "read_image", "scan_file",
-           "scan_image", "sweep"]
+__all__ = ["CANDIDATE", "Boundaries", "Elf", "FileResult", "ScanError", "expand_paths", "looks_like_elf", "read_image",
+           "scan_file", "scan_image", "sweep"]
 
 # -- candidates ---------------------------------------------------------------------------------
 
@@ -87,416 +86,7 @@ overlapping candidates, as in 0F 00 0F C7, are all found."""
 
 # -- reading files: vmxaddr/scanio.py (bounded) ------------------------------------------------
 
-# -- a small ELF reader -------------------------------------------------------------------------
-
-SHT_SYMTAB, SHT_NOBITS, SHT_DYNSYM = 2, 8, 11
-SHF_EXECINSTR = 0x4
-STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_SECTION, STT_FILE = 0, 1, 2, 3, 4
-SHN_LORESERVE = 0xFF00
-ET_NAMES = {1: "ET_REL", 2: "ET_EXEC", 3: "ET_DYN", 4: "ET_CORE"}
-X86_MACHINES = {3: "i386", 6: "i486", 62: "x86-64"}
-
-
-@dataclass(frozen=True, slots=True)
-class Section:
-    index: int
-    name: str
-    type: int
-    flags: int
-    addr: int
-    offset: int
-    size: int
-    link: int
-    entsize: int
-
-
-@dataclass(frozen=True, slots=True)
-class Symbol:
-    name: str
-    value: int
-    size: int
-    type: int
-    shndx: int
-
-
-class Elf:
-    """ELF header, section headers and symbols of an x86 ELF image held in memory."""
-
-    def __init__(self, data: bytes | bytearray) -> None:
-        self.data = data
-        if len(data) < 16 or data[:4] != b"\x7fELF":
-            raise ScanError("not an ELF file" + (" (empty)" if not data else ""))
-        ei_class, ei_data = data[4], data[5]
-        if ei_class not in (1, 2):
-            raise ScanError(f"bad ELF class byte {ei_class}")
-        if ei_data != 1:
-            raise ScanError("not a little-endian ELF file, so not x86" if ei_data == 2
-                            else f"bad ELF data-encoding byte {ei_data}")
-        self.bits = 32 if ei_class == 1 else 64
-        ehdr = "<HHIIIIIHHHHHH" if self.bits == 32 else "<HHIQQQIHHHHHH"
-        if len(data) < 16 + struct.calcsize(ehdr):
-            raise ScanError("truncated ELF header")
-        (self.e_type, self.machine, _version, self.entry, _phoff, shoff, _flags, _ehsize,
-         _phentsize, _phnum, shentsize, shnum, shstrndx) = struct.unpack_from(ehdr, data, 16)
-        if self.machine not in X86_MACHINES:
-            raise ScanError(f"not an x86 ELF file (e_machine {self.machine})")
-        shdr = "<IIIIIIIIII" if self.bits == 32 else "<IIQQQQIIQQ"
-        need = struct.calcsize(shdr)
-        if shoff == 0:
-            raise ScanError("no section header table")
-        if shentsize < need:
-            raise ScanError(f"bad section header size {shentsize}")
-        if shnum == 0 and shoff + need <= len(data):  # more than 0xff00 sections: count in [0]
-            shnum = struct.unpack_from(shdr, data, shoff)[5]
-        if shoff + shnum * shentsize > len(data):
-            raise ScanError(f"truncated: the section headers end at {shoff + shnum * shentsize:#x},"
-                            f" the file at {len(data):#x}")
-        raw = [struct.unpack_from(shdr, data, shoff + i * shentsize) for i in range(shnum)]
-        if shstrndx == 0xFFFF and raw:  # SHN_XINDEX
-            shstrndx = raw[0][6]
-        names = b""
-        if 0 < shstrndx < shnum:
-            names = self._bytes_of(raw[shstrndx], "the section-name table")
-        self.sections: list[Section] = []
-        for i, (name, typ, flags, addr, off, size, link, _info, _align, entsize) in enumerate(raw):
-            if typ != SHT_NOBITS and i and off + size > len(data):
-                raise ScanError(f"truncated: section {i} ends at {off + size:#x}, "
-                                f"the file at {len(data):#x}")
-            self.sections.append(Section(i, _cstr(names, name) if names else f"#{i}", typ, flags,
-                                         addr, off, size, link, entsize))
-        self._entries: list[tuple[int, int, int, int, int]] | None = None
-        self._strtab = b""
-        self._starts: dict[int, set[int]] | None = None
-
-    def _bytes_of(self, raw: tuple[int, ...], what: str) -> bytes:
-        off, size = raw[4], raw[5]
-        if off + size > len(self.data):
-            raise ScanError(f"truncated: {what} ends at {off + size:#x}, the file at {len(self.data):#x}")
-        return bytes(self.data[off:off + size])
-
-    @property
-    def relocatable(self) -> bool:
-        return self.e_type == 1
-
-    def section_bytes(self, s: Section) -> bytes:
-        return bytes(self.data[s.offset:s.offset + s.size])
-
-    def executable_sections(self) -> list[Section]:
-        return [s for s in self.sections
-                if s.flags & SHF_EXECINSTR and s.type != SHT_NOBITS and s.size and s.index]
-
-    def _symbol_entries(self) -> list[tuple[int, int, int, int, int]]:
-        """(name offset, value, size, type, section index) of the named symbols defined in a
-        section, from the static symbol table, else the dynamic one (what objdump -d labels
-        code with); section and file symbols left out, as objdump does."""
-        if self._entries is None:
-            self._entries = []
-            for want in (SHT_SYMTAB, SHT_DYNSYM):
-                tabs = [s for s in self.sections if s.type == want]
-                if tabs:
-                    tab = tabs[0]
-                    self._entries = self._read_symbols(tab)
-                    self._strtab = self.section_bytes(self.sections[tab.link])
-                    break
-        return self._entries
-
-    def _read_symbols(self, tab: Section) -> list[tuple[int, int, int, int, int]]:
-        fmt = "<IIIBBH" if self.bits == 32 else "<IBBHQQ"
-        size = struct.calcsize(fmt)
-        if tab.entsize not in (0, size) or not 0 < tab.link < len(self.sections):
-            raise ScanError(f"bad symbol table {tab.name}")
-        body = self.section_bytes(tab)
-        body = body[:len(body) - len(body) % size]
-        if self.bits == 32:
-            ents = [(n, v, sz, i & 0xF, x) for n, v, sz, i, _o, x in struct.iter_unpack(fmt, body)]
-        else:
-            ents = [(n, v, sz, i & 0xF, x) for n, i, _o, x, v, sz in struct.iter_unpack(fmt, body)]
-        return [e for e in ents if e[0] and e[3] != STT_SECTION and e[3] != STT_FILE
-                and 0 < e[4] < SHN_LORESERVE]
-
-    def symbol_starts(self, sec: Section) -> list[int]:
-        """Section offsets where objdump -d restarts its sweep: 0 and every symbol."""
-        if self._starts is None:
-            self._starts = {}
-            rel = self.relocatable
-            addr = {s.index: (0 if rel else s.addr, s.size) for s in self.sections}
-            for _n, value, _sz, _t, shndx in self._symbol_entries():
-                base, size = addr.get(shndx, (0, 0))
-                if 0 <= value - base < size:
-                    self._starts.setdefault(shndx, set()).add(value - base)
-        return sorted(self._starts.get(sec.index, set()) | {0})
-
-    def symbols(self, sec: Section) -> list[Symbol]:
-        """The symbols defined in a section, with their values as section offsets."""
-        base = 0 if self.relocatable else sec.addr
-        return [Symbol(_cstr(self._strtab, n), v - base, sz, t, x)
-                for n, v, sz, t, x in self._symbol_entries()
-                if x == sec.index and 0 <= v - base < sec.size]
-
-
-def _cstr(table: bytes, offset: int) -> str:
-    end = table.find(b"\0", offset)
-    return table[offset:end if end >= 0 else len(table)].decode("utf-8", "replace")
-
-
-# -- instruction boundaries as objdump -d draws them -------------------------------------------
-
-_PREFIXES = frozenset(b"\x66\x67\xf0\xf2\xf3\x2e\x36\x3e\x26\x64\x65")
-
-
-def _modrm_length(d: bytes, q: int, end: int, addr16: bool) -> int:
-    """Bytes of the ModRM at q with its SIB and displacement."""
-    if q >= end:
-        return 0
-    mod, rm = d[q] >> 6, d[q] & 7
-    if mod == 3:
-        return 1
-    if addr16:
-        return 1 + (2 if mod == 2 or (mod == 0 and rm == 6) else mod)
-    n = 1
-    if rm == 4:
-        n += 1
-        if mod == 0 and q + 1 < end and d[q + 1] & 7 == 5:
-            n += 4
-    if mod == 0 and rm == 5:
-        n += 4
-    return n + (1 if mod == 1 else 4 if mod == 2 else 0)
-
-
-def _bad_length(d: bytes, p: int, end: int, bits: int, iced_len: int) -> int:
-    """How many bytes objdump's "(bad)" takes at p (binutils 2.40, observed), at least 1.
-
-    objdump stops at the byte where its table lookup fails: the prefixes and that byte, or the
-    whole ModRM for the x87 escapes, or the VEX/EVEX/XOP prefix bytes read so far; an instruction
-    cut off by the end of the symbol is printed byte by byte."""
-    if iced_len == 0 or p + iced_len > end:
-        return 1
-    q = p
-    addr16 = bits == 16
-    rep = 0  # the last F2/F3: it selects the opcode's prefix table before 66 does
-    while q < end and (d[q] in _PREFIXES or (bits == 64 and 0x40 <= d[q] <= 0x4F)):
-        if d[q] == 0x67:
-            addr16 = bits == 32
-        elif d[q] in (0xF2, 0xF3):
-            rep = d[q]
-        q += 1
-    if q + 1 >= end:
-        return 1
-    npfx, b, b1 = q - p, d[q], d[q + 1]
-    modrm = d[q + 2] if q + 2 < end else 0
-    if b == 0x0F:
-        if b1 in (0x38, 0x3A):
-            return npfx + 3
-        if b1 == 0xC7:  # CMPXCHG8B's register form fails at once; the others after the opcode
-            return npfx + (1 if (modrm >> 3) & 7 == 1 and modrm >= 0xC0 else 2)
-        if b1 in (0x78, 0x79) and modrm < 0xC0:  # EXTRQ/INSERTQ with a memory ModRM, F3 0F 78/79
-            return npfx + (2 if rep == 0xF3 else 3 if b1 == 0x78 else 1)
-        if 0x20 <= b1 <= 0x23:  # MOV to/from CRn/DRn: the ModRM is always read as registers
-            return npfx + 3
-        if b1 in (0x0F, 0xA6, 0xA7, 0xE7, 0xC3, 0xF7):
-            return npfx + 1
-        return npfx + 2
-    if bits == 64 or b1 >= 0xC0:
-        if b == 0xC5:
-            return npfx + 3
-        if b == 0xC4:  # a valid opcode map: prefix, two payload bytes and the opcode
-            return npfx + (4 if b1 & 0x1F in (1, 2, 3) else 1)
-        if b == 0x62:  # EVEX: maps 1, 2, 3, 5 and 6 exist
-            if b1 & 0x08 or b1 & 7 in (0, 4, 7):
-                return npfx + 1
-            if q + 2 < end and not d[q + 2] & 0x04:
-                return npfx + 2
-            return npfx + 5
-    if b == 0x8F and b1 & 0x1F >= 8:
-        return npfx + (4 if b1 & 0x1F <= 10 else 1)
-    if 0xD8 <= b <= 0xDF or b in (0x8C, 0x8E):
-        return min(npfx + 1 + _modrm_length(d, q + 1, end, addr16), end - p)
-    return npfx + 1
-
-
-@lru_cache(maxsize=1)
-def _iced() -> Any:
-    """iced-x86, imported on first use so that `vmxaddr` starts without it."""
-    try:
-        import iced_x86
-    except ImportError:
-        raise ScanError("the scanner needs the iced-x86 module (pip install iced-x86)") from None
-    return iced_x86
-
-
-@lru_cache(maxsize=4)
-def _options(bits: int) -> tuple[int, int]:
-    """iced options: strict (objdump rejects VEX/EVEX reserved-bit violations too), plus the
-    386 test-register moves (0F 24/26), which objdump decodes outside 64-bit mode."""
-    iced = _iced()
-    strict = iced.DecoderOptions.MOV_TR if bits != 64 else iced.DecoderOptions.NONE
-    return strict, strict | iced.DecoderOptions.NO_INVALID_CHECK
-
-
-@lru_cache(maxsize=1)
-def _sse4a_codes() -> frozenset[int]:
-    c = _iced().Code
-    return frozenset((c.EXTRQ_XMM_IMM8_IMM8, c.EXTRQ_XMM_XMM, c.INSERTQ_XMM_XMM, c.INSERTQ_XMM_XMM_IMM8_IMM8))
-
-
-def _rex_then_prefix(b: int) -> bool:
-    return b in _PREFIXES or 0x40 <= b <= 0x4F
-
-
-_REX_PREFIX = re.compile(rb"[\x40-\x4f](?=[\x40-\x4f\x66\x67\xf0\xf2\xf3\x2e\x36\x3e\x26\x64\x65])")
-"""A REX byte followed by another prefix: objdump ends the instruction after the REX
-("rex.W" alone), the processor (and iced) ignores the REX and goes on."""
-
-
-def _objdump_length(data: bytes, p: int, end: int, bits: int, iced_len: int) -> int:
-    """Length objdump gives the bytes at p that iced's strict decoder rejects."""
-    iced = _iced()
-    q = p
-    while q < end and data[q] in _PREFIXES or (bits == 64 and q < end and 0x40 <= data[q] <= 0x4F):
-        if bits == 64 and 0x40 <= data[q] <= 0x4F and q + 1 < end and _rex_then_prefix(data[q + 1]):
-            return q + 1 - p
-        if data[q] == 0xF0:  # objdump prints LOCK on anything ("lock nop", "lock vmread")
-            lax = iced.Decoder(bits, data[p:end], _options(bits)[1], p).decode()
-            if lax.code != iced.Code.INVALID and lax.code not in _sse4a_codes():
-                return lax.len
-            break
-        q += 1
-    if q < end and data[q] in (0xC4, 0xC5, 0x62) and q > p and (bits == 64 or (q + 1 < end and data[q + 1] >= 0xC0)):
-        # objdump decodes VEX/EVEX after prefixes that make it #UD (66, F2, F3, REX)
-        vex = iced.Decoder(bits, data[q:end], _options(bits)[0], q).decode()
-        if vex.code != iced.Code.INVALID:
-            return q - p + vex.len
-    return _bad_length(data, p, end, bits, iced_len)
-
-
-class Sweeper:
-    """objdump's linear sweep over data[lo:hi] of a symbol's bytes that end at `end` (hi <= end):
-    `run(pos, upto)` gives the instruction starts from pos to upto. Bytes past upto + 15 cannot
-    change the instructions that start at or before upto, so hi = min(end, upto + 16) is enough."""
-
-    def __init__(self, data: bytes, lo: int, hi: int, end: int, bits: int, apx: bool = False) -> None:
-        iced = _iced()
-        self.data, self.lo, self.end, self.bits = data, lo, end, bits
-        self.apx = apx and bits == 64
-        self.dec = iced.Decoder(bits, data[lo:hi], _options(bits)[0], lo)
-        self.ins = iced.Instruction()
-        self.rex = {m.start() for m in _REX_PREFIX.finditer(data, lo, hi)} if bits == 64 else set()
-
-    def run(self, start: int, upto: int) -> list[int]:
-        iced = _iced()
-        data, lo, end, bits, dec, ins, rex = self.data, self.lo, self.end, self.bits, self.dec, self.ins, self.rex
-        apx = self.apx
-        invalid, wait = iced.Code.INVALID, iced.Code.WAIT
-        sse4a = _sse4a_codes()
-        starts: list[int] = []
-        add = starts.append
-        decode_out = dec.decode_out
-        limit = upto - lo
-        dec.position = start - lo
-        while True:
-            pos = dec.position
-            if pos > limit or not dec.can_decode:
-                break
-            add(pos + lo)
-            decode_out(ins)
-            code = ins.code
-            if rex and (pos + lo in rex or data[pos + lo] in _PREFIXES):
-                q = pos + lo
-                while q < end and data[q] in _PREFIXES and q not in rex:
-                    q += 1
-                if q in rex:  # a REX byte followed by a prefix, within this instruction's prefixes
-                    dec.position = q + 1 - lo
-                    continue
-            if code == invalid:
-                n = _rex2_length(data, pos + lo, end) if apx else 0
-                dec.position = pos + (n or min(15, _objdump_length(data, pos + lo, end, bits, ins.len)))
-            elif code == wait and dec.can_decode:
-                # objdump reads FWAIT as a prefix: with an x87 instruction after it (and any prefixes
-                # between) it prints one instruction; prefixes then another FWAIT belong to the first
-                j = r = pos + lo + 1
-                while j < end and (data[j] in _PREFIXES or (bits == 64 and 0x40 <= data[j] <= 0x4F)):
-                    j += 1
-                if j < end and 0xD8 <= data[j] <= 0xDF:
-                    decode_out(ins)
-                    if ins.code == invalid:
-                        dec.position = r - lo + _objdump_length(data, r, end, bits, ins.len)
-                elif j < end and data[j] == 0x9B and j > r:
-                    dec.position = j - lo
-            elif code in sse4a and ins.op1_kind == iced.OpKind.MEMORY:
-                # EXTRQ/INSERTQ take registers only; objdump stops early on a memory ModRM
-                dec.position = pos + _bad_length(data, pos + lo, end, bits, ins.len)
-        return starts
-
-
-def sweep(data: bytes, start: int, end: int, upto: int, bits: int, apx: bool = False) -> list[int]:
-    """Offsets of the instructions objdump -d shows in data[start:end] that start at or before
-    `upto` (a linear sweep from `start` that never reads past `end`); `apx`: REX2 read as APX
-    does (llvm-objdump-19), in 64-bit code."""
-    return Sweeper(data, start, min(end, upto + 16), end, bits, apx).run(start, upto)
-
-
-def _rex2_length(data: bytes, p: int, end: int) -> int:
-    """Length of the REX2 (APX) instruction at p (64-bit code: legacy prefixes, D5, payload,
-    opcode …), 0 if there is none. REX2 changes no field's width: the instruction is as long as
-    the legacy one with a REX holding W/R3/X3/B3 and, for M0 = 1, the 0F escape, less one byte
-    (2 bytes of REX2 for REX + 0F) or plus one (M0 = 0: REX2 for REX). The rows REX2 makes #UD
-    (vmxaddr/rex2.py) give 0, and so does a REX before D5."""
-    q = p
-    while q < end and data[q] in _PREFIXES:
-        q += 1
-    if q + 2 >= end or data[q] != 0xD5:
-        return 0
-    payload, op = data[q + 1], data[q + 2]
-    m0 = payload >> 7
-    if (op >> 4) in ((0x3, 0x8) if m0 else (0x4, 0x7, 0xA, 0xE)) or (not m0 and op == 0x0F):
-        return 0
-    iced = _iced()
-    legacy = data[p:q] + bytes([0x40 | payload & 0xF]) + (b"\x0f" if m0 else b"") + data[q + 2:min(end, q + 17)]
-    ins = iced.Decoder(64, legacy, _options(64)[0]).decode()
-    if ins.code == iced.Code.INVALID:
-        return 0
-    return ins.len + 1 - m0
-
-
-class Boundaries:
-    """The instruction starts of one symbol's bytes, found as the scan moves forward through its
-    candidates (in increasing order).
-
-    Near the last known start, the sweep just goes on from there. Far from it (more than `FAR`
-    bytes), it resynchronises instead of sweeping the gap: objdump's sweep, whatever it did
-    before, starts an instruction somewhere in any 16 consecutive bytes, because no step is
-    longer; so sweeps started at each of the 17 offsets c-W-16 … c-W include the true one, and
-    once they all share a start b, every start from b on is the true sweep's (each step depends
-    on the position only). If they do not meet before the candidate, the gap is swept."""
-
-    FAR = 512
-    W = 32
-
-    def __init__(self, data: bytes, start: int, end: int, bits: int, apx: bool = False) -> None:
-        self.data, self.start, self.end, self.bits, self.apx = data, start, end, bits, apx
-        self.known = [start]  # true starts, contiguous from known[0]
-        self.resyncs = self.swept = 0
-
-    def upto(self, c: int) -> list[int]:
-        """Known starts, the last of them at or before c (the instruction holding c)."""
-        last = self.known[-1]
-        if c <= last:
-            return self.known
-        if c - last > self.FAR and c - self.W - 16 > last:
-            lo = c - self.W - 16
-            sw = Sweeper(self.data, lo, min(self.end, c + 16), self.end, self.bits, self.apx)
-            lists = [sw.run(s, c) for s in range(lo, c - self.W + 1)]
-            common = set(lists[0]).intersection(*lists[1:])
-            if common:
-                b = min(common)
-                self.known = [x for x in lists[0] if x >= b]
-                self.resyncs += 1
-                return self.known
-        more = sweep(self.data, last, self.end, c, self.bits, self.apx)
-        self.swept += more[-1] - last
-        self.known.extend(more[1:])
-        return self.known
-
+# -- the ELF reader: vmxaddr/elf.py; instruction boundaries: vmxaddr/sweep.py ----------------
 
 # -- scanning -----------------------------------------------------------------------------------
 
@@ -521,14 +111,17 @@ class FileResult:
 
     @property
     def total(self) -> int:
+        """The number of findings (counted, whether kept or not)."""
         return sum(self.counts.values())
 
     def warn(self, text: str) -> None:
+        """Count a warning, keeping its text among the first MAX_KEPT."""
         self.warnings_total += 1
         if len(self.warnings) < MAX_KEPT:
             self.warnings.append(text)
 
     def reject(self, item: dict[str, Any]) -> None:
+        """Count a rejected encoding, keeping it among the first MAX_KEPT."""
         self.rejected_total += 1
         if len(self.rejected) < MAX_KEPT:
             self.rejected.append(item)

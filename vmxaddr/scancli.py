@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import IO, Any, NoReturn
 
+from vmxaddr.cli import main as cli_main
+from vmxaddr.errors import fail
 from vmxaddr.progress import Progress
 from vmxaddr.scan import FileResult, scan_file
 from vmxaddr.scanio import MAX_IMAGE, expand_paths, mib, printable, regular_file_problem
@@ -64,6 +66,7 @@ def _size_arg(text: str) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add `vmxaddr scan`'s options to `p`."""
     p.add_argument("files", nargs="+", metavar="FILE",
                    help="ELF files (may be .xz, .gz or .zst); a directory is searched for them")
     p.add_argument("--mode", type=_mode_arg, action="append", default=[], metavar="[FILE=]M",
@@ -198,12 +201,12 @@ class _Tally:
 
 
 def _fail(message: str) -> NoReturn:
-    from vmxaddr.cli import fail
-
     fail(message)
 
 
 def run(args: argparse.Namespace) -> int:
+    """`vmxaddr scan`: scan the files (in parallel when asked) and print the findings and the
+    summary."""
     from vmxaddr.parallel import ParallelError, resolve_jobs
 
     bad = [(p, why) for p in args.files if not os.path.isdir(p) and (why := regular_file_problem(p))]
@@ -298,8 +301,7 @@ def _print_summary(out: IO[str], tally: _Tally, summary: dict[str, Any]) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vmxaddr.cli import main as cli_main
-
+    """`python -m vmxaddr.scancli ARGS`: the same as `vmxaddr scan ARGS`."""
     return cli_main(["scan", *(sys.argv[1:] if argv is None else argv)])
 
 

@@ -33,6 +33,7 @@ class ScanError(Exception):
 
 
 def mib(n: int) -> str:
+    """`n` bytes as MiB for messages, e.g. "256 MiB"."""
     return f"{n / (1 << 20):g} MiB"
 
 

@@ -45,23 +45,28 @@ from vmxaddr.state import CpuState
 @st.composite
 def encodings(draw: st.DrawFn, code_sizes: Sequence[int] = (16, 32, 64),
               mnemonics: Sequence[str] = MEMORY_MNEMONICS, rex2: float = 0.0) -> tuple[bytes, int]:
+    """Hypothesis strategy: (bytes, code size) of a VMX-family instruction, shrinking toward the
+    plain forms."""
     return gen_encoding(DrawChooser(draw), code_sizes, mnemonics, rex2=rex2)
 
 
 @st.composite
 def instructions(draw: st.DrawFn, code_sizes: Sequence[int] = (16, 32, 64),
                  mnemonics: Sequence[str] = MEMORY_MNEMONICS, rex2: float = 0.0) -> Instruction:
+    """Hypothesis strategy: a decoded VMX-family instruction."""
     raw, cs = draw(encodings(code_sizes, mnemonics, rex2))
     return decode(raw, cs)
 
 
 @st.composite
 def cpu_states(draw: st.DrawFn, code_size: int = 32, weird_modes: float = 0.03) -> CpuState:
+    """Hypothesis strategy: a CPU state for `code_size` code, leaning on edge values."""
     return gen_state(DrawChooser(draw), code_size, weird_modes)
 
 
 @st.composite
 def policies(draw: st.DrawFn) -> Policy:
+    """Hypothesis strategy: an encoder policy."""
     return gen_policy(DrawChooser(draw))
 
 

@@ -16,6 +16,7 @@ CHAR_WIDTH = 0.6  # of the font size, for the monospace faces above
 
 
 def text_width(text: str, size: float) -> float:
+    """The width the text takes at font `size` (an estimate from the average character width)."""
     return len(text) * size * CHAR_WIDTH
 
 
@@ -44,28 +45,36 @@ class Svg:
         return " ".join(out)
 
     def element(self, tag: str, content: str | None = None, **attrs: object) -> None:
+        """Append an element: attribute names with `_` become `-` (a trailing `_` is dropped), None values
+        are left out, the content is escaped."""
         a = self._attrs(attrs)
         head = f"<{tag} {a}" if a else f"<{tag}"
         self.body.append(f"{head}/>" if content is None else f"{head}>{escape(content)}</{tag}>")
 
     def rect(self, x: float, y: float, w: float, h: float, **attrs: object) -> None:
+        """Append a rectangle with its top-left corner at (x, y); `attrs` as for `element` (fill=...)."""
         self.element("rect", x=x, y=y, width=w, height=h, **attrs)
 
     def line(self, x1: float, y1: float, x2: float, y2: float, **attrs: object) -> None:
+        """Append a line from (x1, y1) to (x2, y2); `attrs` as for `element` (stroke=..., marker_end=...)."""
         self.element("line", x1=x1, y1=y1, x2=x2, y2=y2, **attrs)
 
     def path(self, d: str, **attrs: object) -> None:
+        """Append a path drawn by the SVG path data `d` (e.g. "M0,0 L10,5")."""
         self.element("path", d=d, **attrs)
 
     def text(self, x: float, y: float, content: str, size: float = 12, **attrs: object) -> None:
+        """Append text with its baseline starting at (x, y), in the document's font at `size`."""
         attrs.setdefault("font_family", FONT)
         self.element("text", content, x=x, y=y, font_size=size, **attrs)
 
     def group_start(self, **attrs: object) -> None:
+        """Open a group whose attributes its elements inherit."""
         a = self._attrs(attrs)
         self.body.append(f"<g {a}>" if a else "<g>")
 
     def group_end(self) -> None:
+        """Close the group `group_start` opened last."""
         self.body.append("</g>")
 
     def hatch(self, ident: str, colour: str, background: str = "#ffffff") -> str:
@@ -77,6 +86,7 @@ class Svg:
         return f"url(#{ident})"
 
     def arrow_marker(self, ident: str, colour: str = "#555555") -> str:
+        """Define an arrowhead marker once; the value to give a line's marker_end."""
         self._define(
             f'<marker id={quoteattr(ident)} viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
             f'markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill={quoteattr(colour)}/></marker>')

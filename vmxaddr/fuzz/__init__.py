@@ -18,10 +18,11 @@ from __future__ import annotations
 from vmxaddr.fuzz.campaign import fuzz, model_mnemonics
 from vmxaddr.fuzz.choosers import RecordingChooser, ReplayChooser, gen_case, shrink_choices
 from vmxaddr.fuzz.classes import ClassReport, FuzzReport
-from vmxaddr.fuzz.cli import cmd_fuzz, register, report_json, report_text
 from vmxaddr.fuzz.shrink import minimise
 from vmxaddr.fuzz.witness import answer, command, outcome_text, reduced_state, state_json, witness_json
 
-__all__ = ["ClassReport", "FuzzReport", "RecordingChooser", "ReplayChooser", "answer", "cmd_fuzz", "command", "fuzz",
-           "gen_case", "minimise", "model_mnemonics", "outcome_text", "reduced_state", "register", "report_json",
-           "report_text", "shrink_choices", "state_json", "witness_json"]
+# The command (`vmxaddr fuzz`, its text and JSON reports) is vmxaddr.fuzz.cli, not re-exported here:
+# the engine package does not import the command line.
+__all__ = ["ClassReport", "FuzzReport", "RecordingChooser", "ReplayChooser", "answer", "command", "fuzz", "gen_case",
+           "minimise", "model_mnemonics", "outcome_text", "reduced_state", "shrink_choices", "state_json",
+           "witness_json"]

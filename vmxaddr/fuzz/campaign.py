@@ -41,6 +41,7 @@ NOT_SHRUNK = "not shrunk"
 
 
 def model_mnemonics(*models: Model, forms: Sequence[str] = MEMORY_MNEMONICS) -> tuple[str, ...]:
+    """The instructions every one of `models` covers, in the order of `forms` (the fuzzer draws only these)."""
     allowed = set(forms)
     for m in models:
         allowed &= set(getattr(m, "mnemonics", forms))
@@ -55,6 +56,7 @@ def block_seed(seed: int, block: int) -> int:
 
 
 def block_sizes(max_examples: int, block_size: int) -> list[int]:
+    """`max_examples` cut into blocks of `block_size` cases (the last one shorter), the unit of work of a campaign."""
     full, rest = divmod(max_examples, block_size)
     return [block_size] * full + ([rest] if rest else [])
 
@@ -195,7 +197,7 @@ def fuzz(a: Model, b: Model, *, seed: int = 0, max_examples: int | None = None, 
     """Run A against B (the reference) on generated cases until `max_examples` cases or `seconds`
     (the whole run, shrinking included), in this process. With an `encoder` other than "sdm", A
     gets that encoder's exit information, B the SDM's, and each class names the side that caused
-    it (vmxaddr.pipeline). ^C ends the run with the classes found so far (`interrupted`)."""
+    it (vmxaddr.encoder_consumer). ^C ends the run with the classes found so far (`interrupted`)."""
     if max_examples is None and seconds is None:
         max_examples = DEFAULT_EXAMPLES
     mn = tuple(mnemonics) if mnemonics else model_mnemonics(a, b)

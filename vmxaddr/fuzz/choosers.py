@@ -24,6 +24,7 @@ DEFAULT_SEGMENT = Segment()
 # -- generation -----------------------------------------------------------------------------------
 
 def gen_case(ch: Chooser, mnemonics: Sequence[str], policy: Policy) -> Case:
+    """One random case: an encoding, a state leaning on edge values (LAM, R16-R31 under APX), the policy given."""
     raw, cs = gen_encoding(ch, (16, 32, 64), mnemonics, rex2=0.3 if policy.apx else 0.0)
     state = gen_state(ch, cs)
     if policy.apx and cs == 64:  # R16-R31 for the REX2 forms (APX)
@@ -43,16 +44,19 @@ class RecordingChooser:
         self.log: list[int] = []
 
     def choice(self, seq: Sequence[T]) -> T:
+        """Choose an element at random and record its index, so that the case can be replayed and shrunk."""
         i = int(self.r.random() * len(seq))
         self.log.append(i)
         return seq[i]
 
     def integer(self, lo: int, hi: int) -> int:
+        """Draw an integer in [lo, hi] and record it."""
         v = randint(self.r, lo, hi)
         self.log.append(v)
         return v
 
     def chance(self, p: float) -> bool:
+        """Draw True with probability `p` and record it as 0 or 1."""
         b = self.r.random() < p
         self.log.append(int(b))
         return b
@@ -75,6 +79,7 @@ class ReplayChooser:
         return v
 
     def choice(self, seq: Sequence[T]) -> T:
+        """The recorded index's element (the first element when the record is used up or out of range)."""
         v = self._next()
         if v is None or not 0 <= v < len(seq):
             v = 0
@@ -82,6 +87,7 @@ class ReplayChooser:
         return seq[v]
 
     def integer(self, lo: int, hi: int) -> int:
+        """The recorded integer, or the value closest to 0 in [lo, hi] when the record is used up or out of range."""
         v = self._next()
         if v is None or not lo <= v <= hi:
             v = 0 if lo <= 0 <= hi else lo
@@ -89,6 +95,7 @@ class ReplayChooser:
         return v
 
     def chance(self, p: float) -> bool:
+        """The recorded choice (False when the record is used up)."""
         v = self._next()
         b = bool(v)
         self.used.append(int(b))

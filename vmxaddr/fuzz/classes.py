@@ -18,6 +18,7 @@ from vmxaddr.case import Case
 
 @dataclass
 class ClassReport:
+    """One divergence class of a campaign: how often, when first seen, and its shrunk witness."""
     name: str
     count: int = 0
     first_case: int = 0  # 1-based, over the whole run
@@ -30,6 +31,7 @@ class ClassReport:
 
 @dataclass
 class FuzzReport:
+    """What a fuzz campaign found: the models, the counts, the classes in order of first sighting, the time."""
     model: str
     against: str
     seed: int
@@ -63,4 +65,5 @@ def merge(into: dict[str, ClassReport], found: Iterable[ClassReport]) -> None:
 
 
 def ordered(classes: dict[str, ClassReport]) -> dict[str, ClassReport]:
+    """The classes sorted by the case at which each was first seen."""
     return {c.name: c for c in sorted(classes.values(), key=lambda c: c.first_case)}

@@ -11,7 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vmxaddr.exitinfo import Policy
+from vmxaddr.cli import add_call_timeout, print_json
+from vmxaddr.encoders import ENCODERS
+from vmxaddr.errors import fail
+from vmxaddr.exitinfo import EXIT_QUAL_POLICIES, Policy
 from vmxaddr.fuzz.campaign import BLOCK_SIZE, fuzz, model_mnemonics
 from vmxaddr.fuzz.classes import FuzzReport
 from vmxaddr.fuzz.failures import resolve
@@ -24,6 +27,7 @@ from vmxaddr.progress import Progress
 
 
 def report_json(rep: FuzzReport, a: Model, b: Model) -> dict[str, Any]:
+    """The campaign report as the JSON object `vmxaddr fuzz --json` prints, with each witness replayed on both models."""
     names = [rep.against, rep.model]
     classes = []
     for c in rep.classes.values():
@@ -43,6 +47,7 @@ def report_json(rep: FuzzReport, a: Model, b: Model) -> dict[str, Any]:
 
 
 def report_text(rep: FuzzReport) -> str:
+    """The campaign report as text: the totals, then one paragraph per class with its witness command."""
     rate = rep.rate
     on = f" on {rep.encoder}'s exit information" if rep.encoder != "sdm" else ""
     par = "" if rep.workers == 1 and rep.where == "local" else \
@@ -63,8 +68,6 @@ def report_text(rep: FuzzReport) -> str:
 
 
 def _get(name: str) -> Model:
-    from vmxaddr.cli import fail
-
     try:
         return resolve(name)
     except UnknownModel as e:
@@ -75,8 +78,6 @@ def _get(name: str) -> Model:
 
 def check_options(args: argparse.Namespace) -> None:
     """Every number refused before anything runs (one line each)."""
-    from vmxaddr.cli import fail
-
     if args.max_examples is not None and args.max_examples < 1:
         fail("--max-examples must be at least 1")
     if args.time is not None and not (math.isfinite(args.time) and args.time > 0):
@@ -89,8 +90,6 @@ def check_options(args: argparse.Namespace) -> None:
 
 def check_out(path: str) -> None:
     """Fail now, not after the run, if `path` cannot be written: try it (a new file is removed again)."""
-    from vmxaddr.cli import fail
-
     p = Path(path)
     if p.is_dir():
         fail(f"--out {path}: is a directory; give a file name")
@@ -104,8 +103,7 @@ def check_out(path: str) -> None:
 
 
 def cmd_fuzz(args: argparse.Namespace) -> int:
-    from vmxaddr.cli import fail, print_json
-
+    """`vmxaddr fuzz`: run a campaign (local workers or Dask) and print the classes and witnesses."""
     check_options(args)
     if args.model.startswith("kvm-live:"):  # the running KVM: batches of Bochs runs (vmxaddr/live)
         from vmxaddr.live.fuzzlive import cmd_fuzz_live
@@ -115,8 +113,6 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         dask_address(args.dask)
     except ParallelError as e:
         fail(str(e))
-    from vmxaddr.encoders import ENCODERS
-
     if args.encoder not in ENCODERS:
         fail(f"unknown encoder {args.encoder!r} (encoders: {', '.join(ENCODERS)})")
     a, b = _get(args.model), _get(args.against)
@@ -203,9 +199,7 @@ printed anyway), 2 bad usage, 130 interrupted
 
 
 def register(sub: Any) -> None:
-    from vmxaddr.cli import add_call_timeout
-    from vmxaddr.exitinfo import EXIT_QUAL_POLICIES
-
+    """Register `vmxaddr fuzz` (listed in cli.SUBCOMMANDS)."""
     p = sub.add_parser("fuzz", help="find, minimise and classify where two models disagree",
                        description="Generate cases (instructions over every VMX form and code size, CPU states "
                        "leaning on edges), run model A and model B on each, group the divergences by class, and "

@@ -21,12 +21,12 @@ from typing import Any
 from vmxaddr.case import Case
 from vmxaddr.diff import case_divergence
 from vmxaddr.encoders import get_encoder
+from vmxaddr.errors import ModelFailure
 from vmxaddr.fuzz.choosers import OutOfTime
 from vmxaddr.isa import SEGMENTS
 from vmxaddr.models import get
 from vmxaddr.models.base import Model, Outcome, Result
 from vmxaddr.models.guard import KINDS, VECTORS, GuardedModel, result_problem
-from vmxaddr.realcode.worker import ModelFailure
 from vmxaddr.state import MASK64
 
 MODEL = "model under test"
@@ -70,6 +70,7 @@ def resolve(name: str) -> Model:
 
 
 def failure_class(side: str, exc: BaseException) -> str:
+    """The divergence class for a model that failed instead of answering (crashed, timed out, raised, returned a bad value)."""
     if isinstance(exc, ModelFailure):  # a compiled model's worker: "model crashed: SIGSEGV", "model timed out"
         return f"{'model' if side == MODEL else side} {exc.finding}"
     if isinstance(exc, BadAnswer):
@@ -97,7 +98,7 @@ def diagnose(case: Case, a: Model, b: Model, encoder: str = "sdm") -> str:
         err = _run(m, exit, case)
         if err is not None:
             return failure_class(side, err)
-        if encoder != "sdm" and m is a:  # the consumer also runs on the SDM's information (vmxaddr.pipeline)
+        if encoder != "sdm" and m is a:  # the consumer also runs on the SDM's information (vmxaddr.encoder_consumer)
             err = _run(m, sdm_exit, case)
             if err is not None:
                 return failure_class(side, err)

@@ -65,6 +65,7 @@ def _models(spec: Spec) -> tuple[Model, Model]:
 
 
 def block_task(spec: Spec, index: int, n: int, limits: Limits) -> Block:
+    """Run one block of a campaign in a worker: `n` cases from the block's own seed, the divergences found."""
     a, b = _models(spec)
     return scan_block(a, b, spec.mnemonics, spec.policy, spec.encoder, spec.seed, index, n, spec.block_size, limits,
                       stop=_STOP)
@@ -87,6 +88,7 @@ def shrink_task(spec: Spec, rep: ClassReport, hypothesis_examples: int, hypothes
 # -- executors: the same four operations over a local pool and a Dask client --------------------------
 
 class LocalExecutor:
+    """Campaign blocks on a local process pool (fork), with a stop event the workers watch."""
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self.where = "local"
@@ -94,9 +96,11 @@ class LocalExecutor:
         self.pool = process_pool(workers, _init_worker, (self.stop,))
 
     def submit(self, fn: Any, *args: Any) -> Any:
+        """Submit one block to the pool."""
         return self.pool.submit(fn, *args)
 
     def wait(self, futures: set[Any], timeout: float) -> tuple[set[Any], set[Any]]:
+        """The blocks done and those still running, after at most `timeout` seconds."""
         done, rest = cf.wait(futures, timeout=timeout, return_when=cf.FIRST_COMPLETED)
         return set(done), set(rest)
 
@@ -106,6 +110,7 @@ class LocalExecutor:
         return {f for f in futures if not f.cancel()}
 
     def close(self, now: bool = False) -> None:
+        """Shut the pool down: at once (kill the workers) when `now`, else after the running blocks."""
         if now:
             stop_pool(self.pool)
         else:
@@ -113,6 +118,7 @@ class LocalExecutor:
 
 
 class DaskExecutor:
+    """Campaign blocks on a Dask cluster, through the client given."""
     def __init__(self, client: Any, address: str) -> None:
         self.client = client
         self.where = address
@@ -120,10 +126,12 @@ class DaskExecutor:
         self.workers = max(1, sum(w.get("nthreads", 1) for w in info.get("workers", {}).values()))
 
     def submit(self, fn: Any, *args: Any) -> Any:
+        """Submit one block to the cluster (not pure: the same arguments run again)."""
         return self.client.submit(fn, *args, pure=False)
 
     def wait(self, futures: set[Any], timeout: float) -> tuple[set[Any], set[Any]]:
         # Polled: distributed.wait() looks for a default client, and this one is not made the default.
+        """The blocks done and those still running, polled for at most `timeout` seconds."""
         until = time.monotonic() + timeout
         while True:
             done = {f for f in futures if f.done()}
@@ -132,10 +140,12 @@ class DaskExecutor:
             time.sleep(0.02)
 
     def interrupt(self, futures: set[Any]) -> set[Any]:
+        """Cancel the running blocks (^C); none is waited for."""
         self.client.cancel(list(futures))
         return set()
 
     def close(self, now: bool = False) -> None:
+        """Close the client (the cluster keeps running)."""
         self.client.close()
 
 

@@ -8,12 +8,13 @@ import time
 from collections.abc import Sequence
 
 from vmxaddr.case import Case
-from vmxaddr.decode import DecodeError, decode
+from vmxaddr.decode import LEGACY_PREFIXES, DecodeError, decode
 from vmxaddr.exitinfo import Policy
 from vmxaddr.fuzz.choosers import ReplayChooser, gen_case, shrink_choices
 from vmxaddr.fuzz.classes import ClassReport
 from vmxaddr.fuzz.failures import OutOfTime, guarded_class
 from vmxaddr.fuzz.witness import _complexity, reduced_state
+from vmxaddr.gen import DrawChooser
 from vmxaddr.models.base import Model
 
 HYPOTHESIS_MIN = 0.5
@@ -84,8 +85,6 @@ def _drop_prefixes(case: Case, a: Model, b: Model, target: str, encoder: str) ->
 def _prefix_end(raw: bytes, code_size: int) -> int:
     """How many legacy (and REX) prefix bytes start `raw`: the ones a shrinker may try to drop
     (the opcode may be 0F, a REX2-prefixed map-1 byte or INS/OUTS's 6C-6F)."""
-    from vmxaddr.decode import LEGACY_PREFIXES
-
     i = 0
     while i < len(raw) and (raw[i] in LEGACY_PREFIXES or (code_size == 64 and 0x40 <= raw[i] <= 0x4F)):
         i += 1
@@ -100,8 +99,6 @@ def _hypothesis_find(target: str, a: Model, b: Model, mnemonics: Sequence[str], 
     from hypothesis import HealthCheck, find, settings
     from hypothesis import strategies as st
     from hypothesis.errors import NoSuchExample
-
-    from vmxaddr.gen import DrawChooser
 
     @st.composite
     def cases(draw: st.DrawFn) -> Case:

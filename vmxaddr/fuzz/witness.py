@@ -8,13 +8,16 @@ from dataclasses import replace
 from typing import Any
 
 from vmxaddr.case import Case
+from vmxaddr.encoders import get_encoder
 from vmxaddr.exitinfo import Policy, reported_segment
+from vmxaddr.fuzz.failures import guarded_answer
 from vmxaddr.isa import REG32, REG64
 from vmxaddr.models.base import Model, Result
 from vmxaddr.state import CpuState
 
 
 def used_registers(case: Case) -> list[int]:
+    """The registers the case's memory operand reads (base and index), for the witness's --reg options."""
     op = case.instruction.operand
     if op is None:
         return []
@@ -22,6 +25,7 @@ def used_registers(case: Case) -> list[int]:
 
 
 def used_segments(case: Case) -> list[str]:
+    """The segments that matter to the case: the one used and the one reported."""
     op = case.instruction.operand
     if op is None:
         return []
@@ -110,6 +114,7 @@ def command(case: Case, names: Sequence[str], encoder: str = "sdm") -> str:
 
 
 def outcome_text(r: Result) -> str:
+    """A result's outcome in short form: "ok", "#GP(0)", "impl:#SS(0)"."""
     o = r.outcome
     if o.kind == "ok":
         return "ok"
@@ -118,6 +123,7 @@ def outcome_text(r: Result) -> str:
 
 
 def answer(r: Result) -> dict[str, Any]:
+    """A model's answer to the witness as JSON: segment, addresses in hex, outcome."""
     def hx(v: int | None) -> str | None:
         return None if v is None else hex(v)
 
@@ -135,9 +141,7 @@ def _complexity(case: Case) -> tuple[int, ...]:
 
 
 def witness_json(w: Case, names: Sequence[str], models: Sequence[Model], name: str, encoder: str = "sdm") -> dict[str, Any]:
-    from vmxaddr.encoders import get_encoder
-    from vmxaddr.fuzz.failures import guarded_answer
-
+    """A shrunk witness as the JSON object of corpus/witnesses: bytes, mode, state, each model's answer, the class."""
     cs = w.instruction.code_size
     exit = w.exit
     exits = (exit, exit if encoder == "sdm" else get_encoder(encoder)(w.instruction, w.state.rip, w.policy))

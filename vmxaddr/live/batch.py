@@ -21,6 +21,7 @@ from typing import Any
 
 from vmxaddr.decode import DecodeError, decode
 from vmxaddr.exitinfo import encode_info
+from vmxaddr.gen import RandomChooser, gen_encoding
 from vmxaddr.state import CpuState, Segment
 
 SYS = 0x40000000  # client.c: linear address of the system region
@@ -48,6 +49,8 @@ assert CASE_SIZE == 304 and _RES.size == 48 and _OUTHDR.size == 96
 
 @dataclass
 class LiveCase:
+    """One case for the live KVM: instruction bytes, code size, CPL, registers and segments as the
+    /dev/kvm client loads them."""
     raw: bytes
     code_size: int
     cpl: int
@@ -61,6 +64,7 @@ class LiveCase:
         return CpuState(mode=mode, cpl=self.cpl, regs=self.regs, rip=self.rip(), **self.segs)
 
     def rip(self) -> int:
+        """The guest RIP of the case's slot, relative to CS's base outside 64-bit mode."""
         if self.code_size == 64:
             return SYS + SLOT
         mask = 0xFFFFFFFF if self.code_size == 32 else 0xFFFF
@@ -133,8 +137,6 @@ def _reg_value(rng: random.Random) -> int:
 
 def generate(n: int, seed: int) -> list[LiveCase]:
     """n random cases (vmxaddr's encoding generator, register and segment values as above)."""
-    from vmxaddr.gen import RandomChooser, gen_encoding
-
     rng = random.Random(seed)
     ch = RandomChooser(random.Random(seed ^ 0x11FE))
     out: list[LiveCase] = []
@@ -187,6 +189,8 @@ def from_record(rec: dict[str, Any], state: CpuState) -> LiveCase | None:
 # -- the files ----------------------------------------------------------------------------------
 
 def encode_cases(cases: list[LiveCase]) -> bytes:
+    """The client's input file (client.c's layout): a header, then each case's bytes, registers and
+    segments."""
     parts = [struct.pack("<4I16x", IN_MAGIC, 1, len(cases), 0)]
     for c in cases:
         flags = 1 if c.mnemonic in ("vmclear", "vmptrld") else 0
@@ -217,6 +221,7 @@ class Observed:
 
     @property
     def vmfail(self) -> str | None:
+        """"invalid" (CF) or "valid" (ZF) when the instruction failed with VMfail, else None."""
         return "invalid" if self.rflags & 1 else "valid" if self.rflags & 0x40 else None
 
 
@@ -233,6 +238,8 @@ class Probe:
 
 @dataclass
 class Output:
+    """The client's output file decoded: what L1 observed per case, the kprobe events, the header's
+    counts and times."""
     observed: list[Observed]
     probes: list[Probe] | None
     header: dict[str, Any]
@@ -241,6 +248,7 @@ class Output:
 
 
 def decode_output(data: bytes) -> Output:
+    """Parse the client's output file (ValueError when it is not one)."""
     h = _OUTHDR.unpack_from(data, 0)
     if h[0] != OUT_MAGIC:
         raise ValueError("not a client output file")

@@ -72,12 +72,14 @@ def preload_library() -> Path:
 
 
 def require_bochs() -> None:
+    """Raise ToolMissing unless Debian's bochs is installed."""
     if shutil.which(BOCHS) is None:
         raise ToolMissing("missing: bochs (install with scripts/system-deps.sh)")
 
 
 @dataclass
 class BochsResult:
+    """One Bochs process run: its exit status, output, and CPU times marked at each stage."""
     returncode: int
     stdout: str
     marks: dict[str, tuple[float, float, float]]  # label -> (user, sys, wall) of the Bochs process
@@ -141,6 +143,7 @@ def run_bochs(args: list[str], script: list[str], workdir: Path, timeout: float)
 # -- the saved state -----------------------------------------------------------------------------
 
 def state_dir(name: str, shadow: bool = False) -> Path:
+    """Where the saved Bochs state of `name` (booted to the client's prompt) is kept."""
     return image_dir(name) / ("state-shadow" if shadow else "state")
 
 
@@ -206,6 +209,8 @@ def saved_state(name: str, progress: callable = lambda s: None, timeout: float =
 
 @dataclass
 class JobResult:
+    """One job on a restored state: the client's output file, its log and wait status, and the Bochs
+    run."""
     output: bytes  # the client's OUT file
     log: str  # the client's standard output and error
     status: int  # the client's wait status
@@ -219,6 +224,7 @@ class JobResult:
 
     @property
     def job_cpu_seconds(self) -> float:
+        """The CPU seconds Bochs spent between loading the job and its end (NaN without both marks)."""
         a, b = self.bochs.marks.get("loaded"), self.bochs.marks.get("done")
         return (b[0] + b[1] - a[0] - a[1]) if a and b else float("nan")
 
@@ -257,6 +263,8 @@ def _run_dir(sdir: Path, work: Path) -> Path:
 
 
 def re_sub_dev(line: str, path: str) -> str:
+    """A bochsrc line with its `dev=` path replaced: a restored run writes the serial port to a file of
+    its own."""
     import re
 
     return re.sub(r"dev=[^,]*", f"dev={path}", line)

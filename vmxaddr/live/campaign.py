@@ -33,6 +33,7 @@ MASK64 = (1 << 64) - 1
 
 
 def hypervisor_name(release: str, shadow: bool = False) -> str:
+    """The name a live run's records give the hypervisor, e.g. "linux-image-... (live KVM)"."""
     rel = RELEASES[release]
     return f"{rel.package} {rel.version} (live KVM{', enable_shadow_vmcs=1' if shadow else ''})"
 
@@ -51,12 +52,16 @@ def kvm_answer(p: Probe | None) -> Recorded | None:
 
 @dataclass
 class LiveResult:
+    """One case run on the live KVM: the case, what L1 saw, what KVM's probes showed, and KVM's
+    answer."""
     case: LiveCase
     observed: Observed
     probe: Probe | None
     answer: Recorded | None
 
     def exit_info(self) -> ExitInfo | None:
+        """The exit information KVM read (from the probes), or None when KVM did not decode the
+        operand."""
         if self.probe is None or self.probe.qual is None or self.probe.info is None:
             return None
         return ExitInfo(self.case.mnemonic, self.probe.info, self.probe.qual, len(self.case.raw))
@@ -64,6 +69,7 @@ class LiveResult:
 
 @dataclass
 class RunStats:
+    """Counts and CPU times of live runs: cases, those KVM decoded, what L1 observed, restore costs."""
     cases: int = 0
     decoded: int = 0  # KVM ran get_vmx_mem_address
     observed: Counter[str] = field(default_factory=Counter)
@@ -115,6 +121,8 @@ def run_live(release: str, cases: list[LiveCase], probes: bool = True, shadow: b
 
 
 def model_answer(model: Model, r: LiveResult) -> Recorded | None:
+    """What `model` answers on the exit information KVM read, in the form of a recorded answer; None
+    without it."""
     exit = r.exit_info()
     if exit is None:
         return None
@@ -128,6 +136,7 @@ def model_answer(model: Model, r: LiveResult) -> Recorded | None:
 
 
 def same(live: Recorded, model: Recorded) -> bool:
+    """Does the model's answer match KVM's? An address or error code KVM did not show matches any."""
     if live.kind != model.kind:
         return False
     if live.kind == OK:
@@ -145,12 +154,16 @@ def observed_consistent(r: LiveResult) -> bool:
 
 
 def delivery_failed(r: LiveResult) -> bool:
+    """True when KVM queued a fault that L1 could not take (a shutdown outside 64-bit mode: the
+    fault was pushed on the case's own stack)."""
     return r.answer is not None and r.answer.kind == FAULT and r.observed.kind == K_SHUTDOWN \
         and r.case.code_size != 64
 
 
 @dataclass
 class Comparison:
+    """The counts of comparing live answers with a model: compared, agreeing, not decoded,
+    inconsistent, the disagreements."""
     compared: int = 0
     agree: int = 0
     not_decoded: int = 0
@@ -160,6 +173,8 @@ class Comparison:
 
 
 def compare(results: list[LiveResult], model: Model, into: Comparison | None = None) -> Comparison:
+    """Compare each live result with `model`'s answer on the same exit information, adding to
+    `into`."""
     cmp = into if into is not None else Comparison()
     for r in results:
         if r.answer is None:
@@ -177,6 +192,8 @@ def compare(results: list[LiveResult], model: Model, into: Comparison | None = N
 
 
 def describe(r: LiveResult, want: Recorded | None) -> dict[str, Any]:
+    """One disagreement as JSON: the case, the exit information KVM read, both answers, what L1
+    observed, the state."""
     c = r.case
     return {"bytes": c.raw.hex(), "code_size": c.code_size, "cpl": c.cpl, "instruction": c.mnemonic,
             "exit_qualification": hex(r.probe.qual or 0) if r.probe else None,

@@ -8,6 +8,13 @@ import sys
 import time
 from typing import Any
 
+from vmxaddr.errors import LiveError, ToolMissing, fail
+from vmxaddr.live.batch import generate
+from vmxaddr.live.bochsrun import require_bochs, saved_state, state_dir
+from vmxaddr.live.campaign import Comparison, RunStats, compare, run_live
+from vmxaddr.live.images import RELEASES, build, lookup, require
+from vmxaddr.models import UnknownModel, get
+
 EPILOG = """examples:
   vmxaddr live build linux-6.1        # Debian's kernel, KVM modules, busybox, isolinux, xorriso -> ISO
   vmxaddr live save linux-6.1         # boot it once under Bochs (~110 CPU-s), save the state with KVM loaded
@@ -23,8 +30,7 @@ def _progress(quiet: bool) -> Any:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from vmxaddr.live.images import build
-
+    """`vmxaddr live build RELEASE`: fetch Debian's packages and build the bootable ISO."""
     t0 = time.monotonic()
     info = build(args.release, _progress(args.json), force=args.force)
     if args.json:
@@ -38,8 +44,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_save(args: argparse.Namespace) -> int:
-    from vmxaddr.live.bochsrun import saved_state
-
+    """`vmxaddr live save RELEASE`: boot the ISO under Bochs to the client's prompt and save the
+    state."""
     sdir = saved_state(args.release, _progress(args.json), force=args.force)
     meta = json.loads((sdir / "vmxaddr-state.json").read_text())
     if args.json:
@@ -51,11 +57,8 @@ def cmd_save(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from vmxaddr.cli import fail
-    from vmxaddr.live.batch import generate
-    from vmxaddr.live.campaign import Comparison, RunStats, compare, run_live
-    from vmxaddr.models import UnknownModel, get
-
+    """`vmxaddr live run RELEASE`: run random cases on the saved state and compare KVM's answers
+    with a model."""
     against = args.against or f"kvm-{args.release}"
     try:
         model = get(against)
@@ -100,9 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from vmxaddr.live.bochsrun import state_dir
-    from vmxaddr.live.images import RELEASES, lookup
-
+    """`vmxaddr live status`: what is built and saved for each release."""
     rows = []
     for name, rel in RELEASES.items():
         info = lookup(name)
@@ -121,9 +122,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _guard(fn: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
-        from vmxaddr.cli import fail
-        from vmxaddr.live.images import LiveError, ToolMissing
-
         try:
             return int(fn(args))
         except ToolMissing as e:
@@ -141,14 +139,9 @@ ACTIONS = {"build": "download Debian's packages and build the bootable ISO (cach
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from vmxaddr.cli import fail
-
     if args.action != "status" and args.release is None:
         fail(f"live {args.action} needs a release: {', '.join(_releases())}")
     if args.action in ("save", "run"):
-        from vmxaddr.live.bochsrun import require_bochs
-        from vmxaddr.live.images import ToolMissing, require
-
         try:  # before any download: a missing tool is one line and exit status 2
             require_bochs()
             require("gcc", "apt-get", "dpkg")
@@ -159,12 +152,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _releases() -> tuple[str, ...]:
-    from vmxaddr.live.images import RELEASES
-
     return tuple(RELEASES)
 
 
 def register(sub: Any) -> None:
+    """Register `vmxaddr live` (listed in cli.SUBCOMMANDS)."""
     p = sub.add_parser("live", help="Debian's real KVM, nested under Bochs 2.7: build, save, run cases",
                        description="Run Debian's own kernel and kvm-intel (nested=1) under Bochs 2.7 with VMX, and "
                        "VMX instructions with memory operands in an L1 guest of a /dev/kvm client: KVM's real "

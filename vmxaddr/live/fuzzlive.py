@@ -16,20 +16,21 @@ import sys
 import time
 from typing import Any
 
+from vmxaddr.case import access_of
+from vmxaddr.decode import decode
+from vmxaddr.diff import agree, classify, first_difference
+from vmxaddr.errors import LiveError, ToolMissing, fail
+from vmxaddr.live.batch import generate
+from vmxaddr.live.campaign import RunStats, run_live
+from vmxaddr.live.model import live_result, resolve
+from vmxaddr.models import UnknownModel, get
+
 BATCH = 20_000
 
 
 def cmd_fuzz_live(args: Any) -> int:
-    from vmxaddr.case import access_of
-    from vmxaddr.cli import fail
-    from vmxaddr.decode import decode
-    from vmxaddr.diff import agree, classify, first_difference
-    from vmxaddr.live.batch import generate
-    from vmxaddr.live.campaign import RunStats, run_live
-    from vmxaddr.live.images import LiveError, ToolMissing
-    from vmxaddr.live.model import live_result, resolve
-    from vmxaddr.models import UnknownModel, get
-
+    """`vmxaddr fuzz --model kvm-live:RELEASE`: random cases in batches of Bochs runs, the
+    divergences from the reference classified."""
     try:
         live = resolve(args.model)
         ref = get(args.against)

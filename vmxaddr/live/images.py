@@ -30,22 +30,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vmxaddr.errors import LiveError as LiveError  # (defined in the leaf module; importable from here)
+from vmxaddr.errors import ToolMissing as ToolMissing
 from vmxaddr.realcode.sources import cache_dir
 from vmxaddr.realcode.sources import sha256_file as sha256
 
 CSRC = Path(__file__).with_name("csrc")
 
 
-class LiveError(RuntimeError):
-    """Something the live harness needs is missing or broke; the message says what to do."""
-
-
-class ToolMissing(LiveError):
-    """A host tool is missing (exit status 2)."""
-
-
 @dataclass(frozen=True)
 class Release:
+    """A Debian kernel release the live harness builds: its packages, versions and module directory."""
     name: str  # as in `vmxaddr sources`
     package: str
     version: str
@@ -100,14 +95,17 @@ PROBES = (
 
 
 def init_script() -> str:
+    """The initramfs's /init, with the kprobe definitions filled in."""
     return INIT.replace("PROBE_LINES", "\n".join(f"echo '{p}' >> $T/kprobe_events" for p in PROBES))
 
 
 def live_dir() -> Path:
+    """The cache directory of the live harness (images, tools, saved states)."""
     return cache_dir() / "live"
 
 
 def require(*tools: str) -> None:
+    """Raise ToolMissing naming the host tools of `tools` that are not on PATH."""
     missing = [t for t in tools if shutil.which(t) is None]
     if missing:
         raise ToolMissing(f"missing: {', '.join(missing)} (install with scripts/system-deps.sh)")
@@ -137,6 +135,7 @@ def _download(specs: list[str], dest: Path, progress: Callable[[str], None]) -> 
 
 
 def tools_dir() -> Path:
+    """Where the harness's own tools (xorriso, unpacked from Debian's packages) are kept."""
     return live_dir() / "tools"
 
 
@@ -161,6 +160,7 @@ def ensure_tools(progress: Callable[[str], None]) -> dict[str, Any]:
 
 
 def xorriso_cmd() -> tuple[list[str], dict[str, str]]:
+    """The command and environment that run the unpacked xorriso."""
     root = tools_dir() / "root"
     env = dict(os.environ, LD_LIBRARY_PATH=str(root / "usr/lib/x86_64-linux-gnu"))
     return [str(root / "usr/bin/xorriso")], env
@@ -202,10 +202,13 @@ def compile_static(source: Path, out: Path) -> None:
 # -- the image ---------------------------------------------------------------------------------
 
 def image_dir(name: str) -> Path:
+    """The cache directory of release `name`'s image."""
     return live_dir() / name
 
 
 def lookup(name: str) -> dict[str, Any] | None:
+    """The manifest of release `name`'s built image, or None when it is not built (or the ISO is
+    missing)."""
     m = image_dir(name) / "manifest.json"
     try:
         info = dict(json.loads(m.read_text()))

@@ -14,9 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from vmxaddr.decode import decode
+from vmxaddr.errors import ModelError, UnknownModel
 from vmxaddr.exitinfo import ExitInfo, defined_mask, operand_bits
+from vmxaddr.gen import OPCODES
 from vmxaddr.live.batch import FIELDS, INV_TYPES, MNEMONICS, LiveCase
 from vmxaddr.live.campaign import LiveResult, run_live
+from vmxaddr.live.images import RELEASES
 from vmxaddr.live.record import legalize
 from vmxaddr.models.base import FAULT, OK, Access, Result, outcome
 from vmxaddr.state import CpuState
@@ -29,8 +33,6 @@ _RM16 = {(3, 6): 0, (3, 7): 1, (5, 6): 2, (5, 7): 3, (6, None): 4, (7, None): 5,
 def instruction_for(mnemonic: str, info: int, qual: int, code_size: int) -> bytes | None:
     """Bytes of `mnemonic` whose memory operand has the given instruction-information operand
     fields and displacement (exit qualification), in `code_size` code; None if none exists."""
-    from vmxaddr.gen import OPCODES
-
     if mnemonic not in MNEMONICS:
         return None
     mp, opcode, regfield, _ = OPCODES[mnemonic]
@@ -101,6 +103,8 @@ class LiveModel:
         return legalize(LiveCase(raw, state.code_size, state.cpl, tuple(regs), segs, exit.instruction))
 
     def prefetch(self, items: list[tuple[ExitInfo, CpuState]]) -> None:
+        """Run the cases of `items` not yet answered in one Bochs batch, so that the calls that
+        follow are cache hits."""
         todo, keys = [], []
         for exit, state in items:
             k = self._key(exit, state)
@@ -113,8 +117,6 @@ class LiveModel:
                 self.cache[k] = (r, r.case.raw)
 
     def __call__(self, exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) -> Result:
-        from vmxaddr.models.guard import ModelError
-
         k = self._key(exit, state)
         if k not in self.cache:
             self.prefetch([(exit, state)])
@@ -144,8 +146,8 @@ def live_result(r: LiveResult, explain: bool = False) -> Result:
 
 
 def defined_mask_for(r: LiveResult) -> int:
-    from vmxaddr.decode import decode
-
+    """The instruction-information bits the SDM defines for the case's instruction (every bit when
+    it does not decode)."""
     try:
         return defined_mask(decode(r.case.raw, r.case.code_size))
     except Exception:  # noqa: BLE001 - a mask of every bit when the bytes do not decode
@@ -153,9 +155,7 @@ def defined_mask_for(r: LiveResult) -> int:
 
 
 def resolve(name: str) -> LiveModel:
-    from vmxaddr.live.images import RELEASES
-    from vmxaddr.models import UnknownModel
-
+    """The model `kvm-live:RELEASE`; UnknownModel for a release the harness does not build."""
     release = name.split(":", 1)[1]
     if release not in RELEASES:
         raise UnknownModel(f"{name!r}: unknown release; kvm-live:{' or kvm-live:'.join(RELEASES)}")

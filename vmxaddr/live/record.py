@@ -17,12 +17,18 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
+from vmxaddr.errors import LiveError, ToolMissing, fail
 from vmxaddr.isa import SPECS
-from vmxaddr.live.batch import K_EXC, KIND_NAMES, LiveCase, from_record, generate
+from vmxaddr.live.batch import K_EXC, KIND_NAMES, SLOT, SYS, LiveCase, _legal_limit, from_record, generate
+from vmxaddr.live.bochsrun import require_bochs
 from vmxaddr.live.campaign import LiveResult, RunStats, hypervisor_name, run_live
+from vmxaddr.live.images import RELEASES, require
+from vmxaddr.progress import Progress
 from vmxaddr.state import CpuState, Segment
+from vmxaddr.trace.parse import RecordError, StateTable, parse_exit, parse_state_record
+from vmxaddr.trace.quirks import BOCHS_27
 
-PROCESSOR = "bochs-2.7"
+PROCESSOR = BOCHS_27
 BATCH = 100_000  # cases per restored run (the stub's buffer holds ~250,000)
 
 
@@ -30,8 +36,6 @@ def legalize(c: LiveCase) -> LiveCase:
     """The case with what a VM entry insists on (SDM Vol. 3C §27.3.1.2) and the harness needs:
     CS/SS DPL = CPL, SS type 3/7, accessed types, G agreeing with the limit, the harness' CS
     base for 16-bit code. Replayed states are run as adjusted, and recorded as run."""
-    from vmxaddr.live.batch import SLOT, SYS, _legal_limit
-
     segs = {}
     for name, s in c.segs.items():
         if name == "cs":
@@ -66,8 +70,6 @@ def read_cases(path: str) -> tuple[list[LiveCase], int]:
     (`fuzz --out`, corpus/witnesses: {"cases": [{"bytes", "mode", "state"}]}); and how many
     entries were skipped (no bytes, not a VMX instruction with a memory operand, or a mode
     where VMX instructions #UD)."""
-    from vmxaddr.trace.records import RecordError, StateTable, parse_exit, parse_state_record
-
     with open(path, encoding="utf-8") as f:
         text = f.read()
     cases: list[LiveCase] = []
@@ -117,6 +119,7 @@ def read_cases(path: str) -> tuple[list[LiveCase], int]:
 
 
 def exit_record(r: LiveResult, index: int, seed: int | None, hypervisor: str) -> dict[str, Any] | None:
+    """The trace exit record of one live result (None when KVM did not decode the operand)."""
     if r.answer is None or r.probe is None or r.probe.info is None or r.probe.qual is None:
         return None
     c = r.case
@@ -141,6 +144,7 @@ def exit_record(r: LiveResult, index: int, seed: int | None, hypervisor: str) ->
 
 def record_kvm(release: str, cases: list[LiveCase], seed: int | None, stats: RunStats, shadow: bool = False,
                batch: int = BATCH, progress: Any = None) -> Iterator[dict[str, Any]]:
+    """The exit records of `cases` run on the live KVM of `release`, `batch` cases per Bochs run."""
     hyp = hypervisor_name(release, shadow)
     for start in range(0, len(cases), batch):
         chunk = cases[start:start + batch]
@@ -153,18 +157,11 @@ def record_kvm(release: str, cases: list[LiveCase], seed: int | None, stats: Run
 
 
 def cmd_record_kvm(args: Any) -> int:
-    """`trace record --kvm RELEASE` (called from vmxaddr/trace/record.py)."""
-    from vmxaddr.cli import fail
-    from vmxaddr.live.images import RELEASES, LiveError, ToolMissing
-    from vmxaddr.progress import Progress
-
+    """`trace record --kvm RELEASE` (called from vmxaddr/trace/record_bochs.py)."""
     if args.kvm not in RELEASES:
         fail(f"--kvm: unknown release {args.kvm!r}; one of: {', '.join(RELEASES)}")
     if args.n < 0:
         fail("-n must not be negative")
-    from vmxaddr.live.bochsrun import require_bochs
-    from vmxaddr.live.images import require
-
     try:  # before any download: a missing tool is one line and exit status 2
         require_bochs()
         require("gcc", "apt-get", "dpkg")

@@ -1,4 +1,4 @@
-"""The models: the SDM reference (sdm.py), KVM's history (kvm.py), the Xen port (xen.py), what a
+"""The models: the SDM reference (sdm.py), KVM's history (kvm.py), the Xen port (xen_port.py), what a
 model is (base.py), and the registry that names them all (registry.py).
 
 `from vmxaddr.models import get, REGISTRY, ...` reads the registry, which is imported only then
@@ -32,4 +32,4 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     registry = importlib.import_module("vmxaddr.models.registry")
-    return sorted(set(registry.__all__) | {"registry", "base", "sdm", "kvm", "xen", "guard"})
+    return sorted(set(registry.__all__) | {"registry", "base", "sdm", "kvm", "xen_port", "guard"})

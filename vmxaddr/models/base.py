@@ -32,15 +32,19 @@ IMPL = "implementation-specific"
 
 
 class Access(NamedTuple):
+    """The memory access an instruction makes: its size in bytes, and whether it writes."""
     size: int  # bytes
     write: bool
 
     @property
     def kind(self) -> str:
+        """"read" or "write"."""
         return "write" if self.write else "read"
 
 
 class Outcome(NamedTuple):
+    """How a computation ends: ok, a fault (vector, error code) or implementation-specific, with the
+    rule that decided."""
     kind: str  # "ok", "fault" or "implementation-specific"
     vector: str | None = None  # "UD", "GP", "SS"; for implementation-specific: the fault it may raise
     error_code: int | None = None
@@ -48,6 +52,7 @@ class Outcome(NamedTuple):
     reason: str = ""
 
     def same_as(self, other: Outcome) -> bool:
+        """Same kind, vector and error code (the rule and the reason may differ)."""
         return self.kind == other.kind and self.vector == other.vector and self.error_code == other.error_code
 
     def accepts(self, other: Outcome) -> bool:
@@ -58,6 +63,8 @@ class Outcome(NamedTuple):
         return self.same_as(other)
 
     def short(self) -> str:
+        """The outcome in a few characters: "ok", "#GP(0)", "implementation-specific (ok or
+        #SS(0))"."""
         if self.kind == OK:
             return "ok"
         code = "" if self.error_code is None else f"({self.error_code})"
@@ -66,6 +73,7 @@ class Outcome(NamedTuple):
         return f"implementation-specific (ok or #{self.vector}{code})"
 
     def to_json(self) -> dict[str, Any]:
+        """The outcome as JSON, with its rule and reason."""
         return {"kind": self.kind, "vector": self.vector, "error_code": self.error_code,
                 "rule": self.rule, "reason": self.reason}
 
@@ -88,16 +96,21 @@ def outcome(explain: bool, kind: str, vector: str | None, code: int | None, rule
 
 
 class Step(NamedTuple):
+    """One step of a computation, for `explain`: what was computed, the rule applied, the numbers,
+    the value."""
     name: str  # what was computed: "displacement", "effective-address", "limit", …
     rule: str  # rule id (vmxaddr.rules)
     text: str  # the computation with its numbers, for a person
     value: int | str | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The step as JSON."""
         return {"name": self.name, "rule": self.rule, "text": self.text, "value": self.value}
 
 
 class Result(NamedTuple):
+    """What a model answers: the outcome, and the addresses, segment and displacement it computed on
+    the way."""
     outcome: Outcome
     effective_address: int | None = None
     linear_address: int | None = None
@@ -107,6 +120,7 @@ class Result(NamedTuple):
     steps: tuple[Step, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
+        """The result as JSON (the steps only when the model recorded them)."""
         return {
             "effective_address": self.effective_address,
             "linear_address": self.linear_address,
@@ -119,6 +133,8 @@ class Result(NamedTuple):
 
 
 class Model(Protocol):
+    """What a model is: a pure function of the exit information, the CPU state and the access, as a
+    hypervisor sees them."""
     def __call__(self, exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) -> Result: ...
 
 

@@ -16,9 +16,9 @@ them millions of times. KeyboardInterrupt always passes through.
 from __future__ import annotations
 
 import inspect
-import traceback
 from typing import Any
 
+from vmxaddr.errors import ModelError as ModelError  # (defined in the leaf module; importable from here)
 from vmxaddr.exitinfo import ExitInfo
 from vmxaddr.isa import SEGMENTS
 from vmxaddr.models.base import FAULT, IMPL, OK, Access, Outcome, Result, Step
@@ -26,25 +26,6 @@ from vmxaddr.state import MASK64, CpuState
 
 KINDS = (OK, FAULT, IMPL)
 VECTORS = ("UD", "GP", "SS", "PF", "AC")
-
-
-class ModelError(Exception):
-    """A user's model misbehaved. str(e) is one line: the model, what it did, and the case."""
-
-    def __init__(self, model: str, what: str, case: str = "", cause: BaseException | None = None) -> None:
-        self.model, self.what, self.case, self.cause = model, what, case, cause
-        super().__init__(f"model {model} {what}" + (f" on {case}" if case else ""))
-
-    @property
-    def details(self) -> str:
-        """The model's traceback (what --debug prints), or "" when it returned a bad value."""
-        return "".join(traceback.format_exception(self.cause)) if self.cause is not None else ""
-
-    @property
-    def kind(self) -> str:
-        """A short class for grouping (fuzz counts one divergence class per kind): the verb and,
-        for a raise, the exception type, e.g. "raised ZeroDivisionError" or "returned None"."""
-        return self.what.split(":", 1)[0]
 
 
 def one_line(text: str, limit: int = 160) -> str:

@@ -102,6 +102,8 @@ _OK_CANONICAL, _OK_FLAT, _OK_LIMIT = (outcome(False, OK, None, None, rule, str) 
 
 
 def kvm_model(fixes: Fixes, exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) -> Result:
+    """KVM's get_vmx_mem_address() as of the version `fixes` describes (each flag a commit that
+    changed it), on one exit."""
     (checks, sign_extend, mask_ea, flat_skip, limit_inclusive, access_length, fsgs_base_only, truncate_regs,
      lam, apx_v2) = fixes
     steps: list[Step] | None = [] if explain else None

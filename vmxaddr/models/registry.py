@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from vmxaddr.errors import UnknownModel as UnknownModel  # (defined in the leaf module; importable from here)
 from vmxaddr.models import kvm as _kvm_pure
 from vmxaddr.models.base import FAULT, IMPL, OK, Access, Model, Outcome, Result, Step
 from vmxaddr.models.native import _sdm_native, compiled, native, sdm  # noqa: F401  (compiled, sdm: re-exported)
@@ -23,6 +24,8 @@ NATIVE: tuple[str, ...] = tuple(n for n, m in (("sdm", _sdm_native), ("kvm", _kv
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """A registered model: its name, function, one-line summary, kind (consumer, encoder, alias) and
+    real-code facts."""
     name: str
     function: Model
     summary: str
@@ -30,7 +33,7 @@ class ModelInfo:
     real_code: dict[str, str] | None = None  # compiled C (vmxaddr.realcode): what, package, version
 
 
-_REAL_CODE_NAMES = ("kvm-linux-6.1", "kvm-linux-6.12", "xen-4.17")  # vmxaddr.realcode.models.RELEASES, .xen.RELEASES
+_REAL_CODE_NAMES = ("kvm-linux-6.1", "kvm-linux-6.12", "xen-4.17")  # vmxaddr.realcode.models.RELEASES, .xen_compiled.RELEASES
 
 
 def _real_code_state() -> tuple[object, ...]:
@@ -50,13 +53,13 @@ def _real_code_state() -> tuple[object, ...]:
 
 def _register_real_code(registry: dict[str, ModelInfo]) -> None:
     """kvm-linux-6.1, kvm-linux-6.12 and xen-4.17: one entry for each release whose Debian source
-    is cached now (vmxaddr.realcode.registry, vmxaddr.realcode.xen); none for the others."""
+    is cached now (vmxaddr.realcode.registry, vmxaddr.realcode.xen_compiled); none for the others."""
     from vmxaddr.realcode import registry as kvm_real
-    from vmxaddr.realcode import xen as xen_real
+    from vmxaddr.realcode import xen_compiled
 
     for name in _REAL_CODE_NAMES:
         dict.pop(registry, name, None)
-    for name, fn, summary, info in [*kvm_real.registered(), *xen_real.registered()]:
+    for name, fn, summary, info in [*kvm_real.registered(), *xen_compiled.registered()]:
         dict.__setitem__(registry, name, ModelInfo(name, fn, summary, "consumer", info.to_json()))
 
 
@@ -114,6 +117,8 @@ REGISTRY: dict[str, ModelInfo] = _Registry()
 
 def register(name: str, function: Model, summary: str, kind: str = "consumer") -> None:
     # An encoder may share a consumer's name ("sdm" is both), so encoders get their own keys.
+    """Add a model to REGISTRY; an encoder gets a key of its own ("encoder/sdm") beside the consumer
+    of that name."""
     REGISTRY[name if kind == "consumer" else f"{kind}/{name}"] = ModelInfo(name, function, summary, kind)
 
 
@@ -126,7 +131,7 @@ for _n, (_target, _why) in (_kvm_native or _kvm_pure).ALIASES.items():
     # (read past the sync: the real-code entries come last, after every model registered here)
     register(_n, dict.__getitem__(REGISTRY, _target).function, f"alias of {_target} ({_why})", kind="alias")
 
-from vmxaddr.models.xen import xen_c447b730  # noqa: E402
+from vmxaddr.models.xen_port import xen_c447b730  # noqa: E402
 
 register("xen-c447b730", xen_c447b730, "Xen nested VMX (vvmx.c decode_vmx_inst @ c447b7308b13): no address-size "
          "mask or 32-bit wrap, length from the address size, always #GP")
@@ -140,10 +145,6 @@ def _register_encoders() -> None:
 
 
 _register_encoders()
-
-
-class UnknownModel(LookupError):
-    pass
 
 
 def covers(model: Model, instruction: str) -> bool:
@@ -160,6 +161,8 @@ def not_covered(name: str, model: Model, instruction: str) -> str:
 
 
 def get(name: str) -> Model:
+    """The model `name` names: a registered one, a real-code name, kvm-live:RELEASE or
+    module.path:function; UnknownModel otherwise."""
     if name.startswith(("c:", "kvm-tree:")) or name in _REAL_CODE_NAMES:
         from vmxaddr.realcode.resolve import RealCodeError, resolve
 

@@ -88,7 +88,7 @@ OK_CANONICAL = outcome(False, OK, None, None, "canonical", str)
 OK_REGISTER = Outcome(OK, rule="register-operand", reason="register operand: no memory access")
 _HAS_MEMREG = frozenset(m for m, sp in SPECS.items() if sp.layout in (Layout.VMREAD, Layout.LDT))
 _NO_MEMORY = frozenset(m for m, sp in SPECS.items() if sp.memory == "none")
-# INS/OUTS: the implicit string operand (vmxaddr.string_io), rDI for INS, rSI for OUTS.
+# INS/OUTS: the implicit string operand (vmxaddr.io_exit), rDI for INS, rSI for OUTS.
 _STRING_BASE = {"ins": 7, "outs": 6}
 # VMX instructions and the privileged others: CPL > 0 is #GP(0).
 _CPL_CHECKED = frozenset(m for m, sp in SPECS.items() if sp.vmx or sp.privileged)
@@ -158,7 +158,8 @@ def segment_base_64(state: CpuState, seg_no: int, seg: str) -> int:
 
 
 def lam_enabled(state: CpuState) -> bool:
-    return bool(state.lam_sup | state.lam_u48 | state.lam_u57)  # one condition, not three (the prover)
+    """True when any linear-address-masking control is on (CR4.LAM_SUP, CR3.LAM_U48 or LAM_U57)."""
+    return bool(state.lam_sup | state.lam_u48 | state.lam_u57)  # `|`: one condition for the prover, not three
 
 
 def noncanonical(linear: int, size: int, la57: bool) -> int | None:

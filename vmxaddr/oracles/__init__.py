@@ -25,6 +25,7 @@ class Disagreement:
     explained: str | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The disagreement as JSON (values in hex where they are numbers)."""
         return {"field": self.field, "ours": _j(self.ours), "theirs": _j(self.theirs), "explained": self.explained}
 
 
@@ -44,9 +45,11 @@ class CaseReport:
 
     @property
     def unexplained(self) -> bool:
+        """True when some disagreement of the case has no documented reason."""
         return any(d.explained is None for d in self.disagreements)
 
     def to_json(self) -> dict[str, Any]:
+        """The case as JSON: bytes, code size, the command that shows it, the disagreements."""
         return {"bytes": self.raw.hex(), "code_size": self.code_size, "command": self.command, "note": self.note,
                 "disagreements": [d.to_json() for d in self.disagreements]}
 
@@ -70,6 +73,8 @@ class Summary:
     details: dict[str, Any] = field(default_factory=dict)  # what only this oracle reports (Bochs: boots, …)
 
     def add(self, report: CaseReport | None, skipped: bool = False) -> None:
+        """Count one case: skipped, agreeing, or with disagreements (by field, explained or not,
+        kept as an example)."""
         self.cases += 1
         if skipped:
             self.skipped += 1
@@ -94,6 +99,8 @@ class Summary:
             self.examples.append(report)
 
     def merge(self, other: Summary) -> None:
+        """Add another summary's counts (parallel jobs); numeric details add up, others are kept
+        once."""
         self.interrupted = self.interrupted or other.interrupted
         for k, v in other.details.items():  # counts add up (parallel jobs); anything else is kept once
             mine = self.details.get(k)
@@ -119,9 +126,11 @@ class Summary:
 
     @property
     def unexplained(self) -> int:
+        """The number of cases with an unexplained disagreement (what sets exit status 1)."""
         return self.unexplained_cases
 
     def to_json(self) -> dict[str, Any]:
+        """The summary as `vmxaddr crosscheck --json` prints it."""
         return {"oracle": self.oracle, "cases": self.cases, "agreements": self.agreements, "skipped": self.skipped,
                 "explained_cases": self.explained_cases, "unexplained_cases": self.unexplained_cases,
                 "disagreements_by_field": self.by_field, "seconds": round(self.seconds, 3),

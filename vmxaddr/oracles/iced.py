@@ -27,7 +27,7 @@ from vmxaddr.decode import DecodeError, Instruction, decode
 from vmxaddr.exitinfo import Policy, exit_qualification, reported_segment
 from vmxaddr.isa import SPECS, reg_number
 from vmxaddr.oracles import CaseReport, Disagreement, Summary
-from vmxaddr.oracles.encodings import encodings
+from vmxaddr.oracles.case_stream import encodings
 from vmxaddr.progress import Progress
 
 IP = 0x7FFF_FFFF_F000  # where iced is told the instruction sits (RIP-relative targets)
@@ -206,7 +206,7 @@ def explain_command(raw: bytes, code_size: int, prefix_policy: bool = False) -> 
 
 def crosscheck_iced(n: int, seed: int, progress: Progress | None = None,
                     on_case: Callable[[int], None] | None = None) -> Summary:
-    """Compare our decoder with iced-x86 on `n` encodings of the seeded walk (encodings.py)."""
+    """Compare our decoder with iced-x86 on `n` encodings of the seeded walk (case_stream.py)."""
     summary = Summary("iced")
     stream = encodings(seed)
     try:
@@ -223,7 +223,7 @@ def crosscheck_iced(n: int, seed: int, progress: Progress | None = None,
                 summary.add(None)
             if progress is not None and (k & 1023) == 0:
                 progress.update(k, f"{summary.unexplained_cases} unexplained")
-    except KeyboardInterrupt:  # ^C: the counts so far, marked (vmxaddr/crosscheck.py prints them)
+    except KeyboardInterrupt:  # ^C: the counts so far, marked (vmxaddr/oracles/crosscheck.py prints them)
         summary.interrupted = True
         return summary
     if progress is not None:

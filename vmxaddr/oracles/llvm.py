@@ -27,7 +27,8 @@ from vmxaddr.gen import SEG_PREFIXES
 from vmxaddr.isa import SPECS, XMM, reg_name
 from vmxaddr.oracles import CaseReport, Disagreement, Summary
 from vmxaddr.oracles.llvm_cases import exhaustive_rex2, llvm_encodings
-from vmxaddr.oracles.llvm_lib import disasm, parse
+from vmxaddr.oracles.llvm_lib import _reg_width, disasm, parse
+from vmxaddr.oracles.report import report_text
 from vmxaddr.progress import Progress
 
 # LLVM 19's rdmsr/wrmsrns are the forms without an immediate (0F 32, 0F 01 C6), which exit
@@ -62,6 +63,8 @@ DT_REP_OPSIZE = ("llvm-dt-rep-opsize: LGDT/LIDT/SGDT/SIDT with an F2/F3 prefix o
 
 
 def llvm_view(raw: bytes, code_size: int) -> dict[str, Any]:
+    """What LLVM's disassembler makes of `raw` in `code_size` code, in the fields the comparison
+    reads."""
     n, text = disasm().text(raw, code_size)
     return parse(n, text)
 
@@ -203,8 +206,6 @@ def _fields(ours: Instruction, theirs: dict[str, Any]) -> list[Disagreement]:
 
 
 def _width(name: str) -> int | None:
-    from vmxaddr.oracles.llvm_lib import _reg_width
-
     return _reg_width(name)
 
 
@@ -265,6 +266,7 @@ def _is_rex2_no_base(ours: Instruction, theirs: dict[str, Any]) -> bool:
 
 
 def explain_command(raw: bytes, code_size: int) -> str:
+    """The `vmxaddr explain` command that shows the case."""
     return f"vmxaddr explain --mode {code_size} {shlex.quote(raw.hex(' '))}"
 
 
@@ -289,7 +291,7 @@ def crosscheck_cases(cases: Iterable[Any], n: int | None, summary: Summary, prog
                 summary.add(None)
             if progress is not None and (k & 1023) == 0:
                 progress.update(k, f"{summary.unexplained_cases} unexplained")
-    except KeyboardInterrupt:  # ^C: the counts so far, marked (vmxaddr/crosscheck.py prints them)
+    except KeyboardInterrupt:  # ^C: the counts so far, marked (vmxaddr/oracles/crosscheck.py prints them)
         summary.interrupted = True
     summary.details["out_of_scope_rdmsr_wrmsrns_imm"] = out_of_scope
     summary.details["llvm"] = disasm().version
@@ -335,8 +337,6 @@ def crosscheck_exhaustive(subset: bool = False, jobs: int = 1) -> Summary:
 def main(argv: list[str] | None = None) -> int:
     """`python -m vmxaddr.oracles.llvm [--subset] [--jobs N]`: the exhaustive REX2 VMREAD/VMWRITE sweep."""
     import argparse
-
-    from vmxaddr.oracles.report import report_text
 
     ap = argparse.ArgumentParser(prog="python -m vmxaddr.oracles.llvm", description=crosscheck_exhaustive.__doc__)
     ap.add_argument("--subset", action="store_true", help="ModRM.reg, SIB scale and index fixed per payload")

@@ -22,7 +22,7 @@ import random
 from collections.abc import Iterable, Iterator
 
 from vmxaddr.gen import NO_REX2, OPCODES, OTHER_OPCODES, SEG_PREFIXES, RandomChooser, gen_encoding
-from vmxaddr.oracles.encodings import Encoding, encodings
+from vmxaddr.oracles.case_stream import Encoding, encodings
 
 REX2_MNEMONICS = tuple(m for m in OPCODES if m not in NO_REX2) + ("ins", "outs", "tpause", "umwait")
 OTHER = tuple(OTHER_OPCODES)
@@ -35,6 +35,7 @@ def _rex2_combos() -> list[tuple[str, int, int, object, bool]]:
 
 
 def rex2_combo_count() -> int:
+    """How many REX2 combinations the LLVM stream walks."""
     return len(_rex2_combos())
 
 
@@ -151,6 +152,7 @@ def exhaustive_rex2(subset: bool = False, payloads: Iterable[int] = range(256)) 
 
 
 def exhaustive_count(subset: bool = False) -> int:
+    """How many encodings the exhaustive LLVM run checks (`subset`: the smaller walk)."""
     if subset:
         return sum(2 * (3 * 7 + 8 + 3 * 8 * len({4, p >> 3 & 7})) for p in range(256))
     return 2 * 256 * (3 * 8 * 7 + 64 + 3 * 8 * 256)

@@ -14,6 +14,8 @@ import re
 from functools import cache
 from typing import Any
 
+from vmxaddr.isa import reg_number
+
 LIBRARIES = ("libLLVM-19.so", "libLLVM.so.19.1", "libLLVM-19.so.1")
 TRIPLES = {16: b"i386-unknown-unknown-code16", 32: b"i386-unknown-unknown", 64: b"x86_64-unknown-unknown"}
 OPTION_INTEL = 4  # LLVMDisassembler_Option_AsmPrinterVariant: variant 1, Intel syntax
@@ -76,6 +78,7 @@ def _version(lib: Any) -> str:
 
 @cache
 def disasm() -> _Disasm:
+    """The process's one LLVM disassembler (libLLVM-19 loaded at the first call)."""
     return _Disasm()
 
 
@@ -102,8 +105,6 @@ _ALIASES = {"xsaves64": "xsaves", "xrstors64": "xrstors"}
 
 
 def _reg_width(name: str) -> int | None:
-    from vmxaddr.isa import reg_number
-
     try:
         return reg_number(name)[1]
     except KeyError:

@@ -11,6 +11,8 @@ SKIPPED = {"unicorn": "(the model stops before an address: #UD for the mode, #GP
 
 
 def report_text(s: Summary, seed: int, jobs: int) -> str:
+    """The text report of a crosscheck run: counts, disagreements by field, examples with their
+    commands."""
     rate = s.cases / s.seconds if s.seconds else 0.0
     lines = [f"crosscheck against {s.oracle}: {s.cases} cases in {s.seconds:.1f} s ({rate:,.0f}/s), "
              f"seed {seed}, {jobs} job(s)" + ("  INTERRUPTED: the counts of the cases done so far" if s.interrupted else ""),

@@ -36,9 +36,10 @@ from vmxaddr.case import Case
 from vmxaddr.decode import DecodeError, Instruction, decode
 from vmxaddr.exitinfo import Policy
 from vmxaddr.gen import RandomChooser, gen_state
+from vmxaddr.isa import REG64
 from vmxaddr.models.sdm import sdm
 from vmxaddr.oracles import CaseReport, Disagreement, Summary
-from vmxaddr.oracles.encodings import encodings
+from vmxaddr.oracles.case_stream import encodings
 from vmxaddr.progress import Progress
 from vmxaddr.state import CpuState
 
@@ -95,6 +96,8 @@ def split(raw: bytes, code_size: int) -> tuple[list[int], int, bytes]:
 
 
 def probe(instr: Instruction) -> Probe:
+    """The LEA-and-load code that makes unicorn compute `instr`'s effective and linear address, with
+    the registers it must set."""
     op = instr.operand
     assert op is not None
     cs = instr.code_size
@@ -138,6 +141,8 @@ class UnicornOracle:
         return False  # for an unmapped read: stop the emulation, the address is recorded
 
     def uc(self, code_size: int) -> Any:
+        """The unicorn instance for `code_size` code, made (memory mapped, segments set up) at the
+        first use."""
         uc = self.ucs.get(code_size)
         if uc is not None:
             return uc
@@ -246,8 +251,6 @@ def explain_command(instr: Instruction, state: CpuState) -> str:
     assert op is not None
     parts = ["vmxaddr", "explain", "--mode", str(instr.code_size)]
     for r in sorted({r for r in (op.base, op.index) if r is not None}):
-        from vmxaddr.isa import REG64
-
         parts += ["--reg", f"{REG64[r]}={state.regs[r]:#x}"]
     if op.rip_relative:
         parts += ["--rip", f"{state.rip:#x}"]
@@ -287,7 +290,7 @@ def crosscheck_unicorn(n: int, seed: int, progress: Progress | None = None,
                 summary.add(None)
             if progress is not None and (k & 1023) == 0:
                 progress.update(k, f"{summary.unexplained_cases} unexplained")
-    except KeyboardInterrupt:  # ^C: the counts so far, marked (vmxaddr/crosscheck.py prints them)
+    except KeyboardInterrupt:  # ^C: the counts so far, marked (vmxaddr/oracles/crosscheck.py prints them)
         summary.interrupted = True
         return summary
     if progress is not None:

@@ -12,7 +12,9 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from vmxaddr.cli import fail, print_json
 from vmxaddr.exitinfo import EXIT_QUAL_POLICIES, Policy
+from vmxaddr.models import get
 from vmxaddr.models.base import Model
 
 if TYPE_CHECKING:  # z3 is imported when a proof runs, not when the parser is built
@@ -25,6 +27,8 @@ REAL_CODE = ("kvm-linux-", "xen-4.", "c:", "kvm-tree:")
 
 
 class ProveUsageError(Exception):
+    """A model that cannot be proved (unknown, not a function, compiled C) or a bad --mode: reported
+    as one line, exit status 2."""
     pass
 
 
@@ -33,7 +37,7 @@ def symbolic_model(name: str) -> Model:
     mypyc-compiled copy (compiled functions take only ints) nor the guard (it would swallow the
     explorer's control flow)."""
     kvm = importlib.import_module("vmxaddr.models.kvm")
-    xen = importlib.import_module("vmxaddr.models.xen")
+    xen = importlib.import_module("vmxaddr.models.xen_port")
     if name == "sdm":
         return importlib.import_module("vmxaddr.models.sdm").sdm  # type: ignore[no-any-return]
     target = kvm.ALIASES.get(name, (name, ""))[0]
@@ -58,6 +62,7 @@ def symbolic_model(name: str) -> Model:
 
 
 def select_forms(model: Model, against: Model, form_patterns: list[str], mode: str | None, policy: Policy) -> list[Form]:
+    """The instruction forms both models cover that --form and --mode select."""
     from vmxaddr.fuzz.campaign import model_mnemonics
     from vmxaddr.prove.forms import MODES_BY_CODE_SIZE, forms
 
@@ -80,14 +85,15 @@ def select_forms(model: Model, against: Model, form_patterns: list[str], mode: s
 
 
 def _task(args: tuple[list[Form], str, str, float, Policy]) -> list[FormResult]:
+    """Prove one group of forms (vmxaddr.prove.groups): the first in full, the others sharing its proof where they may."""
     group, a, b, timeout, policy = args
-    from vmxaddr.models import get
     from vmxaddr.prove.groups import prove_group
 
     return prove_group(group, (a, symbolic_model(a)), (b, symbolic_model(b)), timeout, policy, confirm=(get(a), get(b)))
 
 
 def run(forms_: list[Form], a: str, b: str, timeout: float, policy: Policy, jobs: int, quiet: bool = False) -> list[FormResult]:
+    """Prove each group of forms (in `jobs` processes), printing each result as it comes unless `quiet`."""
     from vmxaddr.prove.groups import group
 
     # the largest groups first, so that two workers finish together
@@ -115,6 +121,8 @@ def run(forms_: list[Form], a: str, b: str, timeout: float, policy: Policy, jobs
 
 
 def summary(results: list[FormResult]) -> dict[str, Any]:
+    """The classes over all forms (with a witness and the number of forms), the statuses counted,
+    the times."""
     classes: dict[str, dict[str, Any]] = {}
     for r in results:
         for c in r.classes:
@@ -128,8 +136,8 @@ def summary(results: list[FormResult]) -> dict[str, Any]:
 
 
 def cmd_prove(args: argparse.Namespace) -> int:
-    from vmxaddr.cli import fail, print_json
-
+    """`vmxaddr prove`: every divergence class between two models per form, with a proof there is no
+    other."""
     try:
         import z3  # noqa: F401
     except ImportError:
@@ -167,6 +175,7 @@ def cmd_prove(args: argparse.Namespace) -> int:
 
 
 def text(results: list[FormResult], summ: dict[str, Any], a: str, b: str) -> str:
+    """The text report: one line per form with its status and classes, then the summary."""
     out = []
     for r in results:
         note = f" — {r.note}" if r.note else ""
@@ -202,6 +211,7 @@ exit status: 0 when every form is proved, 1 when some form is unknown or an erro
 
 
 def register(sub: Any) -> None:
+    """Register `vmxaddr prove` (listed in cli.SUBCOMMANDS)."""
     p = sub.add_parser("prove", help="every divergence class between two models, exactly, with a proof there is no other",
                        description="For each instruction form (instruction, processor mode, address size, operand kind, "
                        "segment), run both models symbolically over every register value, displacement, segment "

@@ -27,8 +27,9 @@ from typing import Any
 import z3
 
 from vmxaddr.case import Case, access_of
-from vmxaddr.diff import agree, classify
+from vmxaddr.diff import agree, classify, diff_case
 from vmxaddr.exitinfo import DEFAULT_POLICY, Policy, encode
+from vmxaddr.fuzz.witness import command
 from vmxaddr.models.base import Model
 from vmxaddr.prove.forms import DEFAULTS, Form, concrete, symbolic
 from vmxaddr.prove.sym import Deadline, Feasibility, PathLimit, Paths, RuleLanguageError, feasible
@@ -41,6 +42,8 @@ ERROR = "error"
 
 @dataclass
 class ClassFound:
+    """A divergence class found on a form: a witness, the `vmxaddr diff` command replaying it, and
+    whether the concrete models confirm it."""
     name: str
     witness: dict[str, int]  # solver variable -> value (only those that differ from the default)
     command: str  # the `vmxaddr diff` command that replays it
@@ -50,6 +53,7 @@ class ClassFound:
     paths: int
 
     def to_json(self) -> dict[str, Any]:
+        """The class as `vmxaddr prove --json` prints it."""
         return {"class": self.name, "witness": {k: hex(v) for k, v in self.witness.items()}, "command": self.command,
                 "confirmed": self.confirmed, "condition": self.condition, "seconds": round(self.seconds, 3),
                 "paths": self.paths}
@@ -57,6 +61,8 @@ class ClassFound:
 
 @dataclass
 class FormResult:
+    """What proving one form gave: its status (proved, classes found with the rest unknown, error),
+    the classes, the paths."""
     form: Form
     status: str
     classes: list[ClassFound] = field(default_factory=list)
@@ -70,6 +76,7 @@ class FormResult:
     signature: Any = None  # what the models do on every path (groups.py compares it between forms)
 
     def to_json(self) -> dict[str, Any]:
+        """The form's result as `vmxaddr prove --json` prints it."""
         return {"form": self.form.key, "name": self.form.name, "status": self.status, "seconds": round(self.seconds, 2),
                 "cpu_seconds": round(self.cpu_seconds, 2),
                 "paths": self.paths, "classes": [c.to_json() for c in self.classes], "absent": self.absent,
@@ -293,9 +300,6 @@ def _minimise(cond: z3.BoolRef, m: z3.ModelRef, variables: dict[str, z3.BitVecRe
 
 def _confirm(form: Form, name: str, values: dict[str, int], model: tuple[str, Model], against: tuple[str, Model],
              policy: Policy, confirm: tuple[Model, Model] | None) -> ClassFound:
-    from vmxaddr.diff import diff_case
-    from vmxaddr.fuzz.witness import command
-
     raw, st = concrete(form, values)
     case = Case.from_bytes(raw, st, policy)
     fa, fb = confirm or (model[1], against[1])

@@ -57,6 +57,8 @@ _SHAPES_16: tuple[tuple[str, Any], ...] = (
 
 @dataclass(frozen=True)
 class Form:
+    """One instruction form the prover explores: instruction, processor mode, code and address size,
+    operand kind, segment, bytes."""
     mnemonic: str
     mode: str  # processor mode (CpuState.mode)
     code_size: int
@@ -67,6 +69,7 @@ class Form:
 
     @property
     def name(self) -> str:
+        """The form for a person, e.g. "VMREAD mem DS a32 (protected, 32-bit code)"."""
         seg = f" {self.segment.upper()}" if self.segment else ""
         return f"{self.mnemonic.upper()} {self.kind}{seg} a{self.address_size} ({self.mode}, {self.code_size}-bit code)"
 
@@ -77,6 +80,7 @@ class Form:
         return f"{self.mnemonic}/{self.mode}{self.code_size}/a{self.address_size}/{self.kind}/{seg}"
 
     def instruction(self) -> Instruction:
+        """The form's bytes decoded."""
         return decode(self.raw, self.code_size)
 
 
@@ -157,8 +161,9 @@ class Inputs:
 
 
 def symbolic(form: Form, rename: dict[str, str] | None = None) -> Inputs:
-    """The form's symbolic inputs. `rename` maps an input to the z3 variable that stands for it
-    (vmxaddr.prove.groups: a form through ES built with the variables of the one through DS)."""
+    """The form's inputs as solver variables: registers, displacement, segment fields, CPL, LA57,
+    LAM. `rename` maps an input to the z3 variable that stands for it (vmxaddr.prove.groups: a form
+    through ES built with the variables of the one through DS)."""
     ins = form.instruction()
     op = ins.operand
     vs: dict[str, z3.BitVecRef] = {}

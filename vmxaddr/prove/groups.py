@@ -36,6 +36,8 @@ from vmxaddr.prove.sym import Feasibility, Mismatch, Replay, RuleLanguageError, 
 
 
 def group_key(form: Form) -> tuple[Any, ...]:
+    """What the forms of one group have in common: instruction, mode, address size, operand kind
+    and the segment's kind (the code size and the segment within its kind may differ)."""
     seg = form.segment
     if form.mode == "64-bit":
         kind = "fs/gs" if seg in ("fs", "gs") else seg

@@ -107,6 +107,7 @@ class SymBool:
 
 
 def as_bool(v: Any) -> z3.BoolRef:
+    """`v` as a solver boolean (a symbolic integer is true when non-zero)."""
     if isinstance(v, SymBool):
         return v.e
     if isinstance(v, Sym):
@@ -331,11 +332,15 @@ class Paths:
 
     @classmethod
     def current(cls) -> Paths:
+        """The exploration running now (a rule deciding a symbolic condition asks it which way to
+        go)."""
         if not cls._stack:
             raise RuleLanguageError("a symbolic condition decided outside Paths.run")
         return cls._stack[-1]
 
     def decide(self, cond: z3.BoolRef) -> bool:
+        """Which way the current path takes at `cond`: replayed from the trace, or the next branch
+        to explore."""
         cid = cond.get_id()
         hit = self.known.get(cid)
         if hit is not None:
@@ -394,6 +399,7 @@ class Paths:
         return [i for i in range(max(0, n - 16), n) if z3.is_true(self.feas.models[i].eval(base, model_completion=True))]
 
     def run(self, f: Callable[[], Any]) -> Iterator[tuple[z3.BoolRef, Any]]:
+        """Run `f` once per feasible path, yielding each path's condition and f's value."""
         n = 0
         while True:
             self.pos, self.pc, self.infeasible = 0, [], False
@@ -435,6 +441,7 @@ class Replay:
         self.want, self.pos, self.known = pc, 0, dict(known or {})
 
     def decide(self, cond: z3.BoolRef) -> bool:
+        """The recorded answer to `cond`, or Mismatch when the path recorded another question."""
         hit = self.known.get(cond.get_id())
         if hit is not None:
             return hit
@@ -452,6 +459,7 @@ class Replay:
         return d
 
     def run(self, f: Callable[[], Any]) -> Any:
+        """f's value on the recorded path (Mismatch when f leaves it)."""
         Paths._stack.append(self)  # type: ignore[arg-type]
         try:
             value = f()

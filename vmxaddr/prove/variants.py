@@ -1,5 +1,5 @@
 """A model's own classifier of the form "the first corrected variant that agrees" (Xen's port,
-vmxaddr.models.xen.classify), turned into conditions instead of being run on every path.
+vmxaddr.models.xen_port.classify), turned into conditions instead of being run on every path.
 
 Run on symbolic results, such a classifier runs up to 45 variants of the model one after the
 other, each branching again, so the paths of one divergence multiply variant by variant. But its

@@ -76,6 +76,7 @@ def control_registers(state: CpuState) -> tuple[int, int, int, int, int, int, in
 
 
 def pack_segment(s: Segment, cs_l: int | None = None) -> tuple[int, ...]:
+    """A segment as the adapter's struct holds it (`cs_l`: CS.L given apart)."""
     return (s.base & MASK64, s.limit & 0xFFFFFFFF, s.selector & 0xFFFF, s.type & 0xF, s.s & 1, s.dpl & 3, s.p & 1,
             s.db & 1, s.g & 1, (s.l if cs_l is None else cs_l) & 1, 1 if s.unusable else 0)
 
@@ -102,6 +103,8 @@ class Library:
         self.main = _Buffers()  # the loading thread's; other threads get their own
 
     def buffers(self) -> _Buffers:
+        """This thread's ctypes buffers for the call (the loading thread's own, others made on first
+        use)."""
         if threading.get_ident() == self.owner:
             return self.main
         b: _Buffers | None = getattr(self._local, "b", None)
@@ -110,6 +113,7 @@ class Library:
         return b
 
     def call(self, exit: ExitInfo, state: CpuState, access: Access) -> tuple[int, ...]:
+        """Call the adapter on one case; the raw result tuple of bridge.RESULT."""
         b = self.buffers()
         b.load(exit, state, access)
         self.fn(b.c_exit, b.c_state, b.c_access, b.c_out)
@@ -130,9 +134,11 @@ class Library:
         return int(ret), [a.raw for a in areas]
 
     def string_at(self, address: int) -> str:
+        """The C string at `address` ("" for NULL), e.g. the file name a trace points at."""
         return ctypes.string_at(address).decode(errors="replace") if address else ""
 
     def symbol_bytes(self, symbol: str, size: int) -> bytes | None:
+        """`size` bytes of the library's exported `symbol`, or None when it exports none."""
         try:
             return bytes((ctypes.c_char * size).in_dll(self.dll, symbol))
         except ValueError:
@@ -143,6 +149,8 @@ SCRATCH = 1024  # bytes of each area call_symbol passes (worker.c's SCRATCH)
 
 
 def check_layout(dll: Any, path: Path) -> None:
+    """Refuse a library built against another vmxaddr.h (its exported struct layout differs from
+    ours)."""
     try:
         arr = (ctypes.c_uint32 * len(LAYOUT)).in_dll(dll, "vmxaddr_layout")
     except ValueError:
@@ -254,6 +262,7 @@ class _Buffers:
 
 
 def vector_name(n: int) -> str:
+    """The exception name of vector number `n` ("GP" for 13), else the number."""
     return VECTORS.get(n, str(n))
 
 
@@ -290,4 +299,5 @@ def marshaller() -> Any:
 
 
 def function_pointer(fn: Any) -> int:
+    """The address of a ctypes function, as an integer."""
     return int(ctypes.cast(fn, ctypes.c_void_p).value or 0)

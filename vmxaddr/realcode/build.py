@@ -41,10 +41,12 @@ class BuildError(RuntimeError):
 
 
 class CompilerMissing(BuildError):
+    """No C compiler on PATH (or it does not run)."""
     pass
 
 
 class UnresolvedIdentifiers(BuildError):
+    """The extracted code uses identifiers the shim does not define; they are listed one per line."""
     def __init__(self, what: str, identifiers: Sequence[str]) -> None:
         self.identifiers = tuple(identifiers)
         lines = "\n".join(f"  {i}" for i in self.identifiers)
@@ -52,6 +54,7 @@ class UnresolvedIdentifiers(BuildError):
 
 
 def compiler() -> str:
+    """The C compiler to use ($CC, else cc); CompilerMissing when it is not on PATH."""
     cc = os.environ.get("CC", "cc")
     path = shutil.which(cc)
     if path is None:
@@ -63,6 +66,7 @@ _COMPILER_IDS: dict[str, str] = {}
 
 
 def compiler_id(cc: str) -> str:
+    """The compiler's version line (part of a build's cache key)."""
     if cc not in _COMPILER_IDS:
         try:
             out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
@@ -74,6 +78,8 @@ def compiler_id(cc: str) -> str:
 
 def translation_unit(parts: Sequence[Extracted], includes: Sequence[str], adapter: str | None,
                      extra: str = "") -> str:
+    """The one C file that is compiled: the shim headers, the extracted functions with #line
+    markers, the adapter."""
     head = "".join(f'#include "{h}"\n' for h in includes)
     body = "".join(p.with_line_marker() for p in parts)
     tail = f'#line 1 "{adapter}"\n#include "{adapter}"\n' if adapter else ""
@@ -155,6 +161,8 @@ def cached_parts(kind: str, files: Sequence[Path], compute: Callable[[], list[Ex
 
 def build_library(parts: Sequence[Extracted], includes: Sequence[str], adapter: str | None, what: str,
                   extra: str = "") -> Path:
+    """Build the extracted functions with the shim and adapter into a shared library (cached by
+    content)."""
     return build_source(translation_unit(parts, includes, adapter, extra), what)
 
 
@@ -198,6 +206,8 @@ def unresolved(stderr: str) -> list[str]:
 
 
 def compile_error(what: str, stderr: str) -> BuildError:
+    """The BuildError for a failed compile: the unresolved identifiers when that is the cause, else
+    the first error lines."""
     ids = unresolved(stderr)
     if ids:
         return UnresolvedIdentifiers(what, ids)

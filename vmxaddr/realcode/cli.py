@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from vmxaddr.cli import fail, print_json
 from vmxaddr.realcode import sources
 
 EPILOG = """examples:
@@ -25,8 +26,7 @@ configuration under the cache (the system's apt configuration is never changed).
 
 
 def cmd_sources(args: argparse.Namespace) -> int:
-    from vmxaddr.cli import fail, print_json
-
+    """`vmxaddr sources fetch|list`: fetch hypervisor sources into the cache, or list them."""
     if args.action == "list":
         if args.name:
             fail(f"sources list takes no name (got {' '.join(args.name)}); to fetch one: sources fetch NAME")
@@ -89,6 +89,7 @@ def _intermixed(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: Any) -> None:
+    """Register `vmxaddr sources` (listed in cli.SUBCOMMANDS)."""
     p = sub.add_parser("sources", help="fetch hypervisor sources from Debian's archive; list the cache",
                        description="Fetch the hypervisor sources the real-code models compile (kvm-linux-6.1, "
                        "kvm-linux-6.12, ...) into the cache, or list what is cached.",

@@ -27,6 +27,8 @@ class ExtractError(ValueError):
 
 @dataclass(frozen=True)
 class Extracted:
+    """One C function definition taken from a source file, with where it came from (for #line and
+    messages)."""
     name: str
     text: str  # the definition, from its first specifier to the closing brace
     path: str  # where it came from (for #line and messages)
@@ -36,6 +38,7 @@ class Extracted:
 
     @property
     def sha256(self) -> str:
+        """The digest of the definition's text (part of a build's cache key)."""
         return hashlib.sha256(self.text.encode()).hexdigest()
 
     def with_line_marker(self) -> str:

@@ -20,4 +20,5 @@ class RealCodeInfo:
     version: str = ""
 
     def to_json(self) -> dict[str, str]:
+        """The facts as JSON, for `vmxaddr models --json`."""
         return {"what": self.what, "source": self.source, "package": self.package, "version": self.version}

@@ -17,4 +17,5 @@ KVM_LIMIT_CHECK = LimitCheck(fixed_length=None, off_by_one=False, flat_skip=True
 
 
 def release_info(name: str, f: sources.Fetched) -> RealCodeInfo:
+    """What the model of KVM release `name` runs, from the fetched source package."""
     return RealCodeInfo(f"{KVM_FUNCTION}() of Debian {f.package} {f.version}", RELEASES[name], f.package, f.version)

@@ -25,8 +25,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from vmxaddr.errors import RealCodeError as RealCodeError  # (defined in the leaf module; importable from here)
 from vmxaddr.exitinfo import ExitInfo, operand_bits
-from vmxaddr.isa import REG64, SEGMENTS
+from vmxaddr.isa import REG64, SEGMENTS, SPECS
 from vmxaddr.models.base import FAULT, OK, Access, InvalidExitInfo, Result, Step, outcome
 from vmxaddr.models.guard import describe_case
 from vmxaddr.models.kvm import HANDLED, LimitCheck
@@ -46,7 +47,7 @@ from vmxaddr.realcode.bridge import (
     marshaller,
     vector_name,
 )
-from vmxaddr.realcode.build import SHIM_DIR, BuildError, build_library, build_source
+from vmxaddr.realcode.build import SHIM_DIR, BuildError, build_library, build_source, cached_parts
 from vmxaddr.realcode.extract import Extracted, ExtractError, find_function, mask
 from vmxaddr.realcode.info import RealCodeInfo
 from vmxaddr.realcode.kvm_release import KVM_FUNCTION, KVM_LIMIT_CHECK, RELEASES, release_info
@@ -62,11 +63,6 @@ def _NO_FAULT() -> str:
 
 
 _NO_PLAN: tuple[int, int | None, int | None, int] = (0, None, None, 0)
-
-
-class RealCodeError(LookupError):
-    """A real-code model that cannot be built or loaded; the message is for a person (may span
-    lines: unresolved identifiers are listed one per line)."""
 
 
 # -- KVM -----------------------------------------------------------------------------------------
@@ -96,8 +92,7 @@ def kvm_parts(nested: Path, vmx: Path | None) -> list[Extracted]:
 
 
 def build_kvm(nested: Path, vmx: Path | None, what: str) -> Path:
-    from vmxaddr.realcode.build import cached_parts
-
+    """Extract KVM's functions from nested.c (and vmx.c) and build them with the KVM shim."""
     parts = cached_parts("kvm", [nested] + ([vmx] if vmx is not None and vmx.is_file() else []),
                          lambda: kvm_parts(nested, vmx))
     return build_library(parts, ("kvm.h",), "kvm_adapter.c", what, extra="VMXADDR_EXPORT_LAYOUT;\n")
@@ -408,6 +403,7 @@ def user_path(text: str, spec: str) -> Path:
 
 @cache
 def tree_model(path: str) -> Any:
+    """The model `kvm-tree:PATH`: the KVM code of a Linux tree (or its nested.c) of your own."""
     p = user_path(path, f"kvm-tree:{path}")
     if p.is_dir():
         nested, vmx = p / NESTED_C, p / VMX_C
@@ -459,8 +455,6 @@ def c_model(spec: str) -> Any:
 
 def adapter_mnemonics(lib: Any, spec: str) -> tuple[str, ...] | None:
     """The adapter's `vmxaddr_mnemonics` (vmxaddr.h), if it exports one."""
-    from vmxaddr.isa import SPECS
-
     if isinstance(lib, Worker):
         text = lib.mnemonics  # read by the worker when it loaded the library
         if text is None:

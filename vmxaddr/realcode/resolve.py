@@ -1,6 +1,6 @@
 """A real-code model by name (`c:FILE.c:FUNCTION`, `c:LIB.so:FUNCTION`, `kvm-tree:PATH`,
 kvm-linux-*, xen-*): above both the KVM builder (vmxaddr.realcode.models) and the Xen one
-(vmxaddr.realcode.xen), which it dispatches to."""
+(vmxaddr.realcode.xen_compiled), which it dispatches to."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 from vmxaddr.realcode.extract import ExtractError
 from vmxaddr.realcode.models import RealCodeError, c_model, release_model, tree_model
-from vmxaddr.realcode.xen import RELEASES as XEN_RELEASES
-from vmxaddr.realcode.xen import release_model as xen_release_model
+from vmxaddr.realcode.xen_compiled import RELEASES as XEN_RELEASES
+from vmxaddr.realcode.xen_compiled import release_model as xen_release_model
 
 __all__ = ["RealCodeError", "resolve"]
 

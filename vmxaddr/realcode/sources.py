@@ -43,6 +43,7 @@ class SourceError(RuntimeError):
 
 
 def cache_dir() -> Path:
+    """The cache directory: $VMXADDR_CACHE, else ~/.cache/vmxaddr."""
     return Path(os.environ.get("VMXADDR_CACHE") or Path.home() / ".cache" / "vmxaddr")
 
 
@@ -55,6 +56,8 @@ def unwritable(e: OSError) -> str:
 
 @dataclass(frozen=True)
 class SourceSpec:
+    """A hypervisor source vmxaddr knows how to fetch: name, Debian package, preferred versions, the
+    files kept."""
     name: str  # linux-6.1
     kind: str  # "deb" or "dsc"
     package: str  # linux-source-6.1, or the source package name
@@ -68,6 +71,7 @@ SOURCES: dict[str, SourceSpec] = {}
 
 
 def register_source(spec: SourceSpec) -> None:
+    """Add a source to SOURCES (tests register their own)."""
     SOURCES[spec.name] = spec
 
 
@@ -89,6 +93,7 @@ register_source(SourceSpec(
 
 @dataclass(frozen=True)
 class Fetched:
+    """A fetched source in the cache: package, version, where its files are, their digests."""
     name: str
     package: str
     version: str
@@ -100,9 +105,11 @@ class Fetched:
     fetched_at: str = ""
 
     def path(self, member: str) -> Path:
+        """The cached path of file `member` of the source tree."""
         return Path(self.root) / member
 
     def to_json(self) -> dict[str, Any]:
+        """The fetched source as JSON (for `vmxaddr sources list --json`)."""
         return asdict(self)
 
 
@@ -176,6 +183,7 @@ def _check(name: str) -> tuple[Fetched | None, str | None]:
 
 
 def cached() -> list[Fetched]:
+    """The sources of SOURCES that are in the cache."""
     return [f for f in (lookup(n) for n in SOURCES) if f is not None]
 
 

@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vmxaddr.models.guard import ModelError, one_line
+from vmxaddr.errors import ModelFailure as ModelFailure  # (defined in the leaf module; importable from here)
+from vmxaddr.models.guard import one_line
 from vmxaddr.realcode.bridge import ACCESS, EXIT, LAYOUT, RESULT, STATE, BridgeError, _Buffers, marshaller
 from vmxaddr.realcode.info import DEFAULT_CALL_TIMEOUT, ENV_CALL_TIMEOUT
 
@@ -57,16 +58,6 @@ ENV_TIMEOUT = ENV_CALL_TIMEOUT
 ENV_IN_PROCESS = "VMXADDR_IN_PROCESS"  # 1: load the C into vmxaddr as before (benchmarks, debugging)
 
 
-class ModelFailure(ModelError):
-    """A compiled model crashed, hung, exited or answered something vmxaddr.h does not allow, on
-    one case. `finding` is what it did without the values ("crashed: SIGSEGV", "timed out",
-    "exited (status 0)", "returned an invalid result"): fuzz names its class after it."""
-
-    def __init__(self, model: str, finding: str, detail: str = "", case: str = "") -> None:
-        self.finding = finding
-        super().__init__(model, finding + (f" ({detail})" if detail else ""), case)
-
-
 class Failure:
     """What the worker did instead of answering one case (the supervisor's verdict)."""
 
@@ -76,6 +67,7 @@ class Failure:
         self.finding, self.detail = finding, detail
 
     def error(self, model: str, case: str = "") -> ModelFailure:
+        """The ModelFailure to raise for this failure of `model` on `case`."""
         return ModelFailure(model, self.finding, self.detail, case)
 
 
@@ -89,11 +81,14 @@ def call_timeout() -> float:
 
 
 def set_call_timeout(seconds: float | None) -> None:
+    """Set the per-call time limit of compiled models (in the environment, so that worker processes
+    inherit it)."""
     if seconds is not None:
         os.environ[ENV_TIMEOUT] = repr(float(seconds))
 
 
 def isolated() -> bool:
+    """True unless VMXADDR_IN_PROCESS asks for compiled models to run in this process."""
     return os.environ.get(ENV_IN_PROCESS, "") in ("", "0")
 
 
@@ -108,6 +103,7 @@ _EXE: list[Path] = []
 
 
 def worker_program() -> Path:
+    """The worker executable, built (and cached) at the first call."""
     if not _EXE:
         from vmxaddr.realcode.build import build_worker
 
@@ -162,6 +158,7 @@ class Worker:
         return out
 
     def start(self) -> None:
+        """Start the worker process with its shared memory, pipes and lifeline."""
         self._files()
         assert self.mm is not None
         shm, out = self.fds[0], self.fds[1]
@@ -235,6 +232,7 @@ class Worker:
                 pass
 
     def close(self) -> None:
+        """Stop the worker and close its files (only in the process that started it)."""
         if self.pid != os.getpid():
             return
         self.stop()
@@ -338,6 +336,8 @@ class Worker:
 
     # -- the calls --------------------------------------------------------------------------
     def pack(self, i: int, exit: Any, state: Any, access: Any, operand_only: bool, plan: Any = None) -> None:
+        """Write case `i` into the shared memory's input area (`operand_only`: only what the operand
+        needs)."""
         assert self.mm is not None
         off = IN_OFFSET + i * RECORD
         if self._pack is not None:

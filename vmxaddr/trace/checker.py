@@ -18,13 +18,14 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from vmxaddr.models import get
 from vmxaddr.models.base import Model
 from vmxaddr.state import StateError
-from vmxaddr.trace.format import DEFAULT_MAX_STATES, EXIT_KEYS, MAX_LINE, ExitRecord, RecordError
+from vmxaddr.trace.format import DEFAULT_MAX_STATES, EXIT_KEYS, MAX_LINE, ExitRecord, FingerprintCheck, RecordError
 from vmxaddr.trace.hardware import check_hardware
 from vmxaddr.trace.hypervisor import Answers, NamedModel, check_hypervisor, consumer_models
 from vmxaddr.trace.jsonline import NotJSON, encode, loads_exact
-from vmxaddr.trace.records import StateTable, parse_exit, parse_state_record, ref_of
+from vmxaddr.trace.parse import StateTable, parse_exit, parse_state_record, ref_of
 from vmxaddr.trace.tally import Tally
 
 MEMO_LINES = 8192  # distinct lines remembered; with the other memos 1 GB stays under 200 MB (docs/trace-format.md)
@@ -70,8 +71,6 @@ class Checker:
     def __init__(self, reference: str = "sdm", reference_model: Model | None = None,
                  models: list[NamedModel] | None = None, fingerprint: str = "wrong",
                  max_states: int = DEFAULT_MAX_STATES) -> None:
-        from vmxaddr.models import get
-
         self.reference = reference
         self.reference_model = reference_model or get(reference)
         self.models = consumer_models(reference) if models is None else models
@@ -204,7 +203,7 @@ class Checker:
         v["hypervisor"] = hv
         wrong_hv = hv["verdict"] == "wrong"
         if missing or exit is None:
-            fp: dict[str, Any] = {"verdict": "not-checkable", "missing": missing or hv.get("missing", [])}
+            fp: FingerprintCheck = {"verdict": "not-checkable", "missing": missing or hv.get("missing", [])}
         elif not self.models:
             fp = {"verdict": "skipped", "reason": "no registered models besides the reference"}
         elif self.fingerprint == "all" or (self.fingerprint == "wrong" and wrong_hv):
@@ -241,6 +240,7 @@ class Checker:
         self.pending.clear()
 
     def summary(self) -> dict[str, Any]:
+        """The summary object of the trace checked so far (after the verdicts still pending)."""
         self.flush()
         self.tally.evicted = self.table.evicted
         return self.tally.summary(self.reference, self.fingerprint, len(self.models))

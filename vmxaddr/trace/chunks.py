@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmxaddr.models import REGISTRY
 from vmxaddr.progress import Progress
 from vmxaddr.state import CpuState
 from vmxaddr.trace.checker import Checker
@@ -54,6 +55,7 @@ class Options:
 
 @dataclass
 class Chunk:
+    """One piece of a trace file to check: the byte range, and the label its verdicts carry."""
     path: str
     label: str | None  # the name verdicts carry when several files are checked, else None
     start: int = 0
@@ -193,8 +195,6 @@ _INTERNED: dict[str, list[CpuState]] = {}
 def _worker_checker(options: Options, states: Items) -> Checker:
     """This process's checker for `options` with a fresh table (`states`, recording what it is
     asked: handoff.RecordingTable) and tally, its memos kept."""
-    from vmxaddr.models import REGISTRY
-
     # a Dask worker may run tasks in several threads; and a checker holds the models it was made
     # with, so a registry that changed since (a source fetched, a cache switched) needs a new one
     key = (options, threading.get_ident(), tuple(id(m.function) for m in REGISTRY.values()))
@@ -302,6 +302,7 @@ class Merger:
         self.files: list[dict[str, Any]] = []
 
     def add(self, piece: Piece) -> None:
+        """Write a piece's output and add its counts, in trace order."""
         if piece.output:
             self.write(piece.output)
         if self.file is None:
@@ -324,10 +325,12 @@ class Merger:
             self.total = f
 
     def lines(self) -> int:
+        """The lines checked so far, over every file."""
         done = self.total.lines if self.many or self.file is None else 0
         return done + (self.file.lines if self.file is not None else 0)
 
     def summary(self, options: Options, models_compared: int) -> dict[str, Any]:
+        """The summary of everything merged, as one process would give it."""
         s = self.total.summary(options.reference, options.fingerprint, models_compared)
         if self.many:
             s["files"] = self.files

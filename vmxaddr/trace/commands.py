@@ -12,6 +12,9 @@ import sys
 from collections.abc import Iterator
 from typing import IO, Any
 
+from vmxaddr.cli import Parser, add_call_timeout, no_command
+from vmxaddr.errors import fail
+from vmxaddr.models import UnknownModel, get
 from vmxaddr.progress import Progress
 from vmxaddr.trace.checker import Checker
 from vmxaddr.trace.chunks import Merger, Options, check_chunk, plan, trace_files
@@ -25,8 +28,8 @@ from vmxaddr.trace.text import summary_text
 
 # Modules adding a subcommand to `vmxaddr trace` (each has `register_trace(tsub)`, called with
 # the `trace` subparsers); a module not installed is skipped. `trace record` lives in
-# vmxaddr/trace/record.py.
-TRACE_SUBCOMMANDS = ("vmxaddr.trace.record",)
+# vmxaddr/trace/record_bochs.py.
+TRACE_SUBCOMMANDS = ("vmxaddr.trace.record_cli",)
 
 CHECK_EPILOG = """examples:
   vmxaddr trace synth --model kvm-f9eb4af6 -n 10000 | vmxaddr check-trace -
@@ -60,8 +63,6 @@ JSON_LINES_HELP = ("JSON Lines as always, then one summary object (type \"summar
 @contextlib.contextmanager
 def _task_failures(hint: str) -> Iterator[None]:
     """A task that failed on a worker (schedule.TaskFailed) as one line, exit 2."""
-    from vmxaddr.cli import fail
-
     try:
         yield
     except TaskFailed as e:
@@ -69,8 +70,8 @@ def _task_failures(hint: str) -> Iterator[None]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from vmxaddr.cli import fail
-    from vmxaddr.models import UnknownModel, get
+    """`vmxaddr check-trace`: check trace files (in pieces on every core or a Dask cluster) and
+    print verdicts and the summary."""
     from vmxaddr.parallel import ParallelError, dask_address, dask_client, process_pool, resolve_jobs, stop_pool
 
     try:
@@ -160,9 +161,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from vmxaddr.cli import fail
-    from vmxaddr.models import UnknownModel, get
-
+    """`vmxaddr trace synth`: a trace as a model would have handled random cases."""
     try:
         model = get(args.model)
     except UnknownModel as e:
@@ -213,8 +212,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from vmxaddr.cli import fail
-
+    """`vmxaddr trace import --from ftrace`: exit records from a kvm_exit log."""
     try:
         src = open_bytes(args.file)
     except OSError as e:
@@ -250,8 +248,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    from vmxaddr.cli import Parser, add_call_timeout, no_command
-
+    """Register `check-trace` and `trace` with its subcommands (listed in cli.SUBCOMMANDS)."""
     p = sub.add_parser("check-trace", help="check a trace of VM exits: processor report, hypervisor answer, fingerprint",
                        description="Check a JSON Lines trace of VM exits caused by VMX-family instructions, record by "
                        "record: did the processor report what the instruction bytes imply, did the hypervisor "

@@ -4,7 +4,8 @@ line becomes once parsed (`ExitRecord`, with the hypervisor's answer as `Recorde
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from enum import StrEnum
+from typing import Any, Literal, NotRequired, TypedDict
 
 from vmxaddr.isa import SPECS
 from vmxaddr.layouts import INSTRUCTION_INFO, IO_QUALIFICATION, field
@@ -44,6 +45,68 @@ class RecordError(ValueError):
     """A line that is not a valid trace record; the message says why."""
 
 
+# -- verdicts ------------------------------------------------------------------------------------
+class HardwareVerdict(StrEnum):
+    """check-trace's verdict on what the processor reported (docs/trace-format.md)."""
+
+    CONSISTENT = "consistent"
+    EXPLAINED = "explained"  # a documented departure of the processor the record names
+    INCONSISTENT = "inconsistent"
+    NOT_CHECKABLE = "not-checkable"
+
+class HypervisorVerdict(StrEnum):
+    """check-trace's verdict on the hypervisor's answer against the reference model."""
+
+    CORRECT = "correct"
+    WRONG = "wrong"
+    NOT_CHECKABLE = "not-checkable"
+
+class FingerprintVerdict(StrEnum):
+    """check-trace's verdict on which registered models give the recorded answer."""
+
+    MATCHED = "matched"
+    UNMATCHED = "unmatched"
+    NOT_CHECKABLE = "not-checkable"
+    SKIPPED = "skipped"  # no registered model besides the reference, or fingerprints turned off
+
+
+# The same values as types (tests/test_enums.py holds each Literal equal to its enum): the checker
+# builds one of each dict per exit record, so they stay plain dicts of plain strings.
+
+HardwareVerdictName = Literal["consistent", "explained", "inconsistent", "not-checkable"]
+HypervisorVerdictName = Literal["correct", "wrong", "not-checkable"]
+FingerprintVerdictName = Literal["matched", "unmatched", "not-checkable", "skipped"]
+
+
+class HardwareCheck(TypedDict):
+    """The "hardware" verdict of an exit record (trace.hardware.check_hardware)."""
+
+    verdict: HardwareVerdictName
+    decoded: NotRequired[str]  # the instruction the bytes are
+    missing: NotRequired[list[str]]  # not-checkable: what the record lacks
+    differences: NotRequired[list[dict[str, Any]]]  # field, recorded, expected, detail or bits
+    unchecked: NotRequired[list[str]]  # fields present but not checkable (e.g. RIP-relative without rip)
+
+
+class HypervisorCheck(TypedDict):
+    """The "hypervisor" verdict of an exit record (trace.hypervisor.check_hypervisor)."""
+
+    verdict: HypervisorVerdictName
+    against: NotRequired[str]  # the reference model
+    recorded: NotRequired[dict[str, Any]]  # the record's result
+    expected: NotRequired[dict[str, Any]]  # the reference's answer, with its reason
+    missing: NotRequired[list[str]]
+
+
+class FingerprintCheck(TypedDict):
+    """The "fingerprint" verdict of an exit record: the registered models giving its answer."""
+
+    verdict: FingerprintVerdictName
+    models: NotRequired[list[str]]
+    missing: NotRequired[list[str]]
+    reason: NotRequired[str]
+
+
 # -- records -------------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +119,14 @@ class Recorded:
     linear_address: int | None = None
 
     def short(self) -> str:
+        """The recorded answer in short form: "ok 0x1000", "#GP(0)"."""
         if self.kind == OK:
             return "ok" if self.linear_address is None else f"ok {self.linear_address:#x}"
         code = "" if self.error_code is None else f"({self.error_code})"
         return f"#{self.vector}{code}"
 
     def to_json(self) -> dict[str, Any]:
+        """The recorded answer as a trace's "result" object."""
         d: dict[str, Any] = {"kind": self.kind}
         if self.kind == OK:
             if self.linear_address is not None:
@@ -75,6 +140,8 @@ class Recorded:
 
 @dataclass(frozen=True, slots=True)
 class ExitRecord:
+    """One exit record of a trace, parsed: what the processor reported, the bytes and state, the
+    hypervisor's answer."""
     line: int
     exit_reason: int
     instruction: str | None  # None: reason 46/47 without the instruction-information field
@@ -94,6 +161,8 @@ class ExitRecord:
 
 def resolve_instruction(exit_reason: int, instruction_info: int | None,
                         exit_qualification: int | None = None) -> str | None:
+    """The instruction an exit reason names, using the instruction information or qualification
+    where the reason is shared; None when they do not say."""
     names = REASON_INSTRUCTIONS[exit_reason]
     if len(names) == 1:
         return names[0]

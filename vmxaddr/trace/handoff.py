@@ -34,8 +34,8 @@ from typing import IO, Any
 from vmxaddr.state import CpuState, Segment, StateError
 from vmxaddr.trace.format import RecordError
 from vmxaddr.trace.jsonline import NotJSON, loads
+from vmxaddr.trace.parse import StateTable, parse_state_record, ref_of
 from vmxaddr.trace.reader import read_batches
-from vmxaddr.trace.records import StateTable, parse_state_record, ref_of
 
 Items = list[tuple[str, CpuState]]  # a state table, least recently used first
 # An id used; a state defined (id, state); or a state record on top of another (the id it uses, its line)
@@ -53,6 +53,7 @@ def _flat(st: CpuState) -> tuple[Any, ...]:
 
 
 def unflatten(t: tuple[Any, ...]) -> CpuState:
+    """A CpuState from its flat tuple form (the form pieces of a trace hand over)."""
     return CpuState(*t[:9], *(Segment(*seg) for seg in t[9:]))
 
 
@@ -113,6 +114,7 @@ class RecordingTable(StateTable):
         self.defined = 0
 
     def get(self, key: str) -> CpuState | None:
+        """The state `key` names, recording that the piece asked for it before defining it."""
         st = self.states.get(key)
         if key not in self.seen:
             self.seen.add(key)
@@ -122,11 +124,14 @@ class RecordingTable(StateTable):
         return st
 
     def put(self, key: str, st: CpuState) -> None:
+        """Define state `key`, counting the definition."""
         self.seen.add(key)
         self.defined += 1
         super().put(key, st)
 
     def handoff(self, tables: bool = True) -> Handoff:
+        """What the next piece needs: the states assumed at the start, the table at the end
+        (`tables`: else counts only)."""
         if not tables:
             return Handoff({}, [], self.evicted, self.defined)
         seen = self.seen

@@ -8,6 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+from vmxaddr.apx import encode_extended
 from vmxaddr.decode import DecodeError, Instruction, decode_uncached
 from vmxaddr.exitinfo import (
     DEFAULT_POLICY,
@@ -18,8 +19,9 @@ from vmxaddr.exitinfo import (
     exit_qualification,
     fields,
 )
+from vmxaddr.io_exit import io_qualification
 from vmxaddr.isa import Layout
-from vmxaddr.trace.format import MASK64, ExitRecord
+from vmxaddr.trace.format import MASK64, ExitRecord, HardwareCheck, HardwareVerdictName
 from vmxaddr.trace.quirks import explain_known
 
 
@@ -69,7 +71,9 @@ def _field_differences(recorded: int, expected: int, defined: int, instruction: 
     return out
 
 
-def check_hardware(rec: ExitRecord) -> dict[str, Any]:
+def check_hardware(rec: ExitRecord) -> HardwareCheck:
+    """The hardware verdict of one record: does the reported exit information match what the bytes
+    imply?"""
     missing = []
     if rec.raw is None:
         missing.append("bytes")
@@ -100,16 +104,12 @@ def check_hardware(rec: ExitRecord) -> dict[str, Any]:
             diffs.append({"field": "instruction_info", "recorded": hex(rec.instruction_info), "expected": hex(expected),
                           "bits": _field_differences(rec.instruction_info, expected, defined, instr.mnemonic)})
     if rec.extended_info is not None:
-        from vmxaddr.apx import encode_extended
-
         expected, defined = encode_extended(instr)
         if (rec.extended_info ^ expected) & defined:
             diffs.append({"field": "extended_instruction_info", "recorded": hex(rec.extended_info),
                           "expected": hex(expected), "detail": f"defined bits {defined:#x} compared (vmxaddr.apx)"})
     if rec.exit_qualification is not None and instr.spec.layout is Layout.IO:
         # INS/OUTS: the I/O qualification; the port (bits 31:16) is DX, known only from a state.
-        from vmxaddr.string_io import io_qualification
-
         port = rec.state.regs[2] & 0xFFFF if rec.state is not None else rec.exit_qualification >> 16 & 0xFFFF
         expected = io_qualification(instr, port)
         if (rec.exit_qualification ^ expected) & 0xFFFFFFFF:
@@ -128,12 +128,12 @@ def check_hardware(rec: ExitRecord) -> dict[str, Any]:
                 if mask != MASK64:
                     d["detail"] = f"bits {op.address_size - 1 if op else 63}:0 compared (address size)"
                 diffs.append(d)
-    verdict = "consistent"
+    verdict: HardwareVerdictName = "consistent"
     if diffs:
         # a documented departure of the processor named in `source` (trace/quirks.py) is "explained"
         verdict = "explained" if rec.processor is not None and explain_known(rec.processor, instr, rec, diffs) \
             else "inconsistent"
-    out: dict[str, Any] = {"verdict": verdict, "decoded": _text(instr)}
+    out: HardwareCheck = {"verdict": verdict, "decoded": _text(instr)}
     if diffs:
         out["differences"] = diffs
     if unchecked:

@@ -8,12 +8,13 @@ from typing import Any
 
 from vmxaddr.case import run_model
 from vmxaddr.decode import DecodeError
+from vmxaddr.errors import ModelFailure
 from vmxaddr.exitinfo import ExitInfo
 from vmxaddr.isa import SPECS
+from vmxaddr.models import REGISTRY, covers
 from vmxaddr.models.base import FAULT, OK, Access, InvalidExitInfo, Model, Outcome, Result
-from vmxaddr.realcode.worker import ModelFailure
 from vmxaddr.state import CpuState
-from vmxaddr.trace.format import MASK64, ExitRecord, Recorded
+from vmxaddr.trace.format import MASK64, ExitRecord, HypervisorCheck, Recorded
 from vmxaddr.trace.hardware import _decode
 
 
@@ -73,13 +74,13 @@ def _result_json(r: Result) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class NamedModel:
+    """A consumer model with its registered name (what a fingerprint lists)."""
     name: str
     function: Model
 
 
 def consumer_models(exclude: str | None) -> list[NamedModel]:
-    from vmxaddr.models import REGISTRY
-
+    """The registered consumer models a fingerprint compares, without `exclude`."""
     return [NamedModel(m.name, m.function) for m in REGISTRY.values() if m.kind == "consumer" and m.name != exclude]
 
 
@@ -96,6 +97,7 @@ class Answers:
         self.prints: dict[tuple[ExitInfo, CpuState, Access, Recorded], list[str]] = {}
 
     def answer(self, exit: ExitInfo, state: CpuState, access: Access) -> Result:
+        """The reference model's answer to this exit, state and access (memoised, bounded)."""
         key = (exit, state, access)
         r = self.memo.get(key)
         if r is None:
@@ -107,6 +109,7 @@ class Answers:
 
     def fingerprint(self, models: list[NamedModel], exit: ExitInfo, state: CpuState, access: Access,
                     recorded: Recorded) -> list[str]:
+        """The models that give exactly the recorded answer (memoised, bounded)."""
         key = (exit, state, access, recorded)
         names = self.prints.get(key)
         if names is None:
@@ -118,19 +121,17 @@ class Answers:
 
 
 def check_hypervisor(rec: ExitRecord, reference: str, answers: Answers
-                     ) -> tuple[dict[str, Any], list[str], ExitInfo | None, Access | None, bool]:
+                     ) -> tuple[HypervisorCheck, list[str], ExitInfo | None, Access | None, bool]:
     """The hypervisor verdict, what is missing for it, the model's inputs (exit, access), and
     whether the reference model failed (raised) on the record."""
     missing, exit, access = _model_inputs(rec)
     if missing:
         return {"verdict": "not-checkable", "missing": missing}, missing, None, None, False
     assert exit is not None and access is not None and rec.state is not None and rec.result is not None
-    from vmxaddr.models import covers
-
     if not covers(answers.reference, exit.instruction):  # e.g. an old KVM model asked about INVPCID
         why = [f"a reference that covers {exit.instruction.upper()} ({reference} does not)"]
         return {"verdict": "not-checkable", "missing": why}, [], exit, access, False  # the fingerprint can still run
-    hv: dict[str, Any] = {"against": reference, "recorded": rec.result.to_json()}
+    hv: HypervisorCheck = {"against": reference, "recorded": rec.result.to_json()}  # type: ignore[typeddict-item]  # verdict below
     results: Result | None = None
     failed = False
     try:
@@ -156,8 +157,6 @@ def fingerprint(models: list[NamedModel], exit: ExitInfo, state: CpuState, acces
                 ) -> list[str]:
     """The names of the models whose answer is the recorded one (a model that raises, or that does
     not cover the instruction, does not match)."""
-    from vmxaddr.models import covers
-
     names = []
     for m in models:
         if not covers(m.function, exit.instruction):

@@ -45,6 +45,7 @@ def loads_exact(data: bytes) -> tuple[Any, bool]:
 
 
 def loads(data: bytes) -> Any:
+    """One JSON value from one line's bytes (NotJSON when it is not JSON)."""
     return loads_exact(data)[0]
 
 

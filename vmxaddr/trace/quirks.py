@@ -23,11 +23,12 @@ from vmxaddr.decode import Instruction
 from vmxaddr.exitinfo import DEFAULT_POLICY, encode_info
 from vmxaddr.trace.format import MASK64, ExitRecord
 
-PROCESSORS = ("bochs-2.7",)
+BOCHS_27 = "bochs-2.7"  # the source.processor of records made under Bochs 2.7 (trace record --bochs, --kvm)
+PROCESSORS = (BOCHS_27,)
 
 
 def _bochs_27(instr: Instruction, rec: ExitRecord, d: dict[str, Any]) -> str | None:
-    from vmxaddr.oracles.bochs import _known_deviation
+    from vmxaddr.oracles.bochs_compare import _known_deviation  # (only for a Bochs trace: check-trace starts without the oracle)
 
     if d["field"] == "instruction_info" and rec.instruction_info is not None:
         want, mask = encode_info(instr, DEFAULT_POLICY)

@@ -30,8 +30,8 @@ from typing import Any
 from vmxaddr.state import CpuState
 from vmxaddr.trace.chunks import Chunk, Options, Piece, check_chunk
 from vmxaddr.trace.handoff import Items, Op, Packed, advance, flat_table, replay, table_ops, verify
+from vmxaddr.trace.parse import StateTable
 from vmxaddr.trace.reader import InputError
-from vmxaddr.trace.records import StateTable
 
 DENSE = 100  # a first piece with a state record in more than 1 line in this many: index the file
 REJECTIONS = 2  # speculation failing this often in a file: index the rest of it

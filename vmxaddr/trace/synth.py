@@ -9,12 +9,14 @@ from typing import Any
 
 from vmxaddr.case import access_of, run_model
 from vmxaddr.decode import DecodeError, Instruction, decode
+from vmxaddr.errors import ModelFailure
 from vmxaddr.exitinfo import IGNORED_SEGMENT_POLICIES, SI_DI_POLICIES, ExitInfo, Policy, encode
 from vmxaddr.isa import REG64
+from vmxaddr.models import covers
 from vmxaddr.models.base import FAULT, IMPL, OK, Model, Result
 from vmxaddr.state import CpuState
 from vmxaddr.trace.format import MASK64, Recorded
-from vmxaddr.trace.records import state_from_json
+from vmxaddr.trace.parse import state_from_json
 
 
 def _h(v: int) -> str:
@@ -40,8 +42,7 @@ def _wrong(rec: Recorded) -> Recorded:
 
 def covered(model: Model) -> tuple[str, ...]:
     """The instructions `model` says it handles (its `mnemonics` attribute; every one if it has none)."""
-    from vmxaddr.gen import MNEMONICS
-    from vmxaddr.models import covers
+    from vmxaddr.gen import MNEMONICS  # (in the functions: check-trace imports this package, not the generator)
 
     return tuple(m for m in MNEMONICS if covers(model, m)) or MNEMONICS
 
@@ -51,8 +52,6 @@ SHAPES = ("random", "realistic")
 
 def model_failure(e: BaseException) -> str:
     """What a model that gave no answer did, for a count's first line ("it crashed: SIGSEGV")."""
-    from vmxaddr.realcode.worker import ModelFailure
-
     return f"it {e.what}" if isinstance(e, ModelFailure) else f"it raised {type(e).__name__}: {e}"
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from vmxaddr.trace.format import FingerprintCheck, HardwareCheck, HypervisorCheck
+
 
 def _category(what: str) -> str:
     """Group reasons for the summary (bounded: details in parentheses and ids are dropped)."""
@@ -17,6 +19,7 @@ def _category(what: str) -> str:
 
 
 class Tally:
+    """The running counts of checking a trace or a piece of one; pieces merge in trace order."""
     def __init__(self) -> None:
         self.lines = 0
         self.exits = 0
@@ -37,7 +40,7 @@ class Tally:
         self.input_error: str | None = None  # why reading stopped early
         self.reference_error: str | None = None
 
-    def add(self, hw: dict[str, Any], hv: dict[str, Any], fp: dict[str, Any], wrong: bool, n: int = 1) -> None:
+    def add(self, hw: HardwareCheck, hv: HypervisorCheck, fp: FingerprintCheck, wrong: bool, n: int = 1) -> None:
         """Count `n` exit records with these verdicts."""
         self.exits += n
         self.wrong += wrong * n
@@ -51,6 +54,7 @@ class Tally:
             self.hardware_fields[d["field"]] += n
 
     def add_fingerprint(self, names: list[str], wrong_hv: bool, n: int = 1) -> None:
+        """Count one fingerprinted record (`n` records) and the models it names."""
         self.fingerprinted += n
         for name in names:
             self.model_matches[name] += n
@@ -59,7 +63,7 @@ class Tally:
             for name in names:
                 self.wrong_matches[name] += n
 
-    def note_reference_error(self, hv: dict[str, Any], n: int = 1, line: int = 0) -> None:
+    def note_reference_error(self, hv: HypervisorCheck, n: int = 1, line: int = 0) -> None:
         """The reference model raised (crashed, hung: vmxaddr.realcode.worker) on `n` records
         (the first reason is kept, with the line of its record)."""
         self.reference_errors += n
@@ -89,6 +93,7 @@ class Tally:
         self.wrong_matches.update(later.wrong_matches)
 
     def summary(self, reference: str, fingerprint_mode: str, models_compared: int) -> dict[str, Any]:
+        """The summary object check-trace prints at the end."""
         every = sorted(n for n, c in self.model_matches.items() if c == self.fingerprinted) if self.fingerprinted else []
         every_wrong = (sorted(n for n, c in self.wrong_matches.items() if c == self.wrong_fingerprinted)
                        if self.wrong_fingerprinted else [])

@@ -48,6 +48,7 @@ def verdict_text(v: dict[str, Any]) -> str | None:
 
 
 def summary_text(s: dict[str, Any]) -> str:
+    """The summary as text: counts per verdict, and the models every record's answer matches."""
     def counts(c: dict[str, int], order: tuple[str, ...]) -> str:
         return ", ".join(f"{c.get(k, 0)} {k.replace('-', ' ')}" for k in order)
 

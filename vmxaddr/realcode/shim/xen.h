@@ -1,7 +1,7 @@
 /*
  * xen.h — what Xen's decode_vmx_inst() sees, in C: the world a copy of that function (and the
  * static helpers of vvmx.c it calls), extracted from a Xen tree, is compiled in
- * (vmxaddr.realcode.xen).
+ * (vmxaddr.realcode.xen_compiled).
  *
  * The specification of "the hypervisor sees" for Xen 4.17's nested VMX: a fake vCPU whose VMCS
  * is vmxaddr's exit information and guest state (vmxaddr.h), the types the function names, and

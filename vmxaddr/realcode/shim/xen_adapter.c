@@ -19,7 +19,7 @@
 
 #define VMXADDR_EXIT_VMREAD 23
 
-/* What one call did, for explain (vmxaddr.realcode.xen reads it through ctypes). */
+/* What one call did, for explain (vmxaddr.realcode.xen_compiled reads it through ctypes). */
 struct vmxaddr_xen_trace {
 	int32_t stage;             /* 0: decode_vmx_inst() ran; 1: the mode check's #UD; 2: the CPL check's #GP */
 	int32_t returned;          /* decode_vmx_inst()'s return value (X86EMUL_OKAY 0, X86EMUL_EXCEPTION 2) */

@@ -4,7 +4,7 @@
 
 The consumer (--model) gets the exit information --encoder writes; the reference (--against,
 default sdm) gets the SDM encoder's. Prints both answers and, when they disagree, which side caused
-it (vmxaddr.pipeline): the encoder (a defined field differs), the consumer reading undefined bits,
+it (vmxaddr.encoder_consumer): the encoder (a defined field differs), the consumer reading undefined bits,
 or the consumer itself.
 """
 
@@ -14,10 +14,10 @@ import argparse
 from typing import Any
 
 from vmxaddr import cli
+from vmxaddr.encoder_consumer import cross
 from vmxaddr.encoders import ENCODERS
 from vmxaddr.models import UnknownModel, covers, get, not_covered
 from vmxaddr.models.base import InvalidExitInfo, Result
-from vmxaddr.pipeline import cross
 
 EPILOG = """examples:
   vmxaddr cross --encoder vbox-iem --model sdm --mode 32 --reg ebx=0x1000 --reg esi=0x10 --reg eax=0x5000 '0f c7 34 b3'
@@ -33,6 +33,7 @@ def _answer(r: Result) -> str:
 
 
 def cmd_cross(args: argparse.Namespace) -> int:
+    """`vmxaddr cross`: run the consumer on the encoder's exit information and the reference on the SDM's, and say which side diverged."""
     case = cli.case_from(args)
     if args.encoder not in ENCODERS:
         cli.fail(f"unknown encoder {args.encoder!r} (encoders: {', '.join(ENCODERS)})")
@@ -72,6 +73,7 @@ def cmd_cross(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
+    """Register `vmxaddr cross` (listed in cli.SUBCOMMANDS)."""
     p = sub.add_parser("cross", help="one case through an encoder and a consumer, against the SDM",
                        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_case_options(p)

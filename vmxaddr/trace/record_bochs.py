@@ -23,16 +23,22 @@ from typing import Any
 from vmxaddr.case import access_of, run_model
 from vmxaddr.decode import DecodeError, decode
 from vmxaddr.exitinfo import ExitInfo, identity_of
+from vmxaddr.gen import MNEMONICS, RandomChooser, _reg_value, gen_encoding
 from vmxaddr.isa import REG64, SPECS
+from vmxaddr.models import covers
 from vmxaddr.models.base import FAULT, IMPL, OK, Model
+from vmxaddr.oracles import bochs
+from vmxaddr.oracles.bochs import NOT_EXITING_IN_BOCHS, Case
 from vmxaddr.state import CpuState, Segment
 from vmxaddr.trace.format import MASK64, REASON_INSTRUCTIONS, Recorded
+from vmxaddr.trace.quirks import BOCHS_27
+from vmxaddr.trace.synth import model_failure
 
-PROCESSOR = "bochs-2.7"
+PROCESSOR = BOCHS_27
 BATCH = 10000  # cases per Bochs boot (as `crosscheck --oracle bochs`)
 CPL3 = 0.1  # share of cases run at CPL 3 (non-privileged instructions only: see _cases)
 
-# The guest state the harness loads (vmxaddr/oracles/bochs.py: _MODE_FIELDS, _COMMON_FIELDS):
+# The guest state the harness loads (vmxaddr/oracles/bochs_guest.py: _MODE_FIELDS, _COMMON_FIELDS):
 # flat data segments (base 0, limit 4 GiB, type 3, D/B, G; DPL = CPL), CS per code size.
 _SEL_CODE = {0: 0x08, 3: 0x1B}
 _SEL_DATA = {0: 0x10, 3: 0x23}
@@ -61,6 +67,8 @@ class _Planned:
 
 @dataclass
 class RecordStats:
+    """Counts of a Bochs recording: cases, exits, boots, Bochs seconds, cases without an exit, model
+    errors."""
     cases: int = 0
     exits: int = 0
     boots: int = 0
@@ -73,10 +81,6 @@ class RecordStats:
 
 def _cases(model: Model, n: int, seed: int) -> Iterator[_Planned]:
     """n random cases, drawn as they are needed (a billion cases are never planned ahead)."""
-    from vmxaddr.gen import MNEMONICS, RandomChooser, _reg_value, gen_encoding
-    from vmxaddr.models import covers
-    from vmxaddr.oracles.bochs import NOT_EXITING_IN_BOCHS
-
     names = tuple(m for m in MNEMONICS if m not in NOT_EXITING_IN_BOCHS and covers(model, m)) \
         or tuple(m for m in MNEMONICS if m not in NOT_EXITING_IN_BOCHS)
     rng = random.Random(seed)
@@ -117,9 +121,6 @@ def record_bochs(model: Model, model_name: str, n: int, seed: int = 0, batch: in
     """The trace records (state records, then exit records referring to them) of n random cases
     run under Bochs, with `model`'s answers: `batch` cases are drawn, booted and yielded at a time,
     so memory stays flat and the first records come after the first boot, whatever n is."""
-    from vmxaddr.oracles import bochs
-    from vmxaddr.oracles.bochs import Case
-
     stats = stats if stats is not None else RecordStats()
     planned = _cases(model, n, seed)
     rng = random.Random(seed ^ 0x5EC0DE)
@@ -171,8 +172,6 @@ def record_bochs(model: Model, model_name: str, n: int, seed: int = 0, batch: in
                 try:
                     answer = _answer(model, exit, state, instr, rng)
                 except Exception as e:  # noqa: BLE001 - a model that cannot answer leaves the result out
-                    from vmxaddr.trace.synth import model_failure
-
                     stats.model_errors += 1
                     stats.model_error = model_failure(e)
                     answer = None
@@ -184,119 +183,3 @@ def record_bochs(model: Model, model_name: str, n: int, seed: int = 0, batch: in
         done += len(chunk)
         if progress is not None:
             progress(done)
-
-
-# -- the command ------------------------------------------------------------------------------------
-
-RECORD_EPILOG = """examples:
-  vmxaddr trace record --bochs -n 1000 --seed 1 --out bochs.jsonl && vmxaddr check-trace bochs.jsonl
-      1000 random cases run under Bochs 2.7, answered as the SDM says: hardware verdicts consistent
-      or explained by Bochs's documented quirks, hypervisor verdicts correct
-  vmxaddr trace record --bochs -n 1000 --hypervisor kvm-f9eb4af6 | vmxaddr check-trace -
-      the same exits answered as KVM of 2015 did: the wrong answers are fingerprinted to it
-Needs bochs and binutils (scripts/system-deps.sh). Same seed, same trace.
-"""
-
-
-def cmd_record(args: Any) -> int:
-    import json
-    import sys
-
-    from vmxaddr.cli import fail
-    from vmxaddr.models import UnknownModel, get
-    from vmxaddr.oracles.bochs import BochsError, BochsUnavailable
-    from vmxaddr.progress import Progress
-
-    if getattr(args, "kvm", None):  # the live KVM under Bochs: vmxaddr/live/record.py
-        from vmxaddr.live.record import cmd_record_kvm
-        return cmd_record_kvm(args)
-    if not args.bochs:
-        fail("trace record needs a processor to record from: --bochs, or --kvm RELEASE")
-    try:
-        model = get(args.hypervisor)
-    except UnknownModel as e:
-        fail(str(e))
-    if args.n < 0:
-        fail("-n must not be negative")
-    try:
-        out = open(args.out, "w") if args.out and args.out != "-" else sys.stdout  # noqa: SIM115
-    except OSError as e:
-        fail(f"cannot write {args.out}: {e.strerror}")
-    stats = RecordStats()
-    states = lines = 0
-    first_error: str | None = None  # the line of the first record the model gave no answer for
-    interrupted = False
-    try:
-        with Progress(args.n, "record (bochs)", enabled=not args.quiet, unit="cases") as prog:
-            for rec in record_bochs(model, args.hypervisor, args.n, args.seed, batch=BATCH, progress=prog.update,
-                                    stats=stats):
-                out.write(json.dumps(rec, separators=(",", ":")) + "\n")
-                states += rec["type"] == "state"
-                lines += 1
-                if stats.model_errors and first_error is None:
-                    first_error = f"line {lines}: {stats.model_error}"
-    except KeyboardInterrupt:  # keep what was recorded: the records of the boots that finished
-        interrupted = True
-    except BochsUnavailable as e:
-        fail(str(e))
-    except BochsError as e:  # not "found something" (1): the recording could not go on
-        where = f" (in {args.out})" if args.out and args.out != "-" else ""
-        print(f"vmxaddr trace record: error: {str(e).splitlines()[0]}; recorded {stats.exits} exits of "
-              f"{stats.cases} cases before it{where}", file=sys.stderr)
-        return 2
-    finally:
-        if out is not sys.stdout:
-            out.close()
-        else:
-            out.flush()
-    if not args.quiet or interrupted:
-        print(("interrupted: " if interrupted else "")
-              + f"recorded {stats.exits} exits of {stats.cases} cases in {stats.boots} Bochs boot(s), "
-              f"{stats.seconds:.1f} s in Bochs; {stats.no_exit} without a VMX-family exit"
-              + (f"; {stats.model_errors} without an answer from {args.hypervisor} (first: {first_error})"
-                 if stats.model_errors else ""),
-              file=sys.stderr)
-    if not args.quiet:
-        for line in stats.other_exits[:10]:
-            print("  " + line, file=sys.stderr)
-    if args.json:  # the summary object last (check-trace skips it)
-        print(json.dumps({"type": "summary", "command": "trace record", "processor": PROCESSOR,
-                          "hypervisor": args.hypervisor, "seed": args.seed, "cases": stats.cases,
-                          "exit_records": stats.exits, "state_records": states, "no_exit": stats.no_exit,
-                          "other_exits": stats.other_exits[:50], "model_errors": stats.model_errors,
-                          "model_error_first": first_error,
-                          "boots": stats.boots, "bochs_seconds": round(stats.seconds, 2),
-                          "out": args.out or "-", "interrupted": interrupted}, separators=(",", ":")))
-    return 130 if interrupted else 1 if stats.model_errors else 0
-
-
-def register_trace(tsub: Any) -> None:
-    import argparse
-
-    from vmxaddr.cli import add_call_timeout
-
-    r = tsub.add_parser("record", help="record a trace from a processor: random cases run under Bochs 2.7",
-                        description="Run N random cases (vmxaddr's generator) as guest code under Bochs 2.7 with "
-                        "VMX and write one trace record per VM exit: what the emulated processor wrote (exit "
-                        "reason, exit qualification, instruction information, length, guest RIP), the "
-                        "instruction bytes, the guest state (segments, CPL, mode, GPRs) and the answer of the "
-                        "hypervisor model --hypervisor to that exit. Records are marked "
-                        f"source.processor = {PROCESSOR!r}, so check-trace explains Bochs's documented quirks "
-                        "(docs/known-oracle-issues.md).",
-                        epilog=RECORD_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("--bochs", action="store_true", help="record from Bochs 2.7 (needs scripts/system-deps.sh)")
-    r.add_argument("--kvm", metavar="RELEASE", help="record Debian's live KVM (linux-6.1, linux-6.12) answering, "
-                   "nested under Bochs 2.7 (`vmxaddr live build RELEASE`; docs/live-kvm.md)")
-    r.add_argument("--cases", metavar="FILE", help="with --kvm: replay the cases of a trace or a fuzz witness file")
-    r.add_argument("--shadow-vmcs", action="store_true", help="with --kvm: kvm-intel enable_shadow_vmcs=1 (docs/live-kvm.md)")
-    r.add_argument("-n", type=int, default=1000, help="number of random cases (default 1000)")
-    r.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    r.add_argument("--hypervisor", default="sdm", metavar="MODEL",
-                   help="the consumer model whose answers are recorded (default sdm; `vmxaddr models` lists them)")
-    add_call_timeout(r)
-    r.add_argument("--out", metavar="FILE", help="write here instead of standard output")
-    r.add_argument("-q", "--quiet", action="store_true", help="no progress or counts on standard error")
-    r.add_argument("--json", action="store_true",
-                   help="end with one summary object (type \"summary\"; check-trace skips it); with --out, "
-                   "standard output gets only it")
-    r.set_defaults(func=cmd_record)

@@ -83,6 +83,8 @@ def defined_differences(case: Case, got: ExitInfo, sdm: ExitInfo) -> list[str]:
 
 
 def undefined_differences(case: Case, got: ExitInfo, sdm: ExitInfo) -> list[str]:
+    """Which undefined parts of the exit information the encoder wrote differently from the SDM
+    encoder (bits above the address size, undefined info bits)."""
     out = []
     if (got.exit_qualification ^ sdm.exit_qualification) & ~qualification_mask(case) & MASK64:
         out.append("exit-qualification bits above the address size")
@@ -93,6 +95,7 @@ def undefined_differences(case: Case, got: ExitInfo, sdm: ExitInfo) -> list[str]
 
 @dataclass(frozen=True)
 class Cross:
+    """One case through an encoder and a consumer, beside the reference on the SDM encoder's information, with the side blamed."""
     encoder: str
     exit: ExitInfo  # from the encoder, given to the consumer
     sdm_exit: ExitInfo  # from the SDM encoder, given to the reference

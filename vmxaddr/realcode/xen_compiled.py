@@ -10,7 +10,7 @@ CPL checks of nvmx_handle_vmx_insn() and the handler's call). What the model ans
 code's: the linear address it stores in decode->mem, or the exception it injects.
 
 The divergence classes of `xen-4.17` against another model are named by the pure-Python port
-`xen-c447b730` (vmxaddr.models.xen.classify: the Xen step whose correction alone removes the
+`xen-c447b730` (vmxaddr.models.xen_port.classify: the Xen step whose correction alone removes the
 divergence) where the port gives the real code's answer for that case; where it does not, the
 class says so ("real code differs from the port"), so that a port bug cannot hide behind it.
 
@@ -24,6 +24,11 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vmxaddr.errors import RealCodeError
+from vmxaddr.isa import REG64, SEGMENTS
+from vmxaddr.models.base import FAULT, Step
+from vmxaddr.models.xen_port import classify as port_classify
+from vmxaddr.models.xen_port import xen_c447b730
 from vmxaddr.realcode import sources
 from vmxaddr.realcode.info import RealCodeInfo
 
@@ -32,7 +37,7 @@ if TYPE_CHECKING:  # (vmxaddr.models imports this module to register the model: 
     from vmxaddr.models.base import Access, Result, Step
     from vmxaddr.state import CpuState
 
-# The instructions nvmx_handle_vmx_insn() sends through decode_vmx_inst() (vmxaddr.models.xen.MNEMONICS,
+# The instructions nvmx_handle_vmx_insn() sends through decode_vmx_inst() (vmxaddr.models.xen_port.MNEMONICS,
 # repeated here so that registering the model imports nothing; a test checks the two agree).
 MNEMONICS = ("vmptrld", "vmclear", "vmxon", "vmptrst", "vmread", "vmwrite", "invept", "invvpid")
 VVMX_C = "xen/arch/x86/hvm/vmx/vvmx.c"
@@ -81,6 +86,7 @@ _KEYWORDS = frozenset({"if", "while", "for", "switch", "return", "sizeof", "do",
 
 
 def build_xen(vvmx: Path, what: str) -> Path:
+    """Extract decode_vmx_inst() and its helpers from vvmx.c and build them with the Xen shim."""
     from vmxaddr.realcode.build import build_library, cached_parts
 
     parts = cached_parts("xen", [vvmx], lambda: xen_parts(vvmx))
@@ -126,9 +132,8 @@ _VECTORS = {6: "UD", 13: "GP", 14: "PF", 12: "SS"}
 
 
 def explain_steps(lib: Any, exit: ExitInfo, state: CpuState, access: Access) -> list[Step]:
-    from vmxaddr.isa import REG64, SEGMENTS
-    from vmxaddr.models.base import Step
-
+    """The steps of one call of the compiled Xen code, from the trace its shim records (where it
+    stopped, what it injected)."""
     t = trace(lib, exit, state, access)
     file = lib.string_at(t.file) if t.file else ""
     where = f"{Path(file).name}:{t.line}" if file else "?"
@@ -167,8 +172,6 @@ def explain_steps(lib: Any, exit: ExitInfo, state: CpuState, access: Access) -> 
 # -- classification ----------------------------------------------------------------------------------
 
 def _same(a: Result, b: Result) -> bool:
-    from vmxaddr.models.base import FAULT
-
     oa, ob = a.outcome, b.outcome
     if (oa.kind, oa.vector, oa.error_code) != (ob.kind, ob.vector, ob.error_code):
         return False
@@ -178,9 +181,6 @@ def _same(a: Result, b: Result) -> bool:
 def classify(exit: ExitInfo, state: CpuState, access: Access, reference: Result, own: Result) -> str:
     """The port's class for this case if the port answers what the real code answered; else
     PORT_DIFFERS (vmxaddr.diff.classify calls this for a divergence of xen-4.17)."""
-    from vmxaddr.models.xen import classify as port_classify
-    from vmxaddr.models.xen import xen_c447b730
-
     if not _same(xen_c447b730(exit, state, access), own):
         return PORT_DIFFERS
     return port_classify(exit, state, access, reference, own)
@@ -206,6 +206,7 @@ def _load(vvmx: Path, what: str) -> Any:
 
 
 def info_for(name: str, f: sources.Fetched) -> RealCodeInfo:
+    """What the model of Xen release `name` runs, from the fetched source package."""
     return RealCodeInfo(f"{XEN_FUNCTION}() of Debian {f.package} {f.version}", RELEASES[name], f.package, f.version)
 
 
@@ -227,7 +228,7 @@ def _model(name: str, info: Any, make_inner: Any) -> Any:
         return (cell[0] if cell else load())(exit, state, access, explain)  # type: ignore[no-any-return]
 
     model.__name__ = model.__qualname__ = name.replace("-", "_").replace(".", "_")
-    model.__doc__ = f"Real code: {info.what} (vmxaddr.realcode.xen; built at the first call)."
+    model.__doc__ = f"Real code: {info.what} (vmxaddr.realcode.xen_compiled; built at the first call)."
     model.real_code = info  # type: ignore[attr-defined]
     model.load = load  # type: ignore[attr-defined]
     model.mnemonics = MNEMONICS  # type: ignore[attr-defined]
@@ -245,8 +246,6 @@ def release_model(name: str) -> Any:
     source = RELEASES[name]
     f = sources.lookup(source)
     if f is None:
-        from vmxaddr.realcode.models import RealCodeError
-
         raise RealCodeError(f"{name} runs Debian's {sources.SOURCES[source].package}: "
                             f"{sources.unusable(source)}")
     key = (name, str(f.path(VVMX_C)), f.version)  # once per files and version, as kvm-linux-*

@@ -84,6 +84,8 @@ def xen_c447b730(exit: ExitInfo, state: CpuState, access: Access, explain: bool 
 
 
 def xen_model(q: Quirks, exit: ExitInfo, state: CpuState, access: Access, explain: bool = False) -> Result:
+    """Xen's decode_vmx_inst() with the quirks `q` keeps (each one a step of the module doc), on one
+    exit."""
     steps: list[Step] | None = [] if explain else None
     ins = exit.instruction
     info = exit.instruction_info

@@ -2,7 +2,7 @@
 oracles — iced-x86 (decoder), unicorn (effective and linear address), Bochs (another module).
 
 Cases come from a seeded walk over every instruction × code size × prefix combination
-(vmxaddr/oracles/encodings.py). Long runs are split over worker processes, each walking its own
+(vmxaddr/oracles/case_stream.py). Long runs are split over worker processes, each walking its own
 seed (seed + job × 1000003); `--jobs 1` gives one sequence from --seed. Exit status 1 when any
 disagreement is unexplained. See docs/oracles.md for what each oracle checks and cannot check.
 """
@@ -18,8 +18,10 @@ import sys
 import time
 from typing import Any
 
+from vmxaddr.errors import fail
 from vmxaddr.oracles import Summary
 from vmxaddr.oracles.report import report_text
+from vmxaddr.parallel import ParallelError, _die_with_parent, cpus, resolve_jobs
 from vmxaddr.progress import Progress
 from vmxaddr.throughput import bulk_work
 
@@ -47,8 +49,6 @@ exit status: 0 all disagreements explained, 1 some unexplained, 2 bad usage or o
 
 def _runner(oracle: str) -> Any:
     """The oracle's crosscheck function, or a UsageError naming what is missing."""
-    from vmxaddr.cli import fail
-
     try:
         if oracle == "iced":
             import iced_x86  # noqa: F401
@@ -89,8 +89,6 @@ class _SharedProgress:
 
 
 def _worker(oracle: str, n: int, seed: int, job: int, counts: Any, stop: Any, out: Any, parent: int) -> None:
-    from vmxaddr.parallel import _die_with_parent
-
     _die_with_parent(parent)  # ignore ^C (the parent asks through `stop`), die with the parent
     try:
         fn = _runner(oracle)
@@ -104,7 +102,6 @@ STOP_GRACE = 15.0  # seconds the workers get, after ^C, to hand in their counts 
 
 
 def _run_bochs(fn: Any, n: int, seed: int, progress: Progress | None) -> Summary:
-    from vmxaddr.cli import fail
     from vmxaddr.oracles.bochs import BochsUnavailable, bochs_summary  # type: ignore[import-not-found,unused-ignore]
 
     del fn  # the Bochs oracle reports through bochs_summary, in the shape of the others
@@ -189,9 +186,6 @@ def _jobs(requested: int, n: int, oracle: str) -> int:
     """--jobs as a worker count: 0 picks one per CPU (up to 8) from PARALLEL_FROM cases on; more
     than the CPUs this process may use is capped to them (the work is CPU-bound), with a note;
     never more workers than cases. Bochs runs in one process."""
-    from vmxaddr.cli import fail
-    from vmxaddr.parallel import ParallelError, cpus, resolve_jobs
-
     if requested == 0:
         jobs = min(cpus(), 8) if n >= PARALLEL_FROM else 1
     else:
@@ -207,8 +201,8 @@ def _jobs(requested: int, n: int, oracle: str) -> int:
 
 
 def cmd_crosscheck(args: argparse.Namespace) -> int:
-    from vmxaddr.cli import fail
-
+    """`vmxaddr crosscheck`: run the oracle on the seeded stream and print the summary; exit status
+    1 on an unexplained disagreement."""
     if args.n < 1:
         fail("-n must be at least 1")
     jobs = _jobs(args.jobs, args.n, args.oracle)
@@ -225,6 +219,7 @@ def cmd_crosscheck(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
+    """Register `vmxaddr crosscheck` (listed in cli.SUBCOMMANDS)."""
     p = sub.add_parser("crosscheck", help="check the decoder and address computation against iced-x86, LLVM, unicorn "
                        "or Bochs",
                        description="Cross-check vmxaddr against an independent oracle on a seeded walk over every "
@@ -244,9 +239,3 @@ def register(sub: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--json", action="store_true", help="print one JSON object (summary, counts by field, examples)")
     p.set_defaults(func=cmd_crosscheck)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from vmxaddr.cli import main
-
-    sys.exit(main(["crosscheck", *sys.argv[1:]]))

@@ -12,9 +12,9 @@ from vmxaddr.case import Case
 from vmxaddr.decode import DecodeError, decode
 from vmxaddr.exitinfo import Policy, encode, fields_json
 from vmxaddr.gen import RandomChooser, gen_encoding, gen_state
+from vmxaddr.io_exit import decode_qualification
 from vmxaddr.models import get, sdm
 from vmxaddr.state import CpuState
-from vmxaddr.string_io import decode_qualification
 
 
 def case(hex_: str, cs: int, **regs: int) -> Case:
@@ -175,7 +175,7 @@ def _string_cases(n: int, seed: int):
 
 
 def test_iced_decodes_ins_outs_as_we_do():
-    from vmxaddr.oracles.string_io import iced_string_view
+    from vmxaddr.oracles.ins_outs import iced_string_view
 
     seen = set()
     for ins, _ in _string_cases(600, 3):
@@ -194,7 +194,7 @@ def test_iced_decodes_ins_outs_as_we_do():
 
 
 def test_unicorn_reads_the_first_element_where_the_model_says():
-    from vmxaddr.oracles.string_io import unicorn_address
+    from vmxaddr.oracles.ins_outs import unicorn_address
     from vmxaddr.oracles.unicorn import MASK52, UnicornOracle
 
     oracle = UnicornOracle()

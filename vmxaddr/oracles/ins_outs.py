@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from vmxaddr.instruction import Instruction
+from vmxaddr.oracles.iced import _enum_names, _iced
 from vmxaddr.oracles.unicorn import CODE, CODE32, UnicornOracle
 from vmxaddr.state import CpuState
 
@@ -49,8 +50,6 @@ def unicorn_address(oracle: UnicornOracle, instr: Instruction, state: CpuState) 
 def iced_string_view(raw: bytes, code_size: int) -> dict[str, Any]:
     """What iced-x86 makes of an INS/OUTS: mnemonic, length, memory segment, base register,
     operand (element) size."""
-    from vmxaddr.oracles.iced import _enum_names, _iced
-
     iced = _iced()
     ins = iced.Decoder(code_size, raw).decode()
     regs = _enum_names("Register")

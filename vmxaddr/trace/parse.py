@@ -91,12 +91,14 @@ class StateTable:
         self.evicted = 0
 
     def get(self, key: str) -> CpuState | None:
+        """The state record `key` names, or None (least recently used evicted first)."""
         st = self.states.get(key)
         if st is not None:
             self.states.move_to_end(key)
         return st
 
     def put(self, key: str, st: CpuState) -> None:
+        """Define state `key`, evicting the least recently used beyond the limit."""
         self.states[key] = st
         self.states.move_to_end(key)
         while len(self.states) > self.limit:
@@ -131,6 +133,7 @@ def _state_of(obj: dict[str, Any], table: StateTable, code_size: int | None) -> 
 
 
 def parse_exit(obj: dict[str, Any], line: int, table: StateTable) -> ExitRecord:
+    """An exit record from its JSON object, every field checked; RecordError naming the bad one."""
     for k in obj:
         if k not in EXIT_KEYS:
             raise RecordError(f"unknown key {k!r} in an exit record (known: {', '.join(sorted(EXIT_KEYS))})")

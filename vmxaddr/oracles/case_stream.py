@@ -37,6 +37,8 @@ OPCODE_SPACE: tuple[tuple[bytes, int | None], ...] = (
 
 @dataclass(frozen=True, slots=True)
 class Encoding:
+    """One encoding of the cross-check stream: the bytes (with trailing bytes a decoder must not
+    take), code size, combination."""
     raw: bytes  # the instruction, followed by a few unrelated bytes a decoder must not consume
     code_size: int
     combo: str  # which combination of the walk this is, e.g. "family:vmclear/64/fs/67/rex/-"
@@ -163,8 +165,10 @@ def combo_count(memory_only: bool = False) -> int:
 
 
 def family_combo_count(memory_only: bool = False) -> int:
+    """How many instruction × code size × prefix combinations the "family" stream walks."""
     return len(_family_combos(memory_only))
 
 
 def prefix_combo_count() -> int:
+    """How many opcode × prefix-set combinations the "prefixes" stream walks."""
     return len(_prefix_combos())
