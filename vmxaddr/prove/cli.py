@@ -130,9 +130,13 @@ def summary(results: list[FormResult]) -> dict[str, Any]:
             e["forms"] += 1
     counts = {s: sum(r.status == s for r in results) for s in {r.status for r in results}}
     secs = [r.seconds for r in results]
-    return {"forms": len(results), "status": counts, "classes": list(classes.values()),
+    cpu = [r.cpu_seconds for r in results]
+    return {"forms": len(results), "status": counts, "shared": sum(bool(r.shared_with) for r in results),
+            "classes": list(classes.values()),
             "seconds": {"total": round(sum(secs), 1), "max": round(max(secs, default=0), 1),
-                        "mean": round(sum(secs) / max(len(secs), 1), 1)}}
+                        "mean": round(sum(secs) / max(len(secs), 1), 1)},
+            "cpu_seconds": {"total": round(sum(cpu), 1), "max": round(max(cpu, default=0), 2),
+                            "mean": round(sum(cpu) / max(len(cpu), 1), 2)}}
 
 
 def cmd_prove(args: argparse.Namespace) -> int:
@@ -189,7 +193,8 @@ def text(results: list[FormResult], summ: dict[str, Any], a: str, b: str) -> str
             out.append(f"    undecided (timeout): {', '.join(r.undecided)}")
     out.append("")
     out.append(f"{a} against {b}: {summ['forms']} forms, " + ", ".join(f"{n} {s}" for s, n in sorted(summ["status"].items()))
-               + f"; {summ['seconds']['total']}s in all, at most {summ['seconds']['max']}s for one form")
+               + f" ({summ['shared']} sharing another form's proof); {summ['cpu_seconds']['total']}s CPU in all "
+               f"({summ['seconds']['total']}s wall), at most {summ['cpu_seconds']['max']}s CPU for one form")
     for c in summ["classes"]:
         out.append(f"  {c['class']}: in {c['forms']} form(s), e.g. {c['witness']}")
     if not summ["classes"] and all(r.status == PROVED for r in results):
