@@ -34,7 +34,6 @@ from vmxaddr.prove.engine import PROVED, FormResult, _confirm, prove_form
 from vmxaddr.prove.forms import DEFAULTS, SEG_FIELDS, Form, symbolic
 from vmxaddr.prove.sym import Feasibility, Mismatch, Replay, RuleLanguageError, term
 
-
 # Models whose own classifier (diff.classify hands it the divergence) reads the segment only through
 # state.segment(name) and "FS or GS?" in 64-bit mode: Xen's port (vmxaddr.models.xen_port.classify
 # runs corrected variants of xen_model, which reads it so).
