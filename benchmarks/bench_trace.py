@@ -85,7 +85,7 @@ def measure(path: Path, fingerprint: str, what: str) -> None:
 
 def child(path: Path, fingerprint: str, what: str) -> dict[str, float]:
     r = subprocess.run([sys.executable, __file__, "--child", what, "--trace", str(path), "--fingerprint", fingerprint],
-                       capture_output=True, text=True, env=ENV)
+                       capture_output=True, text=True, env=JOBS_ENV)  # with bytecode caches, as installed
     if r.returncode:
         raise SystemExit(r.stderr)
     return json.loads(r.stdout)  # type: ignore[no-any-return]

@@ -1,7 +1,7 @@
 """Every speed goal of issue 24 in one run: each figure as a ratio against what it is measured
 beside, with its goal and the figure measured at 1fc1e68 (the start of that issue).
 
-    python benchmarks/run_all.py [--quick] [--modules DIR] [--json]
+    python benchmarks/run_all.py [--quick] [--repeat N] [--modules DIR] [--json]
 
   fuzz        `vmxaddr.fuzz.fuzz(kvm-f9eb4af6, sdm)` cases per CPU-second (no shrinking) against
               capstone's detail decodes per CPU-second of the same generated encodings; goal >= 1.0
@@ -16,7 +16,11 @@ beside, with its goal and the figure measured at 1fc1e68 (the start of that issu
 
 Ratios are of CPU time where both sides run in this process (fuzz, core, trace), so another load on
 the machine matters less; decode and scan are wall time (start-up and a parallel scan are what a
-user waits for). The load average is printed with the results: on a busy machine, rerun.
+user waits for). Each figure is measured --repeat times (default 3), vmxaddr and its baseline
+alternating within each repetition; the median is the figure, the range its spread. `decode` also
+reports the bare interpreter's start-up (`python -c pass`, `python -S -c pass`) measured alike:
+what any Python command costs on this machine before vmxaddr's own work. The load average is
+printed with the results: on a busy machine, rerun.
 """
 
 from __future__ import annotations
@@ -26,10 +30,12 @@ import json
 import os
 import random
 import re
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -95,17 +101,31 @@ def bench_core(n: int) -> dict[str, float]:
     return {"ratio": float(m.group(1))}
 
 
+# Child processes start as an installed vmxaddr does: with bytecode caches (pip compiles them at
+# install), kept out of the tree, even where the environment says PYTHONDONTWRITEBYTECODE (this
+# machine's does: every start would compile every module it imports, 0.05-0.1 s of CPU for decode).
+CACHED_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"} | {
+    "PYTHONPYCACHEPREFIX": os.path.join(os.environ.get("TMPDIR", "/tmp"), "vmxaddr-bench-pycache")}
+
+
 def bench_decode(runs: int = 7) -> dict[str, float]:
-    cmd = [sys.executable, "-m", "vmxaddr.cli", "decode", "--mode", "32", "0f7845d8"]
-    best = float("inf")
+    """Wall time of the one-shot decode (with bytecode caches, and without: this environment's
+    default), and of a bare interpreter, each the best of `runs` (alternating), from a warm disk
+    cache."""
+    decode = [sys.executable, "-m", "vmxaddr.cli", "decode", "--mode", "32", "0f7845d8"]
+    cmds = {"seconds": (decode, CACHED_ENV), "without_bytecode_cache_seconds": (decode, None),
+            "bare_python_seconds": ([sys.executable, "-c", "pass"], None),
+            "bare_python_no_site_seconds": ([sys.executable, "-S", "-c", "pass"], None)}
+    subprocess.run(decode, capture_output=True, check=True, cwd=ROOT, env=CACHED_ENV)  # writes the caches
+    best = dict.fromkeys(cmds, float("inf"))
     for _ in range(runs):
-        t = time.perf_counter()
-        subprocess.run(cmd, capture_output=True, check=True, cwd=ROOT)
-        best = min(best, time.perf_counter() - t)
-    t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "pass"], check=True)
-    bare = time.perf_counter() - t
-    return {"seconds": round(best, 3), "bare_python_seconds": round(bare, 3), "ratio": round(best, 3)}
+        for key, (cmd, env) in cmds.items():
+            t = time.perf_counter()
+            subprocess.run(cmd, capture_output=True, check=True, cwd=ROOT, env=env)
+            best[key] = min(best[key], time.perf_counter() - t)
+    out = {k: round(v, 3) for k, v in best.items()}
+    out["ratio"] = out["seconds"]
+    return out
 
 
 def module_tree(cache: Path) -> Path:
@@ -131,11 +151,12 @@ def bench_scan(tree: Path) -> dict[str, float]:
     return {"objdump_s": obj, "scan_s": scan, "ratio": round(obj / scan, 2), "same_findings": same}
 
 
-def bench_trace(size_mb: float) -> dict[str, dict[str, float]]:
+def bench_trace(size_mb: float, repeat: int) -> dict[str, dict[str, Any]]:
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_trace.py"), "--size-mb", str(size_mb),
-                          "--repeat", "1"], capture_output=True, text=True, check=True).stdout
+                          "--repeat", str(repeat)], capture_output=True, text=True, check=True).stdout
     res = json.loads(out)
-    return {name: {"ratio": res[name]["ratio_median"]} for name in ("worst", "realistic") if name in res}
+    return {name: {"ratio": res[name]["ratio_median"], "spread": [min(res[name]["ratio"]), max(res[name]["ratio"])],
+                   "runs": res[name]["ratio"]} for name in ("worst", "realistic") if name in res}
 
 
 def verdict(name: str, value: float) -> str:
@@ -149,25 +170,36 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="smaller samples (a minute or two; noisier)")
     ap.add_argument("--modules", type=Path, help="a kernel module tree to scan (default: Debian's, fetched)")
     ap.add_argument("--skip", action="append", default=[], choices=("fuzz", "core", "decode", "scan", "trace"))
+    ap.add_argument("--repeat", type=int, default=3, help="repetitions of each figure (default 3): median and range")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     cache = Path(os.environ.get("VMXADDR_CACHE") or Path.home() / ".cache" / "vmxaddr")
     results: dict[str, object] = {"load_average_before": [round(x, 1) for x in os.getloadavg()]}
     rows: list[tuple[str, float]] = []
+
+    def repeated(run: Any) -> dict[str, Any]:
+        """`run()` --repeat times: every figure's runs, the median ratio, and its range."""
+        runs = [run() for _ in range(args.repeat)]
+        ratios = [r["ratio"] for r in runs]
+        return {"runs": runs, "ratio": round(statistics.median(ratios), 3), "spread": [min(ratios), max(ratios)]}
+
     if "fuzz" not in args.skip:
-        r = results["fuzz"] = bench_fuzz(40_000 if args.quick else 150_000)
+        n = 40_000 if args.quick else 150_000
+        r = results["fuzz"] = repeated(lambda: bench_fuzz(n))
         rows.append(("fuzz", r["ratio"]))
     if "core" not in args.skip:
-        r = results["core"] = bench_core(30_000 if args.quick else 100_000)
+        n = 30_000 if args.quick else 100_000
+        r = results["core"] = repeated(lambda: bench_core(n))
         rows.append(("core", r["ratio"]))
     if "decode" not in args.skip:
         r = results["decode"] = bench_decode()
         rows.append(("decode", r["seconds"]))
     if "scan" not in args.skip:
-        r = results["scan"] = bench_scan(args.modules or module_tree(cache))
+        tree = args.modules or module_tree(cache)
+        r = results["scan"] = repeated(lambda: bench_scan(tree))
         rows.append(("scan", r["ratio"]))
     if "trace" not in args.skip:
-        t = results["trace"] = bench_trace(10.0 if args.quick else 50.0)
+        t = results["trace"] = bench_trace(10.0 if args.quick else 50.0, args.repeat)
         for name in ("worst", "realistic"):
             if name in t:
                 rows.append((f"trace_{name}", t[name]["ratio"]))
@@ -177,10 +209,19 @@ def main() -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        print(f"{'figure':<17}{'now':>9}{'goal':>10}{'1fc1e68':>10}  verdict")
+        print(f"{'figure':<17}{'now':>9}{'range':>15}{'goal':>10}{'1fc1e68':>10}  verdict")
         for n, v in rows:
             op, goal, before = GOALS[n]
-            print(f"{n:<17}{v:>9.3g}{op + ' ' + format(goal, 'g'):>10}{before:>10g}  {verdict(n, v)}")
+            part = results.get(n.split("_")[0])
+            if n.startswith("trace_") and isinstance(part, dict):
+                part = part.get(n.split("_", 1)[1])
+            spread = part.get("spread") if isinstance(part, dict) else None
+            rng = f"{spread[0]:.3g}-{spread[1]:.3g}" if spread else ""
+            print(f"{n:<17}{v:>9.3g}{rng:>15}{op + ' ' + format(goal, 'g'):>10}{before:>10g}  {verdict(n, v)}")
+        if "decode" in results:
+            d = results["decode"]
+            print(f"(bare interpreter here: python -c pass {d['bare_python_seconds']} s, "  # type: ignore[index]
+                  f"python -S -c pass {d['bare_python_no_site_seconds']} s)")  # type: ignore[index]
         print(f"load average before {results['load_average_before']}, after {results['load_average_after']} "
               f"({os.cpu_count()} CPUs)")
     return 0

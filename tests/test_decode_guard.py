@@ -104,3 +104,36 @@ def test_guard_off_without_capstone(monkeypatch):
     finally:
         D.capstone_guard_on.cache_clear()
         D._GUARDED.clear()
+
+
+@pytest.mark.parametrize("hexbytes, cs, want", [
+    # VMPTRLD [EAX*2+0]: SIB 45 = scale 2, index EAX, base 5 with mod 0 (no base, disp32); 8 bytes
+    ("0fc7344500000000", 32, (8, None, "eax", 2)),
+    # 67 in 32-bit code: 16-bit addressing, ModRM 30 = [BX+SI] (SDM Vol. 2 Table 2-1); 4 bytes
+    ("670fc730", 32, (4, "bx", "si", 1)),
+    # VMREAD RAX, RCX (register form: no memory operand); 3 bytes
+    ("0f78c8", 64, (3, None, None, 0)),
+    # SIB index 4 with scale 4 (ss = 10): capstone's "riz", which means no index; [RAX]
+    ("0fc734a0", 64, (4, "rax", None, 4)),
+    # not an instruction capstone decodes
+    ("0f", 64, None),
+])
+def test_capstone_shape_read_from_capstones_structures(hexbytes, cs, want):
+    """The guard's lean reading of capstone (its C structures through ctypes) gives what the
+    binding's own objects give (`capstone_view`), on worked examples and on generated forms."""
+    raw = bytes.fromhex(hexbytes)
+    assert G._capstone_shape.__wrapped__(raw, cs) == want
+    assert G._capstone_shape_by_view(raw, cs) == want
+
+
+def test_capstone_shape_agrees_with_capstone_view_on_generated_forms():
+    import random
+
+    from vmxaddr.gen import ALL_MNEMONICS, RandomChooser, gen_encoding
+
+    ch, rnd = RandomChooser(random.Random(5)), random.Random(9)
+    for _ in range(3000):
+        raw, cs = gen_encoding(ch, mnemonics=ALL_MNEMONICS, register_forms=0.2)
+        junk = bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 16)))
+        for b in (raw, junk):
+            assert G._capstone_shape.__wrapped__(b, cs) == G._capstone_shape_by_view(b, cs), (b.hex(), cs)

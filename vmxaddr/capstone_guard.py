@@ -49,13 +49,68 @@ def capstone_view(raw: bytes, code_size: int) -> dict[str, Any] | None:
 
 @lru_cache(maxsize=1 << 16)
 def _capstone_shape(raw: bytes, code_size: int) -> tuple[int, str | None, str | None, int] | None:
+    """(length, base, index, scale) of capstone 5's decode of `raw`: what `capstone_view` says,
+    read straight from capstone's C structures (cs_disasm and the x86 detail through the
+    binding's ctypes declarations) instead of through the Python CsInsn objects, which copy the
+    whole instruction and detail and build every operand (about a tenth of the cost; the guard runs
+    once per operand form, so cold decoding — a fuzzer's or a scan's first cases — pays it often).
+    tests/test_decode_guard.py checks both readings agree."""
+    md = _cs(code_size)
+    insn_pointer, byref, cs_disasm, cs_free, op_mem = _c_api()
+    insn = insn_pointer()
+    count = cs_disasm(md.csh, raw, len(raw), 0, 1, byref(insn))
+    if count <= 0:
+        return None
+    try:
+        ins = insn[0]
+        length = ins.size
+        mem = None
+        if ins.id:
+            detail = ins.detail.contents.arch.x86
+            operands = detail.operands
+            for k in range(detail.op_count):
+                op = operands[k]
+                if op.type == op_mem:  # the last memory operand, as capstone_view keeps
+                    m = op.value.mem
+                    mem = (m.base, m.index, m.scale)
+    finally:
+        cs_free(insn, count)
+    if mem is None:
+        return (length, None, None, 0)
+    base, index, scale = mem
+    index_name = _reg_name(md, index)
+    # capstone names "no index" with a non-1 SIB scale as the pseudo-registers riz/eiz.
+    return (length, _reg_name(md, base), None if index_name in ("riz", "eiz") else index_name, scale)
+
+
+@cache
+def _c_api() -> tuple[Any, ...]:
+    import ctypes
+
+    import capstone
+    from capstone import x86
+
+    return ctypes.POINTER(capstone._cs_insn), ctypes.byref, capstone._cs.cs_disasm, capstone._cs.cs_free, x86.X86_OP_MEM
+
+
+_REG_NAMES: dict[int, str | None] = {0: None}
+
+
+def _reg_name(md: Any, reg: int) -> str | None:
+    name = _REG_NAMES.get(reg, "")
+    if name == "":
+        name = _REG_NAMES[reg] = md.reg_name(reg)
+    return name
+
+
+def _capstone_shape_by_view(raw: bytes, code_size: int) -> tuple[int, str | None, str | None, int] | None:
+    """`_capstone_shape` through the binding's Python objects (tests compare the two readings)."""
     v = capstone_view(raw, code_size)
     if v is None:
         return None
     m = v["memory"]
     if m is None:
         return (v["length"], None, None, 0)
-    # capstone names "no index" with a non-1 SIB scale as the pseudo-registers riz/eiz.
     index = None if m["index"] in ("riz", "eiz") else m["index"]
     return (v["length"], m["base"], index, m["scale"])
 

@@ -13,7 +13,7 @@ docs/known-decoder-issues.md (the mnemonic of 0F C7 /6 in 16-bit code, INVEPT/IN
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from vmxaddr import rex2 as rex2_mod
 from vmxaddr.capstone_guard import _capstone_guard, _capstone_shape, capstone_guard_on, capstone_view
@@ -160,13 +160,8 @@ def decode_uncached(data: bytes | bytearray | memoryview, code_size: int) -> Ins
     sib_at = -1
     rex2 = rex2_mod.PRESENT | rx2.payload if rx2 is not None else 0
 
-    def need(k: int) -> None:
-        if i + k > n:
-            if n > MAX_LENGTH:
-                raise DecodeError("too-long", "instruction longer than 15 bytes (#GP)")
-            raise DecodeError("truncated", f"bytes run out after {n} byte(s): the instruction is incomplete")
-
-    need(1)
+    if i >= n:
+        _ran_out(n)
     first = data[i]
     if first == 0xC4 and code_size == 64 and rx2 is None:  # VEX: of this family only RDMSR/WRMSRNS imm32
         return msr_imm(data, i, pfx, rex)
@@ -188,7 +183,8 @@ def decode_uncached(data: bytes | bytearray | memoryview, code_size: int) -> Ins
             raise DecodeError("not-vmx", f"opcode {first:02x} is not a VMX-family instruction (those start 0F, "
                               "or are INS/OUTS 6C-6F)")
         i += 1
-        need(1)
+        if i >= n:
+            _ran_out(n)
         op = data[i]
         i += 1
     mp = _mandatory_prefix(pfx)
@@ -197,22 +193,26 @@ def decode_uncached(data: bytes | bytearray | memoryview, code_size: int) -> Ins
     else:
         rex_w, rex_r, rex_x, rex_b = rex & 8, (rex & 4) << 1, (rex & 2) << 2, (rex & 1) << 3
     if op == 0x38:
-        need(1)
+        if i >= n:
+            _ran_out(n)
         op3 = data[i]
         i += 1
         if op3 == 0xDC:
-            need(1)
+            if i >= n:
+                _ran_out(n)
             return loadiwkey(data, code_size, i, pfx, mp, rex)
         if op3 not in (0x80, 0x81, 0x82):
             raise DecodeError("not-vmx", f"0F 38 {op3:02x} is not a VMX-family instruction")
     elif op == 0xAE:
-        need(1)
+        if i >= n:
+            _ran_out(n)
         return waitpkg(data, code_size, i, pfx, mp, rex, rex_b, rex2)
     elif op not in (0x78, 0x79, 0xC7, 0x01, 0x00):
         raise DecodeError("not-vmx", f"0F {op:02x} is not a VMX-family instruction")
     else:
         op3 = -1
-    need(1)
+    if i >= n:
+        _ran_out(n)
     modrm = data[i]
     modrm_at = i
     i += 1
@@ -231,7 +231,7 @@ def decode_uncached(data: bytes | bytearray | memoryview, code_size: int) -> Ins
     if mod == 3:
         reg1 = rm | rex_b
     else:
-        asize = {16: 32, 32: 16, 64: 32}[code_size] if 0x67 in pfx else code_size
+        asize = _OTHER_ADDRESS_SIZE[code_size] if 0x67 in pfx else code_size
         base: int | None
         index: int | None = None
         scale = 1
@@ -246,7 +246,8 @@ def decode_uncached(data: bytes | bytearray | memoryview, code_size: int) -> Ins
             default_ss = base == RBP
         else:
             if rm == 4:
-                need(1)
+                if i >= n:
+                    _ran_out(n)
                 sib = data[i]
                 sib_at = i
                 i += 1
@@ -265,14 +266,15 @@ def decode_uncached(data: bytes | bytearray | memoryview, code_size: int) -> Ins
             else:
                 base, dsize = rm | rex_b, (0, 1, 4)[mod]
                 default_ss = rm == RBP and not rex_b
-        need(dsize)
+        if i + dsize > n:
+            _ran_out(n)
         disp_offset = i
         disp = int.from_bytes(data[i:i + dsize], "little", signed=True) if dsize else 0
         i += dsize
-        seg_prefix, eff = segment_override(pfx, code_size)
+        seg_prefix, eff = segment_override(pfx, code_size) if pfx else (None, None)
         segment = eff or ("ss" if default_ss else "ds")
-        operand = MemoryOperand(segment, seg_prefix, base, index, scale, disp, dsize, disp_offset,
-                                asize, rip_rel, spec.access_size(code_size), spec.access or "read")
+        operand = _new(MemoryOperand, (segment, seg_prefix, base, index, scale, disp, dsize, disp_offset, asize,
+                                       rip_rel, spec.size64 if code_size == 64 else spec.size, spec.access or "read"))
     if i > MAX_LENGTH:
         raise DecodeError("too-long", f"instruction would be {i} bytes; the limit is 15 (#GP)")
     layout = spec.layout  # enum identity: `.value` is a slow property
@@ -285,7 +287,7 @@ def decode_uncached(data: bytes | bytearray | memoryview, code_size: int) -> Ins
     elif layout is Layout.RDRAND:
         operand_size = 64 if rex_w else (16 if (code_size == 16) != opsize else 32)
     raw = data[:i]
-    instr = Instruction(mnemonic, code_size, i, raw, pfx, rex, operand, reg1, reg2, operand_size, spec, rex2)
+    instr = _new(Instruction, (mnemonic, code_size, i, raw, pfx, rex, operand, reg1, reg2, operand_size, spec, rex2, None))
     if rex2:
         return instr  # capstone 5 cannot decode REX2 (docs/known-decoder-issues.md): no guard
     form = _form(data, code_size, opcode_at, modrm_at, sib_at, op, operand is not None and operand.address_size == 16)
@@ -295,6 +297,15 @@ def decode_uncached(data: bytes | bytearray | memoryview, code_size: int) -> Ins
             _GUARDED.clear()
         _GUARDED.add(form)
     return instr
+
+
+def _ran_out(n: int) -> NoReturn:
+    if n > MAX_LENGTH:
+        raise DecodeError("too-long", "instruction longer than 15 bytes (#GP)")
+    raise DecodeError("truncated", f"bytes run out after {n} byte(s): the instruction is incomplete")
+
+
+_OTHER_ADDRESS_SIZE = {16: 32, 32: 16, 64: 32}  # what a 67 prefix selects (SDM Vol. 1 §3.6)
 
 
 # The capstone guard runs once per operand *form*: the shape with the register numbers that only

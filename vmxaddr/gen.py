@@ -277,17 +277,26 @@ def _segment(ch: Chooser, stack: bool = False) -> Segment:
                    unusable=ch.chance(0.1))
 
 
+# The default state of each code size (gen_state reads its mode and CS): made once, not per case.
+_DEFAULT_STATES: dict[int, CpuState] = {}
+_STATE_SEGMENTS = ("es", "ss", "ds", "fs", "gs")
+
+
 def gen_state(ch: Chooser, code_size: int, weird_modes: float = 0.03) -> CpuState:
     """A random CPU state for `code_size` code: register values and segments leaning on edges, sometimes CPL 3, LA57 or an unusual mode."""
-    st = CpuState.for_code_size(code_size)
+    st = _DEFAULT_STATES.get(code_size)
+    if st is None:
+        st = _DEFAULT_STATES[code_size] = CpuState.for_code_size(code_size)
     mode = st.mode
     if code_size != 64 and ch.chance(weird_modes):
         mode = ch.choice(("real", "virtual-8086", "compatibility"))
-    regs = tuple(_reg_value(ch) for _ in range(16))
-    segs = {s: _segment(ch, s == "ss") for s in ("es", "ss", "ds", "fs", "gs")}
+    # the draws in the order they have always been made (a seed's cases stay the same): 16
+    # registers, then ES, SS, DS, FS, GS, then CPL, LA57 and RIP
+    regs = tuple([_reg_value(ch) for _ in range(16)])
+    es, ss, ds, fs, gs = [_segment(ch) for _ in _STATE_SEGMENTS]
     return CpuState(mode=mode, cpl=3 if ch.chance(0.03) else 0, la57=ch.chance(0.2), regs=regs,
                     rip=ch.choice((0x1000, 0xFFFFFFF0, 0x7FFFFFFFFFF0, ch.integer(0, 0xFFFFFFFF))),
-                    cs=st.cs, **segs)
+                    cs=st.cs, es=es, ss=ss, ds=ds, fs=fs, gs=gs)
 
 
 def gen_policy(ch: Chooser) -> Policy:

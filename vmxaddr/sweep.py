@@ -111,6 +111,13 @@ def _sse4a_codes() -> frozenset[int]:
     return frozenset((c.EXTRQ_XMM_IMM8_IMM8, c.EXTRQ_XMM_XMM, c.INSERTQ_XMM_XMM, c.INSERTQ_XMM_XMM_IMM8_IMM8))
 
 
+@lru_cache(maxsize=1)
+def _special_codes() -> frozenset[int]:
+    """iced's codes after which objdump may not step as iced does: INVALID, WAIT, EXTRQ/INSERTQ."""
+    iced = _iced()
+    return frozenset((iced.Code.INVALID, iced.Code.WAIT)) | _sse4a_codes()
+
+
 def _rex_then_prefix(b: int) -> bool:
     return b in _PREFIXES or 0x40 <= b <= 0x4F
 
@@ -150,55 +157,71 @@ class Sweeper:
         iced = _iced()
         self.data, self.lo, self.end, self.bits = data, lo, end, bits
         self.apx = apx and bits == 64
-        self.dec = iced.Decoder(bits, data[lo:hi], _options(bits)[0], lo)
+        window = data[lo:hi]
+        self.dec = iced.Decoder(bits, window, _options(bits)[0], lo)
+        self.size = len(window)  # the decoder can decode while its position is below this
         self.ins = iced.Instruction()
         self.rex = {m.start() for m in _REX_PREFIX.finditer(data, lo, hi)} if bits == 64 else set()
+        self.memo: dict[int, int] = {}  # window offset -> the next instruction's
+        self.special = _special_codes()
 
     def run(self, start: int, upto: int) -> list[int]:
-        """The instruction starts from `start` to `upto`, as objdump's sweep finds them."""
-        iced = _iced()
-        data, lo, end, bits, dec, ins, rex = self.data, self.lo, self.end, self.bits, self.dec, self.ins, self.rex
-        apx = self.apx
-        invalid, wait = iced.Code.INVALID, iced.Code.WAIT
-        sse4a = _sse4a_codes()
+        """The instruction starts from `start` to `upto`. Each step is a function of the position
+        alone, so it is remembered: sweeps started at nearby offsets (Boundaries' resynchronising
+        runs 17 of them) meet after a few instructions and share the rest instead of decoding it
+        again."""
         starts: list[int] = []
         add = starts.append
-        decode_out = dec.decode_out
-        limit = upto - lo
-        dec.position = start - lo
-        while True:
-            pos = dec.position
-            if pos > limit or not dec.can_decode:
-                break
-            add(pos + lo)
-            decode_out(ins)
-            code = ins.code
-            if rex and (pos + lo in rex or data[pos + lo] in _PREFIXES):
-                q = pos + lo
-                while q < end and data[q] in _PREFIXES and q not in rex:
-                    q += 1
-                if q in rex:  # a REX byte followed by a prefix, within this instruction's prefixes
-                    dec.position = q + 1 - lo
-                    continue
-            if code == invalid:
-                n = _rex2_length(data, pos + lo, end) if apx else 0
-                dec.position = pos + (n or min(15, _objdump_length(data, pos + lo, end, bits, ins.len)))
-            elif code == wait and dec.can_decode:
-                # objdump reads FWAIT as a prefix: with an x87 instruction after it (and any prefixes
-                # between) it prints one instruction; prefixes then another FWAIT belong to the first
-                j = r = pos + lo + 1
-                while j < end and (data[j] in _PREFIXES or (bits == 64 and 0x40 <= data[j] <= 0x4F)):
-                    j += 1
-                if j < end and 0xD8 <= data[j] <= 0xDF:
-                    decode_out(ins)
-                    if ins.code == invalid:
-                        dec.position = r - lo + _objdump_length(data, r, end, bits, ins.len)
-                elif j < end and data[j] == 0x9B and j > r:
-                    dec.position = j - lo
-            elif code in sse4a and ins.op1_kind == iced.OpKind.MEMORY:
-                # EXTRQ/INSERTQ take registers only; objdump stops early on a memory ModRM
-                dec.position = pos + _bad_length(data, pos + lo, end, bits, ins.len)
+        memo, lo, data, rex, dec, ins = self.memo, self.lo, self.data, self.rex, self.dec, self.ins
+        decode_out, special = dec.decode_out, self.special
+        limit, size = upto - lo, self.size
+        p = start - lo
+        while p <= limit and p < size:
+            add(p + lo)
+            nxt = memo.get(p)
+            if nxt is None:
+                dec.position = p
+                decode_out(ins)
+                if ins.code in special or (rex and (p + lo in rex or data[p + lo] in _PREFIXES)):
+                    nxt = self._objdump_step(p)
+                else:
+                    nxt = p + ins.len  # a valid instruction: objdump steps over it as iced does
+                memo[p] = nxt
+            p = nxt
         return starts
+
+    def _objdump_step(self, pos: int) -> int:
+        """Where objdump's next instruction starts after the one at window offset `pos`, which the
+        decoder has just read into self.ins: the cases where objdump does not step as iced does."""
+        iced = _iced()
+        data, lo, end, bits, dec, ins, rex = self.data, self.lo, self.end, self.bits, self.dec, self.ins, self.rex
+        invalid = iced.Code.INVALID
+        code = ins.code
+        if rex and (pos + lo in rex or data[pos + lo] in _PREFIXES):
+            q = pos + lo
+            while q < end and data[q] in _PREFIXES and q not in rex:
+                q += 1
+            if q in rex:  # a REX byte followed by a prefix, within this instruction's prefixes
+                return q + 1 - lo
+        if code == invalid:
+            n = _rex2_length(data, pos + lo, end) if self.apx else 0
+            dec.position = pos + (n or min(15, _objdump_length(data, pos + lo, end, bits, ins.len)))
+        elif code == iced.Code.WAIT and dec.can_decode:
+            # objdump reads FWAIT as a prefix: with an x87 instruction after it (and any prefixes
+            # between) it prints one instruction; prefixes then another FWAIT belong to the first
+            j = r = pos + lo + 1
+            while j < end and (data[j] in _PREFIXES or (bits == 64 and 0x40 <= data[j] <= 0x4F)):
+                j += 1
+            if j < end and 0xD8 <= data[j] <= 0xDF:
+                dec.decode_out(ins)
+                if ins.code == invalid:
+                    dec.position = r - lo + _objdump_length(data, r, end, bits, ins.len)
+            elif j < end and data[j] == 0x9B and j > r:
+                dec.position = j - lo
+        elif code in _sse4a_codes() and ins.op1_kind == iced.OpKind.MEMORY:
+            # EXTRQ/INSERTQ take registers only; objdump stops early on a memory ModRM
+            dec.position = pos + _bad_length(data, pos + lo, end, bits, ins.len)
+        return int(dec.position)
 
 
 def sweep(data: bytes, start: int, end: int, upto: int, bits: int, apx: bool = False) -> list[int]:

@@ -15,7 +15,7 @@ from typing import TypeVar
 from vmxaddr.case import Case
 from vmxaddr.decode import decode
 from vmxaddr.exitinfo import Policy
-from vmxaddr.gen import Chooser, gen_encoding, gen_state, gen_state_egprs, randint
+from vmxaddr.gen import Chooser, gen_encoding, gen_state, gen_state_egprs
 from vmxaddr.state import Segment
 
 T = TypeVar("T")
@@ -51,9 +51,15 @@ class RecordingChooser:
 
     def integer(self, lo: int, hi: int) -> int:
         """Draw an integer in [lo, hi] and record it."""
-        v = randint(self.r, lo, hi)
-        self.log.append(v)
-        return v
+        # randint's body inlined (one Python call less on the hot path; the same draws)
+        n = hi - lo + 1
+        k = n.bit_length()
+        getrandbits = self.r.getrandbits
+        r = getrandbits(k)
+        while r >= n:
+            r = getrandbits(k)
+        self.log.append(lo + r)
+        return lo + r
 
     def chance(self, p: float) -> bool:
         """Draw True with probability `p` and record it as 0 or 1."""

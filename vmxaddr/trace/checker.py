@@ -87,11 +87,14 @@ class Checker:
                    findings_only: bool = False) -> int:
         """Feed `lines` (numbered from n + 1; None for an over-long line), emitting each verdict
         (only wrong records, malformed and truncated lines with `findings_only`); the last line number."""
-        remembered, pending, feed = self.remembered, self.pending, self.feed
+        pending, feed, memo, table = self.pending, self.feed, self.memo, self.table
         for data in lines:
             n += 1
             if data is not None:
-                shape = remembered(data)
+                # self.remembered(data), inlined: the one step every repeated line takes
+                shape = memo.get(data)
+                if shape is not None and shape.ref is not None and table.get(shape.ref) is not shape.base:
+                    shape = None
                 if shape is not None and shape.verdict is not None:  # (a state record: feed puts it)
                     pending[shape] += 1
                     if shape.wrong or not findings_only:
