@@ -29,7 +29,7 @@ from vmxaddr.isa import SPECS
 from vmxaddr.models import covers
 from vmxaddr.models.base import FAULT, IMPL, OK, Access, Model, Result
 from vmxaddr.models.kvm import LimitCheck
-from vmxaddr.models.sdm import canonical, lam_untag
+from vmxaddr.models.sdm import canonical, lam_untag, select
 from vmxaddr.state import CpuState
 
 # -- classes ------------------------------------------------------------------------------------
@@ -108,14 +108,17 @@ def _lam_class(state: CpuState, ra: Result, rb: Result) -> str | None:
     la, lb = ra.linear_address, rb.linear_address
     if la is None or lb is None:
         return None
-    tagged = la if lam_untag(la, state)[0] != la else lb  # one model may report it untagged
+    # `select`, `|` and `&` (the rule language's branch-free forms): vmxaddr prove runs this on
+    # symbolic results, where each `if`/`and`/`or` on a symbolic value is a case split
+    ua, ub = lam_untag(la, state)[0], lam_untag(lb, state)[0]
+    tagged = select(ua != la, la, lb)  # one model may report it untagged
     untagged, bit = lam_untag(tagged, state)
-    if bit is None or untagged != lam_untag(la, state)[0] or untagged != lam_untag(lb, state)[0]:
+    if bit is None or (untagged != ua) | (untagged != ub):
         return None
-    if bit == 56 and not state.la57 and not tagged >> 63:
+    if (bit == 56) & (state.la57 == 0) & (tagged >> 63 == 0):
         # LAM_U57 under 4-level paging: after untagging, is bits 56:47 = bit 63 required too?
         top = untagged >> 47
-        if top != 0 and top != (1 << 17) - 1:
+        if (top != 0) & (top != (1 << 17) - 1):
             return LAM57_FOUR_LEVEL
     if ra.outcome.kind != FAULT and rb.outcome.kind != FAULT:
         return LAM_UNTAGGED_LINEAR

@@ -47,3 +47,15 @@ def port(exit: ExitInfo, state: CpuState, access: Access) -> Result:
 # How the port checks a limit, for the classifier (vmxaddr.diff.classify; without it a model is
 # taken to check limits as the SDM does, and the difference is only "fault checks differ").
 port.limit_check = LimitCheck(fixed_length=None, off_by_one=False, flat_skip=False, expand_down=False)  # type: ignore[attr-defined]
+
+
+def port_fs_quirk(exit: ExitInfo, state: CpuState, access: Access) -> Result:
+    """`port`, except that through FS its limit check faults one byte early (a bug only FS has):
+    the prover must not let the FS form share the DS form's proof (tests/test_prove.py)."""
+    r = port(exit, state, access)
+    if r.segment == "fs" and r.outcome.kind == OK and r.effective_address + access.size > state.fs.limit:
+        return r._replace(outcome=Outcome(FAULT, "GP", 0, "limit"))
+    return r
+
+
+port_fs_quirk.limit_check = port.limit_check  # type: ignore[attr-defined]

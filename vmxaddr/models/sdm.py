@@ -17,6 +17,8 @@ the values they produced.
 
 from __future__ import annotations
 
+from typing import Any
+
 from vmxaddr.apx import operand_bits_extended
 from vmxaddr.exitinfo import _OPERAND_BITS, ExitInfo, operand_bits
 from vmxaddr.isa import REG16, REG32, REG64, SEGMENTS, SPECS, Layout
@@ -51,26 +53,32 @@ def fields_of(info: int, exit_qualification: int) -> tuple[int, str, int, int | 
 
 def canonical(addr: int, bits: int) -> bool:
     """Is `addr` canonical for `bits`-bit (48 or 57) linear addresses: bits 63:bits-1 all equal?"""
-    top = addr & _NONCANONICAL[bits == 57]
-    return top == 0 or top == _NONCANONICAL[bits == 57]
+    nc = _NONCANONICAL[bits == 57]
+    top = addr & nc
+    return bool((top == 0) | (top == nc))  # `|`: one condition for the prover
+
+
+def select(cond: Any, a: Any, b: Any) -> Any:
+    """`a if cond else b`, the rule language's branch-free choice: on Python values exactly that;
+    on a symbolic condition (vmxaddr.prove.sym) one z3 If term, so the prover's paths do not
+    split where a rule only picks a value (docs/proofs.md)."""
+    if type(cond) is bool or type(cond) is int:
+        return a if cond else b
+    return cond.select(a, b)
 
 
 def lam_untag(addr: int, state: CpuState) -> tuple[int, int | None]:
     """Linear-address masking: (untagged address, the bit whose value the metadata bits take),
-    or (addr, None) when LAM does not apply. Supervisor pointers (bit 63 = 1) follow CR4.LAM_SUP,
-    user pointers CR3.LAM_U57/LAM_U48 (Intel ISE, 'Linear Address Masking')."""
-    if addr >> 63:
-        if not state.lam_sup:
-            return addr, None
-        bit = 56 if state.la57 else 47
-    elif state.lam_u57:
-        bit = 56
-    elif state.lam_u48:
-        bit = 47
-    else:
+    or (addr, None) when LAM does not apply. Supervisor pointers (bit 63 = 1) follow CR4.LAM_SUP
+    (metadata above bit 56 with CR4.LA57, else above bit 47), user pointers CR3.LAM_U57 (bit 56),
+    else CR3.LAM_U48 (bit 47) (Intel ISE, 'Linear Address Masking'). Written with `select`: one
+    decision (does LAM apply?) instead of five."""
+    sup = addr >> 63
+    if not select(sup, state.lam_sup, state.lam_u57 | state.lam_u48):
         return addr, None
-    low = addr & ((1 << (bit + 1)) - 1)
-    ext = low - (1 << (bit + 1)) if low >> bit else low
+    bit = 47 + 9 * select(sup, state.la57, state.lam_u57)  # 56 with LA57 (supervisor) or LAM_U57 (user)
+    low = addr & ((2 << bit) - 1)
+    ext = low - ((low >> bit & 1) << (bit + 1))  # sign-extend from `bit`
     return (ext & ~(1 << 63) & MASK64) | (addr & (1 << 63)), bit
 
 
@@ -151,7 +159,7 @@ def segment_base_64(state: CpuState, seg_no: int, seg: str) -> int:
 
 def lam_enabled(state: CpuState) -> bool:
     """True when any linear-address-masking control is on (CR4.LAM_SUP, CR3.LAM_U48 or LAM_U57)."""
-    return bool(state.lam_sup or state.lam_u48 or state.lam_u57)
+    return bool(state.lam_sup | state.lam_u48 | state.lam_u57)  # `|`: one condition for the prover, not three
 
 
 def noncanonical(linear: int, size: int, la57: bool) -> int | None:
@@ -161,10 +169,10 @@ def noncanonical(linear: int, size: int, la57: bool) -> int | None:
     last = (linear + (size or 1) - 1) & MASK64
     nc = _NC57 if la57 else _NC48  # a test, not a lookup: the rule language branches on CR4.LA57
     top = linear & nc
-    if top and top != nc:
+    if (top != 0) & (top != nc):  # `&`: one condition for the prover where `and` would be two
         return linear
     top_last = last & nc
-    if top_last and top_last != nc:
+    if (top_last != 0) & (top_last != nc):
         return last
     return None
 

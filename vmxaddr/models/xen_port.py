@@ -26,6 +26,7 @@ descriptor-table instructions through its x86 emulator, which is not modelled he
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from functools import partial
 from typing import Any
 
 from vmxaddr.exitinfo import ExitInfo
@@ -210,19 +211,33 @@ def _agree(ref: Result, other: Result) -> bool:
     return ref.linear_address is None or other.linear_address is None or ref.linear_address == other.linear_address
 
 
-def classify(exit: ExitInfo, state: CpuState, access: Access, reference: Result, own: Result | None = None) -> str:
-    """Name a divergence between Xen and a reference result for one case: the Xen difference
-    whose correction alone makes Xen agree (the earliest in the computation when several do),
-    else the earliest pair that does ("A + B"), else COMBINED."""
+def _variants() -> list[tuple[str, Quirks]]:
+    """(class, Xen with that correction) in the order `classify` tries them: each difference alone,
+    in the order the computation meets them, then each pair ("A + B")."""
     names = [f.name for f in fields(Quirks)]
-    for name in names:
-        if _agree(reference, xen_model(replace(XEN, **{name: False}), exit, state, access)):
-            return QUIRK_CLASSES[name]
+    out = [(QUIRK_CLASSES[n], replace(XEN, **{n: False})) for n in names]
     for i, a in enumerate(names):  # two differences that only together make the divergence
         for b in names[i + 1:]:
-            if _agree(reference, xen_model(replace(XEN, **{a: False, b: False}), exit, state, access)):
-                return f"{QUIRK_CLASSES[a]} + {QUIRK_CLASSES[b].removeprefix('Xen: ')}"
+            out.append((f"{QUIRK_CLASSES[a]} + {QUIRK_CLASSES[b].removeprefix('Xen: ')}", replace(XEN, **{a: False, b: False})))
+    return out
+
+
+VARIANTS = _variants()
+
+
+def classify(exit: ExitInfo, state: CpuState, access: Access, reference: Result, own: Result | None = None) -> str:
+    """Name a divergence between Xen and a reference result for one case: the first of VARIANTS
+    (a Xen difference corrected, or two) that makes Xen agree, else COMBINED. The prover reads the
+    same list (`classify.variants`): the class of an input is the first variant that agrees there."""
+    for name, q in VARIANTS:
+        if _agree(reference, xen_model(q, exit, state, access)):
+            return name
     return COMBINED
+
+
+classify.variants = [(name, partial(xen_model, q)) for name, q in VARIANTS]  # type: ignore[attr-defined]
+classify.agree = _agree  # type: ignore[attr-defined]
+classify.otherwise = COMBINED  # type: ignore[attr-defined]
 
 
 xen_c447b730.mnemonics = MNEMONICS  # type: ignore[attr-defined]

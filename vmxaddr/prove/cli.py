@@ -84,33 +84,38 @@ def select_forms(model: Model, against: Model, form_patterns: list[str], mode: s
     return out
 
 
-def _task(args: tuple[Form, str, str, float, Policy]) -> FormResult:
-    form, a, b, timeout, policy = args
-    from vmxaddr.prove.engine import prove_form
+def _task(args: tuple[list[Form], str, str, float, Policy]) -> list[FormResult]:
+    """Prove one group of forms (vmxaddr.prove.groups): the first in full, the others sharing its proof where they may."""
+    group, a, b, timeout, policy = args
+    from vmxaddr.prove.groups import prove_group
 
-    return prove_form(form, (a, symbolic_model(a)), (b, symbolic_model(b)), timeout, policy,
-                      confirm=(get(a), get(b)))
+    return prove_group(group, (a, symbolic_model(a)), (b, symbolic_model(b)), timeout, policy, confirm=(get(a), get(b)))
 
 
 def run(forms_: list[Form], a: str, b: str, timeout: float, policy: Policy, jobs: int, quiet: bool = False) -> list[FormResult]:
-    """Prove each form (in `jobs` processes), printing each result as it comes unless `quiet`."""
-    tasks = [(f, a, b, timeout, policy) for f in forms_]
+    """Prove each group of forms (in `jobs` processes), printing each result as it comes unless `quiet`."""
+    from vmxaddr.prove.groups import group
+
+    # the largest groups first, so that two workers finish together
+    tasks = sorted(((g, a, b, timeout, policy) for g in group(forms_)), key=lambda t: -len(t[0]))
     results: list[FormResult] = []
     t0 = time.time()
 
-    def progress(r: FormResult) -> None:
-        results.append(r)
-        if not quiet:
-            print(f"[{len(results)}/{len(tasks)} {time.time() - t0:.0f}s] {r.form.key}: {r.status} ({r.seconds:.1f}s, "
-                  f"{len(r.classes)} classes)", file=sys.stderr, flush=True)
+    def progress(rs: list[FormResult]) -> None:
+        for r in rs:
+            results.append(r)
+            if not quiet:
+                shared = f", shares {r.shared_with}'s proof" if r.shared_with else ""
+                print(f"[{len(results)}/{len(forms_)} {time.time() - t0:.0f}s] {r.form.key}: {r.status} ({r.cpu_seconds:.1f}s CPU, "
+                      f"{len(r.classes)} classes{shared})", file=sys.stderr, flush=True)
 
     if jobs <= 1:
         for t in tasks:
             progress(_task(t))
     else:
         with mp.get_context("fork").Pool(jobs) as pool:
-            for r in pool.imap_unordered(_task, tasks):
-                progress(r)
+            for rs in pool.imap_unordered(_task, tasks):
+                progress(rs)
     order = {f.key: i for i, f in enumerate(forms_)}
     return sorted(results, key=lambda r: order[r.form.key])
 
@@ -125,9 +130,13 @@ def summary(results: list[FormResult]) -> dict[str, Any]:
             e["forms"] += 1
     counts = {s: sum(r.status == s for r in results) for s in {r.status for r in results}}
     secs = [r.seconds for r in results]
-    return {"forms": len(results), "status": counts, "classes": list(classes.values()),
+    cpu = [r.cpu_seconds for r in results]
+    return {"forms": len(results), "status": counts, "shared": sum(bool(r.shared_with) for r in results),
+            "classes": list(classes.values()),
             "seconds": {"total": round(sum(secs), 1), "max": round(max(secs, default=0), 1),
-                        "mean": round(sum(secs) / max(len(secs), 1), 1)}}
+                        "mean": round(sum(secs) / max(len(secs), 1), 1)},
+            "cpu_seconds": {"total": round(sum(cpu), 1), "max": round(max(cpu, default=0), 2),
+                            "mean": round(sum(cpu) / max(len(cpu), 1), 2)}}
 
 
 def cmd_prove(args: argparse.Namespace) -> int:
@@ -156,7 +165,7 @@ def cmd_prove(args: argparse.Namespace) -> int:
     if args.timeout <= 0 or args.jobs < 1:
         fail("--timeout must be > 0 and --jobs >= 1")
     try:
-        results = run(fs, args.model, args.against, args.timeout, policy, args.jobs, quiet=args.json)
+        results = run(fs, args.model, args.against, args.timeout, policy, args.jobs, quiet=args.json and not args.progress)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -184,7 +193,8 @@ def text(results: list[FormResult], summ: dict[str, Any], a: str, b: str) -> str
             out.append(f"    undecided (timeout): {', '.join(r.undecided)}")
     out.append("")
     out.append(f"{a} against {b}: {summ['forms']} forms, " + ", ".join(f"{n} {s}" for s, n in sorted(summ["status"].items()))
-               + f"; {summ['seconds']['total']}s in all, at most {summ['seconds']['max']}s for one form")
+               + f" ({summ['shared']} sharing another form's proof); {summ['cpu_seconds']['total']}s CPU in all "
+               f"({summ['seconds']['total']}s wall), at most {summ['cpu_seconds']['max']}s CPU for one form")
     for c in summ["classes"]:
         out.append(f"  {c['class']}: in {c['forms']} form(s), e.g. {c['witness']}")
     if not summ["classes"] and all(r.status == PROVED for r in results):
@@ -233,5 +243,6 @@ def register(sub: Any) -> None:
                    "64-bit forms include REX2 encodings naming R16-R31 (kvm-apx-v2 differs there)")
     p.add_argument("--list", action="store_true", help="list the selected forms and stop")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--progress", action="store_true", help="with --json: a line per form on stderr all the same")
     p.set_defaults(func=cmd_prove)
 

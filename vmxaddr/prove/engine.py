@@ -32,7 +32,8 @@ from vmxaddr.exitinfo import DEFAULT_POLICY, Policy, encode
 from vmxaddr.fuzz.witness import command
 from vmxaddr.models.base import Model
 from vmxaddr.prove.forms import DEFAULTS, Form, concrete, symbolic
-from vmxaddr.prove.sym import Deadline, Feasibility, PathLimit, Paths, RuleLanguageError
+from vmxaddr.prove.sym import Deadline, Feasibility, PathLimit, Paths, RuleLanguageError, feasible
+from vmxaddr.prove.variants import Delegate, Delegating, Variants, variant_classifier
 
 PROVED = "proved"
 UNKNOWN = "classes found, rest unknown (timeout)"
@@ -71,13 +72,15 @@ class FormResult:
     cpu_seconds: float = 0.0  # this process's CPU time (the figure on a shared machine)
     paths: int = 0
     note: str = ""
+    shared_with: str = ""  # the key of the form whose proof this one shares (vmxaddr.prove.groups)
+    signature: Any = None  # what the models do on every path (groups.py compares it between forms)
 
     def to_json(self) -> dict[str, Any]:
         """The form's result as `vmxaddr prove --json` prints it."""
         return {"form": self.form.key, "name": self.form.name, "status": self.status, "seconds": round(self.seconds, 2),
                 "cpu_seconds": round(self.cpu_seconds, 2),
                 "paths": self.paths, "classes": [c.to_json() for c in self.classes], "absent": self.absent,
-                "undecided": self.undecided, "note": self.note}
+                "undecided": self.undecided, "note": self.note, **({"shared_with": self.shared_with} if self.shared_with else {})}
 
 
 class _OutOfTime(Exception):
@@ -85,7 +88,8 @@ class _OutOfTime(Exception):
 
 
 def prove_form(form: Form, model: tuple[str, Model], against: tuple[str, Model], timeout: float = 60.0,
-               policy: Policy = DEFAULT_POLICY, confirm: tuple[Model, Model] | None = None) -> FormResult:
+               policy: Policy = DEFAULT_POLICY, confirm: tuple[Model, Model] | None = None,
+               feasibility: Feasibility | None = None) -> FormResult:
     """Prove `model` against `against` (the reference) on `form` within `timeout` seconds.
     `model`/`against` are (name, pure-Python function) — the functions run symbolically;
     `confirm` are the functions the witnesses replay on (default: the same)."""
@@ -95,8 +99,17 @@ def prove_form(form: Form, model: tuple[str, Model], against: tuple[str, Model],
     by_class: dict[str, list[z3.BoolRef]] = {}
     status = PROVED
     try:
+        shortcut = _constant_class(form, model, against, policy, confirm)
+    except (RuleLanguageError, Exception):  # noqa: BLE001 - the full exploration reports it
+        shortcut = None
+    if shortcut is not None:
+        res.classes, res.status, res.note = [shortcut], PROVED, "the classifier names every divergence of this form alike"
+        res.paths = 1
+        res.seconds, res.cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+        return res
+    try:
         # the enumeration gets 80% of the time, so that the classes met so far can still be decided
-        _paths(form, model[1], against[1], policy, c0 + 0.8 * timeout, res, by_class)
+        res.signature = _paths(form, model[1], against[1], policy, c0 + 0.8 * timeout, res, by_class, feasibility)
     except PathLimit as e:
         status, res.note = UNKNOWN, f"path budget exceeded ({e})"
     except (_OutOfTime, Deadline):
@@ -141,39 +154,116 @@ def prove_form(form: Form, model: tuple[str, Model], against: tuple[str, Model],
     return res
 
 
-def _paths(form: Form, a: Model, b: Model, policy: Policy, end: float, res: FormResult,
-           out: dict[str, list[z3.BoolRef]]) -> None:
-    """Fill `out`: class name -> the path conditions that end in it (b is the reference, as in
-    diff.divergence)."""
+class _Touched(Exception):
+    """The classifier read a result: its answer is not the same for the whole form."""
+
+
+class _Untouchable:
+    def __getattr__(self, name: str) -> Any:
+        raise _Touched(name)
+
+
+def _constant_class(form: Form, model: tuple[str, Model], against: tuple[str, Model], policy: Policy,
+                    confirm: tuple[Model, Model] | None) -> ClassFound | None:
+    """When the classifier names a divergence of this form without reading the two results or
+    deciding anything symbolic (a VMX instruction in real, virtual-8086 or compatibility mode:
+    "unreachable from hardware"), every divergence of the form has that one name; one confirmed
+    witness then proves the form. Returns that class, or None (the full exploration follows)."""
     inputs = symbolic(form)
     ins, st = inputs.instruction, inputs.state
     access = access_of(ins)
-    feas = Feasibility(30)
+    names = set()
+    for _pc, exit in Paths().run(lambda: encode(ins, st.rip, policy)):
+        paths = Paths()
+        try:
+            got = [name for _c, name in paths.run(lambda exit=exit: classify(exit, st, access, _Untouchable(),  # type: ignore[arg-type]
+                                                                               _Untouchable(), against[1], model[1]))]
+        except _Touched:
+            return None
+        if len(got) != 1 or paths.trace:
+            return None
+        names.add(got[0])
+    if len(names) != 1:
+        return None
+    (name,) = names
+    found = _confirm(form, name, {}, model, against, policy, confirm)  # the default state
+    if not found.confirmed:
+        return None  # the models agree there (or differ otherwise): explore
+    found.condition, found.paths = "always where the two models disagree (the default state is one such input)", 1
+    return found
+
+
+def _paths(form: Form, a: Model, b: Model, policy: Policy, end: float, res: FormResult,
+           out: dict[str, list[z3.BoolRef]], feas: Feasibility | None = None) -> list[Any]:
+    """Fill `out`: class name -> the path conditions that end in it (b is the reference, as in
+    diff.divergence). Returns the form's signature (`explore`)."""
+    inputs = symbolic(form)
+    ins, st = inputs.instruction, inputs.state
+    access = access_of(ins)
+    feas = feas or Feasibility(30)
 
     def tick() -> None:
         if time.process_time() > end:
             raise _OutOfTime
 
-    for pe, exit in Paths(feas, deadline=end).run(lambda: encode(ins, st.rip, policy)):
-        pa_ = Paths(feas, [pe], deadline=end)
-        ra_paths = [(pc, r, dict(pa_.known)) for pc, r in pa_.run(lambda exit=exit: a(exit, st, access))]
-        tick()
-        pb_ = Paths(feas, [pe], deadline=end)
-        rb_paths = [(pc, r, dict(pb_.known)) for pc, r in pb_.run(lambda exit=exit: b(exit, st, access))]
-        tick()
-        for pa, ra, ka in ra_paths:
-            for pb, rb, kb in rb_paths:
+    explored = explore(ins, st, access, a, b, policy, feas, end)
+    own = variant_classifier(a)
+    a_seen = Delegating(a) if own is not None else a  # its classifier built as conditions (variants.py)
+    for pe, exit, ra_paths, rb_paths, _ in explored:
+        variants = None
+        pair_solver = z3.SolverFor("QF_BV")
+        pair_solver.set("rlimit", feas.rlimit)
+        pair_solver.add(pe)
+        for pa, ra, ka, _ in ra_paths:
+            for pb, rb, kb, _ in rb_paths:
                 if any(kb.get(c, d) != d for c, d in ka.items()):
                     continue  # the two paths decided one condition both ways
+                if not feasible(feas, pair_solver, [pa, pb]):
+                    continue  # no input takes both paths
                 def compare(ra: Any = ra, rb: Any = rb, exit: Any = exit) -> str | None:
                     if agree(rb, ra):
                         return None
-                    return classify(exit, st, access, rb, ra, b, a)
+                    try:
+                        return classify(exit, st, access, rb, ra, b, a_seen)
+                    except Delegate:
+                        return _DELEGATED
                 for pc, name in Paths(feas, [pe, pa, pb], known=ka | kb, deadline=end).run(compare):
                     res.paths += 1
-                    if name is not None:
+                    if name is _DELEGATED:
+                        if variants is None:
+                            variants = Variants(own, exit, st, access, feas, [pe], end)
+                        for vname, cond in variants.classes(rb):
+                            out.setdefault(vname, []).append(z3.And(pe, pa, pb, pc, cond))
+                    elif name is not None:
                         out.setdefault(name, []).append(z3.And(pe, pa, pb, pc))
                 tick()
+    return explored
+
+
+_DELEGATED = "(the model's own classifier)"
+
+
+ModelPaths = list[tuple[z3.BoolRef, Any, dict[int, bool], list[z3.BoolRef]]]  # (condition, result, decided, decisions)
+Explored = list[tuple[z3.BoolRef, Any, ModelPaths, ModelPaths, list[z3.BoolRef]]]
+
+
+def explore(ins: Any, st: Any, access: Any, a: Model, b: Model, policy: Policy, feas: Feasibility, end: float) -> Explored:
+    """The encoder's paths, and for each the paths of both models: [(encoder path condition, exit
+    information, a's paths, b's paths, the encoder path's decisions)]."""
+    out: Explored = []
+    pe_ = Paths(feas, deadline=end)
+    for pe, exit in pe_.run(lambda: encode(ins, st.rip, policy)):
+        pe_list = pe_.last_pc
+        pa_ = Paths(feas, [pe], deadline=end)
+        ra_paths = [(pc, r, dict(pa_.known), pa_.last_pc) for pc, r in pa_.run(lambda exit=exit: a(exit, st, access))]
+        if time.process_time() > end:
+            raise _OutOfTime
+        pb_ = Paths(feas, [pe], deadline=end)
+        rb_paths = [(pc, r, dict(pb_.known), pb_.last_pc) for pc, r in pb_.run(lambda exit=exit: b(exit, st, access))]
+        if time.process_time() > end:
+            raise _OutOfTime
+        out.append((pe, exit, ra_paths, rb_paths, pe_list))
+    return out
 
 
 def _minimise(cond: z3.BoolRef, m: z3.ModelRef, variables: dict[str, z3.BitVecRef], end: float) -> dict[str, int]:

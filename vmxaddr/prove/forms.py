@@ -160,16 +160,18 @@ class Inputs:
     variables: dict[str, z3.BitVecRef]
 
 
-def symbolic(form: Form) -> Inputs:
+def symbolic(form: Form, rename: dict[str, str] | None = None) -> Inputs:
     """The form's inputs as solver variables: registers, displacement, segment fields, CPL, LA57,
-    LAM."""
+    LAM. `rename` maps an input to the z3 variable that stands for it (vmxaddr.prove.groups: a form
+    through ES built with the variables of the one through DS)."""
     ins = form.instruction()
     op = ins.operand
     vs: dict[str, z3.BitVecRef] = {}
+    rn = rename or {}
 
     def v(name: str, bits: int, signed: bool = False) -> Sym:
-        s = var(name, bits, signed)
-        vs[name] = z3.BitVec(name, bits)
+        s = var(rn.get(name, name), bits, signed)
+        vs[name] = z3.BitVec(rn.get(name, name), bits)
         return s
 
     base = CpuState.for_code_size(form.code_size)

@@ -93,6 +93,10 @@ class SymBool:
 
     __ror__ = __or__
 
+    def select(self, a: Any, b: Any) -> Any:
+        """models.sdm.select on a symbolic condition: one If term, no decision."""
+        return _wrap(z3.simplify(z3.If(self.e, _bv(a), _bv(b))))
+
     def __eq__(self, o: Any) -> Any:  # type: ignore[override]
         return _bool(self.e == as_bool(o))
 
@@ -197,6 +201,10 @@ class Sym:
     def __bool__(self) -> bool:
         return Paths.current().decide(self.e != 0)
 
+    def select(self, a: Any, b: Any) -> Any:
+        """models.sdm.select on a symbolic value (true when non-zero): one If term, no decision."""
+        return _wrap(z3.simplify(z3.If(self.e != 0, _bv(a), _bv(b))))
+
     def __index__(self) -> int:
         raise RuleLanguageError("a symbolic value used as an index or count (it must be concrete in a form)")
 
@@ -234,34 +242,65 @@ class Deadline(Exception):
 class Feasibility:
     """Is a path condition satisfiable? Answers from cached models first (a model found for one
     path often satisfies the next: KLEE's counterexample cache), then from a fresh QF_BV solver
-    with a short timeout. Only `unsat` prunes: "unknown" keeps the path, so pruning never hides one."""
+    with a small resource limit. Only `unsat` prunes: "unknown" keeps the path, so pruning never hides one."""
 
-    def __init__(self, timeout_ms: int = 200) -> None:
+    def __init__(self, timeout_ms: int = 200, incremental: bool = True) -> None:
         self.timeout_ms = timeout_ms
+        # z3's resource limit, not its wall-clock timeout: the same answers on a busy machine as on
+        # an idle one, so that two forms that are the same problem prune the same paths (groups.py).
+        # About 1,000 units a millisecond on the machine measured (docs/proofs.md).
+        self.rlimit = timeout_ms * 1000
+        self.incremental = incremental
         self.models: list[z3.ModelRef] = []
         self.calls = 0
         self.seconds = 0.0
 
-    def check(self, pc: list[z3.BoolRef], candidates: list[int]) -> tuple[bool, list[int]]:
-        """(feasible?, indices of cached models satisfying pc) given those satisfying its prefix."""
+    def check(self, pc: list[z3.BoolRef], candidates: list[int],
+              solve: Callable[[], z3.CheckSatResult] | None = None) -> tuple[bool, list[int]]:
+        """(feasible?, indices of cached models satisfying pc) given those satisfying its prefix.
+        `solve` decides pc on an incremental solver when given (Paths._solve)."""
         cond = pc[-1] if pc else z3.BoolVal(True)
         keep = [i for i in candidates if z3.is_true(self.models[i].eval(cond, model_completion=True))]
         if keep:
             return True, keep
         t = time.perf_counter()
-        if z3.is_false(z3.simplify(z3.And(*pc))):
-            self.seconds += time.perf_counter() - t
-            return False, []
-        s = z3.SolverFor("QF_BV")
-        s.set("timeout", self.timeout_ms)
-        s.add(*pc)
-        r = s.check()
+        if solve is not None and self.incremental:
+            r = solve()
+            s = None
+        else:
+            s = z3.SolverFor("QF_BV")
+            s.set("rlimit", self.rlimit)
+            s.add(*pc)
+            r = s.check()
         self.calls += 1
         self.seconds += time.perf_counter() - t
         if r == z3.sat:
-            self.models.append(s.model())
+            m = (s.model() if s is not None else solve.__self__._solver.model())  # type: ignore[union-attr]
+            self.models.append(m)
             return True, [len(self.models) - 1]
         return r != z3.unsat, []
+
+
+def feasible(feas: Feasibility, solver: z3.Solver, conds: list[z3.BoolRef]) -> bool:
+    """May `conds` hold together (on top of what `solver` holds)? A cached model that satisfies them
+    says yes without solving; "unknown" says yes too, so that only an unsat answer prunes."""
+    both = z3.And(*conds)
+    n = len(feas.models)
+    for i in range(n - 1, max(-1, n - 33), -1):
+        if z3.is_true(feas.models[i].eval(both, model_completion=True)):
+            return True
+    solver.push()
+    try:
+        solver.add(both)
+        r = solver.check()
+        feas.calls += 1
+        if r == z3.sat:
+            feas.models.append(solver.model())
+        return r != z3.unsat
+    except z3.Z3Exception:
+        return True
+    finally:
+        solver.pop()
 
 
 class Paths:
@@ -286,7 +325,10 @@ class Paths:
         # again, they answer without a new branch. `known` seeds it with the base's decisions.
         self.base_known = dict(known or {})
         self.known: dict[int, bool] = {}
+        self.last_pc: list[z3.BoolRef] = []
         self._keep: list[z3.BoolRef] = []
+        self._solver: z3.Solver | None = None
+        self._on: list[z3.BoolRef] = []  # what the solver's stack holds, one condition a level
 
     @classmethod
     def current(cls) -> Paths:
@@ -318,17 +360,43 @@ class Paths:
             if hit is None:
                 parent = self._memo.get(key[:-1]) if key[:-1] else None
                 cands = parent[1] if parent is not None else self._base_candidates()
-                hit = self._memo[key] = self.feas.check(self.base + self.pc, cands)
+                hit = self._memo[key] = self.feas.check(self.base + self.pc, cands, self._solve)
             if not hit[0]:
                 self.infeasible = True
                 raise _Infeasible
         return d
 
+    def _solve(self) -> z3.CheckSatResult:
+        """Is base + pc satisfiable? One incremental solver per exploration, its assertion stack
+        kept equal to the path condition (push/pop): the base is asserted and simplified once."""
+        assert self.feas is not None
+        if self._solver is None:
+            self._solver = z3.SolverFor("QF_BV")
+            self._solver.set("rlimit", self.feas.rlimit)
+            self._solver.add(*self.base)
+        s, on = self._solver, self._on
+        same = 0
+        while same < len(on) and same < len(self.pc) and on[same].eq(self.pc[same]):
+            same += 1
+        if len(on) > same:
+            s.pop(len(on) - same)
+            del on[same:]
+        try:
+            for c in self.pc[same:]:
+                s.push()
+                s.add(c)
+                on.append(c)
+            return s.check()
+        except z3.Z3Exception:  # an incremental solver cut short by its timeout can be left unusable
+            self._solver, self._on = None, []
+            return z3.unknown
+
     def _base_candidates(self) -> list[int]:
         """The cached models that satisfy the base (checked once per exploration)."""
         assert self.feas is not None
         base = z3.And(*self.base) if self.base else z3.BoolVal(True)
-        return [i for i, m in enumerate(self.feas.models) if z3.is_true(m.eval(base, model_completion=True))]
+        n = len(self.feas.models)  # the most recent models only: evaluating all of them cost more than solving
+        return [i for i in range(max(0, n - 16), n) if z3.is_true(self.feas.models[i].eval(base, model_completion=True))]
 
     def run(self, f: Callable[[], Any]) -> Iterator[tuple[z3.BoolRef, Any]]:
         """Run `f` once per feasible path, yielding each path's condition and f's value."""
@@ -350,6 +418,7 @@ class Paths:
                 n += 1
                 if n > self.max_paths:
                     raise PathLimit(f"more than {self.max_paths} paths")
+                self.last_pc = list(self.pc)  # the decisions of the path yielded (groups.py replays them)
                 yield (z3.And(*self.pc) if self.pc else z3.BoolVal(True)), value
             # next path: flip the deepest True decision
             while self.trace and not self.trace[-1]:
@@ -357,6 +426,48 @@ class Paths:
             if not self.trace:
                 return
             self.trace[-1] = False
+
+
+class Mismatch(Exception):
+    """A replayed rule asked another question than the path it replays."""
+
+
+class Replay:
+    """Re-run a rule along one recorded path (its decisions, `Paths.last_pc`): every condition it
+    decides must be the recorded one, the same z3 term, in the same order, and it must decide no
+    more. Then the rule's tree of paths is the recorded tree (vmxaddr.prove.groups)."""
+
+    def __init__(self, pc: list[z3.BoolRef], known: dict[int, bool] | None = None) -> None:
+        self.want, self.pos, self.known = pc, 0, dict(known or {})
+
+    def decide(self, cond: z3.BoolRef) -> bool:
+        """The recorded answer to `cond`, or Mismatch when the path recorded another question."""
+        hit = self.known.get(cond.get_id())
+        if hit is not None:
+            return hit
+        if self.pos >= len(self.want):
+            raise Mismatch("decides more than the recorded path")
+        w = self.want[self.pos]
+        if w.eq(cond):
+            d = True
+        elif z3.is_not(w) and w.arg(0).eq(cond):
+            d = False
+        else:
+            raise Mismatch("another condition than the recorded path's")
+        self.pos += 1
+        self.known[cond.get_id()] = d
+        return d
+
+    def run(self, f: Callable[[], Any]) -> Any:
+        """f's value on the recorded path (Mismatch when f leaves it)."""
+        Paths._stack.append(self)  # type: ignore[arg-type]
+        try:
+            value = f()
+        finally:
+            Paths._stack.pop()
+        if self.pos != len(self.want):
+            raise Mismatch("decides less than the recorded path")
+        return value
 
 
 class _Infeasible(BaseException):
