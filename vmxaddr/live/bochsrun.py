@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmxaddr.live.images import CSRC, LiveError, ToolMissing, _run, build, image_dir, live_dir, require
+from vmxaddr.live.images import CSRC, PROBES, LiveError, ToolMissing, _run, build, image_dir, live_dir, require
 
 BOCHS = "bochs-bin"
 CPU_MODEL = "corei7_skylake_x"
@@ -272,15 +272,29 @@ def client_binary() -> Path:
     """csrc/client.c + csrc/l1.S (the L1 guest's loop) compiled gcc -static, cached by the
     sources' SHA-256."""
     srcs = [CSRC / "client.c", CSRC / "l1.S", CSRC / "l1.h"]
-    key = hashlib.sha256(b"".join(s.read_bytes() for s in srcs)).hexdigest()[:16]
+    header = _probes_header().encode()
+    key = hashlib.sha256(b"".join(s.read_bytes() for s in srcs) + header).hexdigest()[:16]
     out = live_dir() / "native" / f"client-{key}"
     if not out.is_file():
         require("gcc")
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".tmp")
-        _run(["gcc", "-O2", "-static", "-o", str(tmp), str(srcs[0]), str(srcs[1])], "gcc -static client.c l1.S")
+        with tempfile.TemporaryDirectory() as inc:
+            (Path(inc) / "probes.h").write_bytes(header)
+            _run(["gcc", "-O2", "-static", "-I", inc, "-o", str(tmp), str(srcs[0]), str(srcs[1])],
+                 "gcc -static client.c l1.S")
         tmp.rename(out)
     return out
+
+
+def _probes_header() -> str:
+    """images.PROBES as C (the client registers them when the saved state has none), so the
+    probe list is written once."""
+    def q(s: str) -> str:
+        return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    names = [p.split()[0].split("/")[1] for p in PROBES]
+    return ("static const char *PROBES[] = {" + ", ".join(map(q, PROBES)) + ", NULL};\n"
+            "static const char *PROBE_NAMES[] = {" + ", ".join(map(q, names)) + ", NULL};\n")
 
 
 def _run_dir(sdir: Path, work: Path) -> Path:

@@ -96,7 +96,8 @@ exec /stub
 
 
 # kprobe events registered and enabled at boot, before the state is saved (registering them in a
-# restored run cost ~4 Bochs CPU-s); csrc/client.c registers the same ones if they are missing.
+# restored run cost ~4 Bochs CPU-s); csrc/client.c registers the same ones if they are missing
+# (bochsrun.client_binary compiles this tuple into it).
 # Arguments on x86-64: %di, %si, %dx, %cx, %r8, %r9 (System V ABI).
 PROBES = (
     "p:vmxl/setregs kvm:kvm_arch_vcpu_ioctl_set_regs rip=+128(%si):x64 fl=+136(%si):x64",

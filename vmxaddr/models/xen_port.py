@@ -238,6 +238,9 @@ def classify(exit: ExitInfo, state: CpuState, access: Access, reference: Result,
 classify.variants = [(name, partial(xen_model, q)) for name, q in VARIANTS]  # type: ignore[attr-defined]
 classify.agree = _agree  # type: ignore[attr-defined]
 classify.otherwise = COMBINED  # type: ignore[attr-defined]
+# It reads the segment only through state.segment(name) and "FS or GS?" in 64-bit mode (the
+# variants run xen_model, which reads it so): vmxaddr.prove.groups may share its proofs.
+classify.reads_segment_by_name = True  # type: ignore[attr-defined]
 
 
 xen_c447b730.mnemonics = MNEMONICS  # type: ignore[attr-defined]

@@ -34,11 +34,6 @@ from vmxaddr.prove.engine import PROVED, FormResult, _confirm, prove_form
 from vmxaddr.prove.forms import DEFAULTS, SEG_FIELDS, Form, symbolic
 from vmxaddr.prove.sym import Feasibility, Mismatch, Replay, RuleLanguageError, term
 
-# Models whose own classifier (diff.classify hands it the divergence) reads the segment only through
-# state.segment(name) and "FS or GS?" in 64-bit mode: Xen's port (vmxaddr.models.xen_port.classify
-# runs corrected variants of xen_model, which reads it so).
-OWN_CLASSIFIERS_READ = frozenset({"xen-c447b730"})
-
 
 def group_key(form: Form) -> tuple[Any, ...]:
     """What the forms of one group have in common: instruction, mode, address size, operand kind
@@ -158,8 +153,10 @@ def prove_group(forms: list[Form], model: tuple[str, Model], against: tuple[str,
     first = prove_form(rep, model, against, timeout, policy, confirm, feasibility=feas)
     out = [first]
     # A model's own classifier runs on the member's exit information and results, which the replay
-    # does not cover: only the one whose reading of the segment we know (see the module docstring).
-    may_share = getattr(model[1], "classify", None) is None or model[0] in OWN_CLASSIFIERS_READ
+    # does not cover: only one that declares it reads the segment as the models do may share
+    # (`reads_segment_by_name`, set where the classifier is written; see the module docstring).
+    own = getattr(model[1], "classify", None)
+    may_share = own is None or getattr(own, "reads_segment_by_name", False)
     for f in forms[1:]:
         r = share(rep, first, f, model, against, policy, confirm) if may_share else None
         out.append(r if r is not None else prove_form(f, model, against, timeout, policy, confirm, feasibility=feas))

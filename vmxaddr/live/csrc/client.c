@@ -103,16 +103,8 @@ static int write_str(const char *path, const char *s, int append) {
     return w == (ssize_t)strlen(s) ? 0 : -1;
 }
 
-static const char *PROBES[] = {
-    "p:vmxl/setregs kvm:kvm_arch_vcpu_ioctl_set_regs rip=+128(%si):x64 fl=+136(%si):x64",
-    "p:vmxl/gvma kvm_intel:get_vmx_mem_address qual=%si:x64 info=%dx:x32 wr=%cx:u8 len=%r8:s32",
-    "r:vmxl/gvmar kvm_intel:get_vmx_mem_address ret=$retval:s32",
-    "p:vmxl/rd kvm:kvm_read_guest_virt gva=%si:x64 n=%cx:u32",
-    "p:vmxl/wr kvm:kvm_write_guest_virt_system gva=%si:x64 n=%cx:u32",
-    "p:vmxl/qe kvm:kvm_queue_exception_e nr=%si:u32 ec=%dx:u32",
-    "p:vmxl/q kvm:kvm_queue_exception nr=%si:u32",
-    NULL,
-};
+/* PROBES and PROBE_NAMES: generated from vmxaddr/live/images.py PROBES when the client is built */
+#include "probes.h"
 #define T "/sys/kernel/tracing/"
 
 static void copy_file(const char *label, const char *path) {
@@ -140,11 +132,10 @@ static int setup_probes(uint32_t n) {
         }
     }
     /* event ids and formats, for batch.py to parse the raw pages */
-    const char *names[] = {"setregs", "gvma", "gvmar", "rd", "wr", "qe", "q", NULL};
-    for (int i = 0; names[i]; i++) {
+    for (int i = 0; PROBE_NAMES[i]; i++) {
         char path[256], label[64];
-        snprintf(path, sizeof path, T "events/vmxl/%s/format", names[i]);
-        snprintf(label, sizeof label, "FORMAT %s", names[i]);
+        snprintf(path, sizeof path, T "events/vmxl/%s/format", PROBE_NAMES[i]);
+        snprintf(label, sizeof label, "FORMAT %s", PROBE_NAMES[i]);
         copy_file(label, path);
     }
     if (!preset) {
